@@ -1,0 +1,6 @@
+"""newsletter: turn a day's research digest into a responsive email and deliver it through SendGrid."""
+
+from .errors import NewsletterError
+
+__version__ = "0.1.0"
+__all__ = ["NewsletterError", "__version__"]

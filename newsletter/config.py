@@ -1,0 +1,217 @@
+"""Settings: embedded defaults < newsletter.toml < NEWSLETTER_<KEY> environment variables < arguments.
+
+With no config file every command works on a fresh clone. Tests set the seams (base URLs, the clock,
+the database URL) here instead of patching code.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import secrets
+import stat
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    NoDecode,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "newsletter.toml"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _default_templates_dir() -> Path:
+    # Installed from a wheel the templates sit inside the package; in a checkout (or an editable
+    # install) they sit at the top of the repo.
+    bundled = PACKAGE_DIR / "templates"
+    return bundled if bundled.is_dir() else PACKAGE_DIR.parent / "templates"
+
+
+_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_file", default=None)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NEWSLETTER_", extra="forbid", populate_by_name=True, frozen=True
+    )
+
+    # Where things are. Relative paths are taken from the config file's folder (or the current one).
+    digests_dir: Path = Path("digests")
+    templates_dir: Path = Field(default_factory=_default_templates_dir)
+    public_dir: Path = Path("public")
+    outbox_dir: Path = Path("outbox")
+    database_url: str = "sqlite:///subscribers/newsletter.db"
+
+    # Where readers reach us: the archive, the unsubscribe pages and (by default) the thumbnails.
+    base_url: str = "http://127.0.0.1:8000"
+    asset_base_url: str | None = None
+
+    # Who sends, and what the law asks a commercial sender to show.
+    from_email: str = "papers@example.com"
+    from_name: str = "Daily Papers"
+    reply_to: str | None = None
+    postal_address: str = "Daily Papers, 1 Example Street, Seoul 04524, Republic of Korea"
+    default_list: str = "daily-papers"
+    unsubscribe_mailto: str | None = None
+
+    # SendGrid.
+    sendgrid_api_url: str = "https://api.sendgrid.com"
+    sendgrid_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SENDGRID_API_KEY", "sendgrid_api_key"),
+    )
+    sendgrid_webhook_public_key: str | None = None
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    send_concurrency: int = Field(default=4, ge=1, le=64)
+    send_rate_limit: float = Field(default=10.0, gt=0, description="mail/send requests per second")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+
+    # Signing unsubscribe links: NEWSLETTER_SECRET_KEY, else a key generated once into this file.
+    # Old keys stay valid for verification so that rotating the secret keeps old links working.
+    secret_key: SecretStr | None = None
+    old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    secret_key_file: Path = Path("subscribers/secret.key")
+
+    # The clock, as a seam: tests pin it here instead of patching time.
+    now: datetime | None = None
+
+    config_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _toml_file.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @field_validator("base_url", "asset_base_url", "sendgrid_api_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("from_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        from email_validator import EmailNotValidError, validate_email
+
+        try:
+            return validate_email(value, check_deliverability=False).normalized
+        except EmailNotValidError as error:
+            raise ValueError(str(error)) from None
+
+    @field_validator("old_secret_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    # -- derived values ------------------------------------------------------------------------
+
+    def path(self, value: Path) -> Path:
+        """A configured path, resolved against the config file's folder."""
+        return value if value.is_absolute() else self.config_dir / value
+
+    @property
+    def assets_url(self) -> str:
+        return self.asset_base_url or f"{self.base_url}/assets"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL with a relative SQLite path made absolute."""
+        prefix = "sqlite:///"
+        if self.database_url.startswith(prefix) and not self.database_url.startswith(prefix + "/"):
+            rest = self.database_url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.path(Path(rest)))
+        return self.database_url
+
+    def clock(self) -> datetime:
+        """The current time in UTC (or the pinned time, for tests)."""
+        if self.now is not None:
+            return self.now if self.now.tzinfo else self.now.replace(tzinfo=timezone.utc)
+        return datetime.now(timezone.utc)
+
+    def signing_keys(self) -> list[str]:
+        """The secret that signs new links first, then every older key still accepted."""
+        current = self.secret_key.get_secret_value() if self.secret_key else self._key_from_file()
+        return [current, *(key.get_secret_value() for key in self.old_secret_keys)]
+
+    def _key_from_file(self) -> str:
+        key_file = self.path(self.secret_key_file)
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            # Created with owner-only permissions from the start: the key is never world-readable.
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+        mode = stat.S_IMODE(key_file.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{key_file}: the secret key file must be readable only by its owner "
+                f"(mode is {mode:o}; run: chmod 600 {key_file})"
+            )
+        key = key_file.read_text().strip()
+        if not key:
+            raise ConfigError(f"{key_file}: the secret key file is empty")
+        return key
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the defaults, the config file, the environment and `overrides`, in that order.
+
+    `config` names a TOML file; without it ./newsletter.toml is read if it exists.
+    """
+    if config is None:
+        candidate = Path.cwd() / DEFAULT_CONFIG_FILE
+        config_file = candidate if candidate.is_file() else None
+    else:
+        config_file = Path(config)
+        if not config_file.is_file():
+            raise ConfigError(f"{config_file}: config file not found")
+    config_dir = config_file.resolve().parent if config_file else Path.cwd()
+    token = _toml_file.set(config_file)
+    try:
+        return Settings(config_dir=config_dir, **overrides)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, config_file)) from None
+    except ValueError as error:  # a TOML syntax error, or an environment value that does not parse
+        raise ConfigError(f"{config_file or 'the environment'}: {error}") from None
+    finally:
+        _toml_file.reset(token)
+
+
+def _describe(error: ValidationError, config_file: Path | None) -> str:
+    where = f"{config_file} or the environment" if config_file else "the environment"
+    lines = []
+    for problem in error.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in problem["loc"]) or "?"
+        env = "SENDGRID_API_KEY" if key == "sendgrid_api_key" else f"NEWSLETTER_{key.upper()}"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"bad setting '{key}' ({env}, from {where}): {message}")
+    return "\n".join(lines)

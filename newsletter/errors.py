@@ -1,0 +1,71 @@
+"""Every error the tool reports to a user.
+
+    NewsletterError            base: the CLI prints str(error) and exits 1, without a traceback
+    ├── ConfigError            a bad setting (names the key and where it came from)
+    ├── DigestError            a digest that cannot make an issue (names the file and line)
+    ├── RenderError            templates that do not compile
+    ├── CheckFailed            pre-send checks found problems (carries them)
+    ├── SubscriberError        a bad list name, unknown subscriber, unreadable CSV …
+    ├── TokenError             a bad, forged or truncated unsubscribe token
+    └── SendError              a send that cannot go on
+        ├── MissingAPIKey      no SENDGRID_API_KEY for a real send
+        ├── SendGridAuthError  SendGrid answered 401/403: every later batch would fail too
+        └── SendInProgress     another process holds the campaign's claim
+
+Messages are written for the person at the terminal and never contain a secret.
+"""
+
+from __future__ import annotations
+
+
+class NewsletterError(Exception):
+    """Base of every error the tool reports to a user."""
+
+
+class ConfigError(NewsletterError):
+    pass
+
+
+class DigestError(NewsletterError):
+    def __init__(self, message: str, *, path: object = None, line: int | None = None) -> None:
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{message}")
+        self.path = path
+        self.line = line
+
+
+class RenderError(NewsletterError):
+    pass
+
+
+class CheckFailed(NewsletterError):
+    def __init__(self, problems: list) -> None:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"{len(problems)} pre-send check(s) failed:\n{lines}")
+        self.problems = problems
+
+
+class SubscriberError(NewsletterError):
+    pass
+
+
+class TokenError(NewsletterError):
+    pass
+
+
+class SendError(NewsletterError):
+    pass
+
+
+class MissingAPIKey(SendError):
+    pass
+
+
+class SendGridAuthError(SendError):
+    pass
+
+
+class SendInProgress(SendError):
+    pass
