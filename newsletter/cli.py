@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -12,6 +13,10 @@ from rich.markup import escape
 
 from .config import Settings, load_settings
 from .errors import NewsletterError
+
+if TYPE_CHECKING:
+    from .delivery import Delivery, OutboxDelivery
+    from .send import SendPlan, SendReport, UnrecordedReport
 
 # Tracebacks with local variables could print a secret; a NewsletterError prints only its message.
 app = typer.Typer(
@@ -46,6 +51,781 @@ def settings_from(ctx: typer.Context) -> Settings:
         root.obj = load_settings(root.obj)
     return root.obj
 
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+) -> None:
+    """Serve the unsubscribe pages, the SendGrid Event Webhook and the public archive folder."""
+    from .server import serve as run_server
+
+    run_server(settings_from(ctx), host=host, port=port)
+
+
+@subscribers_app.command("sync")
+def subscribers_sync(ctx: typer.Context) -> None:
+    """Pull SendGrid's suppression lists (unsubscribes, bounces, spam reports, invalid emails) and mark those subscribers."""
+    from datetime import datetime, timezone
+
+    from .suppressions import sync_suppressions
+
+    for result in sync_suppressions(settings_from(ctx)):
+        since = (
+            "the whole list"
+            if result.since is None
+            else f"since {datetime.fromtimestamp(result.since, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        )
+        console.print(
+            f"{result.suppression_list.label}: {result.fetched} fetched ({since}), "
+            f"{result.changed} membership(s) changed, {result.unknown} unknown address(es)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+# The day of the digest an issue is made from; without it, the latest digest in digests_dir.
+IssueDate = Annotated[
+    Optional[datetime],
+    typer.Option("--date", formats=["%Y-%m-%d"], help="Digest date, YYYY-MM-DD (default: the latest digest)."),
+]
+
+
+@app.command()
+def check(ctx: typer.Context, date: IssueDate = None) -> None:
+    """Run the pre-send checks on an issue: size, images, links, unsubscribe link, text part."""
+    from .checks import run_checks
+    from .digest import load_digest
+    from .render import render_issue
+
+    settings = settings_from(ctx)
+    issue = render_issue(load_digest(settings, date.date() if date else None), settings)
+    report = run_checks(issue)
+    for problem in report.problems:
+        err_console.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
+    console.print(report.size_line(), highlight=False)
+    if not report.ok:
+        err_console.print(f"[bold red]{len(report.problems)} problem(s):[/] the {issue.date} issue is not ready to send")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] the {issue.date} issue passes every check", highlight=False)
+
+
+@app.command()
+def publish(ctx: typer.Context, date: IssueDate = None) -> None:
+    """Write an issue's web version to the public folder and update the archive and the Atom feed."""
+    from .digest import load_digest
+    from .publish import publish_issue
+    from .render import render_issue
+
+    settings = settings_from(ctx)
+    issue = render_issue(load_digest(settings, date.date() if date else None), settings)
+    publication = publish_issue(issue, settings)
+    console.print(f"Published the {issue.date} issue: {issue.web_url}", highlight=False)
+    console.print(f"  page     {publication.page}", highlight=False)
+    console.print(f"  archive  {publication.archive} ({len(publication.issues)} issue(s))", highlight=False)
+    console.print(f"  feed     {publication.feed}", highlight=False)
+
+
+@app.command()
+def render(
+    ctx: typer.Context,
+    date: IssueDate = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the HTML part to this file.")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="Write the plain-text part to this file.")] = None,
+) -> None:
+    """Render an issue's email: the HTML (--out) and the plain-text part (--text); else HTML to stdout."""
+    from .digest import load_digest
+    from .files import write_atomic
+    from .render import GMAIL_CLIP_BYTES, render_issue
+
+    settings = settings_from(ctx)
+    issue = render_issue(load_digest(settings, date.date() if date else None), settings)
+    if out is None and text is None:
+        sys.stdout.write(issue.html)
+        return
+    for path, content in ((out, issue.html), (text, issue.text)):
+        if path is not None:
+            write_atomic(path, content)
+    clip = GMAIL_CLIP_BYTES // 1024
+    size = f"[bold red]over Gmail's {clip} KB clip[/]" if issue.html_bytes > GMAIL_CLIP_BYTES else f"(Gmail clips at {clip} KB)"
+    console.print(f"Subject  {escape(issue.subject)}", highlight=False)
+    console.print(f"HTML     {issue.html_bytes / 1024:.1f} KB {size}", highlight=False)
+    for path in (out, text):
+        if path is not None:
+            console.print(f"wrote    {escape(str(path))}", highlight=False)
+
+
+@app.command()
+def preview(
+    ctx: typer.Context,
+    date: IssueDate = None,
+    port: Annotated[int, typer.Option(help="Port to serve the preview on (127.0.0.1).", min=1, max=65535)] = 8025,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the default browser; --no-open only prints the URL.")
+    ] = True,
+) -> None:
+    """Preview an issue in the browser at phone and desktop widths, live-reloaded as files change."""
+    from .preview import serve_preview
+
+    def ready(url: str) -> None:
+        console.print(f"Previewing at {url}  (Ctrl+C to stop)", highlight=False)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    serve_preview(settings_from(ctx), date.date() if date else None, port=port, ready=ready)
+
+
+ListName = Annotated[Optional[str], typer.Option("--list", help="List name (default: settings.default_list).")]
+
+
+@app.command()
+def send(
+    ctx: typer.Context,
+    date: IssueDate = None,
+    list_name: ListName = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Send even if pre-send checks fail.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write the requests to an outbox folder; send nothing, record nothing.")
+    ] = False,
+    outbox: Annotated[
+        Optional[Path], typer.Option(help="Dry-run folder (default: <outbox_dir>/<date>/).")
+    ] = None,
+    to: Annotated[
+        Optional[list[str]], typer.Option("--to", help="Send a test to this address only (repeatable); not recorded.")
+    ] = None,
+    sandbox: Annotated[
+        bool,
+        typer.Option("--sandbox", help="SendGrid sandbox mode: validated by SendGrid, delivered to nobody, not recorded."),
+    ] = False,
+    resend_uncertain: Annotated[
+        bool,
+        typer.Option(
+            "--resend-uncertain",
+            help="Also resend batches whose answer was lost (and retry lost answers): risks duplicates.",
+        ),
+    ] = False,
+) -> None:
+    """Send an issue to a list through SendGrid, once: batched, resumable, never twice."""
+    from rich.table import Table
+
+    from . import send as sending
+    from .delivery import OutboxDelivery, SendGridDelivery
+    from .errors import CheckFailed
+
+    settings = settings_from(ctx)
+    day = sending.issue_day(settings, date.date() if date else None)
+    plan = sending.plan_send(
+        settings, day, list_name or settings.default_list, resend_uncertain=resend_uncertain
+    )
+    if plan.finished and not to:
+        console.print(
+            f"Nothing to do: {plan.describe} was sent on {plan.campaign.finished_at:%Y-%m-%d %H:%M} UTC "
+            f"({_counts_line(plan.counts)}). `newsletter status` shows the details.",
+            highlight=False,
+        )
+        return
+    summary = Table(show_header=False, box=None)
+    summary.add_row("Issue", escape(plan.content.subject))
+    summary.add_row("List", escape(plan.mailing_list.name))
+    if to:
+        summary.add_row("Test to", escape(", ".join(to)) + " (not recorded)")
+    else:
+        summary.add_row("Recipients", f"{plan.recipients:,}" + ("" if plan.campaign is None else " still to send"))
+        summary.add_row("Requests", f"{plan.batches:,} of up to {plan.batch_size}")
+    summary.add_row("HTML size", f"{plan.html_bytes / 1024:.1f} KB")
+    if plan.campaign is not None:
+        summary.add_row(
+            "Resuming",
+            f"started {plan.campaign.created_at:%Y-%m-%d %H:%M} UTC with the content stored then; "
+            f"so far {_counts_line(plan.counts)}",
+        )
+        if plan.counts["uncertain"] and not resend_uncertain:
+            summary.add_row(
+                "Uncertain",
+                f"{plan.counts['uncertain']:,} recipients whose answer was lost are not resent "
+                "(--resend-uncertain resends them)",
+            )
+        summary.add_row("Checks", "ran when this send started")
+    elif plan.checks.ok:
+        summary.add_row("Checks", "[green]all passed[/]")
+    else:
+        summary.add_row("Checks", f"[red]{len(plan.checks.problems)} failed[/]")
+    mode = "dry run (nothing is sent)" if dry_run else "sandbox (SendGrid validates, delivers nothing)" if sandbox else None
+    if mode:
+        summary.add_row("Mode", mode)
+    console.print(summary)
+    if plan.checks is not None and not plan.checks.ok:
+        if not force:
+            raise CheckFailed(plan.checks.problems)
+        err_console.print(f"[yellow]warning:[/] sending despite {len(plan.checks.problems)} failed check(s) (--force)")
+    # Made before asking: a missing API key stops here, before anything is asked or stored.
+    delivery = None if dry_run else SendGridDelivery(settings)
+    if not yes:
+        typer.confirm("Write the dry run?" if dry_run else "Send?", abort=True)
+    if delivery is None:
+        delivery = OutboxDelivery(outbox or sending.default_outbox(settings, day), settings)
+    if to or dry_run or sandbox:
+        copies = sending.send_unrecorded(settings, plan, delivery, to=to or (), sandbox=sandbox)
+        _print_unrecorded(copies, delivery if dry_run else None, plan, to)
+        return
+    report = _send_with_progress(settings, plan, delivery)
+    _print_report(report)
+    if report.error is not None:
+        raise report.error
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{number:,} {state.replace('_', ' ')}" for state, number in counts.items() if number) or "no recipients"
+
+
+def _send_with_progress(settings: Settings, plan: SendPlan, delivery: Delivery) -> SendReport:
+    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from . import send as sending
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(f"{task.speed or 0:,.0f}/s")
+
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,}"),
+        TextColumn("sent [green]{task.fields[sent]:,}[/] failed [red]{task.fields[failed]:,}[/]"),
+        Rate(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("Sending", total=plan.recipients, sent=0, failed=0)
+        first: dict[str, int] = {}
+
+        def show(progress: sending.Progress) -> None:
+            first.setdefault("sent", progress.counts["sent"])
+            first.setdefault("failed", progress.counts["failed"])
+            bar.update(
+                task,
+                total=progress.to_send,
+                completed=progress.done,
+                sent=progress.counts["sent"] - first["sent"],
+                failed=progress.counts["failed"] - first["failed"],
+            )
+
+        return sending.send_campaign(settings, plan, delivery=delivery, on_progress=show)
+
+
+def _print_report(report: SendReport) -> None:
+    from rich.table import Table
+
+    console.print(f"Campaign #{report.campaign.id}: {escape(report.campaign.content.subject)}", highlight=False)
+    table = Table()
+    table.add_column("state")
+    table.add_column("recipients", justify="right")
+    for state, number in report.counts.items():
+        if number:
+            table.add_row(state.replace("_", " "), f"{number:,}")
+    console.print(table)
+    console.print(f"{report.requests:,} request(s) to SendGrid.", highlight=False)
+    if report.uncertain_batches:
+        err_console.print(
+            f"[yellow]{len(report.uncertain_batches)} batch(es) are uncertain[/]: their request may have been "
+            f"delivered but no answer was recorded. They are not resent unless you run the send again "
+            f"with --resend-uncertain (which may deliver them twice). `newsletter status` lists them."
+        )
+    if report.finished:
+        console.print("[green]Done:[/] every recipient is settled.")
+
+
+def _print_unrecorded(
+    copies: UnrecordedReport, outbox: OutboxDelivery | None, plan: SendPlan, to: list[str] | None
+) -> None:
+    for problem in copies.problems:
+        err_console.print(f"[red]✗[/] {escape(problem)}", highlight=False)
+    if outbox is not None:
+        console.print(
+            f"Dry run: {len(outbox.files)} request bod{'y' if len(outbox.files) == 1 else 'ies'} written to "
+            f"{outbox.folder} (batch-NNNN.json, exactly what would be POSTed to /v3/mail/send) and the "
+            f"first recipient's message to {outbox.eml}.",
+            highlight=False,
+        )
+        if to:
+            console.print(f"A real test send would mail {len(to)} address(es) and record nothing.", highlight=False)
+        elif plan.campaign is None:
+            console.print(
+                f"A real send would record a campaign for {plan.describe}, snapshot its {plan.recipients:,} "
+                f"subscribed member(s) and send them {copies.requests:,} request(s) to SendGrid.",
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"A real send would resume campaign #{plan.campaign.id} and send {copies.recipients:,} "
+                f"recipient(s) in {copies.requests:,} request(s).",
+                highlight=False,
+            )
+        console.print("Nothing was sent and nothing was recorded.")
+        return
+    console.print(
+        f"{copies.accepted:,} of {copies.recipients:,} recipient(s) accepted by SendGrid in {copies.requests:,} "
+        f"request(s); nothing was recorded as the issue's delivery.",
+        highlight=False,
+    )
+    if copies.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(ctx: typer.Context, date: IssueDate = None, list_name: ListName = None) -> None:
+    """Show how the send of an issue stands: counts by state, each failure, the uncertain batches."""
+    from rich.table import Table
+
+    from . import send as sending
+
+    settings = settings_from(ctx)
+    name = list_name or settings.default_list
+    state = sending.campaign_status(settings, date.date() if date else None, name)
+    if state is None:
+        console.print(f"No send to list {name!r} has started{' for ' + date.date().isoformat() if date else ''}.")
+        return
+    campaign = state.campaign
+    where = (
+        f"finished {campaign.finished_at:%Y-%m-%d %H:%M} UTC"
+        if campaign.finished_at
+        else f"being sent by {state.claimed_by}" if state.claimed_by else "interrupted: `newsletter send` resumes it"
+    )
+    console.print(
+        f"Campaign #{campaign.id}: the {campaign.issue_date} issue to list {escape(name)!r}, "
+        f"started {campaign.created_at:%Y-%m-%d %H:%M} UTC, {where}",
+        highlight=False,
+    )
+    table = Table()
+    table.add_column("state")
+    table.add_column("recipients", justify="right")
+    for key, number in state.counts.items():
+        table.add_row(key.replace("_", " "), f"{number:,}")
+    table.add_row("[bold]total[/]", f"[bold]{state.total:,}[/]")
+    console.print(table)
+    for reason, number in state.skipped.items():
+        console.print(f"skipped: {number:,} {escape(reason or '')}", highlight=False)
+    if state.failures:
+        failures = Table(title="Failures")
+        failures.add_column("address")
+        failures.add_column("reason")
+        for email, reason in state.failures:
+            failures.add_row(escape(email), escape(reason))
+        console.print(failures)
+    if state.uncertain_batches:
+        uncertain = Table(title="Uncertain batches (not resent without --resend-uncertain)")
+        for column in ("batch", "recipients", "started", "why"):
+            uncertain.add_column(column)
+        for batch in state.uncertain_batches:
+            started = f"{batch.started_at:%Y-%m-%d %H:%M:%S}" if batch.started_at else ""
+            uncertain.add_row(str(batch.id), f"{batch.size:,}", started, escape(batch.error or "in flight"))
+        console.print(uncertain)
+
+
+# -- lists and subscribers --------------------------------------------------------------------------
+
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+StatusFilter = Annotated[
+    Optional[str],
+    typer.Option("--status", help="Only this status: subscribed, unsubscribed, bounced or complained."),
+]
+
+
+def _print_json(data: object) -> None:
+    import dataclasses
+    import json
+
+    def default(value: object) -> object:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return dataclasses.asdict(value)
+        if isinstance(value, (datetime, Path)):
+            return str(value) if isinstance(value, Path) else value.isoformat()
+        raise TypeError(f"cannot encode {type(value).__name__}")
+
+    typer.echo(json.dumps(data, default=default, ensure_ascii=False, indent=2))
+
+
+def _when(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M}" if value else ""
+
+
+@lists_app.command("create")
+def lists_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="List name: letters, digits, '.', '_' or '-'.")],
+    description: Annotated[str, typer.Option(help="What readers of this list receive.")] = "",
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Succeed if the list already exists.")
+    ] = False,
+) -> None:
+    """Create a mailing list."""
+    from .db import engine_for
+    from .subscribers import create_list
+
+    settings = settings_from(ctx)
+    with engine_for(settings).begin() as conn:
+        created = create_list(conn, name, now=settings.clock(), description=description, exist_ok=if_missing)
+    console.print(f"List {escape(created.name)!r} (created {_when(created.created_at)} UTC)", highlight=False)
+
+
+@lists_app.command("list")
+def lists_list(ctx: typer.Context, as_json: JsonOutput = False) -> None:
+    """Show every list with its members counted by status."""
+    from rich.table import Table
+
+    from .db import STATUSES, engine_for
+    from .subscribers import list_summaries
+
+    with engine_for(settings_from(ctx)).begin() as conn:
+        summaries = list_summaries(conn)
+    if as_json:
+        _print_json([{**vars(s.list), "counts": s.counts} for s in summaries])
+        return
+    table = Table()
+    # Names and counts never shrink; the description takes what width is left.
+    table.add_column("list", no_wrap=True, min_width=max((len(s.list.name) for s in summaries), default=4))
+    for status in STATUSES:
+        table.add_column(status, justify="right", no_wrap=True, min_width=len(status))
+    table.add_column("description")
+    for summary in summaries:
+        table.add_row(
+            escape(summary.list.name),
+            *(f"{summary.counts[status]:,}" for status in STATUSES),
+            escape(summary.list.description),
+        )
+    console.print(table if summaries else "No lists yet: newsletter lists create NAME")
+
+
+@lists_app.command("show")
+def lists_show(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="List name.")], as_json: JsonOutput = False
+) -> None:
+    """Show a list and its members counted by status."""
+    from .db import engine_for
+    from .subscribers import list_summaries
+
+    with engine_for(settings_from(ctx)).begin() as conn:
+        summary = list_summaries(conn, name)[0]
+    if as_json:
+        _print_json({**vars(summary.list), "counts": summary.counts, "total": summary.total})
+        return
+    console.print(
+        f"[bold]{escape(summary.list.name)}[/]  {escape(summary.list.description)}", highlight=False
+    )
+    console.print(f"created {_when(summary.list.created_at)} UTC", highlight=False)
+    for status, count in summary.counts.items():
+        console.print(f"  {status:<13}{count:>10,}", highlight=False)
+    console.print(f"  {'total':<13}{summary.total:>10,}", highlight=False)
+
+
+@lists_app.command("delete")
+def lists_delete(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="List name.")], yes: Yes = False
+) -> None:
+    """Delete a list and its memberships (subscribers stay; `subscribers remove` erases a person)."""
+    from .db import engine_for
+    from .subscribers import delete_list, list_summaries
+
+    engine = engine_for(settings_from(ctx))
+    if not yes:
+        with engine.begin() as conn:
+            members = list_summaries(conn, name)[0].total
+        typer.confirm(f"Delete list {name!r} and its {members:,} membership(s)?", abort=True)
+    with engine.begin() as conn:
+        summary = delete_list(conn, name)
+    console.print(f"Deleted list {escape(name)!r} ({summary.total:,} membership(s)).", highlight=False)
+
+
+@subscribers_app.command("add")
+def subscribers_add(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="Email address.")],
+    list_name: ListName = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="The subscriber's name.")] = None,
+    attributes: Annotated[
+        Optional[list[str]], typer.Option("--attr", help="An attribute as KEY=VALUE (repeatable).")
+    ] = None,
+    resubscribe: Annotated[
+        bool,
+        typer.Option(
+            "--resubscribe", help="Re-subscribe an address that unsubscribed, bounced or complained."
+        ),
+    ] = False,
+) -> None:
+    """Subscribe an address to a list (its name and attributes, if given, are updated)."""
+    from .db import engine_for
+    from .errors import SubscriberError
+    from .subscribers import get_list, subscribe
+
+    pairs = {}
+    for item in attributes or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SubscriberError(f"--attr {item!r}: expected KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    settings = settings_from(ctx)
+    list_name = list_name or settings.default_list
+    with engine_for(settings).begin() as conn:
+        done = subscribe(
+            conn,
+            list_id=get_list(conn, list_name).id,
+            email=email,
+            now=settings.clock(),
+            name=(name or "").strip() or None,
+            attributes=pairs,
+            resubscribe=resubscribe,
+        )
+    address, where = escape(done.subscriber.email), escape(list_name)
+    messages = {
+        "added": f"Subscribed {address} to {where}.",
+        "resubscribed": f"Re-subscribed {address} to {where} (was {done.previous}).",
+        "unchanged": f"{address} is already subscribed to {where}.",
+        "skipped": f"{address} is {done.previous} on {where}: not re-subscribed (use --resubscribe if they asked).",
+    }
+    console.print(messages[done.outcome], highlight=False)
+
+
+@subscribers_app.command("unsubscribe")
+def subscribers_unsubscribe(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="Email address.")],
+    list_name: ListName = None,
+) -> None:
+    """Unsubscribe an address from a list (the record that they said no is kept)."""
+    from .db import engine_for
+    from .subscribers import get_list, unsubscribe
+
+    settings = settings_from(ctx)
+    list_name = list_name or settings.default_list
+    with engine_for(settings).begin() as conn:
+        changed = unsubscribe(conn, list_id=get_list(conn, list_name).id, email=email, now=settings.clock())
+    verb = "Unsubscribed" if changed else "Already unsubscribed:"
+    console.print(f"{verb} {escape(email.strip())} from {escape(list_name)}.", highlight=False)
+
+
+@subscribers_app.command("remove")
+def subscribers_remove(
+    ctx: typer.Context, email: Annotated[str, typer.Argument(help="Email address.")], yes: Yes = False
+) -> None:
+    """Erase a person (GDPR): record, memberships, event log; past deliveries keep no address.
+
+    Unlike `unsubscribe`, which stops mail but keeps the record that they said no.
+    """
+    from .db import engine_for
+    from .subscribers import erase_subscriber
+
+    settings = settings_from(ctx)
+    if not yes:
+        typer.confirm(f"Erase everything about {email.strip()} (this cannot be undone)?", abort=True)
+    with engine_for(settings).begin() as conn:
+        erased = erase_subscriber(conn, email, now=settings.clock())
+    console.print(
+        f"Erased {escape(erased.email)}: {erased.memberships} membership(s), {erased.events} event(s); "
+        f"address blanked in {erased.deliveries_anonymised} delivery record(s).",
+        highlight=False,
+    )
+
+
+@subscribers_app.command("list")
+def subscribers_list(
+    ctx: typer.Context,
+    list_name: Annotated[Optional[str], typer.Option("--list", help="Only members of this list.")] = None,
+    status: StatusFilter = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows (0: all).", min=0)] = 100,
+    as_json: JsonOutput = False,
+) -> None:
+    """List subscribers with their memberships, by subscriber."""
+    from rich.table import Table
+
+    from .db import engine_for
+    from .subscribers import count_subscribers, get_list, iter_memberships
+
+    engine = engine_for(settings_from(ctx))
+    with engine.begin() as conn:
+        list_id = get_list(conn, list_name).id if list_name else None
+        total = count_subscribers(conn, list_id=list_id, status=status)
+    rows = iter_memberships(engine, list_id=list_id, status=status, limit=limit or None)
+    if as_json:
+        _print_json(list(rows))
+        return
+    shown = list(rows)
+    table = Table()
+    # Addresses are what people grep for: never cut them.
+    table.add_column("email", no_wrap=True, min_width=max((len(row.email) for row in shown), default=5))
+    for column in ("name", "list", "status", "since"):
+        table.add_column(column)
+    for row in shown:
+        table.add_row(
+            escape(row.email),
+            escape(row.name or ""),
+            escape(row.list_name or "-"),
+            row.status or "",
+            _when(row.since),
+        )
+    console.print(table)
+    if limit and len(shown) == limit and total > limit:
+        err_console.print(
+            f"Showing the first {limit:,} of {total:,} subscribers (--limit 0 shows all).", highlight=False
+        )
+
+
+@subscribers_app.command("show")
+def subscribers_show(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="Email address.")],
+    as_json: JsonOutput = False,
+) -> None:
+    """Show a subscriber: details, memberships and the log of every status change."""
+    from rich.table import Table
+
+    from .db import engine_for
+    from .subscribers import subscriber_details
+
+    with engine_for(settings_from(ctx)).begin() as conn:
+        details = subscriber_details(conn, email)
+    if as_json:
+        _print_json(details)
+        return
+    who = details.subscriber
+    console.print(f"[bold]{escape(who.email)}[/]  {escape(who.name or '')}", highlight=False)
+    console.print(f"subscriber #{who.id} since {_when(who.created_at)} UTC", highlight=False)
+    for key, value in who.attributes.items():
+        console.print(f"  {escape(key)}: {escape(str(value))}", highlight=False)
+    memberships = Table(title="Lists")
+    for column in ("list", "status", "since", "joined"):
+        memberships.add_column(column)
+    for m in details.memberships:
+        memberships.add_row(escape(m.list_name), m.status, _when(m.updated_at), _when(m.created_at))
+    console.print(memberships)
+    events = Table(title="Events")
+    for column in ("when", "list", "change", "source", "detail"):
+        events.add_column(column)
+    for e in details.events:
+        change = f"{e.previous_status} → {e.status}" if e.previous_status else e.status
+        events.add_row(_when(e.created_at), escape(e.list_name or "-"), change, e.source, escape(e.detail))
+    console.print(events)
+
+
+@subscribers_app.command("count")
+def subscribers_count(
+    ctx: typer.Context,
+    list_name: Annotated[Optional[str], typer.Option("--list", help="Only members of this list.")] = None,
+    status: StatusFilter = None,
+) -> None:
+    """Print how many subscribers match (everyone, without filters)."""
+    from .db import engine_for
+    from .subscribers import count_subscribers, get_list
+
+    with engine_for(settings_from(ctx)).begin() as conn:
+        list_id = get_list(conn, list_name).id if list_name else None
+        console.print(count_subscribers(conn, list_id=list_id, status=status), highlight=False)
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(help="CSV file with a header row naming at least an 'email' column.")
+    ],
+    list_name: ListName = None,
+    rejects: Annotated[
+        Optional[Path],
+        typer.Option(help="Write invalid, duplicate and skipped rows (with line and reason) to this CSV."),
+    ] = None,
+    resubscribe: Annotated[
+        bool,
+        typer.Option(
+            "--resubscribe", help="Re-subscribe addresses that had unsubscribed, bounced or complained."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and count everything; write nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Import subscribers from CSV (UTF-8, comma or semicolon separated) into a list."""
+    from .db import engine_for
+    from .subscriber_csv import import_csv
+
+    settings = settings_from(ctx)
+    list_name = list_name or settings.default_list
+    with err_console.status(f"Reading {escape(str(file))}…") as spinner:
+
+        def progress(phase: str, count: int) -> None:
+            spinner.update(f"Read {count:,} lines" if phase == "reading" else f"Merging {count:,} rows…")
+
+        report = import_csv(
+            engine_for(settings),
+            file,
+            list_name=list_name,
+            clock=settings.clock,
+            resubscribe=resubscribe,
+            rejects=rejects,
+            dry_run=dry_run,
+            progress=progress,
+        )
+    if as_json:
+        _print_json({**vars(report), "problem_count": report.problem_count})
+        return
+    shown = 20
+    for problem in report.problems[:shown]:
+        where = f"{file}:{problem.line}: {problem.email or '(no address)'}: {problem.reason}"
+        err_console.print(escape(where), highlight=False, soft_wrap=True)
+    if report.problem_count > shown:
+        more = "all of them are in " + str(rejects) if rejects else "--rejects FILE lists them all"
+        err_console.print(f"… and {report.problem_count - shown:,} more ({more})", highlight=False)
+    head = "Dry run (nothing written)" if dry_run else "Imported"
+    console.print(
+        f"{head}: {escape(str(file))} into {escape(list_name)}, {report.rows:,} row(s)", highlight=False
+    )
+    lines = [
+        ("added", report.added, f"{report.new_subscribers:,} new subscriber(s)"),
+        ("resubscribed", report.resubscribed, ""),
+        ("already subscribed", report.unchanged, ""),
+        (
+            "skipped",
+            report.skipped,
+            "" if resubscribe else "unsubscribed, bounced or complained; --resubscribe if they asked",
+        ),
+        ("invalid", report.invalid, ""),
+        ("duplicates", report.duplicates, "first occurrence kept"),
+    ]
+    for label, count, note in lines:
+        console.print(
+            f"  {label:<19}{count:>10,}  {escape(note) if count and note else ''}".rstrip(), highlight=False
+        )
+    if rejects and report.problem_count:
+        console.print(f"Rejected rows written to {escape(str(rejects))}", highlight=False)
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    ctx: typer.Context,
+    list_name: ListName = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Write to this file (default: standard output).")
+    ] = None,
+    status: Annotated[str, typer.Option("--status", help="Members with this status.")] = "subscribed",
+) -> None:
+    """Export a list's members as CSV (email, name, attributes) that `subscribers import` reads back."""
+    from .db import STATUSES, engine_for
+    from .errors import SubscriberError
+    from .subscriber_csv import export_csv
+
+    if status not in STATUSES:
+        raise SubscriberError(f"unknown status {status!r} (one of: {', '.join(STATUSES)})")
+    settings = settings_from(ctx)
+    count = export_csv(
+        engine_for(settings), list_name=list_name or settings.default_list, path=out, status=status
+    )
+    if out is not None:
+        console.print(f"Exported {count:,} subscriber(s) to {escape(str(out))}", highlight=False)
 
 def main() -> None:
     try:

@@ -197,7 +197,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     config_dir = config_file.resolve().parent if config_file else Path.cwd()
     token = _toml_file.set(config_file)
     try:
-        return Settings(config_dir=config_dir, **overrides)
+        return Settings(**{"config_dir": config_dir, **overrides})
     except ValidationError as error:
         raise ConfigError(_describe(error, config_file)) from None
     except ValueError as error:  # a TOML syntax error, or an environment value that does not parse

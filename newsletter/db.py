@@ -109,6 +109,8 @@ webhook_events = Table(
     metadata,
     Column("sg_event_id", String(100), primary_key=True),
     Column("received_at", TS, nullable=False),
+    # Rows older than SendGrid's retry window are pruned (webhook.py) along this index.
+    Index("ix_webhook_events_received", "received_at"),
 )
 
 campaigns = Table(
@@ -138,8 +140,16 @@ campaign_stats = Table(
     PrimaryKeyConstraint("campaign_id", "event"),
 )
 
-# Delivery states. Every recipient of a send ends in sent, failed or uncertain.
-PENDING, IN_FLIGHT, SENT, FAILED, UNCERTAIN = "pending", "in_flight", "sent", "failed", "uncertain"
+# Delivery states (newsletter/send.py has the state machine). A finished send leaves every recipient
+# sent, failed (SendGrid refused the address), uncertain (the request may have left but its answer
+# was never recorded) or skipped (no longer subscribed when its batch was built).
+PENDING, IN_FLIGHT, SENT, FAILED, UNCERTAIN, SKIPPED = (
+    "pending", "in_flight", "sent", "failed", "uncertain", "skipped"
+)
+# Batch states besides those: SPLIT (answered 400: its recipients went out again in halves),
+# RETURNED (answered without accepting anything, e.g. 401 or an outage: its recipients are pending
+# again), RESENT (was uncertain; its recipients were queued again by --resend-uncertain).
+SPLIT, RETURNED, RESENT = "split", "returned", "resent"
 
 batches = Table(
     "batches",
@@ -147,6 +157,7 @@ batches = Table(
     Column("id", Integer, primary_key=True),
     Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
     Column("state", String(20), nullable=False),
+    Column("size", Integer, nullable=False),
     Column("message_id", String(200)),
     Column("error", Text),
     Column("started_at", TS),

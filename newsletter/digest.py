@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import html
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from .errors import DigestError
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 @dataclass(frozen=True)
@@ -36,3 +49,334 @@ class Digest:
     papers: list[Paper]
     language: str  # BCP 47 tag of the body text ("ko" for the example)
     path: Path
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+DIGEST_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})\.md")
+_ISO_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
+_UPVOTES = re.compile(
+    r"(?:upvotes?|votes|likes|추천\s*수?|좋아요)\s*[:：]?\s*(\d{1,3}(?:[,.'’\u00a0\u202f ]\d{3})+|\d+)",
+    re.IGNORECASE,
+)
+_RANK = re.compile(r"\d+")
+
+# A section heading names its section in Korean or English, after any emoji (or a broken one).
+_SECTIONS = {
+    "summary": ("요약", "summary", "tldr", "tl dr", "한줄 요약"),
+    "key_points": (
+        "핵심 포인트", "핵심포인트", "주요 포인트", "key points", "keypoints", "key takeaways", "highlights",
+    ),
+    "abstract": ("초록", "abstract"),
+}
+
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("strikethrough")
+# Every destination becomes a link token so that _render_inline can keep the label of a link it
+# refuses; markdown-it's own filter would leave the whole "[label](javascript:…)" as literal text.
+_markdown.validateLink = lambda url: True
+
+
+def clean_text(text: str) -> str:
+    """The text with every replacement character (U+FFFD, a broken emoji or byte) removed."""
+    return text.replace("\ufffd", "")
+
+
+def safe_url(url: str) -> bool:
+    """Whether a link may appear in an email: absolute http(s) or mailto, nothing else."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return False
+    scheme = parts.scheme.lower()
+    if scheme == "mailto":
+        return bool(parts.path)
+    return scheme in ("http", "https") and bool(parts.netloc)
+
+
+def hugging_face_paper_id(url: str) -> str | None:
+    """The paper id of a Hugging Face paper page URL (https://huggingface.co/papers/<id>)."""
+    parts = urlsplit(url)
+    if parts.hostname not in ("huggingface.co", "www.huggingface.co", "hf.co"):
+        return None
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if len(segments) >= 2 and segments[0] == "papers":
+        return segments[1]
+    return None
+
+
+def _render_inline(tokens: list[Token]) -> Inline:
+    html_parts: list[str] = []
+    text_parts: list[str] = []
+    # One entry per open link: its href when kept, None when refused, and where its label starts.
+    links: list[tuple[str | None, int]] = []
+    tags = ("em", "strong", "s")  # strikethrough's tokens are s_open/s_close
+    for token in tokens:
+        kind = token.type
+        if kind == "text":
+            html_parts.append(html.escape(token.content, quote=False))
+            text_parts.append(token.content)
+        elif kind == "code_inline":
+            html_parts.append(f"<code>{html.escape(token.content, quote=False)}</code>")
+            text_parts.append(token.content)
+        elif kind == "softbreak":
+            html_parts.append("\n")
+            text_parts.append(" ")
+        elif kind == "hardbreak":
+            html_parts.append("<br>\n")
+            text_parts.append("\n")
+        elif kind.endswith(("_open", "_close")) and kind.rsplit("_", 1)[0] in tags:
+            name, edge = kind.rsplit("_", 1)
+            html_parts.append(f"<{name}>" if edge == "open" else f"</{name}>")
+        elif kind == "link_open":
+            href = str(token.attrGet("href") or "")
+            kept = href if safe_url(href) else None
+            if kept is not None:
+                html_parts.append(f'<a href="{html.escape(kept, quote=True)}">')
+            links.append((kept, len(text_parts)))
+        elif kind == "link_close" and links:
+            href, start = links.pop()
+            if href is None:
+                continue
+            html_parts.append("</a>")
+            label = "".join(text_parts[start:]).strip()
+            shown = href.removeprefix("mailto:") if href.lower().startswith("mailto:") else href
+            if label not in (href, shown):
+                text_parts.append(f" ({shown})")
+        elif kind == "image":
+            # An image inside running text cannot meet the email's image rules; its alt text stays.
+            alt = token.content
+            html_parts.append(html.escape(alt, quote=False))
+            text_parts.append(alt)
+        elif token.content:
+            html_parts.append(html.escape(token.content, quote=False))
+            text_parts.append(token.content)
+    return Inline(html="".join(html_parts).strip(), text="".join(text_parts).strip())
+
+
+def _join(parts: list[Inline], separator: str = " ") -> Inline:
+    return Inline(
+        html=separator.join(part.html for part in parts), text=separator.join(part.text for part in parts)
+    )
+
+
+def _section_of(heading: str) -> str | None:
+    # Emoji, broken emoji, punctuation and brackets are dropped: "📝 초록 (번역)" → "초록 번역".
+    words = "".join(
+        char if unicodedata.category(char)[0] in "LN" else " " for char in unicodedata.normalize("NFKC", heading)
+    )
+    name = " ".join(words.casefold().split())
+    for section, names in _SECTIONS.items():
+        if any(name == known or name.startswith(known + " ") for known in names):
+            return section
+    return None
+
+
+def _is_heading(token: Token) -> bool:
+    # Text followed by a "---" paper separator without a blank line between is, to CommonMark, a
+    # setext heading; here it stays a paragraph of its section.
+    return token.type == "heading_open" and token.markup != "-"
+
+
+def _line(token: Token) -> int:
+    return token.map[0] + 1 if token.map else 0
+
+
+def _is_hangul(char: str) -> bool:
+    # Syllables, then the conjoining and the compatibility jamo.
+    return "\uac00" <= char <= "\ud7a3" or "\u1100" <= char <= "\u11ff" or "\u3130" <= char <= "\u318f"
+
+
+def _language(texts: list[str]) -> str:
+    # Counted by words, since Korean prose is full of Latin terms ("KV 캐시를"): a word holding any
+    # Hangul counts as Korean.
+    hangul = latin = 0
+    for word in " ".join(texts).split():
+        if any(_is_hangul(char) for char in word):
+            hangul += 1
+        elif any(char.isalpha() for char in word):
+            latin += 1
+    return "ko" if hangul > latin else "en"
+
+
+@dataclass
+class _PaperDraft:
+    rank: int
+    title: str
+    url: str
+    line: int
+    upvotes: int | None = None
+    thumbnail: str | None = None
+    summary: list[Inline] = field(default_factory=list)
+    key_points: list[Inline] = field(default_factory=list)
+    abstract: list[Inline] = field(default_factory=list)
+
+    def paper(self) -> Paper:
+        return Paper(
+            rank=self.rank,
+            title=self.title,
+            url=self.url,
+            paper_id=hugging_face_paper_id(self.url),
+            upvotes=self.upvotes,
+            thumbnail=self.thumbnail,
+            summary=_join(summary) if (summary := [part for part in self.summary if part.text]) else None,
+            key_points=[point for point in self.key_points if point.text],
+            abstract=[paragraph for paragraph in self.abstract if paragraph.text],
+            line=self.line,
+        )
+
+
+def _paper_heading(inline: Token, position: int, path: Path) -> _PaperDraft:
+    children = inline.children or []
+    line = _line(inline)
+    opening = next((i for i, child in enumerate(children) if child.type == "link_open"), None)
+    if opening is None:
+        raise DigestError(
+            f"paper heading {inline.content.strip()!r} has no linked title "
+            "(expected '## <rank>. [<title>](<url>)')",
+            path=path,
+            line=line,
+        )
+    closing = next(i for i in range(opening, len(children)) if children[i].type == "link_close")
+    url = str(children[opening].attrGet("href") or "")
+    title = " ".join(_render_inline(children[opening + 1 : closing]).text.split())
+    if not title:
+        raise DigestError("the paper's linked title is empty", path=path, line=line)
+    if not safe_url(url) or url.lower().startswith("mailto:"):
+        raise DigestError(f"the paper's link must be an absolute http(s) URL, got {url!r}", path=path, line=line)
+    rank = _RANK.search(_render_inline(children[:opening]).text)
+    return _PaperDraft(rank=int(rank.group()) if rank else position, title=title, url=url, line=line)
+
+
+def _upvotes(text: str) -> int | None:
+    found = _UPVOTES.search(text)
+    if found is None:
+        return None
+    return int(re.sub(r"\D", "", found.group(1)))
+
+
+def _digest_date(path: Path, title: str, title_line: int) -> date:
+    from_name = DIGEST_NAME.fullmatch(path.name)
+    in_title = _ISO_DATE.search(title)
+    try:
+        named = date.fromisoformat(from_name.group(1)) if from_name else None
+    except ValueError:
+        raise DigestError(f"the file name is not a real date: {path.name}", path=path) from None
+    try:
+        titled = date.fromisoformat(in_title.group(1)) if in_title else None
+    except ValueError:
+        message = f"the title's date {in_title.group(1)} is not a real date"
+        raise DigestError(message, path=path, line=title_line) from None
+    if named and titled and named != titled:
+        raise DigestError(
+            f"the title's date {titled} does not match the file name's date {named}", path=path, line=title_line
+        )
+    if named or titled:
+        return named or titled  # type: ignore[return-value]
+    raise DigestError(
+        "cannot tell the digest's date: name the file YYYY-MM-DD.md or put the date in the title",
+        path=path,
+        line=title_line,
+    )
+
+
+def parse_digest(text: str, path: Path) -> Digest:
+    """The digest in `text` (the contents of `path`), or one DigestError naming the file and line."""
+    tokens = _markdown.parse(clean_text(text).lstrip("\ufeff"))
+    title: str | None = None
+    title_line = 1
+    drafts: list[_PaperDraft] = []
+    paper: _PaperDraft | None = None
+    section: str | None = None
+    item_depth = 0  # nesting of list items inside the key points, so a sub-list joins its item
+    item_parts: list[Inline] = []
+
+    for index, token in enumerate(tokens):
+        if _is_heading(token):
+            inline = tokens[index + 1]
+            if token.tag == "h1":
+                if title is None:
+                    title = " ".join(_render_inline(inline.children or []).text.split())
+                    title_line = _line(token)
+            elif token.tag == "h2":
+                paper = _paper_heading(inline, len(drafts) + 1, path)
+                drafts.append(paper)
+                section = None
+            elif paper is not None and token.tag == "h3":
+                section = _section_of(inline.content)
+        elif token.type == "list_item_open":
+            item_depth += 1
+        elif token.type == "list_item_close":
+            item_depth -= 1
+            if item_depth == 0 and item_parts and paper is not None and section == "key_points":
+                paper.key_points.append(_join(item_parts))
+                item_parts = []
+        elif token.type == "inline" and paper is not None and not _is_heading(tokens[index - 1]):
+            content = _render_inline(token.children or [])
+            if section is None:
+                image = next((child for child in token.children or [] if child.type == "image"), None)
+                if image is not None and paper.thumbnail is None:
+                    paper.thumbnail = str(image.attrGet("src") or "") or None
+                if paper.upvotes is None:
+                    paper.upvotes = _upvotes(content.text)
+            elif section == "key_points" and item_depth:
+                item_parts.append(content)
+            elif section == "key_points":
+                paper.key_points.append(content)
+            elif section == "summary":
+                paper.summary.append(content)
+            elif section == "abstract":
+                paper.abstract.append(content)
+
+    if not title:
+        raise DigestError("no title: the digest must start with '# <date> Daily Papers (Top N)'", path=path, line=1)
+    day = _digest_date(path, title, title_line)
+    if not drafts:
+        raise DigestError("no papers: expected '## <rank>. [<title>](<url>)' headings", path=path, line=title_line)
+    papers = [draft.paper() for draft in drafts]
+    body = [
+        inline.text
+        for paper in papers
+        for inline in [*([paper.summary] if paper.summary else []), *paper.key_points, *paper.abstract]
+    ]
+    return Digest(
+        date=day, title=title, papers=papers, language=_language(body or [p.title for p in papers]), path=path
+    )
+
+
+def digest_path(settings: Settings, day: date) -> Path:
+    return settings.path(settings.digests_dir) / f"{day.isoformat()}.md"
+
+
+def digest_dates(settings: Settings) -> list[date]:
+    """The dates of every digest in the digests folder, oldest first."""
+    folder = settings.path(settings.digests_dir)
+    if not folder.is_dir():
+        return []
+    days = []
+    for entry in folder.iterdir():
+        named = DIGEST_NAME.fullmatch(entry.name)
+        if named and entry.is_file():
+            try:
+                days.append(date.fromisoformat(named.group(1)))
+            except ValueError:
+                continue
+    return sorted(days)
+
+
+def load_digest(settings: Settings, day: date | None = None) -> Digest:
+    """The digest of `day` (by default the latest one in the digests folder)."""
+    if day is None:
+        days = digest_dates(settings)
+        if not days:
+            folder = settings.path(settings.digests_dir)
+            raise DigestError(f"no digest found (expected files named YYYY-MM-DD.md in {folder})")
+        day = days[-1]
+    path = digest_path(settings, day)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DigestError(f"no digest for {day.isoformat()}", path=path) from None
+    except OSError as error:
+        raise DigestError(f"cannot read the digest: {error.strerror}", path=path) from None
+    # Undecodable bytes become U+FFFD, which parse_digest strips like a broken emoji.
+    return parse_digest(raw.decode("utf-8", errors="replace"), path)

@@ -1,17 +1,34 @@
-"""Lists, subscribers and their memberships, with an append-only log of every status change."""
+"""Lists, subscribers and their memberships, with an append-only log of every status change.
+
+Functions that take a Connection run inside the caller's transaction, so a command can combine
+several of them atomically. The readers that take an Engine (read_pages, iter_members,
+iter_memberships) read a page per transaction instead: on SQLite every transaction holds the write
+lock, and a long read must not keep the web server from recording an unsubscribe. The CSV import and
+export are in newsletter/subscriber_csv.py.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import importlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
-from sqlalchemy.engine import Connection
+from sqlalchemy import ColumnElement, Row, Select, and_, delete, func, select, tuple_, update
+from sqlalchemy.engine import Connection, Engine
 
 from . import db
 from .errors import SubscriberError
+
+# Names are typed on command lines and appear in URLs and logs: keep them plain.
+LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+NAME_MAX = 500
+# Columns of a subscriber that attributes may not shadow (an export writes them side by side).
+RESERVED_ATTRIBUTES = ("email", "name")
 
 
 @dataclass(frozen=True)
@@ -20,6 +37,110 @@ class MailingList:
     name: str
     description: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class ListSummary:
+    list: MailingList
+    counts: dict[str, int]  # members per status, every status present
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    id: int
+    email: str
+    name: str | None
+    attributes: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Member:
+    """A list member as the sender needs them."""
+
+    subscriber_id: int
+    email: str
+    name: str | None
+
+
+@dataclass(frozen=True)
+class MembershipRow:
+    """One line of `subscribers list`: a membership, or a subscriber on no list (list_name None)."""
+
+    subscriber_id: int
+    email: str
+    name: str | None
+    list_name: str | None
+    status: str | None
+    since: datetime | None
+
+
+@dataclass(frozen=True)
+class Membership:
+    list_name: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    created_at: datetime
+    list_name: str | None
+    status: str
+    previous_status: str | None
+    source: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SubscriberDetails:
+    subscriber: Subscriber
+    memberships: list[Membership]
+    events: list[Event]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What `subscribe` did: "added", "resubscribed", "unchanged" (already subscribed) or "skipped"
+    (unsubscribed, bounced or complained, and not resubscribed: `previous` says which)."""
+
+    subscriber: Subscriber
+    outcome: str
+    previous: str | None = None
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """What `erase_subscriber` removed."""
+
+    email: str
+    memberships: int
+    events: int
+    deliveries_anonymised: int
+    lists: list[str] = field(default_factory=list)
+
+
+# -- addresses ------------------------------------------------------------------------------------
+
+
+def _memoise_domain_checks() -> None:
+    """email-validator checks the domain of every address from scratch (IDNA tables, character by
+    character): two thirds of its time. A list has few distinct domains and the check is a pure
+    function of its arguments, so remember it: a million-row import validates three times faster.
+    Should a later email-validator move the function, this does nothing and validation is only slower.
+    """
+    module = importlib.import_module("email_validator.validate_email")
+    check = getattr(module, "validate_email_domain_name", None)
+    if callable(check) and not hasattr(check, "cache_info"):
+        module.validate_email_domain_name = functools.lru_cache(maxsize=4096)(check)  # type: ignore[attr-defined]
+
+
+_memoise_domain_checks()
 
 
 def normalise_email(raw: str) -> str:
@@ -39,11 +160,171 @@ def email_key(email: str) -> str:
     return email.casefold()
 
 
+# -- lists ----------------------------------------------------------------------------------------
+
+
 def get_list(conn: Connection, name: str) -> MailingList:
     row = conn.execute(select(db.lists).where(db.lists.c.name == name)).first()
     if row is None:
         raise SubscriberError(f"no list named {name!r} (create it with: newsletter lists create {name})")
     return MailingList(row.id, row.name, row.description, row.created_at)
+
+
+def create_list(
+    conn: Connection, name: str, *, now: datetime, description: str = "", exist_ok: bool = False
+) -> MailingList:
+    """A new list; with exist_ok, an existing list of that name is returned unchanged."""
+    if not LIST_NAME.fullmatch(name):
+        raise SubscriberError(
+            f"bad list name {name!r}: use up to 200 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    existing = conn.execute(select(db.lists.c.id).where(db.lists.c.name == name)).scalar()
+    if existing is not None:
+        if exist_ok:
+            return get_list(conn, name)
+        raise SubscriberError(f"a list named {name!r} already exists")
+    conn.execute(db.lists.insert().values(name=name, description=description, created_at=now))
+    return get_list(conn, name)
+
+
+def list_summaries(conn: Connection, name: str | None = None) -> list[ListSummary]:
+    """Every list (or the one named) with its members counted per status, by name."""
+    lists = db.lists.c
+    query = select(db.lists).order_by(lists.name)
+    if name is not None:
+        query = query.where(lists.name == name)
+    found = [MailingList(r.id, r.name, r.description, r.created_at) for r in conn.execute(query)]
+    if name is not None and not found:
+        get_list(conn, name)  # raises the standard "no list named" error
+    m = db.memberships.c
+    counts: dict[int, dict[str, int]] = {item.id: dict.fromkeys(db.STATUSES, 0) for item in found}
+    tally = select(m.list_id, m.status, func.count()).group_by(m.list_id, m.status)
+    if name is not None:
+        tally = tally.where(m.list_id == found[0].id)
+    for list_id, status, count in conn.execute(tally):
+        counts[list_id][status] = count
+    return [ListSummary(item, counts[item.id]) for item in found]
+
+
+def delete_list(conn: Connection, name: str) -> ListSummary:
+    """Delete a list and its memberships (the subscribers stay: they may be on other lists).
+
+    A list that issues were sent to stays: its campaigns and their delivery records refer to it.
+    """
+    summary = list_summaries(conn, name)[0]
+    list_id = summary.list.id
+    campaigns = conn.execute(
+        select(func.count()).select_from(db.campaigns).where(db.campaigns.c.list_id == list_id)
+    ).scalar_one()
+    if campaigns:
+        raise SubscriberError(
+            f"list {name!r} has {campaigns} campaign(s) on record and cannot be deleted: "
+            "its send history refers to it"
+        )
+    conn.execute(delete(db.memberships).where(db.memberships.c.list_id == list_id))
+    # The foreign key would do this too; doing it here does not depend on SQLite's foreign_keys pragma.
+    conn.execute(update(db.events).where(db.events.c.list_id == list_id).values(list_id=None))
+    conn.execute(delete(db.lists).where(db.lists.c.id == list_id))
+    return summary
+
+
+# -- subscribers ----------------------------------------------------------------------------------
+
+
+def _subscriber(row: Any) -> Subscriber:
+    return Subscriber(row.id, row.email, row.name, dict(row.attributes or {}), row.created_at)
+
+
+def find_subscriber(conn: Connection, email: str) -> Subscriber:
+    """The subscriber with this address (compared case-insensitively)."""
+    row = conn.execute(
+        select(db.subscribers).where(db.subscribers.c.email_key == email_key(normalise_email(email)))
+    ).first()
+    if row is None:
+        raise SubscriberError(f"no subscriber with the address {email.strip()!r}")
+    return _subscriber(row)
+
+
+def check_details(name: str | None, attributes: dict[str, str]) -> None:
+    """Raise SubscriberError if a name or attribute cannot be stored as given."""
+    if name is not None and len(name) > NAME_MAX:
+        raise SubscriberError(f"name longer than {NAME_MAX} characters")
+    for key in attributes:
+        if not key.strip():
+            raise SubscriberError("an attribute needs a name")
+        if key.strip().casefold() in RESERVED_ATTRIBUTES:
+            raise SubscriberError(f"{key!r} is a subscriber field, not an attribute")
+
+
+def subscribe(
+    conn: Connection,
+    *,
+    list_id: int,
+    email: str,
+    now: datetime,
+    name: str | None = None,
+    attributes: dict[str, str] | None = None,
+    source: str = "command",
+    resubscribe: bool = False,
+) -> Subscription:
+    """Add an address to a list (creating the subscriber if new) and log it.
+
+    Given explicitly, a name and attributes update a known subscriber's (attributes are merged).
+    Someone who unsubscribed, bounced or complained is left alone unless `resubscribe`: their
+    consent, or their mailbox, said no.
+    """
+    attributes = attributes or {}
+    check_details(name, attributes)
+    address = normalise_email(email)
+    s = db.subscribers.c
+    row = conn.execute(select(db.subscribers).where(s.email_key == email_key(address))).first()
+    if row is None:
+        subscriber_id = conn.execute(
+            db.subscribers.insert().values(
+                email=address, email_key=email_key(address), name=name, attributes=attributes, created_at=now
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+    else:
+        subscriber_id = row.id
+        changes: dict[str, Any] = {}
+        if name is not None and name != row.name:
+            changes["name"] = name
+        merged = {**(row.attributes or {}), **attributes}
+        if merged != (row.attributes or {}):
+            changes["attributes"] = merged
+        if changes:
+            conn.execute(db.subscribers.update().where(s.id == subscriber_id).values(**changes))
+    subscriber = _subscriber(conn.execute(select(db.subscribers).where(s.id == subscriber_id)).one())
+
+    m = db.memberships.c
+    previous = conn.execute(
+        select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber_id)
+    ).scalar()
+    if previous == db.SUBSCRIBED:
+        return Subscription(subscriber, "unchanged", previous)
+    if previous is not None and not resubscribe:
+        return Subscription(subscriber, "skipped", previous)
+    set_status(
+        conn, list_id=list_id, subscriber_id=subscriber_id, status=db.SUBSCRIBED, source=source, now=now
+    )
+    return Subscription(subscriber, "added" if previous is None else "resubscribed", previous)
+
+
+def unsubscribe(
+    conn: Connection, *, list_id: int, email: str, now: datetime, source: str = "command"
+) -> bool:
+    """Mark an address unsubscribed from a list; False if it already was."""
+    subscriber = find_subscriber(conn, email)
+    m = db.memberships.c
+    member = conn.execute(
+        select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber.id)
+    ).scalar()
+    if member is None:
+        raise SubscriberError(f"{subscriber.email} is not on that list")
+    return set_status(
+        conn, list_id=list_id, subscriber_id=subscriber.id, status=db.UNSUBSCRIBED, source=source, now=now
+    )
 
 
 def set_status(
@@ -100,3 +381,157 @@ def set_status(
 def log_event(conn: Connection, **values: Any) -> None:
     now = values.pop("now")
     conn.execute(db.events.insert().values(created_at=now, **values))
+
+
+# The event that records an erasure: it keeps no trace of who was erased.
+ERASED = "erased"
+
+
+def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
+    """Delete everything we hold about a person (GDPR erasure), unlike unsubscribing, which keeps
+    the record that they said no.
+
+    Removes the subscriber, their memberships and their event log; their delivery records stay
+    with past sends (which count them) but with the address blanked. One anonymous "erased" event
+    records that an erasure happened, and when.
+    """
+    subscriber = find_subscriber(conn, email)
+    m, e, d = db.memberships.c, db.events.c, db.deliveries.c
+    lists = list(
+        conn.execute(
+            select(db.lists.c.name)
+            .join(db.memberships, m.list_id == db.lists.c.id)
+            .where(m.subscriber_id == subscriber.id)
+            .order_by(db.lists.c.name)
+        ).scalars()
+    )
+    # Explicit deletes rather than ON DELETE CASCADE: they do not depend on SQLite's foreign_keys pragma.
+    events = conn.execute(delete(db.events).where(e.subscriber_id == subscriber.id)).rowcount
+    memberships = conn.execute(delete(db.memberships).where(m.subscriber_id == subscriber.id)).rowcount
+    deliveries = conn.execute(
+        update(db.deliveries).where(d.subscriber_id == subscriber.id).values(email="")
+    ).rowcount
+    conn.execute(delete(db.subscribers).where(db.subscribers.c.id == subscriber.id))
+    log_event(conn, subscriber_id=None, list_id=None, status=ERASED, source="command", now=now)
+    return Erasure(subscriber.email, memberships, events, deliveries, lists)
+
+
+def subscriber_details(conn: Connection, email: str) -> SubscriberDetails:
+    """A subscriber with their memberships and their whole event log (oldest first)."""
+    subscriber = find_subscriber(conn, email)
+    m, e, lists = db.memberships.c, db.events.c, db.lists.c
+    memberships = [
+        Membership(row.name, row.status, row.created_at, row.updated_at)
+        for row in conn.execute(
+            select(lists.name, m.status, m.created_at, m.updated_at)
+            .join(db.lists, lists.id == m.list_id)
+            .where(m.subscriber_id == subscriber.id)
+            .order_by(lists.name)
+        )
+    ]
+    events = [
+        Event(row.created_at, row.name, row.status, row.previous_status, row.source, row.detail)
+        for row in conn.execute(
+            select(e.created_at, lists.name, e.status, e.previous_status, e.source, e.detail)
+            .select_from(db.events.outerjoin(db.lists, lists.id == e.list_id))
+            .where(e.subscriber_id == subscriber.id)
+            .order_by(e.id)
+        )
+    ]
+    return SubscriberDetails(subscriber, memberships, events)
+
+
+# -- selecting members ----------------------------------------------------------------------------
+
+
+def members_query(list_id: int, status: str = db.SUBSCRIBED) -> Select[tuple[int, str, str | None]]:
+    """(subscriber_id, email, name) of a list's members with this status, by subscriber id.
+
+    Set-based callers use it as the SELECT of an INSERT … SELECT (uses ix_memberships_list_status).
+    """
+    m, s = db.memberships.c, db.subscribers.c
+    return (
+        select(s.id.label("subscriber_id"), s.email, s.name)
+        .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
+        .where(m.list_id == list_id, m.status == status)
+        .order_by(s.id)
+    )
+
+
+def read_pages(
+    engine: Engine, query: Select[Any], key: ColumnElement[Any], *, page: int = 5000
+) -> Iterator[Row[Any]]:
+    """The rows of `query`, ordered by `key` (unique, and the query's first column), fetched a page
+    per transaction: memory stays flat for any list, and no read holds SQLite's lock for long (the web
+    server must be able to record an unsubscribe meanwhile)."""
+    last = None
+    while True:
+        batch = query if last is None else query.where(key > last)
+        with engine.connect() as conn:
+            rows = conn.execute(batch.limit(page)).all()
+        yield from rows
+        if len(rows) < page:
+            return
+        last = rows[-1][0]
+
+
+def iter_members(engine: Engine, list_id: int, status: str = db.SUBSCRIBED) -> Iterator[Member]:
+    """A list's members with this status, by subscriber id, read a page at a time."""
+    for row in read_pages(engine, members_query(list_id, status), db.subscribers.c.id):
+        yield Member(row.subscriber_id, row.email, row.name)
+
+
+def _membership_filter(list_id: int | None, status: str | None) -> list[Any]:
+    m = db.memberships.c
+    conditions = []
+    if list_id is not None:
+        conditions.append(m.list_id == list_id)
+    if status is not None:
+        if status not in db.STATUSES:
+            raise SubscriberError(f"unknown status {status!r} (one of: {', '.join(db.STATUSES)})")
+        conditions.append(m.status == status)
+    return conditions
+
+
+def iter_memberships(
+    engine: Engine, *, list_id: int | None = None, status: str | None = None, limit: int | None = None
+) -> Iterator[MembershipRow]:
+    """Memberships by subscriber, then list; unfiltered, subscribers on no list appear too.
+
+    Read a page per transaction, like iter_members.
+    """
+    m, s, lists = db.memberships.c, db.subscribers.c, db.lists.c
+    conditions = _membership_filter(list_id, status)
+    joined = db.subscribers.join(db.memberships, m.subscriber_id == s.id, isouter=not conditions).join(
+        db.lists, lists.id == m.list_id, isouter=not conditions
+    )
+    list_name = func.coalesce(lists.name, "")
+    query = (
+        select(s.id, s.email, s.name, lists.name.label("list_name"), m.status, m.updated_at)
+        .select_from(joined)
+        .where(*conditions)
+        .order_by(s.id, list_name)
+    )
+    page, seen, after = 5000, 0, None
+    while limit is None or seen < limit:
+        size = page if limit is None else min(page, limit - seen)
+        batch = query if after is None else query.where(tuple_(s.id, list_name) > tuple_(*after))
+        with engine.connect() as conn:
+            rows = conn.execute(batch.limit(size)).all()
+        for row in rows:
+            yield MembershipRow(row.id, row.email, row.name, row.list_name, row.status, row.updated_at)
+        seen += len(rows)
+        if len(rows) < size:
+            return
+        after = (rows[-1].id, rows[-1].list_name or "")
+
+
+def count_subscribers(conn: Connection, *, list_id: int | None = None, status: str | None = None) -> int:
+    """How many subscribers are on the list (any list, unfiltered: everyone) with that status."""
+    conditions = _membership_filter(list_id, status)
+    if not conditions:
+        return conn.execute(select(func.count()).select_from(db.subscribers)).scalar_one()
+    m = db.memberships.c
+    return conn.execute(
+        select(func.count(func.distinct(m.subscriber_id))).where(and_(*conditions))
+    ).scalar_one()

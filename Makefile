@@ -1,0 +1,41 @@
+# The two commands a newcomer needs:
+#   make demo   set up, then a dry-run send of the example digest to the example list
+#   make test   set up everything the tests need (Chromium, Korean fonts, Node tools), then run them
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATE   ?= 2026-01-23
+LIST   ?= daily-papers
+
+.PHONY: demo test setup test-setup bench clean
+
+$(BIN)/newsletter: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+setup: $(BIN)/newsletter
+
+demo: setup
+	$(BIN)/newsletter lists create $(LIST) --description "Top Hugging Face papers of the day" --if-missing
+	$(BIN)/newsletter subscribers import subscribers/example.csv --list $(LIST)
+	$(BIN)/newsletter publish --date $(DATE)
+	$(BIN)/newsletter send --date $(DATE) --list $(LIST) --dry-run --yes
+
+# Debian's Chromium and a Korean font for the browser tests; the reference MJML compiler and
+# Stoplight Prism from npm (package-lock.json pins them).
+test-setup: setup
+	@command -v chromium >/dev/null && fc-list | grep -qi nanum || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum >/dev/null; }
+	@[ -x node_modules/.bin/prism ] && [ -x node_modules/.bin/mjml ] || npm ci --no-audit --no-fund --loglevel=error
+
+test: test-setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) node_modules public outbox subscribers/newsletter.db*

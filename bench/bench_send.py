@@ -1,0 +1,158 @@
+"""Sending speed and memory, against the project's fake SendGrid on 127.0.0.1.
+
+1. End to end: `python -m newsletter send --yes` to 100,000 and 1,000,000 synthetic subscribers
+   (inserted with one SQL statement each): wall time and the sender's peak RSS. Targets: 1,000,000
+   in under 90 s; peak RSS under 300 MB and about the same for both sizes.
+2. The naive way: one request per recipient through the `sendgrid` package's SendGridAPIClient,
+   against our batched sender, on 10,000 recipients with 5 ms of server latency. Target: ≥ 100×.
+
+    python bench/bench_send.py                 # the full run
+    python bench/bench_send.py --quick         # small sizes, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sendgrid import SendGridAPIClient  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from newsletter import db, send  # noqa: E402
+from newsletter.config import Settings  # noqa: E402
+from tests.send_helpers import API_KEY, LIST, configure  # noqa: E402
+from tests.support import free_port, running  # noqa: E402
+
+DAY = date(2026, 1, 23)
+DIGEST = ROOT / "digests" / "2026-01-23.md"
+# SendGrid documents no mail/send request limit below thousands per second; the default
+# send_rate_limit (10/s) would make a million recipients (1000 requests) take 100 s by itself.
+BENCH_SETTINGS = {"send_rate_limit": 1000.0, "send_concurrency": 4, "batch_size": 1000}
+
+
+def project(folder: Path, fake_url: str) -> Settings:
+    (folder / "digests").mkdir(parents=True)
+    (folder / "digests" / DIGEST.name).write_bytes(DIGEST.read_bytes())
+    return configure(folder, sendgrid_api_url=fake_url, sendgrid_api_key=API_KEY, **BENCH_SETTINGS)
+
+
+def subscribe(settings: Settings, count: int) -> None:
+    """`count` subscribed members, generated inside SQLite: nothing held in Python."""
+    now = settings.clock().strftime("%Y-%m-%d %H:%M:%S.%f")
+    with db.engine_for(settings).begin() as conn:
+        conn.execute(db.lists.insert().values(id=1, name=LIST, description="", created_at=settings.clock()))
+        numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+        conn.execute(
+            text(
+                "INSERT INTO subscribers (id, email, email_key, name, attributes, created_at) "
+                + numbers
+                + "SELECT i, 'reader' || i || '@example.com', 'reader' || i || '@example.com', "
+                "'Reader ' || i, '{}', :now FROM n"
+            ),
+            {"count": count, "now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO memberships (list_id, subscriber_id, status, created_at, updated_at) "
+                + numbers
+                + "SELECT 1, i, 'subscribed', :now, :now FROM n"
+            ),
+            {"count": count, "now": now},
+        )
+
+
+def fake_server(port: int, *extra: str):
+    return running([sys.executable, "-m", "tests.fake_sendgrid", "--port", str(port), "--api-key", API_KEY, *extra], port)
+
+
+def end_to_end(count: int) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of one `newsletter send` to `count` subscribers."""
+    with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp:
+        port = free_port()
+        settings = project(Path(tmp), f"http://127.0.0.1:{port}")
+        subscribe(settings, count)
+        with fake_server(port):
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            started = time.perf_counter()
+            sender = subprocess.Popen(
+                [sys.executable, "-m", "newsletter", "send", "--date", DAY.isoformat(), "--yes"],
+                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            # wait4 gives this one child's own peak RSS (KiB on Linux).
+            _, status, usage = os.wait4(sender.pid, 0)
+            seconds = time.perf_counter() - started
+            sender.returncode = os.waitstatus_to_exitcode(status)
+            if sender.returncode != 0:
+                raise SystemExit(f"the send failed: {sender.stderr.read().decode()[-2000:]}")
+        with db.engine_for(settings).connect() as conn:
+            sent = conn.execute(text("SELECT count(*) FROM deliveries WHERE state = 'sent'")).scalar()
+        assert sent == count, f"{sent} of {count} sent"
+        return seconds, usage.ru_maxrss / 1024
+
+
+def naive_versus_batched(count: int, latency: float) -> tuple[float, float]:
+    """Seconds for `count` recipients: one SendGridAPIClient request each, then our sender."""
+    with tempfile.TemporaryDirectory(prefix="bench-naive-") as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        settings = project(Path(tmp), url)
+        subscribe(settings, count)
+        plan = send.plan_send(settings, DAY, LIST)  # rendered once, outside both timings
+        bodies = send.Bodies(settings, plan.content, list_id=1, campaign_id="1")
+        with fake_server(port, "--latency", str(latency)):
+            client = SendGridAPIClient(api_key=API_KEY, host=url)
+            started = time.perf_counter()
+            for number in range(1, count + 1):
+                recipient = send.Recipient(number, number, f"reader{number}@example.com", f"Reader {number}")
+                client.client.mail.send.post(request_body=bodies.body([recipient]))
+            naive = time.perf_counter() - started
+
+            started = time.perf_counter()
+            report = send.send_campaign(settings, plan)
+            batched = time.perf_counter() - started
+        assert report.counts["sent"] == count and report.finished
+        return naive, batched
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size (the median is printed)")
+    args = parser.parse_args()
+    sizes = [2_000, 20_000] if args.quick else [100_000, 1_000_000]
+    naive_count = 300 if args.quick else 10_000
+
+    print(f"settings: {BENCH_SETTINGS}; fake SendGrid on 127.0.0.1, no latency")
+    figures = {}
+    for size in sizes:
+        runs = [end_to_end(size) for _ in range(args.repeat)]
+        seconds = statistics.median(run[0] for run in runs)
+        rss = statistics.median(run[1] for run in runs)
+        figures[size] = (seconds, rss)
+        print(
+            f"send to {size:>9,} recipients: {seconds:7.1f} s  ({size / seconds:9,.0f} recipients/s), "
+            f"peak RSS {rss:6.1f} MB   (median of {args.repeat})",
+            flush=True,
+        )
+    small, large = sizes
+    print(f"peak RSS {large:,} / {small:,}: {figures[large][1] / figures[small][1]:.2f}×")
+
+    naive, batched = naive_versus_batched(naive_count, latency=0.005)
+    print(
+        f"{naive_count:,} recipients with 5 ms server latency: one SendGridAPIClient request each "
+        f"{naive:.1f} s, batched {batched:.2f} s → {naive / batched:,.0f}× faster"
+    )
+
+
+if __name__ == "__main__":
+    main()

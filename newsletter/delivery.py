@@ -1,0 +1,246 @@
+"""Moving mail/send request bodies: to SendGrid's v3 API, or into an outbox folder for a dry run.
+
+The sender (newsletter/send.py) builds the bodies and decides what each answer means; a delivery
+only moves one body and reports what came back. The one judgement made here is whether a request
+that got no answer may have reached SendGrid: mail/send has no idempotency key, so that decides
+whether repeating it is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from email import policy
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.headerregistry import Address
+from email.utils import format_datetime, make_msgid, parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from .config import Settings
+from .errors import MissingAPIKey
+
+MAIL_SEND = "/v3/mail/send"
+
+
+class RequestNotSent(Exception):
+    """The request never reached SendGrid (no connection): repeating it cannot deliver twice."""
+
+
+class AnswerLost(Exception):
+    """The request may have reached SendGrid, but no answer came back (read timeout, dropped
+    connection): SendGrid may have accepted it, so repeating it may deliver twice."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    message_id: str | None = None
+    # SendGrid's error messages, "message (field)" each; empty on success.
+    errors: tuple[str, ...] = ()
+    # The fields the errors name (e.g. "personalizations.3.to.0.email"); None where none was named.
+    fields: tuple[str | None, ...] = ()
+    # How long SendGrid asked us to wait (Retry-After or X-RateLimit-Reset), in seconds.
+    retry_after: float | None = None
+
+    @property
+    def accepted(self) -> bool:
+        # 202 for a real send; SendGrid answers 200 to a sandbox-mode request.
+        return self.status in (200, 202)
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+    @property
+    def reason(self) -> str:
+        detail = "; ".join(self.errors) if self.errors else "no error message"
+        return f"SendGrid answered {self.status}: {detail}"
+
+
+class Delivery(Protocol):
+    async def send(self, body: dict[str, Any]) -> Answer:
+        """Send one mail/send body. Raises RequestNotSent or AnswerLost when no answer came."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The exact bytes of a request body (the outbox writes the same bytes SendGrid would get)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class SendGridDelivery:
+    """POST /v3/mail/send with httpx: explicit timeouts, a connection pool as wide as the sender's
+    concurrency, and the API key only in the Authorization header (never in a message)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.sendgrid_api_key is None:
+            raise MissingAPIKey(
+                "SENDGRID_API_KEY is not set, so nothing can be sent. Set it to an API key with the "
+                "Mail Send permission, or preview the send with --dry-run (it writes the requests to "
+                "an outbox folder and sends nothing)."
+            )
+        self._client = httpx.AsyncClient(
+            base_url=settings.sendgrid_api_url,
+            headers={
+                "Authorization": f"Bearer {settings.sendgrid_api_key.get_secret_value()}",
+                "Content-Type": "application/json",
+            },
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=None,  # waiting for a free connection is our own queue, not SendGrid's
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.send_concurrency,
+                max_keepalive_connections=settings.send_concurrency,
+            ),
+        )
+
+    async def send(self, body: dict[str, Any]) -> Answer:
+        try:
+            response = await self._client.post(MAIL_SEND, content=encode_body(body))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            raise RequestNotSent(_describe(error)) from None
+        except (httpx.WriteError, httpx.WriteTimeout) as error:
+            # The body did not get out whole, and httpcore found no early answer (it reads one
+            # after a failed write): SendGrid cannot act on part of a request.
+            raise RequestNotSent(_describe(error)) from None
+        except httpx.TransportError as error:
+            # Read timeouts, resets and disconnects after the body left.
+            raise AnswerLost(_describe(error)) from None
+        return _answer(response)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _describe(error: httpx.TransportError) -> str:
+    # httpx messages name the URL at most; never the headers (so never the key).
+    kind = type(error).__name__
+    return f"{kind}: {error}" if str(error) else kind
+
+
+def _answer(response: httpx.Response) -> Answer:
+    errors: list[str] = []
+    fields: list[str | None] = []
+    if response.status_code >= 400:
+        try:
+            payload = response.json()
+            items = payload.get("errors") or []
+        except (ValueError, AttributeError):
+            items = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            field = item.get("field")
+            field = field if isinstance(field, str) and field not in ("", "null") else None
+            message = str(item.get("message") or "error")
+            errors.append(f"{message} ({field})" if field else message)
+            fields.append(field)
+        # Stoplight Prism puts the schema violation in a header (its body is a fixed example).
+        violations = response.headers.get("sl-violations")
+        if violations:
+            errors.append(violations[:1000])
+            fields.append(None)
+        if not errors and response.text:
+            errors.append(response.text[:500])
+            fields.append(None)
+    return Answer(
+        status=response.status_code,
+        message_id=response.headers.get("X-Message-Id"),
+        errors=tuple(errors),
+        fields=tuple(fields),
+        retry_after=_retry_after(response.headers) if response.status_code >= 400 else None,
+    )
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            # SendGrid sends the Unix time at which the limit resets.
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            pass
+    return None
+
+
+class OutboxDelivery:
+    """The dry run's delivery: each body goes to `folder/batch-NNNN.json` (the exact bytes a real
+    send would POST, without the Authorization header), and the first recipient's message to
+    `folder/first-recipient.eml`, as that reader would receive it."""
+
+    def __init__(self, folder: Path, settings: Settings) -> None:
+        self.folder = folder
+        self._settings = settings
+        folder.mkdir(parents=True, exist_ok=True)
+        # A previous dry run of the same issue may have written more batches than this one will.
+        for stale in [*folder.glob("batch-*.json"), folder / EML_NAME]:
+            stale.unlink(missing_ok=True)
+        self.files: list[Path] = []
+        self.eml: Path | None = None
+
+    async def send(self, body: dict[str, Any]) -> Answer:
+        number = len(self.files) + 1
+        path = self.folder / f"batch-{number:04d}.json"
+        path.write_bytes(encode_body(body))
+        self.files.append(path)
+        if self.eml is None:
+            self.eml = self.folder / EML_NAME
+            self.eml.write_bytes(bytes(message_as_received(body, 0, self._settings)))
+        return Answer(status=202, message_id=f"dry-run-{number}")
+
+    async def aclose(self) -> None:
+        return None
+
+
+EML_NAME = "first-recipient.eml"
+
+# CRLF as on the wire; lines up to RFC 5322's 998 characters, so that a long List-Unsubscribe URL is
+# not folded into an encoded word that no client would follow.
+_WIRE = policy.SMTP.clone(max_line_length=998)
+
+
+def message_as_received(body: dict[str, Any], index: int, settings: Settings) -> EmailMessage:
+    """The complete MIME message that personalization `index` of `body` stands for: SendGrid's
+    substitutions applied, its per-recipient headers set, text and HTML as multipart/alternative."""
+    personalization = body["personalizations"][index]
+    substitutions: dict[str, str] = personalization.get("substitutions", {})
+
+    def fill(value: str) -> str:
+        for tag, replacement in substitutions.items():
+            value = value.replace(tag, replacement)
+        return value
+
+    message = EmailMessage(policy=_WIRE)
+    sender = body["from"]
+    message["From"] = Address(sender.get("name", ""), addr_spec=sender["email"])
+    recipient = personalization["to"][0]
+    message["To"] = Address(recipient.get("name", ""), addr_spec=recipient["email"])
+    if "reply_to" in body:
+        message["Reply-To"] = Address(addr_spec=body["reply_to"]["email"])
+    message["Subject"] = fill(personalization.get("subject", body["subject"]))
+    message["Date"] = format_datetime(settings.clock())
+    message["Message-ID"] = make_msgid(domain=sender["email"].rpartition("@")[2])
+    for name, value in {**body.get("headers", {}), **personalization.get("headers", {})}.items():
+        message[name] = value
+    parts = {part["type"]: fill(part["value"]) for part in body["content"]}
+    message.set_content(parts["text/plain"], subtype="plain", charset="utf-8")
+    message.add_alternative(parts["text/html"], subtype="html", charset="utf-8")
+    return message

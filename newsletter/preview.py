@@ -1,0 +1,152 @@
+"""The live preview: the issue as a reader will see it, at a phone's and a desktop's width, served
+on 127.0.0.1 and re-rendered whenever the digest or a template changes.
+
+Every request renders afresh (a render takes milliseconds), so what the page shows is always what
+`newsletter render` would write. Thumbnails are served from the local assets folder, so the preview
+works offline; the unsubscribe link is filled with a harmless page of the preview itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from dataclasses import dataclass
+from datetime import date
+from typing import Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .assets import asset_file
+from .config import Settings
+from .digest import load_digest
+from .errors import ConfigError, NewsletterError
+from .render import GMAIL_CLIP_BYTES, RenderedIssue, environment, render_issue
+
+PREVIEW_TEMPLATE = "preview.html.j2"
+PHONE_WIDTH = 375
+DESKTOP_WIDTH = 640
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the preview serves: the project's settings, pointed at the preview's own address for
+    thumbnails."""
+
+    settings: Settings
+    day: date | None  # None: always the latest digest
+    origin: str  # http://127.0.0.1:<port>
+
+    @classmethod
+    def at(cls, settings: Settings, day: date | None, port: int) -> Preview:
+        origin = f"http://127.0.0.1:{port}"
+        return cls(settings.model_copy(update={"asset_base_url": f"{origin}/assets"}), day, origin)
+
+    @property
+    def unsubscribe_url(self) -> str:
+        return f"{self.origin}/unsubscribe-preview"
+
+    def render(self) -> RenderedIssue:
+        return render_issue(load_digest(self.settings, self.day), self.settings)
+
+    def version(self) -> str:
+        """Changes whenever a digest or a template file changes (or appears, or goes)."""
+        folders = [self.settings.path(self.settings.digests_dir), self.settings.path(self.settings.templates_dir)]
+        signature = hashlib.sha256()
+        for folder in folders:
+            for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+                if path.is_file():
+                    stat = path.stat()
+                    signature.update(f"{path}\0{stat.st_mtime_ns}\0{stat.st_size}\n".encode())
+        return signature.hexdigest()[:16]
+
+
+def preview_app(preview: Preview) -> Starlette:
+    """The preview's web app: the page, the email (HTML and text), its thumbnails, a version to poll."""
+
+    def page(request: Request) -> Response:
+        try:
+            issue = preview.render()
+        except NewsletterError as error:
+            # Shown in place of the email; the page keeps polling, so fixing the file reloads it.
+            issue, problem = None, str(error)
+        else:
+            problem = None
+        html = environment(preview.settings).get_template(PREVIEW_TEMPLATE).render(
+            issue=issue,
+            problem=problem,
+            settings=preview.settings,
+            version=preview.version(),
+            phone_width=PHONE_WIDTH,
+            desktop_width=DESKTOP_WIDTH,
+            clip_bytes=GMAIL_CLIP_BYTES,
+        )
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def email(request: Request) -> Response:
+        try:
+            html, _ = preview.render().personalised(preview.unsubscribe_url)
+        except NewsletterError as error:
+            return PlainTextResponse(str(error), status_code=500)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def email_text(request: Request) -> Response:
+        try:
+            _, text = preview.render().personalised(preview.unsubscribe_url)
+        except NewsletterError as error:
+            return PlainTextResponse(str(error), status_code=500)
+        return PlainTextResponse(text, headers={"Cache-Control": "no-store"})
+
+    def version(request: Request) -> Response:
+        return JSONResponse({"version": preview.version()}, headers={"Cache-Control": "no-store"})
+
+    def asset(request: Request) -> Response:
+        url = f"{preview.settings.assets_url}/{request.path_params['name']}"
+        path = asset_file(preview.settings, url)
+        if path is None:
+            return PlainTextResponse("not found", status_code=404)
+        return FileResponse(path)
+
+    def unsubscribe(request: Request) -> Response:
+        return PlainTextResponse(
+            "Preview: in a sent issue this link is the recipient's own unsubscribe link.\n"
+        )
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/email", email),
+            Route("/email.txt", email_text),
+            Route("/version", version),
+            Route("/assets/{name}", asset),
+            Route("/unsubscribe-preview", unsubscribe),
+        ]
+    )
+
+
+def serve_preview(
+    settings: Settings, day: date | None, *, port: int, ready: Callable[[str], None]
+) -> None:
+    """Serve the preview on 127.0.0.1:`port` until interrupted; `ready(url)` runs once it listens
+    (the CLI opens the browser or prints the URL there)."""
+    import uvicorn
+
+    preview = Preview.at(settings, day, port)
+    # Fail with one clear message before serving: nothing to preview, or the port taken.
+    load_digest(settings, day)
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            raise ConfigError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({error.strerror})") from None
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                ready(f"{preview.origin}/")
+
+    config = uvicorn.Config(preview_app(preview), host="127.0.0.1", port=port, log_level="warning")
+    Server(config).run()

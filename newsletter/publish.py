@@ -1,0 +1,220 @@
+"""Publishing: the issue's web version ("view in browser"), the archive page and the Atom feed.
+
+The public folder is served at settings.base_url, so an issue whose web_url is
+`<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`. Beside each page an
+`issue.json` records what the archive and the feed show of it; the archive and the feed are rebuilt
+from every such record found, so publishing one date keeps all the others. Every file is written
+atomically, and one publish at a time holds the folder's lock, so two publishes of different dates
+cannot drop each other from the archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import jinja2
+
+from .config import Settings
+from .errors import NewsletterError, RenderError
+from .files import write_atomic
+from .render import UNSUBSCRIBE_TAG, RenderedIssue
+
+PAGE = "index.html"
+RECORD = "issue.json"
+FEED = "feed.xml"
+ARCHIVE_TEMPLATE = "archive.html.j2"
+FEED_TEMPLATE = "feed.xml.j2"
+FEED_ENTRIES = 50  # feed readers want the recent issues; the archive page lists them all
+_LOCK = ".publish.lock"
+# Characters XML 1.0 forbids even as references: a digest's stray control character must not make
+# the whole feed unreadable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+@dataclass(frozen=True)
+class PublishedIssue:
+    """What the archive and the feed show of one published issue (its issue.json)."""
+
+    date: date
+    subject: str
+    summary: str
+    url: str  # absolute: the web version
+    path: str  # the web version's folder inside the public folder, e.g. "2026-01-23/"
+    language: str
+    published: datetime  # first published
+    updated: datetime  # last published with a change
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        for key in ("date", "published", "updated"):
+            record[key] = record[key].isoformat()
+        return json.dumps(record, ensure_ascii=False, indent=2) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> PublishedIssue:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                date=date.fromisoformat(record["date"]),
+                subject=str(record["subject"]),
+                summary=str(record["summary"]),
+                url=str(record["url"]),
+                path=str(record["path"]),
+                language=str(record["language"]),
+                published=datetime.fromisoformat(record["published"]),
+                updated=datetime.fromisoformat(record["updated"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise NewsletterError(
+                f"{path}: not a readable issue record ({error}); delete it and publish that date again"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Publication:
+    page: Path  # the issue's web version
+    archive: Path
+    feed: Path
+    issues: list[PublishedIssue]  # everything the archive now lists, newest first
+
+
+def publish_issue(issue: RenderedIssue, settings: Settings) -> Publication:
+    """Write the issue's web version, then rebuild the archive and the feed from every issue."""
+    public = settings.path(settings.public_dir)
+    folder = page_folder(issue.web_url, settings)
+    page, record_file = folder / PAGE, folder / RECORD
+    html = web_version(issue, settings)
+    archive, feed = public / PAGE, public / FEED
+    public.mkdir(parents=True, exist_ok=True)
+    with _locked(public):
+        # Every other record is read before anything is written: a broken one stops the publish
+        # with nothing changed.
+        others = [found for found in published_issues(settings) if found.path != _relative(folder, public)]
+        previous = PublishedIssue.from_file(record_file) if record_file.is_file() else None
+        changed = not page.is_file() or page.read_text(encoding="utf-8") != html
+        now = settings.clock().astimezone(timezone.utc).replace(microsecond=0)
+        record = PublishedIssue(
+            date=issue.date,
+            subject=_xml_safe(issue.subject),
+            summary=_xml_safe(issue.preheader),
+            url=issue.web_url,
+            path=_relative(folder, public),
+            language=issue.language,
+            published=previous.published if previous else now,
+            updated=now if changed or previous is None else previous.updated,
+        )
+        issues = sorted([*others, record], key=lambda found: (found.date, found.path), reverse=True)
+        if changed:
+            write_atomic(page, html)
+        if previous != record:
+            write_atomic(record_file, record.to_json())
+        write_atomic(archive, render_archive(issues, settings))
+        write_atomic(feed, render_feed(issues, settings))
+    return Publication(page=page, archive=archive, feed=feed, issues=issues)
+
+
+def published_issues(settings: Settings) -> list[PublishedIssue]:
+    """Every issue published in the public folder, newest first."""
+    public = settings.path(settings.public_dir)
+    if not public.is_dir():
+        return []
+    issues = [PublishedIssue.from_file(record) for record in public.glob(f"**/{RECORD}")]
+    return sorted(issues, key=lambda found: (found.date, found.path), reverse=True)
+
+
+def page_folder(web_url: str, settings: Settings) -> Path:
+    """The folder in the public folder that `web_url` maps to when it is served at base_url."""
+    prefix = settings.base_url + "/"
+    rest = web_url[len(prefix) :] if web_url.startswith(prefix) else None
+    parts = rest.split("/")[:-1] if rest and rest.endswith("/") else None
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        raise RenderError(
+            f"the issue's web address {web_url!r} is not a folder under base_url ({settings.base_url}/…/)"
+        )
+    return settings.path(settings.public_dir).joinpath(*parts)
+
+
+def public_unsubscribe_url(settings: Settings) -> str:
+    """What the web version's unsubscribe link points to: a public page has no recipient, so it
+    asks by email when an unsubscribe address is configured and leads to the archive otherwise."""
+    if settings.unsubscribe_mailto:
+        return f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe"
+    return f"{settings.base_url}/"
+
+
+def web_version(issue: RenderedIssue, settings: Settings) -> str:
+    """The issue's HTML as the public page shows it: no personal placeholder left in it."""
+    html, _ = issue.personalised(public_unsubscribe_url(settings))
+    return html
+
+
+def render_archive(issues: list[PublishedIssue], settings: Settings) -> str:
+    return _render(ARCHIVE_TEMPLATE, settings, issues=issues, **_common(issues, settings))
+
+
+def render_feed(issues: list[PublishedIssue], settings: Settings) -> str:
+    entries = issues[:FEED_ENTRIES]
+    return _render(FEED_TEMPLATE, settings, issues=entries, **_common(entries, settings))
+
+
+def _common(issues: list[PublishedIssue], settings: Settings) -> dict:
+    newest_change = max((found.updated for found in issues), default=settings.clock())
+    return {
+        "title": settings.from_name,
+        "author": settings.from_name,
+        "language": issues[0].language if issues else "en",
+        "archive_url": f"{settings.base_url}/",
+        "feed_url": f"{settings.base_url}/{FEED}",
+        "updated": newest_change,
+    }
+
+
+def _render(name: str, settings: Settings, **context: object) -> str:
+    try:
+        return _environment(settings).get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as error:
+        raise RenderError(f"{error.filename or error.name}:{error.lineno}: {error.message}") from None
+    except jinja2.TemplateNotFound as error:
+        raise RenderError(f"{settings.path(settings.templates_dir)}: template {error.name} not found") from None
+
+
+def _environment(settings: Settings) -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(settings.path(settings.templates_dir)),
+        autoescape=True,  # the feed as much as the page: every subject comes from an untrusted digest
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters["rfc3339"] = _rfc3339
+    return environment
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _relative(folder: Path, public: Path) -> str:
+    return folder.relative_to(public).as_posix() + "/"
+
+
+def _xml_safe(text: str) -> str:
+    return _NOT_XML.sub("", text.replace(UNSUBSCRIBE_TAG, ""))
+
+
+@contextlib.contextmanager
+def _locked(public: Path) -> Iterator[None]:
+    with open(public / _LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

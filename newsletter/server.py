@@ -1,0 +1,317 @@
+"""The web server (`newsletter serve`): unsubscribe pages and RFC 8058 one-click unsubscribe, the
+SendGrid Event Webhook, and the public folder (archive pages, thumbnails), so that one process hosts
+everything an email links to.
+
+GET on an unsubscribe link changes nothing (mail scanners and link previews follow links); only a
+POST does, and it answers once the change is committed. Links that are not ours, and ours for a
+membership that no longer exists, get the same page byte for byte, so a probe learns nothing.
+No cookies anywhere: the signed token is the reader's only credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import jinja2
+import uvicorn
+from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection, Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import db
+from .config import Settings
+from .errors import TokenError
+from .render import DARK, FONT_STACK, LIGHT
+from .subscribers import log_event
+from .tokens import UnsubscribeLinks
+from .webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookVerifier, apply_events, parse_events
+
+# SendGrid's batches are far smaller; anything bigger is not SendGrid.
+MAX_WEBHOOK_BODY = 10 * 1024 * 1024
+
+# The unsubscribe pages load nothing from anywhere and post only to themselves.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Robots-Tag": "noindex, nofollow",
+}
+
+
+@dataclass(frozen=True)
+class Membership:
+    """What an unsubscribe page shows about the link's owner."""
+
+    list_id: int
+    subscriber_id: int
+    email: str
+    list_name: str
+    list_description: str
+    status: str
+
+
+def mask_email(email: str) -> str:
+    """Enough of the address for its owner to recognise it, not enough to harvest from a forwarded link."""
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}•••@{domain}"
+
+
+class _UnsubscribeService:
+    """The database side of the pages: find a token's membership, change its status."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._links = UnsubscribeLinks(settings)
+        # SQLite has one writer at a time. Queueing this process's writers on a lock is much
+        # faster than letting threads meet in SQLite's busy handler, which sleeps and retries;
+        # other processes (a send, an import) still wait through the busy timeout.
+        sqlite = engine.dialect.name == "sqlite"
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if sqlite else contextlib.nullcontext()
+        )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self._write_lock, self._engine.begin() as conn:
+            yield conn
+
+    def _ids(self, token: str) -> tuple[int, int] | None:
+        try:
+            return self._links.read(token)
+        except TokenError:
+            return None
+
+    def find(self, token: str) -> Membership | None:
+        ids = self._ids(token)
+        if ids is None:
+            return None
+        with self._transaction() as conn:
+            return _membership(conn, *ids)
+
+    def unsubscribe(self, token: str, source: str) -> Membership | None:
+        # Only a subscribed membership changes: a bounced or complained one stays as it is (the
+        # suppression rule, for one membership).
+        return self._change(token, db.SUBSCRIBED, db.UNSUBSCRIBED, source, "")
+
+    def resubscribe(self, token: str) -> Membership | None:
+        # Only an unsubscribe is the reader's to undo: a bounced address still cannot receive, and
+        # a complaint is not undone by a click on a forwarded link.
+        return self._change(
+            token,
+            db.UNSUBSCRIBED,
+            db.SUBSCRIBED,
+            "unsubscribe_page",
+            "re-subscribed from the unsubscribe page",
+        )
+
+    def _change(self, token: str, expected: str, status: str, source: str, detail: str) -> Membership | None:
+        ids = self._ids(token)
+        if ids is None:
+            return None
+        with self._transaction() as conn:
+            membership = _membership(conn, *ids)
+            if membership is None or membership.status != expected:
+                return membership
+            now = self._settings.clock()
+            changed = conn.execute(
+                _SET_STATUS,
+                {
+                    "list": membership.list_id,
+                    "subscriber": membership.subscriber_id,
+                    "expected": expected,
+                    "new": status,
+                    "now": now,
+                },
+            )
+            if changed.rowcount != 1:  # another writer got there first (PostgreSQL reads do not lock)
+                return _membership(conn, *ids)
+            log_event(
+                conn,
+                subscriber_id=membership.subscriber_id,
+                list_id=membership.list_id,
+                status=status,
+                previous_status=expected,
+                source=source,
+                now=now,
+                detail=detail,
+            )
+            return replace(membership, status=status)
+
+    def apply_webhook(self, events: list[dict]) -> None:
+        with self._transaction() as conn:
+            apply_events(conn, events, self._settings.clock())
+
+
+# Built once: these run for every click, and building a statement costs more than running it.
+_FIND_MEMBERSHIP = (
+    select(db.subscribers.c.email, db.lists.c.name, db.lists.c.description, db.memberships.c.status)
+    .select_from(db.memberships.join(db.subscribers).join(db.lists))
+    .where(
+        db.memberships.c.list_id == bindparam("list"),
+        db.memberships.c.subscriber_id == bindparam("subscriber"),
+    )
+)
+_SET_STATUS = (
+    db.memberships.update()
+    .where(
+        db.memberships.c.list_id == bindparam("list"),
+        db.memberships.c.subscriber_id == bindparam("subscriber"),
+        db.memberships.c.status == bindparam("expected"),
+    )
+    .values(status=bindparam("new"), updated_at=bindparam("now"))
+)
+
+
+def _membership(conn: Connection, list_id: int, subscriber_id: int) -> Membership | None:
+    row = conn.execute(_FIND_MEMBERSHIP, {"list": list_id, "subscriber": subscriber_id}).first()
+    if row is None:
+        return None
+    return Membership(list_id, subscriber_id, row.email, row.name, row.description, row.status)
+
+
+class _Pages:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(settings.path(settings.templates_dir)),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+
+    def render(
+        self, template: str, status_code: int = 200, membership: Membership | None = None, **context: object
+    ) -> HTMLResponse:
+        html = self._env.get_template(template).render(
+            newsletter=self._settings.from_name,
+            postal_address=self._settings.postal_address,
+            archive_url=f"{self._settings.base_url}/",
+            light=LIGHT,
+            dark=DARK,
+            fonts=FONT_STACK,
+            membership=membership,
+            masked_email=mask_email(membership.email) if membership else "",
+            **context,
+        )
+        return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+
+    def invalid(self) -> HTMLResponse:
+        # The same bytes for every bad link, whatever made it bad.
+        return self.render("unsubscribe_invalid.html.j2", 404)
+
+    def for_status(self, membership: Membership, token: str) -> HTMLResponse:
+        """The page that follows a POST: done, or subscribed again."""
+        template = (
+            "unsubscribe_resubscribed.html.j2"
+            if membership.status == db.SUBSCRIBED
+            else "unsubscribe_done.html.j2"
+        )
+        return self.render(template, membership=membership, token=token)
+
+
+class _SecurityHeaders:
+    """Headers every response carries, the public folder's files included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["X-Content-Type-Options"] = "nosniff"
+            await send(message)
+
+        await self._app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def create_app(settings: Settings) -> ASGIApp:
+    """The whole site as one ASGI app."""
+    engine = db.engine_for(settings)
+    service = _UnsubscribeService(settings, engine)
+    pages = _Pages(settings)
+    verifier = (
+        WebhookVerifier(settings.sendgrid_webhook_public_key)
+        if settings.sendgrid_webhook_public_key
+        else None
+    )
+    public_dir = settings.path(settings.public_dir)
+    public_dir.mkdir(parents=True, exist_ok=True)
+
+    async def confirm(request: Request) -> Response:
+        token = request.path_params["token"]
+        membership = await run_in_threadpool(service.find, token)
+        if membership is None:
+            return pages.invalid()
+        if membership.status != db.SUBSCRIBED:
+            return pages.render("unsubscribe_done.html.j2", membership=membership, token=token)
+        return pages.render("unsubscribe_confirm.html.j2", membership=membership, token=token)
+
+    async def unsubscribe(request: Request) -> Response:
+        token = request.path_params["token"]
+        form = await request.form()
+        # RFC 8058: a mail client's one-click POST carries exactly this field; the page's button does not.
+        source = "one_click" if form.get("List-Unsubscribe") == "One-Click" else "unsubscribe_page"
+        membership = await run_in_threadpool(service.unsubscribe, token, source)
+        return pages.invalid() if membership is None else pages.for_status(membership, token)
+
+    async def resubscribe(request: Request) -> Response:
+        token = request.path_params["token"]
+        membership = await run_in_threadpool(service.resubscribe, token)
+        return pages.invalid() if membership is None else pages.for_status(membership, token)
+
+    async def sendgrid_events(request: Request) -> Response:
+        if verifier is None:
+            # Never accept unsigned events: anyone could unsubscribe anyone.
+            return PlainTextResponse("the signed Event Webhook is not configured", 503)
+        body = await _read_limited(request, MAX_WEBHOOK_BODY)
+        if body is None:
+            return PlainTextResponse("request body too large", 413)
+        signature, timestamp = request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER)
+        if not verifier.verify(body, signature, timestamp, settings.clock()):
+            return PlainTextResponse("bad or stale signature", 403)
+        try:
+            events = parse_events(body)
+        except ValueError:
+            return PlainTextResponse("expected a JSON array of events", 400)
+        # Committed before the 2xx: SendGrid retries anything else, and duplicates are skipped.
+        await run_in_threadpool(service.apply_webhook, events)
+        return PlainTextResponse("ok")
+
+    routes = [
+        Route("/unsubscribe/{token}", confirm, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
+        Route("/resubscribe/{token}", resubscribe, methods=["POST"]),
+        Route("/webhooks/sendgrid", sendgrid_events, methods=["POST"]),
+        Mount("/", StaticFiles(directory=public_dir, html=True)),
+    ]
+    return _SecurityHeaders(Starlette(routes=routes))
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the site until interrupted."""
+    app = create_app(settings)
+    # No access log: every unsubscribe URL carries a reader's token.
+    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, log_level="info")

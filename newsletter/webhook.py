@@ -1,0 +1,219 @@
+"""SendGrid's signed Event Webhook: verify the signature and age, then apply each event once.
+
+SendGrid posts a JSON array of events, signs timestamp+body with ECDSA P-256, and retries for a day
+on any non-2xx answer, so an event can arrive several times: each sg_event_id is applied once
+(webhook_events). Status events suppress the subscriber through the same rule as every other
+source; engagement and delivery events are counted per campaign.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from . import db
+from .errors import ConfigError
+from .suppressions import subscriber_id_for, suppress
+
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+# A signed request replayed later than this is refused (either way, to allow for clock skew).
+MAX_AGE = timedelta(minutes=10)
+
+# SendGrid retries a batch for up to 24 hours; event ids are kept well past that, then pruned.
+DEDUPE_WINDOW = timedelta(days=7)
+
+# Why SendGrid dropped a message, for the reasons that say something about the address (the others,
+# such as "Spam Content" or "Invalid SMTPAPI header", are about the message and change no status).
+DROP_REASONS = {
+    "Bounced Address": db.BOUNCED,
+    "Invalid": db.BOUNCED,
+    "Unsubscribed Address": db.UNSUBSCRIBED,
+    "Spam Reporting Address": db.COMPLAINED,
+}
+
+
+class WebhookVerifier:
+    """Checks the signature and timestamp headers of one Event Webhook request."""
+
+    def __init__(self, public_key: str) -> None:
+        try:
+            helper = EventWebhook(public_key.strip())
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            helper = None
+        if helper is None or not isinstance(helper.public_key, ec.EllipticCurvePublicKey):
+            raise ConfigError(
+                "bad setting 'sendgrid_webhook_public_key' (NEWSLETTER_SENDGRID_WEBHOOK_PUBLIC_KEY): "
+                "expected the base64 ECDSA verification key SendGrid shows for the signed Event Webhook"
+            )
+        self._helper = helper
+
+    def verify(self, body: bytes, signature: str | None, timestamp: str | None, now: datetime) -> bool:
+        if not signature or not timestamp:
+            return False
+        try:
+            sent = int(timestamp)
+            payload = body.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if abs(now.timestamp() - sent) > MAX_AGE.total_seconds():
+            return False
+        try:
+            return bool(self._helper.verify_signature(payload, signature, timestamp))
+        except (binascii.Error, ValueError):  # a signature that is not base64 at all
+            return False
+
+
+def parse_events(body: bytes) -> list[dict[str, Any]]:
+    """The events of one webhook request; ValueError if the body is not SendGrid's JSON array."""
+    events = json.loads(body)
+    if not isinstance(events, list) or not all(
+        isinstance(event, dict) and isinstance(event.get("event"), str) for event in events
+    ):
+        raise ValueError("expected a JSON array of event objects")
+    return events
+
+
+@dataclass
+class WebhookResult:
+    applied: int = 0  # events seen for the first time
+    duplicates: int = 0  # events already applied (SendGrid's retries)
+    changed: int = 0  # memberships whose status changed
+
+
+def apply_events(conn: Connection, events: list[dict[str, Any]], now: datetime) -> WebhookResult:
+    """Apply a batch of verified events in the caller's transaction."""
+    result = WebhookResult()
+    conn.execute(db.webhook_events.delete().where(db.webhook_events.c.received_at < now - DEDUPE_WINDOW))
+    seen = _already_applied(conn, [event["sg_event_id"] for event in events if _event_id(event)])
+    counts: Counter[tuple[int, str]] = Counter()
+    for event in events:
+        event_id = _event_id(event)
+        if event_id is not None:
+            if event_id in seen:
+                result.duplicates += 1
+                continue
+            seen.add(event_id)
+            conn.execute(db.webhook_events.insert().values(sg_event_id=event_id, received_at=now))
+        result.applied += 1
+        campaign_id = _int_arg(event, "campaign_id")
+        if campaign_id is not None:
+            counts[(campaign_id, event["event"][:30])] += 1
+        change = _status_change(event)
+        if change is None:
+            continue
+        status, every_list = change
+        subscriber_id = _subscriber(conn, event)
+        if subscriber_id is None:
+            continue
+        result.changed += suppress(
+            conn,
+            subscriber_id=subscriber_id,
+            status=status,
+            source="webhook",
+            now=now,
+            list_id=None if every_list else _int_arg(event, "list_id"),
+            detail=_detail(event),
+        )
+    _count(conn, counts)
+    return result
+
+
+def _event_id(event: dict[str, Any]) -> str | None:
+    value = event.get("sg_event_id")
+    return value if isinstance(value, str) and value else None
+
+
+def _already_applied(conn: Connection, event_ids: list[str]) -> set[str]:
+    seen: set[str] = set()
+    column = db.webhook_events.c.sg_event_id
+    # Chunked: a batch can hold thousands of events, more than a statement's bound parameters.
+    for start in range(0, len(event_ids), 500):
+        chunk = event_ids[start : start + 500]
+        seen.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+    return seen
+
+
+def _status_change(event: dict[str, Any]) -> tuple[str, bool] | None:
+    """(status, whether it applies to every list) for the events that suppress an address.
+
+    SendGrid keeps bounces, spam reports and global unsubscribes account-wide, dropping every later
+    message to that address whatever list it is for, so those apply to every list; a
+    group_unsubscribe concerns the one list the message was for (every list if it does not say).
+    """
+    kind = event["event"]
+    if kind == "bounce":
+        # A "blocked" bounce is the receiving server refusing the sender for now, not a dead address.
+        return None if event.get("type") == "blocked" else (db.BOUNCED, True)
+    if kind == "dropped":
+        reason = event.get("reason")
+        status = DROP_REASONS.get(reason) if isinstance(reason, str) else None
+        return None if status is None else (status, True)
+    if kind == "spamreport":
+        return db.COMPLAINED, True
+    if kind == "unsubscribe":
+        return db.UNSUBSCRIBED, True
+    if kind == "group_unsubscribe":
+        return db.UNSUBSCRIBED, False
+    return None
+
+
+def _int_arg(event: dict[str, Any], name: str) -> int | None:
+    """One of our custom_args (SendGrid returns them as the strings we sent)."""
+    value = event.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdecimal():
+        return int(value)
+    return None
+
+
+def _subscriber(conn: Connection, event: dict[str, Any]) -> int | None:
+    subscriber_id = _int_arg(event, "subscriber_id")
+    if subscriber_id is not None:
+        found = conn.execute(select(db.subscribers.c.id).where(db.subscribers.c.id == subscriber_id)).scalar()
+        if found is not None:
+            return found
+    email = event.get("email")
+    return subscriber_id_for(conn, email) if isinstance(email, str) else None
+
+
+def _detail(event: dict[str, Any]) -> str:
+    detail = f"SendGrid {event['event']} event"
+    reason = event.get("reason") or event.get("type")
+    if isinstance(reason, str) and reason.strip():
+        detail += f": {reason.strip()[:300]}"
+    return detail
+
+
+def _count(conn: Connection, counts: Counter[tuple[int, str]]) -> None:
+    if not counts:
+        return
+    stats = db.campaign_stats.c
+    campaign_ids = {campaign_id for campaign_id, _ in counts}
+    existing = set(
+        conn.execute(select(db.campaigns.c.id).where(db.campaigns.c.id.in_(campaign_ids))).scalars()
+    )
+    for (campaign_id, event), number in counts.items():
+        if campaign_id not in existing:
+            continue
+        updated = conn.execute(
+            db.campaign_stats.update()
+            .where(stats.campaign_id == campaign_id, stats.event == event)
+            .values(count=stats.count + number)
+        )
+        if updated.rowcount == 0:
+            conn.execute(
+                db.campaign_stats.insert().values(campaign_id=campaign_id, event=event, count=number)
+            )

@@ -1,0 +1,203 @@
+"""Pre-send checks: each rule caught with where it is, and the real issue passing them all."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from newsletter.checks import CheckReport, Problem, run_checks
+from newsletter.cli import app
+from newsletter.config import Settings
+from newsletter.digest import load_digest
+from newsletter.errors import CheckFailed
+from newsletter.render import GMAIL_CLIP_BYTES, UNSUBSCRIBE_TAG, RenderedIssue, render_issue
+
+from .support import ROOT
+
+IMAGE = '<img src="https://cdn.example.com/a.png" alt="A paper" width="552" height="290">'
+FOOTER = (
+    f'<p><a href="https://example.com/2026-01-23/">View in browser</a> <a href="{UNSUBSCRIBE_TAG}">Unsubscribe</a></p>'
+)
+
+
+def page(body: str) -> str:
+    return f"<!doctype html><html><head><title>Issue</title></head><body>\n{body}\n{FOOTER}\n</body></html>"
+
+
+GOOD = RenderedIssue(
+    date=date(2026, 1, 23),
+    subject="Daily Papers · 2026-01-23",
+    preheader="Five papers",
+    html=page(f'{IMAGE}\n<a href="https://huggingface.co/papers/2601.15876">Read the paper</a>\n'
+              '<a href="mailto:papers@example.com">Write to us</a>'),
+    text=f"Daily Papers\n\nUnsubscribe: {UNSUBSCRIBE_TAG}\n",
+    language="en",
+    web_url="https://example.com/2026-01-23/",
+)
+
+
+def problems_of(**changes: str) -> list[str]:
+    return [str(problem) for problem in run_checks(dataclasses.replace(GOOD, **changes)).problems]
+
+
+def test_a_good_issue_passes() -> None:
+    report = run_checks(GOOD)
+
+    assert report.ok and report.problems == []
+    # Each placeholder is counted at the length of a real personal link.
+    assert report.html_bytes == len(GOOD.html.encode()) - len(UNSUBSCRIBE_TAG) + 256
+    assert report.size_line().startswith("HTML size 0.") and report.size_line().endswith("of 102 KB (ok)")
+    report.raise_for_problems()
+
+
+def test_html_over_gmails_limit_is_caught_with_its_size() -> None:
+    padding = "<p>" + "가" * (GMAIL_CLIP_BYTES // 3) + "</p>"  # three bytes each in UTF-8
+
+    report = run_checks(dataclasses.replace(GOOD, html=page(padding)))
+
+    assert not report.ok
+    assert report.html_bytes > GMAIL_CLIP_BYTES
+    (problem,) = report.problems
+    assert problem.where == "HTML part" and "over Gmail's 102 KB" in problem.what
+    assert "too big" in report.size_line()
+
+
+@pytest.mark.parametrize(
+    ("img", "expected"),
+    [
+        ('<img src="http://cdn.example.com/a.png" alt="A" width="552" height="290">',
+         "src is not an absolute https URL"),
+        ('<img src="images/a.png" alt="A" width="552" height="290">', "src is not an absolute https URL"),
+        ('<img src="https://cdn.example.com/a.png" width="552" height="290">', "has no alt text"),
+        ('<img src="https://cdn.example.com/a.png" alt=" " width="552" height="290">', "has no alt text"),
+        ('<img src="https://cdn.example.com/a.png" alt="A" height="290">', "has no width in pixels (got None)"),
+        ('<img src="https://cdn.example.com/a.png" alt="A" width="552" height="auto">',
+         "has no height in pixels (got 'auto')"),
+    ],
+)
+def test_each_image_rule(img: str, expected: str) -> None:
+    found = problems_of(html=page(f"{IMAGE}\n{img}"))
+
+    assert len(found) == 1
+    assert found[0].startswith("image 2 (src=")
+    assert found[0].endswith(expected)
+    assert ", line 3)" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("href", "expected"),
+    [
+        ("javascript:alert(1)", "is not an absolute http(s) or mailto link"),
+        ("/2026-01-23/", "is not an absolute http(s) or mailto link"),
+        ("https:///nohost", "is not an absolute http(s) or mailto link"),
+        ("mailto:", "mailto: link without an address"),
+        ("", "has no href"),
+    ],
+)
+def test_each_link_rule(href: str, expected: str) -> None:
+    found = problems_of(html=page(f'<a href="{href}">Read the <b>paper</b></a>'))
+
+    assert found == [f"link 'Read the paper' (href={href!r}, line 2): {expected}"]
+
+
+def test_image_link_is_named_by_its_alt_text() -> None:
+    logo = '<img src="https://c.example/a.png" alt="Logo" width="1" height="1">'
+    found = problems_of(html=page(f'<a href="ftp://x/y">{logo}</a>'))
+
+    assert found == ["link 'Logo' (href='ftp://x/y', line 2): is not an absolute http(s) or mailto link"]
+
+
+def test_unsubscribe_link_is_required_in_both_parts() -> None:
+    html = GOOD.html.replace(f'<a href="{UNSUBSCRIBE_TAG}">Unsubscribe</a>', "")
+
+    assert problems_of(html=html) == [f'HTML part: has no unsubscribe link (<a href="{UNSUBSCRIBE_TAG}">)']
+    assert problems_of(text="Daily Papers\n") == [f"text part: has no unsubscribe link ({UNSUBSCRIBE_TAG})"]
+
+
+def test_text_part_is_required() -> None:
+    assert problems_of(text=" \n") == [
+        "text part: is missing: mail without a text part is more often taken for spam"
+    ]
+
+
+def test_replacement_characters_are_caught_in_every_part() -> None:
+    html = page("<p>\ufffd</p>")
+
+    found = problems_of(subject="Daily \ufffd Papers", html=html, text=GOOD.text + "bad \ufffd")
+
+    assert found == [
+        "subject: holds a broken character (U+FFFD) at offset 6",
+        f"HTML part: holds a broken character (U+FFFD) at offset {html.index(chr(0xFFFD))}",
+        f"text part: holds a broken character (U+FFFD) at offset {len(GOOD.text) + 4}",
+    ]
+
+
+def test_scripts_are_caught() -> None:
+    assert problems_of(html=page("<script>alert(1)</script>")) == [
+        "<script> on line 2: scripts are not allowed in email"
+    ]
+
+
+def test_failed_report_raises_every_problem() -> None:
+    report = CheckReport(html_bytes=10, problems=[Problem("image 1 (src='x')", "has no alt text")])
+
+    with pytest.raises(CheckFailed) as caught:
+        report.raise_for_problems()
+    assert str(caught.value) == "1 pre-send check(s) failed:\n  - image 1 (src='x'): has no alt text"
+
+
+# -- the real issue ----------------------------------------------------------------------------
+
+
+def test_the_rendered_example_passes_every_check(settings: Settings) -> None:
+    issue = render_issue(load_digest(settings, date(2026, 1, 23)), settings)
+
+    report = run_checks(issue)
+
+    assert report.problems == []
+    assert 10_000 < report.html_bytes < GMAIL_CLIP_BYTES
+
+
+def test_check_command_passes_on_the_example(project: Path) -> None:
+    result = CliRunner().invoke(app, ["check", "--date", "2026-01-23"])
+
+    assert result.exit_code == 0, result.output
+    assert "HTML size" in result.output and "of 102 KB (ok)" in result.output
+    assert "passes every check" in result.output
+
+
+def test_check_command_fails_with_every_problem(project: Path) -> None:
+    # A local thumbnail published under the default http:// base URL cannot show in an email.
+    from PIL import Image
+
+    (project / "digests" / "images").mkdir()
+    name = "EvoCUA_Evolving_Computer_Use_Agents_via_Learning_from_Scalable_Synthetic_Experience_img.jpg"
+    Image.new("RGB", (1200, 630), (200, 30, 30)).save(project / "digests" / "images" / name)
+
+    result = CliRunner().invoke(app, ["check", "--date", "2026-01-23"])
+
+    assert result.exit_code == 1
+    assert "image 1 (src='http://127.0.0.1:8000/assets/" in result.output
+    assert "src is not an absolute https URL" in result.output
+    assert "1 problem(s):" in result.output and "not ready to send" in result.output
+    assert "HTML size" in result.output
+
+
+def test_check_command_names_a_missing_digest(project: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "check", "--date", "2026-02-01"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"},
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"
+    assert result.stdout == ""

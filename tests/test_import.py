@@ -1,0 +1,548 @@
+"""`subscribers import` and `export`: CSV dialects, line numbers, rejects, idempotence, consent, and
+unsubscribes that arrive while a big import runs. Real SQLite files throughout."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
+
+from newsletter import db
+from newsletter.cli import app
+from newsletter.config import Settings, load_settings
+from newsletter.errors import SubscriberError
+from newsletter.subscriber_csv import PROBLEM_LIMIT, export_csv, import_csv
+from newsletter.subscribers import create_list, find_subscriber, get_list, set_status, subscribe
+
+from .support import ROOT
+
+EXAMPLE_LIST = ROOT / "subscribers" / "example.csv"
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    engine = db.engine_for(settings)
+    with engine.begin() as conn:
+        create_list(conn, "daily", now=settings.clock())
+    return engine
+
+
+def run_import(engine: Engine, settings: Settings, path: Path, **options):
+    return import_csv(
+        engine, path, list_name=options.pop("list_name", "daily"), clock=settings.clock, **options
+    )
+
+
+def write(path: Path, content: str, *, bom: bool = False) -> Path:
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + content.encode("utf-8"))
+    return path
+
+
+def table_rows(engine: Engine, table) -> list[tuple]:
+    with engine.begin() as conn:
+        return [tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key.columns))]
+
+
+def members(engine: Engine, list_name: str = "daily") -> dict[str, tuple]:
+    """email -> (name, attributes, status) for every member of the list."""
+    s, m = db.subscribers.c, db.memberships.c
+    with engine.begin() as conn:
+        list_id = get_list(conn, list_name).id
+        rows = conn.execute(
+            select(s.email, s.name, s.attributes, m.status)
+            .join(db.memberships, m.subscriber_id == s.id)
+            .where(m.list_id == list_id)
+        ).all()
+    return {row.email: (row.name, row.attributes, row.status) for row in rows}
+
+
+def status_of(engine: Engine, email: str, list_name: str = "daily") -> str | None:
+    with engine.begin() as conn:
+        subscriber = find_subscriber(conn, email)
+        return conn.execute(
+            select(db.memberships.c.status).where(
+                db.memberships.c.subscriber_id == subscriber.id,
+                db.memberships.c.list_id == get_list(conn, list_name).id,
+            )
+        ).scalar()
+
+
+def events_of(engine: Engine, email: str) -> list[tuple]:
+    with engine.begin() as conn:
+        subscriber = find_subscriber(conn, email)
+        e = db.events.c
+        return [
+            tuple(row)
+            for row in conn.execute(
+                select(e.id, e.previous_status, e.status, e.source, e.detail)
+                .where(e.subscriber_id == subscriber.id)
+                .order_by(e.id)
+            )
+        ]
+
+
+def newsletter_env(settings: Settings) -> dict[str, str]:
+    """The environment of `python -m newsletter` run as another process on this test's database."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NEWSLETTER_DATABASE_URL": settings.resolved_database_url,
+        "COLUMNS": "400",  # a message on one line, as wide as it is
+    }
+
+
+# -- the example list and CSV dialects ---------------------------------------------------------------
+
+
+def test_the_example_list_imports_cleanly(engine: Engine, settings: Settings) -> None:
+    report = run_import(engine, settings, EXAMPLE_LIST)
+
+    assert (report.rows, report.added, report.new_subscribers, report.problem_count) == (20, 20, 20, 0)
+    imported = members(engine)
+    assert len(imported) == 20
+    assert all(email.split("@")[1] in ("example.com", "example.org") for email in imported)
+    assert imported["minjun.kim@example.com"] == (
+        "김민준",
+        {"affiliation": "Seoul National University", "interests": "LLM, agents"},
+        "subscribed",
+    )
+    # A row whose optional columns are empty keeps no empty attributes.
+    assert imported["noah.williams@example.org"] == ("Noah Williams", {}, "subscribed")
+
+
+def test_bom_semicolons_quotes_and_blank_lines_keep_physical_line_numbers(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    source = write(
+        tmp_path / "excel.csv",
+        "\n"  # line 1: blank lines before the header are skipped
+        'Email;Name;"Note; with semicolon"\r\n'  # line 2: the header
+        " Ann@Example.COM ;Ann;plain\r\n"  # line 3
+        "\r\n"  # line 4: blank
+        'bob@example.org;"Bob ""the builder""";"two\r\nlines; and a semicolon"\r\n'  # lines 5-6
+        ";;\r\n"  # line 7: empty cells only, a blank row
+        "not an address;Carl;x\r\n"  # line 8
+        'dora@example.com;"Dora\nDee";\r\n'  # lines 9-10
+        "eve@example.com;;;\r\n"  # line 11: a trailing empty field beyond the header is harmless
+        "frank@example.com;Frank;a;surplus\r\n",  # line 12: a value beyond the header is not
+        bom=True,
+    )
+    report = run_import(engine, settings, source, rejects=tmp_path / "rejects.csv")
+
+    assert report.rows == 6
+    imported = members(engine)
+    assert set(imported) == {"Ann@example.com", "bob@example.org", "dora@example.com", "eve@example.com"}
+    assert imported["Ann@example.com"][:2] == ("Ann", {"Note; with semicolon": "plain"})
+    assert imported["bob@example.org"][:2] == (
+        'Bob "the builder"',
+        {"Note; with semicolon": "two\r\nlines; and a semicolon"},
+    )
+    assert imported["dora@example.com"][:2] == ("Dora\nDee", {})
+    assert [(p.line, p.kind) for p in report.problems] == [(8, "invalid"), (12, "invalid")]
+    assert "@-sign" in report.problems[0].reason
+    assert "4 fields but the header has 3" in report.problems[1].reason
+
+    with (tmp_path / "rejects.csv").open(encoding="utf-8", newline="") as handle:
+        rejected = list(csv.reader(handle, delimiter=";"))
+    assert rejected[0] == ["line", "reason", "Email", "Name", "Note; with semicolon"]
+    assert [row[0] for row in rejected[1:]] == ["8", "12"]
+    assert rejected[1][2:] == ["not an address", "Carl", "x"]
+    assert rejected[2][2:] == ["frank@example.com", "Frank", "a", "surplus"]
+
+
+def test_duplicates_differing_only_in_case_keep_the_first(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    source = write(
+        tmp_path / "dupes.csv",
+        "email,name\nkim@example.com,First\nlee@example.com,Lee\nKIM@EXAMPLE.COM,Second\nKim@example.com,Third\n",
+    )
+    report = run_import(engine, settings, source, rejects=tmp_path / "rejects.csv")
+
+    assert members(engine) == {
+        "kim@example.com": ("First", {}, "subscribed"),
+        "lee@example.com": ("Lee", {}, "subscribed"),
+    }
+    assert (report.added, report.duplicates) == (2, 2)
+    assert [(p.line, p.reason) for p in report.problems] == [
+        (4, "duplicate of line 2"),
+        (5, "duplicate of line 2"),
+    ]
+    rejected = (tmp_path / "rejects.csv").read_text(encoding="utf-8").splitlines()
+    assert rejected[1:] == [
+        "4,duplicate of line 2,KIM@example.com,Second",
+        "5,duplicate of line 2,Kim@example.com,Third",
+    ]
+
+
+def test_ten_thousand_invalid_rows_are_reported_and_the_valid_ones_land(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    lines = ["email,name"]
+    for i in range(10_000):
+        lines.append(f"broken{i}.example.com,Broken {i}")
+        if i % 1000 == 0:
+            lines.append(f"valid{i}@example.com,Valid {i}")
+    source = write(tmp_path / "dirty.csv", "\n".join(lines) + "\n")
+    report = run_import(engine, settings, source, rejects=tmp_path / "rejects.csv")
+
+    assert (report.invalid, report.added) == (10_000, 10)
+    assert len(report.problems) == PROBLEM_LIMIT  # the report keeps the first ones; the file has all
+    assert report.problems[0].line == 2 and report.problems[1].line == 4
+    with (tmp_path / "rejects.csv").open(encoding="utf-8", newline="") as handle:
+        rejected = list(csv.DictReader(handle))
+    assert len(rejected) == 10_000
+    assert rejected[-1]["line"] == str(len(lines))
+    assert rejected[-1]["email"] == "broken9999.example.com"
+    assert all("@-sign" in row["reason"] for row in rejected)
+    assert len(members(engine)) == 10
+
+
+def test_rows_missing_an_address_or_with_a_huge_name_are_invalid(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    source = write(
+        tmp_path / "odd.csv", f"name,email\nNobody,\n{'x' * 501},long@example.com\nShort,short@example.com\n"
+    )
+    report = run_import(engine, settings, source)
+
+    assert [(p.line, p.reason) for p in report.problems] == [
+        (2, "no email address"),
+        (3, "name longer than 500 characters"),
+    ]
+    assert list(members(engine)) == ["short@example.com"]
+
+
+# -- files that cannot be imported at all -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"name,address\nAnn,ann@example.com\n", r"bad\.csv:1: the header row has no 'email' column"),
+        (b"", r"bad\.csv: the file is empty"),
+        (b"email,name,Email\n", r"bad\.csv:1: the header row names 'email' twice"),
+        (b"email,name\nann@example.com,Ann\nbob@example.com,Bj\xf6rn\n", r"bad\.csv:3: not UTF-8 text"),
+        ("email,name\n".encode("utf-16"), r"bad\.csv:1: not UTF-8 text"),
+        (b"email,name\nann@example.com,Ann\nbob@example.com,B\x00b\n", r"bad\.csv:3: not UTF-8 text"),
+        (
+            b'email,name\nann@example.com,"no closing quote\n' + b"x,y\n" * 40_000,
+            r"bad\.csv:2: unreadable CSV \(field larger than field limit",
+        ),
+    ],
+    ids=["no email column", "empty", "repeated column", "latin-1", "utf-16", "NUL", "unclosed quote"],
+)
+def test_an_unreadable_file_is_one_error_naming_it_and_writes_nothing(
+    engine: Engine, settings: Settings, tmp_path: Path, content: bytes, message: str
+) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_bytes(content)
+    before = [table_rows(engine, t) for t in (db.subscribers, db.memberships, db.events)]
+
+    with pytest.raises(SubscriberError, match=message):
+        run_import(engine, settings, source, rejects=tmp_path / "rejects.csv")
+
+    assert [table_rows(engine, t) for t in (db.subscribers, db.memberships, db.events)] == before
+    assert not (tmp_path / "rejects.csv").exists()
+
+
+def test_the_command_reports_a_bad_header_in_one_line_and_fails(settings: Settings, tmp_path: Path) -> None:
+    env = newsletter_env(settings)
+    newsletter = [sys.executable, "-m", "newsletter"]
+    subprocess.run([*newsletter, "lists", "create", "daily"], env=env, check=True, capture_output=True)
+    source = write(tmp_path / "contacts.csv", "name;mail\nAnn;ann@example.com\n")
+
+    result = subprocess.run(
+        [*newsletter, "subscribers", "import", str(source), "--list", "daily"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert f"{source}:1: the header row has no 'email' column" in result.stderr
+    assert "Traceback" not in result.stderr
+    with db.engine_for(settings).begin() as conn:
+        assert conn.execute(select(func.count()).select_from(db.subscribers)).scalar() == 0
+
+
+def test_importing_into_a_missing_list_names_the_list(engine: Engine, settings: Settings) -> None:
+    with pytest.raises(SubscriberError, match="no list named 'weekly'"):
+        run_import(engine, settings, EXAMPLE_LIST, list_name="weekly")
+
+
+# -- idempotence, consent, dry runs ---------------------------------------------------------------------
+
+
+def test_importing_the_same_file_twice_changes_nothing(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    source = write(
+        tmp_path / "list.csv", EXAMPLE_LIST.read_text(encoding="utf-8") + "KIM@example.org,Dup\nnope,\n"
+    )
+    first = run_import(engine, settings, source)
+    tables = (db.subscribers, db.memberships, db.events)
+    before = [table_rows(engine, t) for t in tables]
+
+    second = run_import(engine, settings, source)
+
+    assert [table_rows(engine, t) for t in tables] == before
+    assert (first.added, second.added, second.unchanged, second.new_subscribers) == (21, 0, 21, 0)
+    assert (second.invalid, second.duplicates) == (first.invalid, first.duplicates) == (1, 0)
+
+
+def test_an_unsubscribed_address_is_skipped_unless_resubscribe(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    run_import(engine, settings, EXAMPLE_LIST)
+    with engine.begin() as conn:
+        list_id = get_list(conn, "daily").id
+        for email, status in (
+            ("jiho.park@example.org", "unsubscribed"),
+            ("yuna.kang@example.com", "bounced"),
+        ):
+            set_status(
+                conn,
+                list_id=list_id,
+                subscriber_id=find_subscriber(conn, email).id,
+                status=status,
+                source="webhook",
+                now=settings.clock(),
+            )
+
+    report = run_import(engine, settings, EXAMPLE_LIST, rejects=tmp_path / "rejects.csv")
+
+    assert (report.skipped, report.unchanged, report.added) == (2, 18, 0)
+    assert [(p.line, p.reason) for p in report.problems] == [
+        (4, "skipped: unsubscribed"),
+        (7, "skipped: bounced"),
+    ]
+    assert status_of(engine, "jiho.park@example.org") == "unsubscribed"
+    assert "skipped: bounced" in (tmp_path / "rejects.csv").read_text(encoding="utf-8")
+
+    again = run_import(engine, settings, EXAMPLE_LIST, resubscribe=True)
+
+    assert (again.resubscribed, again.skipped) == (2, 0)
+    assert status_of(engine, "yuna.kang@example.com") == "subscribed"
+    assert events_of(engine, "yuna.kang@example.com")[-1][1:] == (
+        "bounced",
+        "subscribed",
+        "import",
+        "example.csv line 7",
+    )
+
+
+def test_a_dry_run_counts_everything_and_writes_nothing(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:
+        done = subscribe(
+            conn, list_id=get_list(conn, "daily").id, email="seoyeon.lee@example.com", now=settings.clock()
+        )
+        set_status(
+            conn,
+            list_id=1,
+            subscriber_id=done.subscriber.id,
+            status="complained",
+            source="webhook",
+            now=settings.clock(),
+        )
+    tables = (db.subscribers, db.memberships, db.events)
+    before = [table_rows(engine, t) for t in tables]
+
+    report = run_import(engine, settings, EXAMPLE_LIST, dry_run=True, rejects=tmp_path / "rejects.csv")
+
+    assert (report.added, report.new_subscribers, report.skipped) == (19, 19, 1)
+    assert [(p.line, p.reason) for p in report.problems] == [(3, "skipped: complained")]
+    assert (tmp_path / "rejects.csv").exists()
+    assert [table_rows(engine, t) for t in tables] == before
+
+
+# -- unsubscribes arriving while an import runs ----------------------------------------------------
+
+
+def big_file(path: Path, rows: int, *, first: list[str], last: list[str]) -> Path:
+    """`rows` new addresses with `first` at the top and `last` at the bottom (other chunks)."""
+    body = [f"reader{i}@example.com,Reader {i}" for i in range(rows)]
+    return write(
+        path,
+        "\n".join(["email,name", *(f"{e},Known" for e in first), *body, *(f"{e},Known" for e in last)])
+        + "\n",
+    )
+
+
+def test_an_unsubscribe_from_another_process_during_an_import_is_not_overridden(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    early, late, lapsed = "early@example.com", "late@example.com", "lapsed@example.com"
+    with engine.begin() as conn:
+        for email in (early, late, lapsed):
+            subscribe(conn, list_id=1, email=email, now=settings.clock())
+        set_status(
+            conn,
+            list_id=1,
+            subscriber_id=find_subscriber(conn, lapsed).id,
+            status="unsubscribed",
+            source="one_click",
+            now=settings.clock(),
+        )
+    # `early` is read (and seen subscribed) in the first chunk, `late` in the last one.
+    source = big_file(tmp_path / "big.csv", 5000, first=[early, lapsed], last=[late])
+    command = [sys.executable, "-m", "newsletter", "subscribers", "unsubscribe", "--list", "daily"]
+    outcomes = []
+
+    def progress(phase: str, lines: int) -> None:
+        if phase == "reading" and not outcomes:
+            # Another process, while the import is under way: both readers click "unsubscribe".
+            for email in (early, late):
+                outcomes.append(
+                    subprocess.run(
+                        [*command, email], env=newsletter_env(settings), capture_output=True, text=True
+                    )
+                )
+
+    report = run_import(engine, settings, source, resubscribe=True, progress=progress)
+
+    assert [result.returncode for result in outcomes] == [0, 0], [result.stderr for result in outcomes]
+    assert status_of(engine, early) == status_of(engine, late) == "unsubscribed"
+    # --resubscribe brings back who said no before the import, never who said no during it.
+    assert status_of(engine, lapsed) == "subscribed"
+    assert report.resubscribed == 1 and report.added == 5000
+    assert [(p.line, p.reason) for p in report.problems] == [
+        (5004, "skipped: unsubscribed during the import")
+    ]
+    assert [event[1:4] for event in events_of(engine, early)] == [
+        (None, "subscribed", "command"),
+        ("subscribed", "unsubscribed", "command"),
+    ]
+
+
+def test_an_unsubscribe_during_the_merge_waits_for_it_and_lands_after(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    reader = "jiho.park@example.org"
+    run_import(engine, settings, EXAMPLE_LIST)
+    with engine.begin() as conn:
+        subscriber_id = find_subscriber(conn, reader).id
+        set_status(
+            conn,
+            list_id=1,
+            subscriber_id=subscriber_id,
+            status="unsubscribed",
+            source="command",
+            now=settings.clock(),
+        )
+    source = big_file(tmp_path / "big.csv", 3000, first=[reader], last=[])
+    started, errors = threading.Event(), []
+
+    def one_click() -> None:
+        # What the web server does on a one-click unsubscribe: its own connection, its own transaction.
+        started.set()
+        try:
+            with db.engine_for(settings).begin() as conn:
+                set_status(
+                    conn,
+                    list_id=1,
+                    subscriber_id=subscriber_id,
+                    status="unsubscribed",
+                    source="one_click",
+                    now=settings.clock(),
+                )
+        except Exception as error:  # reported by the assertion below
+            errors.append(error)
+
+    clicker = threading.Thread(target=one_click)
+
+    def progress(phase: str, lines: int) -> None:
+        if phase == "merging":  # the import now holds the write lock
+            clicker.start()
+            started.wait()
+
+    report = run_import(engine, settings, source, resubscribe=True, progress=progress)
+    clicker.join(timeout=120)
+
+    assert not clicker.is_alive() and errors == []
+    assert report.resubscribed == 1  # the import re-subscribed them (they had said no before it began)…
+    history = events_of(engine, reader)
+    assert [event[2:4] for event in history[-2:]] == [("subscribed", "import"), ("unsubscribed", "one_click")]
+    # …and the click, which waited for the import's transaction instead of failing, came after it.
+    assert status_of(engine, reader) == "unsubscribed"
+
+
+# -- export -------------------------------------------------------------------------------------------
+
+
+def test_an_export_round_trips_through_import(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    run_import(engine, settings, EXAMPLE_LIST)
+    with engine.begin() as conn:
+        subscribe(
+            conn,
+            list_id=1,
+            email="quote@example.com",
+            name='Quo"te, Esq.',
+            attributes={"note": "line\nbreak"},
+            now=settings.clock(),
+        )
+        set_status(
+            conn,
+            list_id=1,
+            subscriber_id=find_subscriber(conn, "liam.obrien@example.org").id,
+            status="unsubscribed",
+            source="command",
+            now=settings.clock(),
+        )
+    exported = tmp_path / "out" / "daily.csv"
+    # Into a second, empty database: everything must come from the file.
+    elsewhere = load_settings(database_url=f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    other = db.engine_for(elsewhere)
+    with other.begin() as conn:
+        create_list(conn, "daily", now=elsewhere.clock())
+
+    count = export_csv(engine, list_name="daily", path=exported)
+    report = run_import(other, elsewhere, exported)
+
+    assert count == report.added == report.new_subscribers == 20  # 21 members, one unsubscribed: not exported
+    original = members(engine)
+    assert original.pop("liam.obrien@example.org")[2] == "unsubscribed"
+    assert members(other) == original
+    assert exported.read_text(encoding="utf-8").splitlines()[0] == "email,name,affiliation,interests,note"
+    again = tmp_path / "again.csv"
+    export_csv(other, list_name="daily", path=again)
+    assert again.read_bytes() == exported.read_bytes()
+    assert oct(exported.stat().st_mode & 0o777) == "0o600"  # it holds people's addresses
+
+
+def test_the_import_and_export_commands(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", settings.resolved_database_url)
+    runner = CliRunner()
+    assert runner.invoke(app, ["lists", "create", "daily-papers", "--if-missing"]).exit_code == 0
+    source = write(tmp_path / "in.csv", EXAMPLE_LIST.read_text(encoding="utf-8") + "broken,Broken\n")
+
+    result = runner.invoke(
+        app, ["subscribers", "import", str(source), "--rejects", str(tmp_path / "rej.csv")]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert re.search(r"added +20 +20 new subscriber", result.output)
+    assert f"{source}:22: broken: invalid email address 'broken'" in result.output
+    assert (tmp_path / "rej.csv").read_text(encoding="utf-8").count("\n") == 2
+
+    exported = runner.invoke(app, ["subscribers", "export"])
+    assert exported.exit_code == 0
+    assert (
+        exported.stdout.splitlines()[1]
+        == 'minjun.kim@example.com,김민준,Seoul National University,"LLM, agents"'
+    )
+    assert len(exported.stdout.splitlines()) == 21

@@ -1,0 +1,221 @@
+"""Publishing: the web version, the archive (newest first) and the Atom feed in the public folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import lxml.html
+import pytest
+from typer.testing import CliRunner
+
+from newsletter.cli import app
+from newsletter.config import Settings, load_settings
+from newsletter.digest import load_digest
+from newsletter.errors import NewsletterError, RenderError
+from newsletter.publish import PublishedIssue, publish_issue, published_issues
+from newsletter.render import UNSUBSCRIBE_TAG, RenderedIssue, render_issue
+
+from .support import EXAMPLE_DIGEST, ROOT
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+T1 = datetime(2026, 1, 23, 7, 0, tzinfo=timezone.utc)
+T2 = datetime(2026, 1, 24, 7, 0, tzinfo=timezone.utc)
+
+
+def at(project: Path, moment: datetime, **overrides: object) -> Settings:
+    return load_settings(config_dir=project, now=moment, base_url="https://papers.example.com", **overrides)
+
+
+def add_digest(project: Path, day: str, *, first_title: str | None = None) -> None:
+    text = EXAMPLE_DIGEST.read_text().replace("2026-01-23", day)
+    if first_title:
+        text = text.replace("EvoCUA: Evolving Computer Use Agents", first_title, 1)
+    (project / "digests" / f"{day}.md").write_text(text)
+
+
+def issue_of(settings: Settings, day: str) -> RenderedIssue:
+    return render_issue(load_digest(settings, date.fromisoformat(day)), settings)
+
+
+def publish(settings: Settings, day: str) -> None:
+    publish_issue(issue_of(settings, day), settings)
+
+
+def feed_of(project: Path) -> ElementTree.Element:
+    return ElementTree.parse(project / "public" / "feed.xml").getroot()
+
+
+def archive_links(project: Path) -> list[tuple[str, str]]:
+    document = lxml.html.parse(str(project / "public" / "index.html")).getroot()
+    return [(link.get("href"), link.text_content()) for link in document.cssselect("li a")]
+
+
+def leftovers(project: Path) -> list[Path]:
+    return [path for path in (project / "public").rglob("*") if path.name.endswith(".tmp")]
+
+
+def test_publish_writes_the_web_version_archive_and_feed(project: Path) -> None:
+    settings = at(project, T1)
+    issue = issue_of(settings, "2026-01-23")
+
+    publication = publish_issue(issue, settings)
+
+    page = project / "public" / "2026-01-23" / "index.html"
+    assert publication.page == page
+    assert issue.web_url == "https://papers.example.com/2026-01-23/"
+    html = page.read_text()
+    assert UNSUBSCRIBE_TAG not in html
+    assert html == issue.html.replace(UNSUBSCRIBE_TAG, "https://papers.example.com/")
+    assert archive_links(project) == [("2026-01-23/", issue.subject)]
+    assert published_issues(settings) == publication.issues
+    (record,) = publication.issues
+    assert (record.date, record.url, record.path, record.language) == (
+        date(2026, 1, 23),
+        issue.web_url,
+        "2026-01-23/",
+        "ko",
+    )
+    assert record.published == record.updated == T1
+    assert leftovers(project) == []
+
+
+def test_public_unsubscribe_link_asks_by_email_when_configured(project: Path) -> None:
+    settings = at(project, T1, unsubscribe_mailto="leave@example.com")
+
+    publish(settings, "2026-01-23")
+
+    html = (project / "public" / "2026-01-23" / "index.html").read_text()
+    assert 'href="mailto:leave@example.com?subject=unsubscribe"' in html
+    assert UNSUBSCRIBE_TAG not in html
+
+
+def test_archive_and_feed_list_every_issue_newest_first(project: Path) -> None:
+    add_digest(project, "2026-01-21")
+    add_digest(project, "2026-01-22", first_title="Second <b>Day</b> & More: Evolving")
+    settings = at(project, T1)
+    publish(settings, "2026-01-22")
+    publish(settings, "2026-01-23")
+    publish(at(project, T2), "2026-01-21")  # an older date published later still sorts by date
+
+    assert [href for href, _ in archive_links(project)] == ["2026-01-23/", "2026-01-22/", "2026-01-21/"]
+    assert "Second <b>Day</b> & More" in archive_links(project)[1][1]  # escaped, shown as text
+
+    feed = feed_of(project)
+    assert feed.tag == f"{ATOM}feed"
+    assert feed.findtext(f"{ATOM}id") == "https://papers.example.com/"
+    assert feed.findtext(f"{ATOM}title") == "Daily Papers"
+    assert feed.findtext(f"{ATOM}updated") == "2026-01-24T07:00:00Z"
+    assert feed.find(f"{ATOM}author/{ATOM}name") is not None
+    links = {link.get("rel"): link.get("href") for link in feed.findall(f"{ATOM}link")}
+    assert links == {"self": "https://papers.example.com/feed.xml", "alternate": "https://papers.example.com/"}
+    entries = feed.findall(f"{ATOM}entry")
+    assert [entry.findtext(f"{ATOM}id") for entry in entries] == [
+        "https://papers.example.com/2026-01-23/",
+        "https://papers.example.com/2026-01-22/",
+        "https://papers.example.com/2026-01-21/",
+    ]
+    second = entries[1]
+    assert second.findtext(f"{ATOM}title") == issue_of(settings, "2026-01-22").subject
+    assert second.find(f"{ATOM}link").get("href") == "https://papers.example.com/2026-01-22/"
+    assert second.findtext(f"{ATOM}summary").startswith("정적인 데이터 모방의 한계를 극복하고")
+    assert second.findtext(f"{ATOM}updated") == "2026-01-23T07:00:00Z"
+    assert entries[2].findtext(f"{ATOM}published") == "2026-01-24T07:00:00Z"
+
+
+def test_republishing_keeps_dates_and_rewrites_only_what_changed(project: Path) -> None:
+    publish(at(project, T1), "2026-01-23")
+    page = project / "public" / "2026-01-23" / "index.html"
+    before = page.stat()
+    feed_before = (project / "public" / "feed.xml").read_bytes()
+
+    publish(at(project, T2), "2026-01-23")  # same digest a day later: nothing changed
+
+    assert (page.stat().st_ino, page.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert (project / "public" / "feed.xml").read_bytes() == feed_before
+
+    add_digest(project, "2026-01-23", first_title="Corrected Title: Evolving")
+    publish(at(project, T2), "2026-01-23")
+
+    (record,) = published_issues(at(project, T2))
+    assert (record.published, record.updated) == (T1, T2)
+    assert "Corrected Title" in page.read_text()
+    assert leftovers(project) == []
+
+
+def test_a_broken_record_stops_the_publish_before_anything_is_written(project: Path) -> None:
+    add_digest(project, "2026-01-22")
+    settings = at(project, T1)
+    publish(settings, "2026-01-22")
+    record = project / "public" / "2026-01-22" / "issue.json"
+    record.write_text("{not json")
+    archive_before = (project / "public" / "index.html").read_bytes()
+
+    with pytest.raises(NewsletterError, match=r"2026-01-22/issue\.json: not a readable issue record"):
+        publish(settings, "2026-01-23")
+
+    assert not (project / "public" / "2026-01-23").exists()
+    assert (project / "public" / "index.html").read_bytes() == archive_before
+
+
+def test_web_url_outside_base_url_is_refused(project: Path) -> None:
+    settings = at(project, T1)
+    issue = issue_of(settings, "2026-01-23")
+    elsewhere = RenderedIssue(**{**issue.__dict__, "web_url": "https://other.example.com/2026-01-23/"})
+
+    with pytest.raises(RenderError, match="is not a folder under base_url"):
+        publish_issue(elsewhere, settings)
+    assert not (project / "public" / "2026-01-23").exists()
+
+
+def test_record_round_trips(project: Path) -> None:
+    publish(at(project, T1), "2026-01-23")
+    path = project / "public" / "2026-01-23" / "issue.json"
+
+    assert PublishedIssue.from_file(path).to_json() == path.read_text()
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def test_publish_command(project: Path) -> None:
+    result = CliRunner().invoke(app, ["publish", "--date", "2026-01-23"])
+
+    assert result.exit_code == 0, result.output
+    assert "Published the 2026-01-23 issue: http://127.0.0.1:8000/2026-01-23/" in result.output
+    assert "(1 issue(s))" in result.output
+    assert (project / "public" / "2026-01-23" / "index.html").is_file()
+    assert feed_of(project).find(f"{ATOM}entry") is not None
+
+
+def test_publish_command_without_a_digest_fails_and_writes_nothing(project: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "publish", "--date", "2026-02-01"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"},
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: {project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"
+    assert not (project / "public").exists()
+
+
+def test_publish_command_with_a_broken_digest_names_the_line(project: Path) -> None:
+    (project / "digests" / "2026-01-24.md").write_text("# 2026-01-24 Daily Papers (Top 1)\n\n## 1. No link here\n")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "publish", "--date", "2026-01-24"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"},
+    )
+
+    assert result.returncode == 1
+    where = project / "digests" / "2026-01-24.md"
+    assert f"{where}:3: paper heading '1. No link here' has no linked title" in result.stderr
+    assert not (project / "public").exists()

@@ -1,0 +1,73 @@
+"""Every body the sender builds is one SendGrid's own OpenAPI description accepts: Stoplight Prism
+validates them against ../shared/sendgrid/tsg_mail_v3.json (1 recipient, 1000, 1001 → two requests,
+sandbox mode, the real rendered issue)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from newsletter import db, send
+from newsletter.delivery import SendGridDelivery, encode_body
+
+from .send_helpers import API_KEY, LIST, configure, seed
+from .support import prism
+
+DAY = date(2026, 1, 23)
+
+
+@pytest.fixture(scope="module")
+def prism_url():
+    with prism("tsg_mail_v3.json") as url:
+        yield url
+
+
+@pytest.mark.parametrize(("recipients", "requests"), [(1, 1), (1000, 1), (1001, 2)])
+def test_prism_accepts_every_request_of_a_send(project: Path, prism_url: str, recipients: int, requests: int) -> None:
+    settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY, reply_to="editor@example.com")
+    seed(settings, recipients)
+    report = send.send_campaign(settings, send.plan_send(settings, DAY, LIST))
+
+    assert report.error is None and report.finished
+    assert report.requests == requests
+    assert report.counts["sent"] == recipients
+    with db.engine_for(settings).connect() as conn:
+        sizes = sorted(conn.execute(select(db.batches.c.size).where(db.batches.c.state == "sent")).scalars())
+    assert sizes == ([1] if recipients == 1 else [1000] if recipients == 1000 else [1, 1000])
+
+
+def test_prism_accepts_sandbox_mode_and_test_sends(project: Path, prism_url: str) -> None:
+    settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
+    seed(settings, 3)
+    plan = send.plan_send(settings, DAY, LIST)
+    sandbox = send.send_unrecorded(settings, plan, SendGridDelivery(settings), sandbox=True)
+    test = send.send_unrecorded(settings, plan, SendGridDelivery(settings), to=["someone@example.org"])
+    assert (sandbox.problems, sandbox.accepted) == ([], 3)
+    assert (test.problems, test.accepted) == ([], 1)
+
+
+def test_prism_does_reject_what_the_sender_must_never_build(project: Path, prism_url: str) -> None:
+    """The contract has teeth: 1001 personalizations in one body, or no Authorization, are refused."""
+    settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
+    seed(settings, 1)
+    plan = send.plan_send(settings, DAY, LIST)
+    bodies = send.Bodies(settings, plan.content, list_id=1, campaign_id="1")
+    too_many = bodies.body([send.Recipient(n, n, f"r{n}@example.com", None) for n in range(1, 1002)])
+
+    answer = asyncio.run(_post_once(settings, too_many))
+    assert answer.status == 400 and any("personalizations" in e for e in answer.errors)
+    anonymous = httpx.post(f"{prism_url}/v3/mail/send", content=encode_body(bodies.body([])), timeout=30)
+    assert anonymous.status_code == 401
+
+
+async def _post_once(settings, body):
+    delivery = SendGridDelivery(settings)
+    try:
+        return await delivery.send(body)
+    finally:
+        await delivery.aclose()

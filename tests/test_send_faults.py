@@ -1,0 +1,224 @@
+"""How a send meets SendGrid's failures: 400s isolated by halving, 401 stopping at once, 429/5xx
+retried with backoff (honouring the reset headers), lost answers left uncertain, unreachable servers,
+and the claim that keeps two senders apart. All against the fake SendGrid on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections import Counter
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from newsletter import db, send
+from newsletter.delivery import SendGridDelivery
+from newsletter.errors import SendError, SendGridAuthError, SendInProgress
+from newsletter.render import UNSUBSCRIBE_TAG
+
+from .fake_sendgrid import FakeSendGrid
+from .send_helpers import API_KEY, LIST, cli, configure, delivery_states, seed
+from .support import free_port
+
+DAY = date(2026, 1, 23)
+CONTENT = send.Content("Today's papers", f"<p>hi</p><a href='{UNSUBSCRIBE_TAG}'>unsubscribe</a>", f"hi {UNSUBSCRIBE_TAG}")
+
+
+def plan_for(settings, content: send.Content = CONTENT, *, resend_uncertain: bool = False) -> send.SendPlan:
+    """A plan with hand-made content (the rendering is tested elsewhere)."""
+    with db.engine_for(settings).connect() as conn:
+        mailing_list = send.get_list(conn, LIST)
+        campaign = send.find_campaign(conn, DAY, mailing_list.id)
+        counts = send.state_counts(conn, campaign.id) if campaign else {}
+    again = counts.get("pending", 0) + (counts.get("uncertain", 0) if resend_uncertain else 0)
+    return send.SendPlan(
+        day=DAY, mailing_list=mailing_list, content=campaign.content if campaign else content,
+        campaign=campaign, checks=None, counts=counts, recipients=again if campaign else 0,
+        batch_size=settings.batch_size, resend_uncertain=resend_uncertain,
+    )
+
+
+def settings_for(project: Path, url: str, **overrides):
+    return configure(project, sendgrid_api_url=url, sendgrid_api_key=API_KEY, **overrides)
+
+
+def test_a_400_is_split_until_the_bad_addresses_are_alone(project: Path) -> None:
+    bad = {"u17@example.com", "u500@example.com", "u999@example.com"}
+    with FakeSendGrid(api_key=API_KEY, reject=bad) as fake:
+        settings = settings_for(project, fake.url)
+        addresses = seed(settings, 1000)
+        report = send.send_campaign(settings, plan_for(settings))
+
+    assert report.finished and report.error is None
+    assert Counter(fake.delivered()) == Counter(a for a in addresses if a not in bad)
+    states = delivery_states(settings)
+    for address in bad:
+        state, _, error = states[address]
+        assert state == "failed"
+        assert error == "SendGrid answered 400: Does not contain a valid address. (personalizations.0.to.0.email)"
+    assert report.counts["sent"] == 997 and report.counts["failed"] == 3
+    # Halving isolates each bad address in about 2·log2(1000) requests, not 1000.
+    assert len(fake.records) <= 1 + 3 * 2 * 10
+    with db.engine_for(settings).connect() as conn:
+        states_of_batches = Counter(conn.execute(select(db.batches.c.state)).scalars())
+    assert states_of_batches["failed"] == 3 and states_of_batches["split"] >= 3
+
+
+def test_a_400_about_the_message_itself_stops_the_send_without_splitting(project: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        settings = settings_for(project, fake.url, send_concurrency=1)
+        seed(settings, 30)
+        report = send.send_campaign(settings, plan_for(settings, send.Content("", CONTENT.html, CONTENT.text)))
+
+    assert isinstance(report.error, SendError)
+    assert "refused the message itself" in str(report.error) and "(subject)" in str(report.error)
+    assert len(fake.records) == 1
+    assert report.counts["pending"] == 30 and not report.finished
+
+
+def test_401_stops_the_whole_send_at_once_and_a_good_key_resumes_it(project: Path) -> None:
+    with FakeSendGrid(api_key="the-right-key") as fake:
+        settings = settings_for(project, fake.url, batch_size=10, send_concurrency=2)
+        addresses = seed(settings, 95)
+        run = cli(project, "send", "--date", "2026-01-23", "--yes")
+        assert run.returncode == 1
+        assert "SendGrid refused the API key (401)" in run.stderr and API_KEY not in run.stderr + run.stdout
+        assert len(fake.records) <= 2  # at most one request per worker, then nothing
+        assert set(s for s, _, _ in delivery_states(settings).values()) == {"pending"}
+
+        resumed = cli(project, "send", "--date", "2026-01-23", "--yes", api_key="the-right-key")
+        assert resumed.returncode == 0, resumed.stderr
+    assert Counter(fake.delivered()) == Counter(addresses)
+
+
+@pytest.mark.parametrize("wait_header", ["retry_after", "reset_in"])
+def test_429_waits_as_long_as_sendgrid_asks(project: Path, wait_header: str) -> None:
+    with FakeSendGrid(api_key=API_KEY, script=["429"], **{wait_header: 2}) as fake:
+        settings = settings_for(project, fake.url, send_concurrency=1)
+        seed(settings, 3)
+        report = send.send_campaign(settings, plan_for(settings))
+    assert report.finished and report.counts["sent"] == 3
+    first, second = fake.records
+    assert (first.status, second.status) == (429, 202)
+    # A lower bound only: the retry came no sooner than SendGrid allowed.
+    assert second.time - first.time >= 1.0
+
+
+def test_5xx_is_retried_and_then_sent(project: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY, script=["500", "503"]) as fake:
+        settings = settings_for(project, fake.url, send_concurrency=1)
+        seed(settings, 3)
+        report = send.send_campaign(settings, plan_for(settings))
+    assert [r.status for r in fake.records] == [500, 503, 202]
+    assert report.finished and report.counts["sent"] == 3 and report.requests == 3
+
+
+def test_an_outage_longer_than_the_retries_stops_and_leaves_the_batch_pending(project: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY, script=["503"] * 3) as fake:
+        settings = settings_for(project, fake.url, send_concurrency=1, max_retries=2)
+        addresses = seed(settings, 3)
+        report = send.send_campaign(settings, plan_for(settings))
+        assert isinstance(report.error, SendError) and "still after 2 retries" in str(report.error)
+        assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
+        assert fake.delivered() == []
+        resumed = send.send_campaign(settings, plan_for(settings))
+    assert resumed.finished and Counter(fake.delivered()) == Counter(addresses)
+
+
+@pytest.mark.parametrize("fault", ["drop", "hang"])
+def test_a_lost_answer_leaves_the_batch_uncertain_until_the_user_asks_to_resend(project: Path, fault: str) -> None:
+    with FakeSendGrid(api_key=API_KEY, script=["202", fault], hang=5) as fake:
+        settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1, read_timeout=0.5)
+        seed(settings, 5)
+        report = send.send_campaign(settings, plan_for(settings))
+
+        # Not retried: SendGrid may have accepted it, and mail/send has no idempotency key.
+        assert len(fake.records) == 3
+        assert report.finished
+        assert (report.counts["sent"], report.counts["uncertain"]) == (3, 2)
+        [batch] = report.uncertain_batches
+        assert batch.size == 2 and "may have been delivered" in batch.error
+        state = send.campaign_status(settings, DAY, LIST)
+        assert [b.id for b in state.uncertain_batches] == [batch.id]
+        shown = cli(project, "status", "--date", "2026-01-23")
+        assert "Uncertain batches" in shown.stdout and "may have been delivered" in shown.stdout.replace("\n", " ")
+        again = cli(project, "send", "--date", "2026-01-23", "--yes")
+        assert "Nothing to do" in again.stdout and len(fake.records) == 3
+
+        resent = send.send_campaign(settings, plan_for(settings, resend_uncertain=True))
+    assert resent.finished and resent.counts["sent"] == 5 and resent.counts["uncertain"] == 0
+    delivered = Counter(fake.delivered())
+    assert delivered == Counter({"u1@example.com": 1, "u2@example.com": 1, "u3@example.com": 2,
+                                 "u4@example.com": 2, "u5@example.com": 1})
+    with db.engine_for(settings).connect() as conn:
+        assert conn.execute(select(db.batches.c.state).where(db.batches.c.id == batch.id)).scalar() == "resent"
+
+
+def test_an_unreachable_server_is_retried_then_stops_with_nothing_uncertain(project: Path) -> None:
+    settings = settings_for(project, f"http://127.0.0.1:{free_port()}", max_retries=2, send_concurrency=1)
+    seed(settings, 3)
+    report = send.send_campaign(settings, plan_for(settings))
+    assert isinstance(report.error, SendError) and "could not reach SendGrid" in str(report.error)
+    assert report.requests == 3
+    assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
+
+
+def test_a_fresh_claim_keeps_a_second_sender_out(project: Path) -> None:
+    settings = configure(project)
+    seed(settings, 2)
+    plan = plan_for(settings)
+    campaign = send.start_campaign(settings, DAY, plan.mailing_list, CONTENT)
+    engine = db.engine_for(settings)
+    first = send.Claim(settings, campaign.id, "the issue")
+    with engine.begin() as conn:
+        first.acquire(conn)
+    with pytest.raises(SendInProgress, match="being sent by another process"):
+        with engine.begin() as conn:
+            send.Claim(settings, campaign.id, "the issue").acquire(conn)
+
+
+def test_a_claim_is_taken_over_when_its_holder_died_or_went_silent(project: Path) -> None:
+    settings = configure(project)
+    seed(settings, 2)
+    campaign = send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    engine = db.engine_for(settings)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    c = db.campaigns.c
+    for holder, age in ((f"{dead.pid}@{socket.gethostname()}#dead", timedelta(0)),
+                        ("1@another-host#silent", send.STALE_AFTER + timedelta(seconds=1))):
+        with engine.begin() as conn:
+            conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock() - age))
+        claim = send.Claim(settings, campaign.id, "the issue")
+        with engine.begin() as conn:
+            claim.acquire(conn)
+            assert conn.execute(select(c.claimed_by)).scalar() == claim.holder
+
+
+def test_a_sender_that_loses_its_claim_stops(project: Path) -> None:
+    settings_box = {}
+
+    def steal(record) -> None:
+        if record.seq == 1:
+            with db.engine_for(settings_box["s"]).begin() as conn:
+                conn.execute(db.campaigns.update().values(claimed_by="1@elsewhere#x"))
+
+    with FakeSendGrid(api_key=API_KEY, on_request=steal) as fake:
+        settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1)
+        settings_box["s"] = settings
+        seed(settings, 6)
+        report = send.send_campaign(settings, plan_for(settings))
+    assert isinstance(report.error, SendInProgress)
+    assert len(fake.records) == 1
+    assert report.counts["sent"] == 2 and report.counts["pending"] == 4
+
+
+def test_sendgrid_auth_error_is_reported_by_a_test_send_too(project: Path) -> None:
+    with FakeSendGrid(api_key="another") as fake:
+        settings = settings_for(project, fake.url)
+        seed(settings, 1)
+        with pytest.raises(SendGridAuthError):
+            send.send_unrecorded(settings, plan_for(settings), SendGridDelivery(settings), to=["a@example.org"])

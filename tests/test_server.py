@@ -1,0 +1,124 @@
+"""`newsletter serve` as a whole: the public folder (archive pages, thumbnails), the headers every
+answer carries, and the unsubscribe page as a real browser draws it."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from newsletter import db
+from newsletter.config import load_settings
+from newsletter.render import DARK, LIGHT
+from newsletter.tokens import UnsubscribeLinks
+
+from .web import add_list, add_subscribers, serving, write_config
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _png(colour: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_the_public_folder_is_served_with_index_pages(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    public = tmp_path / "public"
+    assert not public.exists()
+    with serving(config) as url, httpx.Client(timeout=30, follow_redirects=False) as http:
+        # The folder is made at start, and what is published later is served without a restart.
+        assert public.is_dir()
+        (public / "2026-01-23" / "thumbs").mkdir(parents=True)
+        (public / "2026-01-23" / "index.html").write_text("<h1>2026년 1월 23일</h1>", encoding="utf-8")
+        (public / "2026-01-23" / "thumbs" / "1.png").write_bytes(_png("#4338ca"))
+        (public / "index.html").write_text("<h1>Archive</h1>", encoding="utf-8")
+        (tmp_path / "secret.txt").write_text("outside the public folder")
+
+        issue = http.get(f"{url}/2026-01-23/")
+        assert issue.status_code == 200 and issue.text == "<h1>2026년 1월 23일</h1>"
+        assert issue.headers["content-type"].startswith("text/html")
+        assert http.get(f"{url}/").text == "<h1>Archive</h1>"
+        bare = http.get(f"{url}/2026-01-23")
+        assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/2026-01-23/")
+        thumb = http.get(f"{url}/2026-01-23/thumbs/1.png")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(thumb.content)).getpixel((4, 4)) == (0x43, 0x38, 0xCA)
+
+        assert http.get(f"{url}/2026-01-24/").status_code == 404
+        assert http.get(f"{url}/%2e%2e/secret.txt").status_code == 404
+        assert http.post(f"{url}/2026-01-23/").status_code == 405
+        for answer in (issue, thumb, bare):
+            assert answer.headers["referrer-policy"] == "no-referrer"
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert "set-cookie" not in answer.headers and "server" not in answer.headers
+
+
+def _screenshot(url: str, out: Path, width: int, height: int, profile: Path, *extra: str) -> Image.Image:
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--hide-scrollbars",
+            f"--window-size={width},{height}",
+            f"--screenshot={out}",
+            *extra,
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return Image.open(out).convert("RGB")
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def _widest_run(image: Image.Image, colour: str) -> int:
+    """The longest horizontal run of pixels of exactly this colour."""
+    target, best = _rgb(colour), 0
+    pixels = image.load()
+    for y in range(image.height):
+        run = 0
+        for x in range(image.width):
+            run = run + 1 if pixels[x, y] == target else 0
+            best = max(best, run)
+    return best
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test-setup)")
+def test_the_confirmation_page_in_a_real_browser(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    settings = load_settings(config)
+    list_id = add_list(settings, "daily-papers", "Daily Papers")
+    (subscriber_id,) = add_subscribers(settings, list_id, ["독자@example.com"])
+    with serving(config) as url:
+        page = f"{url}/unsubscribe/{UnsubscribeLinks(settings).token(list_id, subscriber_id)}"
+        phone = _screenshot(page, tmp_path / "phone.png", 390, 844, tmp_path / "profile")
+        desktop = _screenshot(page, tmp_path / "desktop.png", 1280, 800, tmp_path / "profile")
+        dark = _screenshot(page, tmp_path / "dark.png", 390, 844, tmp_path / "profile", "--force-dark-mode")
+    # The newsletter's page colour around the card, and its button colour on the button.
+    assert phone.getpixel((2, 840)) == _rgb(LIGHT.page)
+    assert dark.getpixel((2, 840)) == _rgb(DARK.page)
+    # On a phone the button spans the card (thumb-sized); on a desktop it is its own size.
+    assert _widest_run(phone, LIGHT.button) > 0.75 * 390
+    assert 150 < _widest_run(desktop, LIGHT.button) < 400
+    assert _widest_run(dark, DARK.button) > 0.75 * 390
+    # GET in a browser changed nothing.
+    with db.engine_for(settings).connect() as conn:
+        assert conn.execute(db.memberships.select()).one().status == db.SUBSCRIBED

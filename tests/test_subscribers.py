@@ -1,0 +1,352 @@
+"""Subscribers: addresses, add/unsubscribe/remove (GDPR erasure), listing and counting, the members
+the sender selects; through the library and `newsletter subscribers …`. Real SQLite files."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
+
+from newsletter import db
+from newsletter.cli import app
+from newsletter.config import Settings
+from newsletter.errors import SubscriberError
+from newsletter.subscribers import (
+    Member,
+    create_list,
+    email_key,
+    erase_subscriber,
+    find_subscriber,
+    iter_members,
+    iter_memberships,
+    members_query,
+    normalise_email,
+    set_status,
+    subscribe,
+)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    engine = db.engine_for(settings)
+    with engine.begin() as conn:
+        create_list(conn, "daily", now=settings.clock())
+        create_list(conn, "weekly", now=settings.clock())
+    return engine
+
+
+@pytest.fixture
+def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", settings.resolved_database_url)
+    monkeypatch.setenv("NEWSLETTER_DEFAULT_LIST", "daily")
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def rows(engine: Engine, table, *columns) -> list[tuple]:
+    with engine.begin() as conn:
+        query = select(*(columns or [table])).select_from(table)
+        return [tuple(row) for row in conn.execute(query.order_by(*table.primary_key.columns))]
+
+
+# -- addresses --------------------------------------------------------------------------------------
+
+
+def test_addresses_are_trimmed_with_the_domain_lower_cased() -> None:
+    assert normalise_email("  Kim.MinJun@Example.COM \t") == "Kim.MinJun@example.com"
+    assert normalise_email("jiho@EXAMPLE.org") == "jiho@example.org"
+    # Same person whatever case they typed: the key folds the local part too.
+    assert email_key(normalise_email("Kim@Example.com")) == email_key(normalise_email("kim@example.COM"))
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "kim", "kim@", "@example.com", "kim@@example.com", "kim@example..com", "kim@localhost"]
+)
+def test_invalid_addresses_name_the_address_and_the_reason(raw: str) -> None:
+    with pytest.raises(SubscriberError, match=f"invalid email address '{raw}': "):
+        normalise_email(raw)
+
+
+# -- subscribing, unsubscribing ---------------------------------------------------------------------
+
+
+def test_subscribe_adds_once_whatever_the_case(engine: Engine, settings: Settings) -> None:
+    with engine.begin() as conn:
+        first = subscribe(
+            conn,
+            list_id=1,
+            email="Kim@Example.com",
+            name="Kim",
+            attributes={"team": "ml"},
+            now=settings.clock(),
+        )
+        second = subscribe(conn, list_id=1, email="kim@example.com", now=settings.clock())
+        other_list = subscribe(conn, list_id=2, email="KIM@example.com", now=settings.clock())
+
+    assert (first.outcome, second.outcome, other_list.outcome) == ("added", "unchanged", "added")
+    assert first.subscriber.id == second.subscriber.id == other_list.subscriber.id
+    assert rows(
+        engine, db.subscribers, db.subscribers.c.email, db.subscribers.c.name, db.subscribers.c.attributes
+    ) == [("Kim@example.com", "Kim", {"team": "ml"})]
+    assert rows(engine, db.events, db.events.c.list_id, db.events.c.status, db.events.c.source) == [
+        (1, "subscribed", "command"),
+        (2, "subscribed", "command"),
+    ]
+
+
+def test_someone_who_said_no_is_not_resubscribed_without_asking(engine: Engine, settings: Settings) -> None:
+    with engine.begin() as conn:
+        added = subscribe(conn, list_id=1, email="lee@example.com", now=settings.clock())
+        set_status(
+            conn,
+            list_id=1,
+            subscriber_id=added.subscriber.id,
+            status="complained",
+            source="webhook",
+            now=settings.clock(),
+        )
+        skipped = subscribe(conn, list_id=1, email="lee@example.com", now=settings.clock())
+        assert (skipped.outcome, skipped.previous) == ("skipped", "complained")
+        back = subscribe(conn, list_id=1, email="lee@example.com", resubscribe=True, now=settings.clock())
+
+    assert (back.outcome, back.previous) == ("resubscribed", "complained")
+    assert rows(engine, db.events, db.events.c.previous_status, db.events.c.status) == [
+        (None, "subscribed"),
+        ("subscribed", "complained"),
+        ("complained", "subscribed"),
+    ]
+
+
+def test_set_status_is_idempotent(engine: Engine, settings: Settings) -> None:
+    with engine.begin() as conn:
+        sub = subscribe(conn, list_id=1, email="a@example.com", now=settings.clock()).subscriber
+        changes = [
+            set_status(
+                conn,
+                list_id=1,
+                subscriber_id=sub.id,
+                status="unsubscribed",
+                source="one_click",
+                now=settings.clock(),
+            )
+            for _ in range(3)
+        ]
+    assert changes == [True, False, False]
+    assert len(rows(engine, db.events)) == 2
+
+
+def test_the_add_and_unsubscribe_commands(engine: Engine, cli) -> None:
+    added = cli("subscribers", "add", " Park@Example.org ", "--name", "박지호", "--attr", "team=speech")
+    again = cli("subscribers", "unsubscribe", "park@example.org")
+    twice = cli("subscribers", "unsubscribe", "park@example.org")
+    readd = cli("subscribers", "add", "park@example.org")
+    bad_attr = cli("subscribers", "add", "x@example.com", "--attr", "no-equals-sign")
+
+    assert added.exit_code == again.exit_code == twice.exit_code == readd.exit_code == 0
+    assert "Subscribed Park@example.org to daily" in added.stdout
+    assert "Already unsubscribed" in twice.stdout
+    assert "is unsubscribed on daily: not re-subscribed" in " ".join(readd.stdout.split())
+    assert isinstance(bad_attr.exception, SubscriberError) and "KEY=VALUE" in str(bad_attr.exception)
+    with engine.begin() as conn:
+        subscriber = find_subscriber(conn, "PARK@example.org")
+    assert (subscriber.name, subscriber.attributes) == ("박지호", {"team": "speech"})
+    assert rows(engine, db.memberships, db.memberships.c.status) == [("unsubscribed",)]
+
+
+# -- erasure ----------------------------------------------------------------------------------------
+
+
+def test_remove_erases_the_person_and_anonymises_their_deliveries(
+    engine: Engine, settings: Settings, cli
+) -> None:
+    now = datetime(2026, 1, 23, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        gone = subscribe(conn, list_id=1, email="gone@example.com", name="Gone", now=now).subscriber
+        subscribe(conn, list_id=2, email="gone@example.com", now=now)
+        set_status(conn, list_id=2, subscriber_id=gone.id, status="unsubscribed", source="one_click", now=now)
+        kept = subscribe(conn, list_id=1, email="kept@example.com", now=now).subscriber
+        campaign = conn.execute(
+            db.campaigns.insert().values(
+                issue_date="2026-01-23", list_id=1, subject="s", html="h", text="t", created_at=now
+            )
+        ).inserted_primary_key[0]
+        for who in (gone, kept):
+            conn.execute(
+                db.deliveries.insert().values(
+                    campaign_id=campaign, subscriber_id=who.id, email=who.email, state="sent", updated_at=now
+                )
+            )
+
+    result = cli("subscribers", "remove", "GONE@example.com", "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert "2 membership(s), 3 event(s)" in result.stdout
+    assert rows(engine, db.subscribers, db.subscribers.c.email) == [("kept@example.com",)]
+    assert rows(engine, db.memberships, db.memberships.c.subscriber_id) == [(kept.id,)]
+    # Only the kept subscriber's event and one anonymous record that an erasure happened remain.
+    assert rows(engine, db.events, db.events.c.subscriber_id, db.events.c.status, db.events.c.detail) == [
+        (kept.id, "subscribed", ""),
+        (None, "erased", ""),
+    ]
+    # The send still counts the delivery, but no longer knows whose it was.
+    assert rows(engine, db.deliveries, db.deliveries.c.subscriber_id, db.deliveries.c.email) == [
+        (gone.id, ""),
+        (kept.id, "kept@example.com"),
+    ]
+    with engine.begin() as conn, pytest.raises(SubscriberError, match="no subscriber with the address"):
+        erase_subscriber(conn, "gone@example.com", now=now)
+
+
+def test_remove_asks_first(engine: Engine, settings: Settings, cli) -> None:
+    with engine.begin() as conn:
+        subscribe(conn, list_id=1, email="stay@example.com", now=settings.clock())
+
+    result = CliRunner().invoke(app, ["subscribers", "remove", "stay@example.com"], input="n\n")
+
+    assert result.exit_code == 1 and "cannot be undone" in result.output
+    assert rows(engine, db.subscribers, db.subscribers.c.email) == [("stay@example.com",)]
+
+
+# -- listing, counting, showing ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def population(engine: Engine, settings: Settings) -> Engine:
+    """daily: a, b (unsubscribed), c; weekly: a (bounced), d; e on no list."""
+    with engine.begin() as conn:
+        ids = {}
+        for name, list_id in (("a", 1), ("b", 1), ("c", 1), ("a", 2), ("d", 2)):
+            ids[name] = subscribe(
+                conn, list_id=list_id, email=f"{name}@example.com", name=name.upper(), now=settings.clock()
+            ).subscriber.id
+        set_status(
+            conn,
+            list_id=1,
+            subscriber_id=ids["b"],
+            status="unsubscribed",
+            source="one_click",
+            now=settings.clock(),
+        )
+        set_status(
+            conn, list_id=2, subscriber_id=ids["a"], status="bounced", source="webhook", now=settings.clock()
+        )
+        conn.execute(
+            db.subscribers.insert().values(
+                email="e@example.com", email_key="e@example.com", attributes={}, created_at=settings.clock()
+            )
+        )
+    return engine
+
+
+def test_list_and_count_filter_by_list_and_status(population: Engine, cli) -> None:
+    def listed(*args: str) -> list[tuple]:
+        result = cli("subscribers", "list", "--json", *args)
+        assert result.exit_code == 0, result.output
+        return [(row["email"][0], row["list_name"], row["status"]) for row in json.loads(result.stdout)]
+
+    def counted(*args: str) -> int:
+        result = cli("subscribers", "count", *args)
+        assert result.exit_code == 0, result.output
+        return int(result.stdout)
+
+    assert listed() == [
+        ("a", "daily", "subscribed"),
+        ("a", "weekly", "bounced"),
+        ("b", "daily", "unsubscribed"),
+        ("c", "daily", "subscribed"),
+        ("d", "weekly", "subscribed"),
+        ("e", None, None),
+    ]
+    assert listed("--list", "daily", "--status", "subscribed") == [
+        ("a", "daily", "subscribed"),
+        ("c", "daily", "subscribed"),
+    ]
+    assert listed("--status", "bounced") == [("a", "weekly", "bounced")]
+    assert listed("--limit", "2") == [("a", "daily", "subscribed"), ("a", "weekly", "bounced")]
+    assert (counted(), counted("--list", "daily"), counted("--list", "daily", "--status", "subscribed")) == (
+        5,
+        3,
+        2,
+    )
+    assert (counted("--status", "subscribed"), counted("--status", "complained")) == (3, 0)
+    bad = cli("subscribers", "count", "--status", "gone")
+    assert isinstance(bad.exception, SubscriberError) and "unknown status 'gone'" in str(bad.exception)
+
+
+def test_the_table_listing_says_when_it_is_cut(population: Engine, cli) -> None:
+    result = cli("subscribers", "list", "--limit", "3")
+
+    assert result.exit_code == 0
+    assert "a@example.com" in result.stdout and "d@example.com" not in result.stdout
+    assert "Showing the first 3 of 5 subscribers" in result.output
+
+
+def test_listing_pages_through_more_rows_than_a_page(engine: Engine, settings: Settings) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            db.subscribers.insert(),
+            [
+                dict(
+                    email=f"r{i}@example.com",
+                    email_key=f"r{i}@example.com",
+                    attributes={},
+                    created_at=settings.clock(),
+                )
+                for i in range(12_000)
+            ],
+        )
+        conn.execute(
+            db.memberships.insert(),
+            [
+                dict(
+                    list_id=list_id,
+                    subscriber_id=i,
+                    status="subscribed",
+                    created_at=settings.clock(),
+                    updated_at=settings.clock(),
+                )
+                for i in range(1, 12_001)
+                for list_id in (1, 2)
+                if list_id == 1 or i % 2
+            ],
+        )
+
+    everything = list(iter_memberships(engine))
+    members = list(iter_members(engine, 1))
+
+    assert len(everything) == 18_000
+    assert len({(row.subscriber_id, row.list_name) for row in everything}) == 18_000
+    assert [row.subscriber_id for row in everything] == sorted(row.subscriber_id for row in everything)
+    assert len(members) == 12_000 and members[0] == Member(1, "r0@example.com", None)
+
+
+def test_members_are_the_subscribed_ones_in_id_order(population: Engine) -> None:
+    with population.begin() as conn:
+        selected = conn.execute(members_query(1)).all()
+    assert [tuple(row) for row in selected] == [(1, "a@example.com", "A"), (3, "c@example.com", "C")]
+    assert list(iter_members(population, 2, "bounced")) == [Member(1, "a@example.com", "A")]
+
+
+def test_show_tells_the_whole_story(population: Engine, cli) -> None:
+    as_json = cli("subscribers", "show", "A@example.com", "--json")
+    as_table = cli("subscribers", "show", "a@example.com")
+    missing = cli("subscribers", "show", "nobody@example.com")
+
+    assert as_json.exit_code == as_table.exit_code == 0
+    details = json.loads(as_json.stdout)
+    assert details["subscriber"]["email"] == "a@example.com"
+    assert [(m["list_name"], m["status"]) for m in details["memberships"]] == [
+        ("daily", "subscribed"),
+        ("weekly", "bounced"),
+    ]
+    assert [(e["list_name"], e["previous_status"], e["status"], e["source"]) for e in details["events"]] == [
+        ("daily", None, "subscribed", "command"),
+        ("weekly", None, "subscribed", "command"),
+        ("weekly", "subscribed", "bounced", "webhook"),
+    ]
+    assert "bounced" in as_table.stdout and "webhook" in as_table.stdout
+    assert isinstance(missing.exception, SubscriberError)

@@ -1,0 +1,264 @@
+"""Unsubscribe links against the real `newsletter serve`: the confirmation page, the RFC 8058
+one-click POST, re-subscribing, bad links of every kind, and unsubscribes during other writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from newsletter import db
+from newsletter.config import Settings, load_settings
+from newsletter.tokens import UnsubscribeLinks
+
+from .web import add_list, add_subscribers, count_status, events_of, serving, status_of, write_config
+
+ONE_CLICK = {
+    "content": b"List-Unsubscribe=One-Click",
+    "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+}
+
+
+@dataclass
+class Site:
+    url: str
+    settings: Settings
+    links: UnsubscribeLinks
+    list_id: int
+    other_list_id: int
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    folder = tmp_path_factory.mktemp("site")
+    config = write_config(folder)
+    settings = load_settings(config)
+    list_id = add_list(settings, "daily-papers", "Daily Papers")
+    other_list_id = add_list(settings, "weekly", "Weekly digest")
+    with serving(config) as url:
+        yield Site(url, settings, UnsubscribeLinks(settings), list_id, other_list_id)
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30, follow_redirects=False) as http:
+        yield http
+
+
+def _member(
+    site: Site, email: str, *, also_other_list: bool = False, status: str = db.SUBSCRIBED
+) -> tuple[int, str]:
+    (subscriber_id,) = add_subscribers(site.settings, site.list_id, [email], status)
+    if also_other_list:
+        add_subscribers(site.settings, site.other_list_id, [email])
+    return subscriber_id, f"{site.url}/unsubscribe/{site.links.token(site.list_id, subscriber_id)}"
+
+
+def test_get_shows_a_confirmation_page_and_changes_nothing(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "reader.get@example.com")
+    for _ in range(3):  # a mail scanner, a link preview, the reader
+        page = client.get(url)
+        assert page.status_code == 200
+    assert client.head(url).status_code == 200
+    assert '<form method="post">' in page.text
+    assert "r•••@example.com" in page.text and "reader.get@example.com" not in page.text
+    assert '<meta name="robots" content="noindex, nofollow">' in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert "set-cookie" not in page.headers
+    assert "http://" not in page.text.replace(site.settings.base_url, "")  # nothing loaded from elsewhere
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
+    assert events_of(site.settings, subscriber_id) == []
+
+
+def test_one_click_post_unsubscribes_that_list_only(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "one.click@example.com", also_other_list=True)
+    # Exactly what a mail client sends for RFC 8058: no cookies, no redirects followed.
+    answer = client.post(url, **ONE_CLICK)
+    assert answer.status_code == 200
+    assert "location" not in answer.headers and "set-cookie" not in answer.headers
+    assert answer.headers["cache-control"] == "no-store"
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.UNSUBSCRIBED
+    assert status_of(site.settings, site.other_list_id, subscriber_id) == db.SUBSCRIBED
+    assert events_of(site.settings, subscriber_id) == [
+        (site.list_id, db.UNSUBSCRIBED, db.SUBSCRIBED, "one_click")
+    ]
+
+
+def test_one_click_post_as_multipart_form_data(site: Site, client: httpx.Client) -> None:
+    # RFC 8058 allows either form encoding.
+    subscriber_id, url = _member(site, "multipart@example.com")
+    answer = client.post(url, files={"List-Unsubscribe": (None, "One-Click")})
+    assert answer.status_code == 200
+    assert events_of(site.settings, subscriber_id) == [
+        (site.list_id, db.UNSUBSCRIBED, db.SUBSCRIBED, "one_click")
+    ]
+
+
+def test_repeating_the_post_is_harmless(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "repeat@example.com")
+    answers = [client.post(url, **ONE_CLICK) for _ in range(3)] + [client.post(url, data={"confirm": "yes"})]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 200]
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.UNSUBSCRIBED
+    assert len(events_of(site.settings, subscriber_id)) == 1
+
+
+def test_the_page_button_unsubscribes_and_offers_to_resubscribe(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "button@example.com")
+    done = client.post(url, data={"confirm": "yes"})
+    assert done.status_code == 200
+    action = done.text.split('<form method="post" action="')[1].split('"')[0]
+    resubscribe_url = urljoin(url, action)
+    assert resubscribe_url == url.replace("/unsubscribe/", "/resubscribe/")
+
+    again = client.post(resubscribe_url)
+    assert again.status_code == 200
+    assert "set-cookie" not in again.headers and again.headers["cache-control"] == "no-store"
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
+    # The resubscribed page offers the way back out.
+    assert f'action="../unsubscribe/{url.rsplit("/", 1)[1]}"' in again.text
+    assert events_of(site.settings, subscriber_id) == [
+        (site.list_id, db.UNSUBSCRIBED, db.SUBSCRIBED, "unsubscribe_page"),
+        (site.list_id, db.SUBSCRIBED, db.UNSUBSCRIBED, "unsubscribe_page"),
+    ]
+    # Re-subscribing twice changes nothing more.
+    assert client.post(resubscribe_url).status_code == 200
+    assert len(events_of(site.settings, subscriber_id)) == 2
+
+
+def test_an_unsubscribed_reader_sees_the_done_page_on_get(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "already@example.com", status=db.UNSUBSCRIBED)
+    page = client.get(url)
+    assert page.status_code == 200
+    assert "../resubscribe/" in page.text
+    assert events_of(site.settings, subscriber_id) == []
+
+
+def test_a_bounced_address_stays_bounced_and_cannot_resubscribe(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "bounced@example.com", status=db.BOUNCED)
+    page = client.post(url, **ONE_CLICK)
+    assert page.status_code == 200
+    assert "resubscribe" not in page.text
+    assert client.post(url.replace("/unsubscribe/", "/resubscribe/")).status_code == 200
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.BOUNCED
+    assert events_of(site.settings, subscriber_id) == []
+
+
+def test_bad_links_get_the_same_page_and_change_nothing(
+    site: Site, client: httpx.Client, tmp_path: Path
+) -> None:
+    subscriber_id, url = _member(site, "target@example.com")
+    token = site.links.token(site.list_id, subscriber_id)
+    list_part, subscriber_part, signature = token.split(".")
+    altered = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    forger = UnsubscribeLinks(load_settings(secret_key="not-our-key", config_dir=tmp_path))
+    erased_id, _ = _member(site, "erased@example.com")
+    erased_token = site.links.token(site.list_id, erased_id)
+    with db.engine_for(site.settings).begin() as conn:
+        conn.execute(db.subscribers.delete().where(db.subscribers.c.id == erased_id))
+
+    bad_tokens = {
+        "forged with another key": forger.token(site.list_id, subscriber_id),
+        "signature modified": f"{list_part}.{subscriber_part}.{altered}",
+        "subscriber changed": f"{list_part}.{subscriber_part}0.{signature}",
+        "list changed": f"{site.other_list_id}.{subscriber_part}.{signature}",
+        "truncated": token[:-6],
+        "signature missing": f"{list_part}.{subscriber_part}",
+        "garbage": "not-a-token",
+        # Correctly signed, but for a list this subscriber is not on.
+        "other list": site.links.token(site.other_list_id, subscriber_id),
+        # Correctly signed, for a subscriber who has since been erased.
+        "erased subscriber": erased_token,
+    }
+    answers = {}
+    for name, bad in bad_tokens.items():
+        bad_url = f"{site.url}/unsubscribe/{bad}"
+        answers[name] = [
+            client.get(bad_url),
+            client.post(bad_url, **ONE_CLICK),
+            client.post(bad_url, data={"confirm": "yes"}),
+            client.post(f"{site.url}/resubscribe/{bad}"),
+        ]
+    reference = answers["garbage"][0]
+    assert reference.status_code == 404
+    for name, responses in answers.items():
+        for response in responses:
+            assert (response.status_code, response.content) == (404, reference.content), name
+            assert "set-cookie" not in response.headers
+    assert "target" not in reference.text and "erased" not in reference.text
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
+    assert events_of(site.settings, subscriber_id) == []
+
+
+def test_links_signed_with_a_rotated_out_key_still_work(tmp_path: Path) -> None:
+    old_settings = load_settings(write_config(tmp_path, secret_key="old-key"))
+    list_id = add_list(old_settings, "daily-papers")
+    (subscriber_id,) = add_subscribers(old_settings, list_id, ["rotated@example.com"])
+    old_token = UnsubscribeLinks(old_settings).token(list_id, subscriber_id)
+    config = write_config(tmp_path, secret_key="new-key", old_secret_keys=["old-key"])
+    with serving(config) as url, httpx.Client(timeout=30) as http:
+        assert http.post(f"{url}/unsubscribe/{old_token}", **ONE_CLICK).status_code == 200
+    assert status_of(old_settings, list_id, subscriber_id) == db.UNSUBSCRIBED
+
+
+def test_unsubscribes_arriving_while_an_import_writes(site: Site) -> None:
+    """Another process's write transactions delay the answers; none is lost or refused."""
+    readers = [f"busy{n}@example.com" for n in range(40)]
+    reader_ids = add_subscribers(site.settings, site.list_id, readers)
+    urls = [f"{site.url}/unsubscribe/{site.links.token(site.list_id, i)}" for i in reader_ids]
+    import_list = add_list(site.settings, "imported")
+    batches, batch_size = 20, 200
+    started = threading.Event()
+
+    def importer() -> None:
+        engine = db.engine_for(site.settings)
+        now = datetime.now(timezone.utc)
+        for batch in range(batches):
+            with engine.begin() as conn:  # holds SQLite's write lock for the whole batch
+                started.set()
+                for n in range(batch_size):
+                    email = f"import{batch}-{n}@example.com"
+                    new_id = conn.execute(
+                        db.subscribers.insert().values(
+                            email=email, email_key=email, attributes={}, created_at=now
+                        )
+                    ).inserted_primary_key[0]
+                    conn.execute(
+                        db.memberships.insert().values(
+                            list_id=import_list,
+                            subscriber_id=new_id,
+                            status=db.SUBSCRIBED,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                time.sleep(0.05)
+            time.sleep(0.01)  # reading the next rows of the file
+
+    writer = threading.Thread(target=importer)
+    writer.start()
+    try:
+        assert started.wait(30)
+        with httpx.Client(timeout=60) as http, ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda url: http.post(url, **ONE_CLICK).status_code, urls))
+    finally:
+        writer.join()
+    assert codes == [200] * len(urls)
+    assert all(status_of(site.settings, site.list_id, i) == db.UNSUBSCRIBED for i in reader_ids)
+    assert count_status(site.settings, import_list, db.SUBSCRIBED) == batches * batch_size
+    with db.engine_for(site.settings).connect() as conn:
+        logged = conn.execute(
+            select(func.count()).where(
+                db.events.c.subscriber_id.in_(reader_ids), db.events.c.source == "one_click"
+            )
+        ).scalar_one()
+    assert logged == len(readers)
