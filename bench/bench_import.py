@@ -91,7 +91,7 @@ def main() -> None:
             results.append((seconds, rss, report))
             print(
                 f"{attempt} import: {seconds:6.1f} s  {rows / seconds:9,.0f} rows/s  peak RSS {rss:5.0f} MB  "
-                f"write lock held {report['merge_seconds']:.1f} s  added {report['added']:,}  "
+                f"merge transaction {report['merge_seconds']:.1f} s  added {report['added']:,}  "
                 f"unchanged {report['unchanged']:,}  invalid {report['invalid']:,}  "
                 f"duplicates {report['duplicates']:,}"
             )

@@ -444,8 +444,10 @@ def _print_json(data: object) -> None:
     def default(value: object) -> object:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return dataclasses.asdict(value)
-        if isinstance(value, (datetime, Path)):
-            return str(value) if isinstance(value, Path) else value.isoformat()
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, Path):
+            return str(value)
         raise TypeError(f"cannot encode {type(value).__name__}")
 
     typer.echo(json.dumps(data, default=default, ensure_ascii=False, indent=2))
@@ -586,7 +588,8 @@ def subscribers_add(
         "added": f"Subscribed {address} to {where}.",
         "resubscribed": f"Re-subscribed {address} to {where} (was {done.previous}).",
         "unchanged": f"{address} is already subscribed to {where}.",
-        "skipped": f"{address} is {done.previous} on {where}: not re-subscribed (use --resubscribe if they asked).",
+        "skipped": f"{address} is {done.previous} on {where}: not re-subscribed "
+        "(--resubscribe, if they asked to be).",
     }
     console.print(messages[done.outcome], highlight=False)
 

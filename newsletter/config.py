@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     sendgrid_webhook_public_key: str | None = None
     batch_size: int = Field(default=1000, ge=1, le=1000)
     send_concurrency: int = Field(default=4, ge=1, le=64)
-    send_rate_limit: float = Field(default=10.0, gt=0, description="mail/send requests per second")
+    send_rate_limit: float = Field(default=50.0, gt=0, description="mail/send requests per second")
     connect_timeout: float = Field(default=5.0, gt=0)
     read_timeout: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=6, ge=0)
