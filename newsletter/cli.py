@@ -834,5 +834,5 @@ def main() -> None:
     try:
         app()
     except NewsletterError as error:
-        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(1)
