@@ -352,6 +352,13 @@ def _print_unrecorded(
             f"first recipient's message to {outbox.eml}.",
             highlight=False,
         )
+        if outbox.html is not None:
+            console.print(
+                f"Preview: {outbox.html.as_uri()} is the HTML that reader would see "
+                "(or run `newsletter preview` for phone and desktop widths).",
+                highlight=False,
+                soft_wrap=True,
+            )
         if to:
             console.print(f"A real test send would mail {len(to)} address(es) and record nothing.", highlight=False)
         elif plan.campaign is None:

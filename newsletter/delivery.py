@@ -184,17 +184,19 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 class OutboxDelivery:
     """The dry run's delivery: each body goes to `folder/batch-NNNN.json` (the exact bytes a real
     send would POST, without the Authorization header), and the first recipient's message to
-    `folder/first-recipient.eml`, as that reader would receive it."""
+    `folder/first-recipient.eml`, as that reader would receive it, with its HTML part beside it as
+    `first-recipient.html` to open in a browser."""
 
     def __init__(self, folder: Path, settings: Settings) -> None:
         self.folder = folder
         self._settings = settings
         folder.mkdir(parents=True, exist_ok=True)
         # A previous dry run of the same issue may have written more batches than this one will.
-        for stale in [*folder.glob("batch-*.json"), folder / EML_NAME]:
+        for stale in [*folder.glob("batch-*.json"), folder / EML_NAME, folder / HTML_NAME]:
             stale.unlink(missing_ok=True)
         self.files: list[Path] = []
         self.eml: Path | None = None
+        self.html: Path | None = None
 
     async def send(self, body: dict[str, Any]) -> Answer:
         number = len(self.files) + 1
@@ -202,8 +204,11 @@ class OutboxDelivery:
         path.write_bytes(encode_body(body))
         self.files.append(path)
         if self.eml is None:
+            message = message_as_received(body, 0, self._settings)
             self.eml = self.folder / EML_NAME
-            self.eml.write_bytes(bytes(message_as_received(body, 0, self._settings)))
+            self.eml.write_bytes(bytes(message))
+            self.html = self.folder / HTML_NAME
+            self.html.write_text(message.get_body(("html",)).get_content(), encoding="utf-8")
         return Answer(status=202, message_id=f"dry-run-{number}")
 
     async def aclose(self) -> None:
@@ -211,6 +216,7 @@ class OutboxDelivery:
 
 
 EML_NAME = "first-recipient.eml"
+HTML_NAME = "first-recipient.html"
 
 # CRLF as on the wire; lines up to RFC 5322's 998 characters, so that a long List-Unsubscribe URL is
 # not folded into an encoded word that no client would follow.

@@ -216,6 +216,8 @@ def test_a_dry_run_writes_the_exact_requests_and_the_first_message_and_records_n
     assert message["MIME-Version"] == "1.0" and message["Date"] and message["Message-ID"]
     text, html = (part.get_content() for part in message.iter_parts())
     assert url in text and url in html and UNSUBSCRIBE_TAG not in text + html
+    assert (outbox / "first-recipient.html").read_text(encoding="utf-8") == html.replace("\r\n", "\n")
+    assert (outbox / "first-recipient.html").as_uri() in run.stdout.replace("\n", "")
 
     with db.engine_for(settings).connect() as conn:
         assert conn.execute(select(db.campaigns)).all() == []
