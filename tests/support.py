@@ -24,9 +24,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TimeoutError(f"the server exited with status {process.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -44,7 +46,7 @@ def running(command: list[str], port: int, *, env: dict[str, str] | None = None,
     )
     try:
         try:
-            wait_for_port(port, timeout)
+            wait_for_port(port, timeout, process)
         except TimeoutError:
             log.seek(0)
             raise TimeoutError(f"{command[0]} did not start:\n{log.read()[-3000:]}") from None
@@ -66,7 +68,10 @@ def prism(spec: str):
     binary = NODE_BIN / "prism"
     if not binary.exists():
         pytest.fail("Stoplight Prism is not installed: run `npm ci` at the project root")
+    spec_file = SHARED / "sendgrid" / spec
+    if not spec_file.exists():
+        pytest.fail(f"SendGrid's OpenAPI spec {spec_file} is missing: shared/ must sit beside the project")
     port = free_port()
-    command = [str(binary), "mock", "-h", "127.0.0.1", "-p", str(port), "--errors", str(SHARED / "sendgrid" / spec)]
+    command = [str(binary), "mock", "-h", "127.0.0.1", "-p", str(port), "--errors", str(spec_file)]
     with running(command, port, timeout=90):
         yield f"http://127.0.0.1:{port}"
