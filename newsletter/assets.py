@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .config import Settings
-from .digest import Digest, Paper
+from .digest import Digest, Paper, absolute_url
 from .files import write_atomic
 
 # The card image's width in CSS px: the 600px email body less 24px of padding on each side.
@@ -25,6 +25,7 @@ THUMBNAIL_DISPLAY_WIDTH = 552
 # Stored at up to twice the display width, so that it stays sharp on high-density screens.
 MAX_STORED_WIDTH = 2 * THUMBNAIL_DISPLAY_WIDTH
 JPEG_QUALITY = 82
+IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "WEBP"]  # what a local thumbnail may be
 
 HUGGING_FACE_THUMBNAIL = "https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/{paper_id}.png"
 # A remote image's size cannot be known without fetching it. Hugging Face's social thumbnails are
@@ -66,8 +67,9 @@ def resolve_thumbnail(paper: Paper, digest: Digest, settings: Settings) -> Thumb
     source = paper.thumbnail
     if source:
         if urlsplit(source).scheme:
-            # An absolute https image is used as is; any other URL could not show in an email.
-            if urlsplit(source).scheme.lower() == "https":
+            # An absolute https image is used as is; any other URL (http:, data:, "https:foo"
+            # without a host) could not show in an email.
+            if absolute_url(source, ("https",)):
                 return _remote(source)
         else:
             local = _beside(digest, source)
@@ -129,7 +131,9 @@ def _beside(digest: Digest, source: str) -> Path | None:
 
 def _prepare(source: Path) -> tuple[bytes, str, int, int]:
     """(encoded bytes, extension, width, height) of the email version of an image."""
-    with Image.open(source) as original:
+    # Only the formats a digest's thumbnail can reasonably be: Pillow's other decoders (PSD, TGA,
+    # EPS through Ghostscript, …) are more attack surface for an untrusted file than they are worth.
+    with Image.open(source, formats=IMAGE_FORMATS) as original:
         keep_png = original.format == "PNG"
         # A camera JPEG is decoded straight at a fraction of its size (never below what is kept,
         # whichever way it turns out to be oriented): several times faster, a fraction of the memory.

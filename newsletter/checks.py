@@ -6,12 +6,13 @@ Each problem says where it is (which image, which link, which part) and what is 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import lxml.html
 from lxml import etree
 
+from .digest import absolute_url, safe_url
 from .errors import CheckFailed
 from .render import GMAIL_CLIP_BYTES, UNSUBSCRIBE_TAG, RenderedIssue
 
@@ -19,6 +20,10 @@ from .render import GMAIL_CLIP_BYTES, UNSUBSCRIBE_TAG, RenderedIssue
 # link (base URL + /unsubscribe/ + a ~50 character token) is longer than the placeholder.
 PERSONAL_URL_BYTES = 256
 _SHOWN = 60  # characters of a URL or label quoted in a problem
+# SendGrid puts the recipient's personal unsubscribe URL wherever the tag stands: anywhere but the
+# footer's unsubscribe link would hand it to whatever surrounds it. Counted in any case, as the
+# digest parser refuses it.
+_TAG = re.compile(re.escape(UNSUBSCRIBE_TAG), re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class CheckReport:
 
 def run_checks(issue: RenderedIssue) -> CheckReport:
     """Every rule, each problem reported once with where it is."""
-    html_bytes = len(issue.html.encode("utf-8")) + issue.html.count(UNSUBSCRIBE_TAG) * (
+    html_bytes = len(issue.html.encode("utf-8")) + len(_TAG.findall(issue.html)) * (
         PERSONAL_URL_BYTES - len(UNSUBSCRIBE_TAG)
     )
     report = CheckReport(html_bytes=html_bytes)
@@ -71,12 +76,25 @@ def run_checks(issue: RenderedIssue) -> CheckReport:
             problems.append(Problem(name, f"holds a broken character (U+FFFD) at offset {offset}"))
     if not issue.subject.strip():
         problems.append(Problem("subject", "is empty"))
+    for name in ("subject", "preheader"):
+        if found := len(_TAG.findall(parts[name])):
+            problems.append(Problem(name, _misplaced_tag(found)))
     if not issue.text.strip():
         problems.append(Problem("text part", "is missing: mail without a text part is more often taken for spam"))
-    elif UNSUBSCRIBE_TAG not in issue.text:
+    elif not (found := len(_TAG.findall(issue.text))):
         problems.append(Problem("text part", f"has no unsubscribe link ({UNSUBSCRIBE_TAG})"))
+    elif found > 1:
+        problems.append(Problem("text part", _misplaced_tag(found - 1, " besides its one unsubscribe link")))
     problems.extend(_check_html(issue.html))
     return report
+
+
+def _misplaced_tag(count: int, qualifier: str = "") -> str:
+    times = "once" if count == 1 else f"{count} times"
+    return (
+        f"holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} {times}{qualifier}: "
+        "SendGrid would put each reader's personal unsubscribe link there"
+    )
 
 
 def _check_html(html: str) -> list[Problem]:
@@ -91,17 +109,32 @@ def _check_html(html: str) -> list[Problem]:
         problems.append(Problem(f"<script> on line {script.sourceline}", "scripts are not allowed in email"))
     for number, image in enumerate(document.iter("img"), start=1):
         problems.extend(_check_image(number, image))
-    unsubscribe = False
+    unsubscribe_links = 0
     for link in document.iter("a"):
         href = (link.get("href") or "").strip()
         if href == UNSUBSCRIBE_TAG:
-            unsubscribe = True
+            unsubscribe_links += 1
             continue
         problem = _link_problem(href)
         if problem:
             problems.append(Problem(_describe_link(link, href), problem))
-    if not unsubscribe:
+    if not unsubscribe_links:
         problems.append(Problem("HTML part", f"has no unsubscribe link (<a href=\"{UNSUBSCRIBE_TAG}\">)"))
+    # SendGrid replaces the tag as written in the source, so the occurrences there must be exactly
+    # those links' hrefs: any other (in a URL, an attribute, the text) would receive the reader's
+    # link too, and a link spelling it with character references would never get one.
+    written = len(_TAG.findall(html))
+    if written > unsubscribe_links:
+        misplaced = _misplaced_tag(written - unsubscribe_links, " outside its unsubscribe links")
+        problems.append(Problem("HTML part", misplaced))
+    elif written < unsubscribe_links:
+        problems.append(
+            Problem(
+                "HTML part",
+                f"{unsubscribe_links - written} unsubscribe link(s) spell {UNSUBSCRIBE_TAG} with character "
+                "references, which SendGrid does not replace",
+            )
+        )
     return problems
 
 
@@ -109,8 +142,7 @@ def _check_image(number: int, image: lxml.html.HtmlElement) -> list[Problem]:
     src = (image.get("src") or "").strip()
     where = f"image {number} (src={_quote(src) if src else 'missing'}, line {image.sourceline})"
     found: list[str] = []
-    parts = urlsplit(src)
-    if parts.scheme.lower() != "https" or not parts.netloc:
+    if not absolute_url(src, ("https",)):
         found.append("src is not an absolute https URL")
     if not (image.get("alt") or "").strip():
         found.append("has no alt text")
@@ -124,12 +156,10 @@ def _check_image(number: int, image: lxml.html.HtmlElement) -> list[Problem]:
 def _link_problem(href: str) -> str | None:
     if not href:
         return "has no href"
-    parts = urlsplit(href)
-    scheme = parts.scheme.lower()
-    if scheme == "mailto":
-        return None if parts.path else "mailto: link without an address"
-    if scheme in ("http", "https") and parts.netloc:
+    if safe_url(href):
         return None
+    if href.lower().startswith("mailto:"):
+        return "mailto: link without an address"
     return "is not an absolute http(s) or mailto link"
 
 

@@ -60,6 +60,19 @@ _UPVOTES = re.compile(
     re.IGNORECASE,
 )
 _RANK = re.compile(r"\d+")
+# A rank or an upvote count longer than this is a typo or an attack, not a number to show (and
+# past 4300 digits Python refuses to convert it at all).
+MAX_DIGITS = 9
+
+# SendGrid's substitution tag for each reader's personal unsubscribe URL. SendGrid replaces it
+# wherever it stands (HTML, text, subject), so digest text holding it would carry every reader's
+# unsubscribe token into a link or a title of the digest author's choosing: the digest may not.
+UNSUBSCRIBE_TAG = "-unsubscribe_url-"
+_UNSUBSCRIBE_TAG = re.compile(re.escape(UNSUBSCRIBE_TAG), re.IGNORECASE)
+_TAG_MESSAGE = (
+    f"the digest may not contain {UNSUBSCRIBE_TAG!r} (in any case): SendGrid replaces it with each "
+    "reader's personal unsubscribe link"
+)
 
 # A section heading names its section in Korean or English, after any emoji (or a broken one).
 _SECTIONS = {
@@ -76,9 +89,26 @@ _markdown = MarkdownIt("commonmark", {"html": False}).enable("strikethrough")
 _markdown.validateLink = lambda url: True
 
 
+# Removed from digest text: the replacement character (a broken emoji or byte), the Unicode bidi
+# controls (an override or isolate in a title would reorder the subject line a reader sees), and
+# every other C0/C1 control character except tab, line feed and carriage return, which Markdown reads.
+_UNWANTED = re.compile(
+    "[\ufffd\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+)
+
+
 def clean_text(text: str) -> str:
-    """The text with every replacement character (U+FFFD, a broken emoji or byte) removed."""
-    return text.replace("\ufffd", "")
+    """The text without replacement characters, bidi controls and control characters."""
+    return _UNWANTED.sub("", text)
+
+
+def absolute_url(url: str, schemes: tuple[str, ...] = ("http", "https")) -> bool:
+    """Whether `url` is absolute, with one of `schemes` and a host ("https:foo" has none)."""
+    try:
+        parts = urlsplit(url.strip())
+        return parts.scheme.lower() in schemes and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
 
 
 def safe_url(url: str) -> bool:
@@ -87,10 +117,9 @@ def safe_url(url: str) -> bool:
         parts = urlsplit(url.strip())
     except ValueError:
         return False
-    scheme = parts.scheme.lower()
-    if scheme == "mailto":
+    if parts.scheme.lower() == "mailto":
         return bool(parts.path)
-    return scheme in ("http", "https") and bool(parts.netloc)
+    return absolute_url(url)
 
 
 def hugging_face_paper_id(url: str) -> str | None:
@@ -244,14 +273,40 @@ def _paper_heading(inline: Token, position: int, path: Path) -> _PaperDraft:
     if not safe_url(url) or url.lower().startswith("mailto:"):
         raise DigestError(f"the paper's link must be an absolute http(s) URL, got {url!r}", path=path, line=line)
     rank = _RANK.search(_render_inline(children[:opening]).text)
-    return _PaperDraft(rank=int(rank.group()) if rank else position, title=title, url=url, line=line)
+    number = _number(rank.group(), "rank", path, line) if rank else position
+    return _PaperDraft(rank=number, title=title, url=url, line=line)
 
 
-def _upvotes(text: str) -> int | None:
+def _upvotes(text: str, path: Path, line: int) -> int | None:
     found = _UPVOTES.search(text)
     if found is None:
         return None
-    return int(re.sub(r"\D", "", found.group(1)))
+    return _number(re.sub(r"\D", "", found.group(1)), "upvote count", path, line)
+
+
+def _number(digits: str, name: str, path: Path, line: int) -> int:
+    if len(digits) > MAX_DIGITS:
+        shown = digits if len(digits) <= 20 else f"{digits[:12]}… ({len(digits)} digits)"
+        raise DigestError(f"the {name} {shown} has more than {MAX_DIGITS} digits", path=path, line=line)
+    return int(digits)
+
+
+def _refuse_unsubscribe_tag(text: str, path: Path) -> None:
+    """DigestError naming the first line that holds UNSUBSCRIBE_TAG as written."""
+    # Lines as Markdown counts them (str.splitlines would also break at U+2028 and others).
+    for number, line in enumerate(re.split(r"\r\n?|\n", text), start=1):
+        if _UNSUBSCRIBE_TAG.search(line):
+            raise DigestError(_TAG_MESSAGE, path=path, line=number)
+
+
+def _refuse_unsubscribe_tag_in(token: Token, path: Path) -> None:
+    """Likewise for an inline token that spells the tag with escapes or entities
+    ("-unsubscribe\\_url-", "&#95;") or splits it with formatting: as the HTML, the text part or
+    a link's or image's URL would hold it."""
+    content = _render_inline(token.children or [])
+    urls = [str(value) for child in token.children or [] for value in child.attrs.values()]
+    if any(_UNSUBSCRIBE_TAG.search(value) for value in [content.html, content.text, *urls]):
+        raise DigestError(_TAG_MESSAGE, path=path, line=_line(token))
 
 
 def _digest_date(path: Path, title: str, title_line: int) -> date:
@@ -281,17 +336,29 @@ def _digest_date(path: Path, title: str, title_line: int) -> date:
 
 def parse_digest(text: str, path: Path) -> Digest:
     """The digest in `text` (the contents of `path`), or one DigestError naming the file and line."""
-    tokens = _markdown.parse(clean_text(text).lstrip("\ufeff"))
+    text = clean_text(text).lstrip("\ufeff")
+    _refuse_unsubscribe_tag(text, path)
+    tokens = _markdown.parse(text)
     title: str | None = None
     title_line = 1
     drafts: list[_PaperDraft] = []
     paper: _PaperDraft | None = None
     section: str | None = None
     item_depth = 0  # nesting of list items inside the key points, so a sub-list joins its item
-    item_parts: list[Inline] = []
+    item_parts: list[Inline] = []  # the parts of the key point being read, until its item closes
+
+    def end_item() -> None:
+        # The point being read belongs to the paper and section it started in: it ends at its
+        # item's close, or at any heading first (a heading inside a list item), never later.
+        if item_parts and paper is not None and section == "key_points":
+            paper.key_points.append(_join(item_parts))
+        item_parts.clear()
 
     for index, token in enumerate(tokens):
+        if token.type == "inline":
+            _refuse_unsubscribe_tag_in(token, path)
         if _is_heading(token):
+            end_item()
             inline = tokens[index + 1]
             if token.tag == "h1":
                 if title is None:
@@ -307,9 +374,8 @@ def parse_digest(text: str, path: Path) -> Digest:
             item_depth += 1
         elif token.type == "list_item_close":
             item_depth -= 1
-            if item_depth == 0 and item_parts and paper is not None and section == "key_points":
-                paper.key_points.append(_join(item_parts))
-                item_parts = []
+            if item_depth == 0:
+                end_item()
         elif token.type == "inline" and paper is not None and not _is_heading(tokens[index - 1]):
             content = _render_inline(token.children or [])
             if section is None:
@@ -317,7 +383,7 @@ def parse_digest(text: str, path: Path) -> Digest:
                 if image is not None and paper.thumbnail is None:
                     paper.thumbnail = str(image.attrGet("src") or "") or None
                 if paper.upvotes is None:
-                    paper.upvotes = _upvotes(content.text)
+                    paper.upvotes = _upvotes(content.text, path, _line(token))
             elif section == "key_points" and item_depth:
                 item_parts.append(content)
             elif section == "key_points":

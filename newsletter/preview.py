@@ -22,8 +22,8 @@ from starlette.routing import Route
 from .assets import asset_file
 from .config import Settings
 from .digest import load_digest
-from .errors import ConfigError, NewsletterError
-from .render import GMAIL_CLIP_BYTES, RenderedIssue, environment, render_issue
+from .errors import ConfigError, NewsletterError, RenderError
+from .render import GMAIL_CLIP_BYTES, RenderedIssue, render_issue, render_template
 
 PREVIEW_TEMPLATE = "preview.html.j2"
 PHONE_WIDTH = 375
@@ -74,15 +74,20 @@ def preview_app(preview: Preview) -> Starlette:
             issue, problem = None, str(error)
         else:
             problem = None
-        html = environment(preview.settings).get_template(PREVIEW_TEMPLATE).render(
-            issue=issue,
-            problem=problem,
-            settings=preview.settings,
-            version=preview.version(),
-            phone_width=PHONE_WIDTH,
-            desktop_width=DESKTOP_WIDTH,
-            clip_bytes=GMAIL_CLIP_BYTES,
-        )
+        context = {
+            "issue": issue,
+            "problem": problem,
+            "settings": preview.settings,
+            "version": preview.version(),
+            "phone_width": PHONE_WIDTH,
+            "desktop_width": DESKTOP_WIDTH,
+            "clip_bytes": GMAIL_CLIP_BYTES,
+        }
+        try:
+            html = render_template(preview.settings, PREVIEW_TEMPLATE, context)
+        except RenderError as error:
+            # The preview page's own template is broken: nothing to show the problem in but text.
+            return PlainTextResponse(str(error), status_code=500, headers={"Cache-Control": "no-store"})
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     def email(request: Request) -> Response:

@@ -4,8 +4,9 @@ The public folder is served at settings.base_url, so an issue whose web_url is
 `<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`. Beside each page an
 `issue.json` records what the archive and the feed show of it; the archive and the feed are rebuilt
 from every such record found, so publishing one date keeps all the others. Every file is written
-atomically, and one publish at a time holds the folder's lock, so two publishes of different dates
-cannot drop each other from the archive.
+atomically, and only after every output has been rendered, so a template error changes nothing;
+one publish at a time holds the folder's lock, so two publishes of different dates cannot drop each
+other from the archive.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-import jinja2
-
 from .config import Settings
 from .errors import NewsletterError, RenderError
 from .files import write_atomic
-from .render import UNSUBSCRIBE_TAG, RenderedIssue
+from .render import RenderedIssue, render_template
 
 PAGE = "index.html"
 RECORD = "issue.json"
@@ -33,8 +32,8 @@ ARCHIVE_TEMPLATE = "archive.html.j2"
 FEED_TEMPLATE = "feed.xml.j2"
 FEED_ENTRIES = 50  # feed readers want the recent issues; the archive page lists them all
 _LOCK = ".publish.lock"
-# Characters XML 1.0 forbids even as references: a digest's stray control character must not make
-# the whole feed unreadable.
+# Characters XML 1.0 forbids even as references. The digest's text is already free of them, but a
+# subject also holds the configured sender's name, and one such character makes the feed unreadable.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -111,12 +110,16 @@ def publish_issue(issue: RenderedIssue, settings: Settings) -> Publication:
             updated=now if changed or previous is None else previous.updated,
         )
         issues = sorted([*others, record], key=lambda found: (found.date, found.path), reverse=True)
+        # Everything is rendered before anything is written: a template error leaves the folder
+        # as it was.
+        outputs: list[tuple[Path, str]] = []
         if changed:
-            write_atomic(page, html)
+            outputs.append((page, html))
         if previous != record:
-            write_atomic(record_file, record.to_json())
-        write_atomic(archive, render_archive(issues, settings))
-        write_atomic(feed, render_feed(issues, settings))
+            outputs.append((record_file, record.to_json()))
+        outputs += [(archive, render_archive(issues, settings)), (feed, render_feed(issues, settings))]
+        for path, content in outputs:
+            write_atomic(path, content)
     return Publication(page=page, archive=archive, feed=feed, issues=issues)
 
 
@@ -156,12 +159,12 @@ def web_version(issue: RenderedIssue, settings: Settings) -> str:
 
 
 def render_archive(issues: list[PublishedIssue], settings: Settings) -> str:
-    return _render(ARCHIVE_TEMPLATE, settings, issues=issues, **_common(issues, settings))
+    return render_template(settings, ARCHIVE_TEMPLATE, {"issues": issues, **_common(issues, settings)})
 
 
 def render_feed(issues: list[PublishedIssue], settings: Settings) -> str:
     entries = issues[:FEED_ENTRIES]
-    return _render(FEED_TEMPLATE, settings, issues=entries, **_common(entries, settings))
+    return render_template(settings, FEED_TEMPLATE, {"issues": entries, **_common(entries, settings)})
 
 
 def _common(issues: list[PublishedIssue], settings: Settings) -> dict:
@@ -176,38 +179,12 @@ def _common(issues: list[PublishedIssue], settings: Settings) -> dict:
     }
 
 
-def _render(name: str, settings: Settings, **context: object) -> str:
-    try:
-        return _environment(settings).get_template(name).render(context)
-    except jinja2.TemplateSyntaxError as error:
-        raise RenderError(f"{error.filename or error.name}:{error.lineno}: {error.message}") from None
-    except jinja2.TemplateNotFound as error:
-        raise RenderError(f"{settings.path(settings.templates_dir)}: template {error.name} not found") from None
-
-
-def _environment(settings: Settings) -> jinja2.Environment:
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(settings.path(settings.templates_dir)),
-        autoescape=True,  # the feed as much as the page: every subject comes from an untrusted digest
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    environment.filters["rfc3339"] = _rfc3339
-    return environment
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _relative(folder: Path, public: Path) -> str:
     return folder.relative_to(public).as_posix() + "/"
 
 
 def _xml_safe(text: str) -> str:
-    return _NOT_XML.sub("", text.replace(UNSUBSCRIBE_TAG, ""))
+    return _NOT_XML.sub("", text)
 
 
 @contextlib.contextmanager

@@ -12,9 +12,9 @@ import functools
 import logging
 import traceback
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jinja2
 from mjml import mjml2html
@@ -22,12 +22,13 @@ from premailer import Premailer
 
 from .assets import Thumbnail, resolve_thumbnail
 from .config import Settings
-from .digest import Digest, Paper
+from .digest import UNSUBSCRIBE_TAG, Digest, Paper
 from .errors import RenderError
 
-# SendGrid substitution tag that each recipient's personal unsubscribe URL replaces, in both parts.
-# One render serves every recipient: the sender fills this per personalization.
-UNSUBSCRIBE_TAG = "-unsubscribe_url-"
+# UNSUBSCRIBE_TAG (defined beside the parser that keeps it out of digests; the sender and the checks
+# import it from here) is the SendGrid substitution tag that each recipient's personal unsubscribe
+# URL replaces, in both parts. One render serves every recipient: the sender fills it per
+# personalization, and only the footer holds it.
 
 # Gmail hides everything after the first ~102 KB of a message's HTML behind "[Message clipped]",
 # footer and unsubscribe link included.
@@ -191,9 +192,9 @@ def render_issue(digest: Digest, settings: Settings) -> RenderedIssue:
     """The issue's email: compiled, CSS-inlined HTML and the plain-text part. Never touches the
     network."""
     context = _context(digest, settings)
-    mjml_source = _render_template(settings, MJML_TEMPLATE, context)
+    mjml_source = render_template(settings, MJML_TEMPLATE, context)
     html = _inline_css(_compile_mjml(mjml_source))
-    text = _render_template(settings, TEXT_TEMPLATE, context)
+    text = render_template(settings, TEXT_TEMPLATE, context)
     return RenderedIssue(
         date=digest.date,
         subject=context["subject"],
@@ -208,7 +209,7 @@ def render_issue(digest: Digest, settings: Settings) -> RenderedIssue:
 def render_mjml(digest: Digest, settings: Settings) -> str:
     """The Jinja-expanded MJML of an issue, before compilation (what the reference MJML compiler
     validates)."""
-    return _render_template(settings, MJML_TEMPLATE, _context(digest, settings))
+    return render_template(settings, MJML_TEMPLATE, _context(digest, settings))
 
 
 def web_url(settings: Settings, day: date) -> str:
@@ -272,23 +273,29 @@ def _context(digest: Digest, settings: Settings) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _environment(templates_dir: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir),
-        # The MJML and HTML templates escape every value; the text template writes plain text.
-        autoescape=jinja2.select_autoescape(["mjml.j2", "html.j2"], default=False),
+        # The MJML, HTML and XML templates escape every value (each can carry untrusted digest
+        # text); the text template writes plain text.
+        autoescape=jinja2.select_autoescape(["mjml.j2", "html.j2", "xml.j2"], default=False),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["rfc3339"] = rfc3339
+    return env
 
 
 def environment(settings: Settings) -> jinja2.Environment:
-    """The process's Jinja environment for the configured templates folder."""
+    """The process's one Jinja environment for the configured templates folder: every template
+    (email, web pages, feed) is loaded through it."""
     return _environment(settings.path(settings.templates_dir).resolve())
 
 
-def _render_template(settings: Settings, name: str, context: dict) -> str:
+def render_template(settings: Settings, name: str, context: dict[str, Any]) -> str:
+    """Template `name` rendered with `context`; any Jinja error becomes a RenderError naming the
+    template file and line."""
     try:
         return environment(settings).get_template(name).render(context)
     except jinja2.TemplateSyntaxError as error:
@@ -298,6 +305,11 @@ def _render_template(settings: Settings, name: str, context: dict) -> str:
         raise RenderError(f"{folder}: template {error.name} not found") from None
     except jinja2.TemplateError as error:
         raise RenderError(f"{_template_line(error) or name}: {error.message}") from None
+
+
+def rfc3339(moment: datetime) -> str:
+    """"2026-01-23T07:00:00Z": the timestamp form Atom requires."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _template_line(error: Exception) -> str | None:

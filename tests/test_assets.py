@@ -173,3 +173,35 @@ def test_asset_file_maps_only_asset_urls(settings: Settings) -> None:
     assert asset_file(settings, f"{settings.assets_url}/../secret.key") is None
     assert asset_file(settings, f"{settings.assets_url}/nothing.jpg") is None
     assert THUMBNAIL_DISPLAY_WIDTH == 552
+
+
+@pytest.mark.parametrize("url", ["https:foo.png", "https:/images/a.png", "https://:443/a.png"])
+def test_https_thumbnail_without_a_host_is_not_used(settings: Settings, digest: Digest, url: str) -> None:
+    paper = with_thumbnail(digest.papers[0], url)
+
+    assert resolve_thumbnail(paper, digest, settings) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
+
+
+@pytest.mark.parametrize("kind", ["BMP", "TIFF", "PPM"])
+def test_images_of_other_formats_are_treated_as_missing(
+    settings: Settings, digest: Digest, project: Path, kind: str
+) -> None:
+    # Readable by Pillow, but not a format a thumbnail is: its decoder is not run at all.
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(project / "digests" / "thumb.img", kind)
+    paper = with_thumbnail(digest.papers[0], "thumb.img")
+
+    assert resolve_thumbnail(paper, digest, settings) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
+    assert published(settings) == []
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG", "GIF", "WEBP"])
+def test_images_of_the_thumbnail_formats_are_published(
+    cdn_settings: Settings, digest: Digest, project: Path, kind: str
+) -> None:
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(project / "digests" / "thumb.img", kind)
+    paper = with_thumbnail(digest.papers[0], "thumb.img")
+
+    thumbnail = resolve_thumbnail(paper, digest, cdn_settings)
+    assert thumbnail is not None and thumbnail.url.startswith("https://cdn.example.com/newsletter/")
+    assert (thumbnail.width, thumbnail.height) == (64, 48)
+    assert len(published(cdn_settings)) == 1

@@ -2,21 +2,16 @@
 phone's and a desktop's width, in light and dark mode: layout, text size, contrast, images. Also the
 preview page's width toggle.
 
-Chromium is driven over the DevTools protocol through --remote-debugging-pipe (JSON messages ending
-in NUL on file descriptors 3 and 4), so no client library is needed.
+Chromium is driven over the DevTools protocol by tests/support.py's Chromium, so no client library
+is needed. Without Chromium or the font these tests fail, never skip: `make test` installs both.
 """
 
 from __future__ import annotations
 
-import base64
-import fcntl
 import io
-import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,137 +21,19 @@ from newsletter.config import load_settings
 from newsletter.digest import load_digest
 from newsletter.render import render_issue
 
-from .support import EXAMPLE_DIGEST, free_port, running
-from .test_render import contrast, write_thumbnails
+from .support import (
+    EXAMPLE_DIGEST,
+    NODE_BIN,
+    Chromium,
+    contrast,
+    free_port,
+    require_chromium,
+    require_node_tool,
+    running,
+    write_thumbnails,
+)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PHONE, DESKTOP = 375, 640
-
-
-class Chromium:
-    """A headless Chromium and its DevTools-protocol pipe."""
-
-    def __init__(self, profile: Path) -> None:
-        commands_read, self._commands = os.pipe()
-        self._replies, replies_write = os.pipe()
-
-        def onto_3_and_4() -> None:  # runs in the child, before exec
-            # Moved out of the way first: either pipe end may itself be descriptor 3 or 4.
-            commands, replies = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands_read, replies_write))
-            os.dup2(commands, 3)
-            os.dup2(replies, 4)
-
-        self.process = subprocess.Popen(
-            [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-extensions", "--hide-scrollbars", "--mute-audio", f"--user-data-dir={profile}",
-                "--remote-debugging-pipe", "about:blank",
-            ],  # fmt: skip
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=onto_3_and_4,
-            pass_fds=(3, 4),
-        )
-        os.close(commands_read)
-        os.close(replies_write)
-        self._buffer = b""
-        self._next_id = 0
-        self._events: list[dict] = []
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._commands, json.dumps(message).encode() + b"\0")
-        while True:
-            reply = self._read()
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-            self._events.append(reply)
-
-    def wait_for(self, event: str, session: str, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for index, message in enumerate(self._events):
-                if message.get("method") == event and message.get("sessionId") == session:
-                    return self._events.pop(index)
-            self._events.append(self._read())
-        raise TimeoutError(event)
-
-    def _read(self) -> dict:
-        while b"\0" not in self._buffer:
-            chunk = os.read(self._replies, 1 << 16)
-            if not chunk:
-                raise RuntimeError("chromium closed its DevTools pipe")
-            self._buffer += chunk
-        message, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(message)
-
-    def page(self, width: int, *, dark: bool = False) -> Page:
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        return Page(self, session, width, dark)
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close")
-        except (RuntimeError, OSError):
-            pass
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        os.close(self._commands)
-        os.close(self._replies)
-
-
-class Page:
-    def __init__(self, browser: Chromium, session: str, width: int, dark: bool) -> None:
-        self.browser, self.session, self.width = browser, session, width
-        self.send("Page.enable")
-        self.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 480},
-        )
-        self.send(
-            "Emulation.setEmulatedMedia",
-            {"features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]},
-        )
-
-    def send(self, method: str, params: dict | None = None) -> dict:
-        return self.browser.send(method, params, self.session)
-
-    def goto(self, url: str) -> None:
-        self.send("Page.navigate", {"url": url})
-        self.browser.wait_for("Page.loadEventFired", self.session)
-
-    def evaluate(self, expression: str):
-        result = self.send(
-            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
-        )
-        if "exceptionDetails" in result:
-            raise RuntimeError(result["exceptionDetails"])
-        return result["result"].get("value")
-
-    def screenshot(self, path: Path) -> bytes:
-        height = self.evaluate("document.documentElement.scrollHeight")
-        shot = self.send(
-            "Page.captureScreenshot",
-            {
-                "format": "png",
-                "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": self.width, "height": height, "scale": 1},
-            },
-        )
-        data = base64.b64decode(shot["data"])
-        path.write_bytes(data)
-        return data
 
 
 # -- the example issue, served with its thumbnails -----------------------------------------------
@@ -210,9 +87,7 @@ def hex_of(css: str) -> str:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is not installed: run `make test-setup` (Debian's chromium and fonts-nanum)")
-    chromium = Chromium(tmp_path_factory.mktemp("chromium-profile"))
+    chromium = Chromium(tmp_path_factory.mktemp("chromium-profile"), require_chromium())
     yield chromium
     chromium.close()
 
@@ -330,3 +205,20 @@ def test_the_preview_toggles_widths_and_reloads_itself(browser: Chromium, projec
         page.evaluate(wait)
         assert page.evaluate("location.hash") == "#desktop"
         assert "EvoCUA Reloaded:" in page.evaluate("document.querySelector('.desktop iframe').contentDocument.body.textContent")
+
+
+# -- a missing tool fails the run ------------------------------------------------------------------
+
+
+def test_a_missing_browser_or_font_fails_naming_make_test() -> None:
+    missing = r"Chromium \(/nonexistent/chromium\) is not installed: `make test` installs"
+    with pytest.raises(pytest.fail.Exception, match=missing):
+        require_chromium("/nonexistent/chromium")
+    with pytest.raises(pytest.fail.Exception, match=r"no NoSuchFamily Korean font is installed: `make test` installs"):
+        require_chromium(require_chromium(), font="NoSuchFamily")
+
+
+def test_a_missing_node_tool_fails_naming_make_test() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"no-such-tool is not installed: `make test` installs it"):
+        require_node_tool("no-such-tool")
+    assert require_node_tool("mjml") == NODE_BIN / "mjml"

@@ -201,3 +201,42 @@ def test_check_command_names_a_missing_digest(project: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"
     assert result.stdout == ""
+
+
+# -- the unsubscribe placeholder: exactly where it belongs ----------------------------------------
+
+
+def test_the_placeholder_anywhere_but_the_unsubscribe_links_is_caught() -> None:
+    leak = f'<a href="https://evil.example/?u={UNSUBSCRIBE_TAG}">win</a>'
+
+    found = problems_of(
+        subject=f"Papers {UNSUBSCRIBE_TAG}",
+        preheader=UNSUBSCRIBE_TAG.upper(),
+        html=page(f'{leak}\n<p title="{UNSUBSCRIBE_TAG}">{UNSUBSCRIBE_TAG}</p>'),
+        text=GOOD.text + f"Also: {UNSUBSCRIBE_TAG}\n",
+    )
+
+    personal = "SendGrid would put each reader's personal unsubscribe link there"
+    assert found == [
+        f"subject: holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} once: {personal}",
+        f"preheader: holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} once: {personal}",
+        f"text part: holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} once besides its one unsubscribe link: "
+        + personal,
+        f"HTML part: holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} 3 times outside its unsubscribe links: "
+        + personal,
+    ]
+
+
+def test_several_unsubscribe_links_in_the_html_are_fine() -> None:
+    second = f'<a href="{UNSUBSCRIBE_TAG}">Leave this list</a>'
+
+    assert problems_of(html=page(f"{IMAGE}\n{second}")) == []
+
+
+def test_an_unsubscribe_link_sendgrid_cannot_see_is_caught() -> None:
+    html = GOOD.html.replace(f'href="{UNSUBSCRIBE_TAG}"', 'href="&#45;unsubscribe_url-"')
+
+    assert problems_of(html=html) == [
+        f"HTML part: 1 unsubscribe link(s) spell {UNSUBSCRIBE_TAG} with character references, "
+        "which SendGrid does not replace"
+    ]

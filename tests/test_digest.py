@@ -298,3 +298,92 @@ def test_undecodable_bytes_are_dropped(settings: Settings, project: Path) -> Non
 
     summary = load_digest(settings, date(2026, 1, 22)).papers[0].summary
     assert summary is not None and summary.text == "A  short summary."
+
+
+# -- the unsubscribe placeholder, runaway numbers, invisible controls -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "written"),
+    [
+        ("a link", "[win](https://evil.example/?u=-unsubscribe_url-)"),
+        ("plain text", "Reply with -unsubscribe_url- to win."),
+        ("another case", "-UNSUBSCRIBE_URL-"),
+        ("an image", "![x](https://evil.example/-Unsubscribe_Url-.png)"),
+    ],
+)
+def test_the_unsubscribe_placeholder_is_refused_naming_its_line(where: str, written: str) -> None:
+    text = digest_text(paper()).replace("A short summary.", f"A short summary.\n{written}")
+    line = text.splitlines().index(written) + 1
+
+    with pytest.raises(DigestError, match=rf"^digests/2026-01-23\.md:{line}: .*'-unsubscribe_url-'.*SendGrid"):
+        parse(text)
+
+
+def test_the_unsubscribe_placeholder_in_a_title_is_refused() -> None:
+    # SendGrid substitutes in the subject too, which is made from the first paper's title.
+    with pytest.raises(DigestError, match=r"2026-01-23\.md:3: .*unsubscribe"):
+        parse(digest_text(paper(title="-unsubscribe_url-: A Paper")))
+
+
+@pytest.mark.parametrize(
+    "spelled",
+    [
+        r"-unsubscribe\_url-",  # a Markdown escape
+        "-unsubscribe&#95;url-",  # an entity
+        "-unsubscribe`_url-`",  # split by a code span: the text part joins it again
+        "[win](https://evil.example/?u=-unsubscribe&#x5f;url-)",  # an entity inside a link
+    ],
+)
+def test_the_unsubscribe_placeholder_spelled_otherwise_is_refused(spelled: str) -> None:
+    text = digest_text(paper()).replace("A short summary.", f"A short summary.\n{spelled}")
+
+    with pytest.raises(DigestError, match=r"2026-01-23\.md:9: .*unsubscribe_url"):
+        parse(text)
+
+
+def test_key_points_end_at_a_heading_inside_their_list_item() -> None:
+    # The abstract heading sits inside the last key point's list item; that point must stay with
+    # the first paper and not be glued to the second paper's first point.
+    first = paper().replace(
+        "- Second point.\n\n### 📌 초록 (번역)\nFirst paragraph.\n",
+        "- paper-one point\n  ### 초록\n  abstract text\n",
+    )
+    second = paper(2, paper_id="2601.00002").replace("- First point.", "- paper-two point")
+
+    one, two = parse(digest_text(first, second)).papers
+    assert [point.text for point in one.key_points] == ["First point.", "paper-one point"]
+    assert [paragraph.text for paragraph in one.abstract] == ["abstract text", "Second paragraph."]
+    assert [point.text for point in two.key_points] == ["paper-two point", "Second point."]
+
+
+@pytest.mark.parametrize("upvotes", ["9" * 5000, "1234567890", "1,234,567,890"], ids=["5000-nines", "10", "10-grouped"])
+def test_an_upvote_count_with_too_many_digits_names_its_line(upvotes: str) -> None:
+    with pytest.raises(DigestError, match=r"2026-01-23\.md:4: the upvote count \d+.* has more than 9 digits"):
+        parse(digest_text(paper(upvotes=upvotes)))
+
+
+def test_a_rank_with_too_many_digits_names_its_line() -> None:
+    text = digest_text(paper()).replace("## 1. [", "## " + "7" * 5000 + ". [")
+
+    with pytest.raises(DigestError, match=r"2026-01-23\.md:3: the rank 777777777777… \(5000 digits\) has more"):
+        parse(text)
+
+
+def test_the_largest_counts_still_parse() -> None:
+    text = digest_text(paper(upvotes="999,999,999")).replace("## 1. [", "## 123456789. [")
+
+    (only,) = parse(text).papers
+    assert (only.rank, only.upvotes) == (123456789, 999999999)
+
+
+def test_bidi_and_control_characters_are_stripped() -> None:
+    controls = "\u202e\u202a\u202b\u202c\u202d\u2066\u2067\u2068\u2069\u200e\u200f\u061c\x00\x07\x1b\x7f\x85"
+    text = digest_text(paper(title=f"Safe{controls} Title")).replace(
+        "A short summary.", "A short\u202e summary.\x0b\tTabbed."
+    )
+
+    (only,) = parse(text).papers
+    assert only.title == "Safe Title"
+    assert only.summary is not None and only.summary.text == "A short summary.\tTabbed."
+    assert not any(char in repr(only) for char in controls)

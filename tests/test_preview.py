@@ -21,8 +21,7 @@ from PIL import Image
 
 from newsletter.render import UNSUBSCRIBE_TAG
 
-from .support import ROOT, free_port, running
-from .test_render import write_thumbnails
+from .support import ROOT, free_port, running, write_thumbnails
 
 
 @pytest.fixture
@@ -148,3 +147,20 @@ def test_a_taken_port_is_one_clear_error(workspace: dict[str, str]) -> None:
     assert result.returncode == 1
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in result.stderr.replace("\n", "")
     assert "Traceback" not in result.stderr
+
+
+def test_a_broken_preview_template_is_one_clear_error(project: Path, workspace: dict[str, str]) -> None:
+    page = project / "templates" / "preview.html.j2"
+    lines = page.read_text(encoding="utf-8").splitlines()
+    lines.insert(2, "{{ no_such_value }}")
+    page.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    with running(preview_command(port), port, env=workspace), httpx.Client(base_url=origin) as client:
+        answer = client.get("/")
+        email = client.get("/email")
+
+    assert answer.status_code == 500
+    assert answer.text == f"{page}:3: 'no_such_value' is undefined"
+    # Only the page around the email is broken: the email itself still renders.
+    assert email.status_code == 200 and "EvoCUA" in email.text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -186,8 +188,10 @@ def test_publish_command(project: Path) -> None:
     result = CliRunner().invoke(app, ["publish", "--date", "2026-01-23"])
 
     assert result.exit_code == 0, result.output
-    assert "Published the 2026-01-23 issue: http://127.0.0.1:8000/2026-01-23/" in result.output
-    assert "(1 issue(s))" in result.output
+    # The console wraps at its width, wherever the temporary folder's long path happens to end.
+    output = " ".join(result.output.split())
+    assert "Published the 2026-01-23 issue: http://127.0.0.1:8000/2026-01-23/" in output
+    assert "(1 issue(s))" in output
     assert (project / "public" / "2026-01-23" / "index.html").is_file()
     assert feed_of(project).find(f"{ATOM}entry") is not None
 
@@ -219,3 +223,52 @@ def test_publish_command_with_a_broken_digest_names_the_line(project: Path) -> N
     where = project / "digests" / "2026-01-24.md"
     assert f"{where}:3: paper heading '1. No link here' has no linked title" in result.stderr
     assert not (project / "public").exists()
+
+
+# -- template errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "line", "broken", "expected"),
+    [
+        ("archive.html.j2", 9, "{{ no_such_value }}", "'no_such_value' is undefined"),
+        ("feed.xml.j2", 10, "{{ issue.no_such_field }}", "no_such_field"),  # inside the loop over entries
+        ("feed.xml.j2", 10, "{% if %}", "Expected an expression"),
+    ],
+)
+def test_a_broken_template_names_its_line_and_writes_nothing(
+    project: Path, template: str, line: int, broken: str, expected: str
+) -> None:
+    templates = project / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    lines = (templates / template).read_text(encoding="utf-8").splitlines()
+    lines.insert(line - 1, broken)
+    (templates / template).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = at(project, T1, templates_dir=templates)
+
+    with pytest.raises(RenderError, match=rf"{re.escape(template)}:{line}: .*{re.escape(expected)}"):
+        publish(settings, "2026-01-23")
+
+    # Rendered before writing: neither the page nor its record went out without the archive and feed.
+    assert not (project / "public" / "2026-01-23").exists()
+    assert not (project / "public" / "index.html").exists() and not (project / "public" / "feed.xml").exists()
+    assert leftovers(project) == []
+
+
+def test_the_publish_command_reports_a_template_error_without_a_traceback(project: Path) -> None:
+    templates = project / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    archive = templates / "archive.html.j2"
+    archive.write_text(archive.read_text(encoding="utf-8").replace("{{ title }}", "{{ titel }}", 1), encoding="utf-8")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "publish", "--date", "2026-01-23"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000", "NEWSLETTER_TEMPLATES_DIR": str(templates)},
+    )
+
+    assert result.returncode == 1
+    assert re.search(r"^error: .*archive\.html\.j2:\d+: 'titel' is undefined$", result.stderr.strip()), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (project / "public" / "2026-01-23").exists()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from lxml import html as lxml_html
-from PIL import Image, ImageDraw
 
 from newsletter.assets import assets_dir
 from newsletter.config import Settings, load_settings
@@ -32,35 +31,9 @@ from newsletter.render import (
     render_issue,
 )
 
-from .support import ROOT
+from .support import ROOT, contrast, write_thumbnails
 
 DAY = date(2026, 1, 23)
-
-
-def write_thumbnails(digest_file: Path) -> list[Path]:
-    """Draw the thumbnails the digest names beside it (the repository ships the text only)."""
-    written = []
-    names = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", digest_file.read_text(encoding="utf-8"))
-    for index, name in enumerate(names):
-        path = digest_file.parent / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image = Image.new("RGB", (1200, 630), (40 + 30 * index, 50, 140))
-        ImageDraw.Draw(image).rectangle((80, 80, 1120, 550), outline=(255, 255, 255), width=12)
-        image.save(path, "JPEG", quality=85)
-        written.append(path)
-    return written
-
-
-def contrast(foreground: str, background: str) -> float:
-    """WCAG 2 contrast ratio of two #rrggbb colours."""
-
-    def luminance(colour: str) -> float:
-        channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
-        linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
-        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-
-    lighter, darker = sorted((luminance(foreground), luminance(background)), reverse=True)
-    return (lighter + 0.05) / (darker + 0.05)
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -161,7 +134,7 @@ def test_responsive_and_dark_mode_rules_survive_inlining(example) -> None:
     dark = styles[styles.index("@media (prefers-color-scheme: dark)") :]
     assert f"background-color: {DARK.page} !important" in dark
     assert f"color: {DARK.heading} !important" in dark
-    assert f"[data-ogsc] .title" in styles and f"[data-ogsb] .card" in styles
+    assert "[data-ogsc] .title" in styles and "[data-ogsb] .card" in styles
     assert ":root { color-scheme: light dark;" in styles
     assert '<meta name="color-scheme" content="light dark">' in issue.html
     # The CSS is inlined too, for the clients that drop <style>.
