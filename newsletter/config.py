@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import secrets
 import stat
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +30,14 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "newsletter.toml"
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+# An HMAC key shorter than this is guessable enough to forge unsubscribe links.
+MIN_SIGNING_KEY_LENGTH = 16
+
+# What an HTTP header value can carry: printable ASCII. A key with a line break (a CRLF .env file, a
+# multi-line TOML string) or a non-ASCII character makes httpx fail with the header, key included,
+# in its message.
+_API_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 def _default_templates_dir() -> Path:
@@ -78,8 +88,9 @@ class Settings(BaseSettings):
     read_timeout: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=6, ge=0)
 
-    # Signing unsubscribe links: NEWSLETTER_SECRET_KEY, else a key generated once into this file.
-    # Old keys stay valid for verification so that rotating the secret keeps old links working.
+    # Signing unsubscribe links: NEWSLETTER_SECRET_KEY, else the key in this file, generated when the
+    # database is created. Old keys stay valid for verification so that rotating the secret keeps
+    # old links working.
     secret_key: SecretStr | None = None
     old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     secret_key_file: Path = Path("subscribers/secret.key")
@@ -114,15 +125,34 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("from_email")
+    @field_validator("from_email", "reply_to", "unsubscribe_mailto")
     @classmethod
-    def _email(cls, value: str) -> str:
+    def _email(cls, value: str | None) -> str | None:
+        # reply_to and unsubscribe_mailto end up in mail headers (List-Unsubscribe) and in HTML.
         from email_validator import EmailNotValidError, validate_email
 
+        if value is None:
+            return None
         try:
             return validate_email(value, check_deliverability=False).normalized
         except EmailNotValidError as error:
             raise ValueError(str(error)) from None
+
+    @field_validator("sendgrid_api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # The messages never quote the value: it is a secret.
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
+            return None  # SENDGRID_API_KEY= (empty) means not set
+        if not _API_KEY.fullmatch(key):
+            raise ValueError(
+                "the API key contains whitespace, a control character or a non-ASCII character "
+                "(a line break from a CRLF .env file or a multi-line TOML string?); set it to the key alone"
+            )
+        return SecretStr(key)
 
     @field_validator("old_secret_keys", mode="before")
     @classmethod
@@ -130,6 +160,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if problem := _signing_key_problem(key):
+            raise ValueError(problem)
+        return SecretStr(key)
+
+    @field_validator("old_secret_keys")
+    @classmethod
+    def _old_signing_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        keys = [key.get_secret_value().strip() for key in value]
+        for number, key in enumerate(keys, start=1):
+            if problem := _signing_key_problem(key):
+                raise ValueError(f"key {number}: {problem}")
+        return [SecretStr(key) for key in keys]
 
     # -- derived values ------------------------------------------------------------------------
 
@@ -162,24 +211,73 @@ class Settings(BaseSettings):
         current = self.secret_key.get_secret_value() if self.secret_key else self._key_from_file()
         return [current, *(key.get_secret_value() for key in self.old_secret_keys)]
 
+    def ensure_signing_key(self) -> None:
+        """Create the key file of a new database (db.migrate calls this as it creates the schema).
+
+        Only then: every link already sent is signed with this key, so a key file that goes missing
+        later is an error (signing_keys), never silently replaced by a new key. A key file already
+        there (a database recreated beside it, another process that got there first) is kept.
+        """
+        if self.secret_key is not None:
+            return
+        key_file = self.path(self.secret_key_file)
+        try:
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            # Written whole under a temporary name (owner-only, as mkstemp creates it), then linked
+            # into place: link() fails if the name exists, so of two processes creating the key one
+            # wins and the other keeps it, and no reader ever sees a half-written key.
+            fd, temporary = tempfile.mkstemp(prefix=f".{key_file.name}.", dir=key_file.parent)
+        except OSError as error:
+            raise ConfigError(f"{key_file}: cannot create the secret key file ({error.strerror})") from None
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(temporary, key_file)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise ConfigError(f"{key_file}: cannot create the secret key file ({error.strerror})") from None
+        finally:
+            os.unlink(temporary)
+
     def _key_from_file(self) -> str:
         key_file = self.path(self.secret_key_file)
-        if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            # Created with owner-only permissions from the start: the key is never world-readable.
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(32) + "\n")
-        mode = stat.S_IMODE(key_file.stat().st_mode)
-        if mode & 0o077:
+        try:
+            mode = key_file.stat().st_mode
+            if stat.S_ISDIR(mode):
+                raise ConfigError(f"{key_file}: is a folder, not the secret key file (secret_key_file)")
+            if stat.S_IMODE(mode) & 0o077:
+                raise ConfigError(
+                    f"{key_file}: the secret key file must be readable only by its owner "
+                    f"(mode is {stat.S_IMODE(mode):o}; run: chmod 600 {key_file})"
+                )
+            key = key_file.read_bytes().decode("utf-8").strip()
+        except FileNotFoundError:
             raise ConfigError(
-                f"{key_file}: the secret key file must be readable only by its owner "
-                f"(mode is {mode:o}; run: chmod 600 {key_file})"
-            )
-        key = key_file.read_text().strip()
-        if not key:
-            raise ConfigError(f"{key_file}: the secret key file is empty")
+                f"{key_file}: the secret key file is missing. It is made when the database is created "
+                "and signs every unsubscribe link already sent, so it is not made again on its own "
+                "(those links would stop working). Restore it from a backup (chmod 600), or set "
+                "NEWSLETTER_SECRET_KEY to the key it held; if no email was ever sent with this "
+                "database, a new random key of 16 or more characters in either place will do. Relative "
+                "paths are taken from the config file's folder, else the current one: was the command "
+                "started from another folder?"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{key_file}: the secret key file is not UTF-8 text") from None
+        except OSError as error:
+            raise ConfigError(f"{key_file}: cannot read the secret key file ({error.strerror})") from None
+        if problem := _signing_key_problem(key):
+            raise ConfigError(f"{key_file}: the secret key file's key {problem}")
         return key
+
+
+def _signing_key_problem(key: str) -> str | None:
+    """What makes a signing key unusable (never quoting it), or None."""
+    if len(key) < MIN_SIGNING_KEY_LENGTH:
+        return f"is too short: it must have at least {MIN_SIGNING_KEY_LENGTH} characters"
+    return None
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
@@ -211,6 +309,8 @@ def _describe(error: ValidationError, config_file: Path | None) -> str:
     lines = []
     for problem in error.errors(include_url=False, include_input=False):
         key = ".".join(str(part) for part in problem["loc"]) or "?"
+        # A value given under its alias is reported under the setting's name.
+        key = "sendgrid_api_key" if key == "SENDGRID_API_KEY" else key
         env = "SENDGRID_API_KEY" if key == "sendgrid_api_key" else f"NEWSLETTER_{key.upper()}"
         message = problem["msg"].removeprefix("Value error, ")
         lines.append(f"bad setting '{key}' ({env}, from {where}): {message}")

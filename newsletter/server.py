@@ -5,7 +5,8 @@ everything an email links to.
 GET on an unsubscribe link changes nothing (mail scanners and link previews follow links); only a
 POST does, and it answers once the change is committed. Links that are not ours, and ours for a
 membership that no longer exists, get the same page byte for byte, so a probe learns nothing.
-No cookies anywhere: the signed token is the reader's only credential.
+No cookies anywhere: the signed token is the reader's only credential, and re-subscribing also takes
+the short-lived ticket (tokens.py) that only the page shown right after an unsubscribe carries.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 import jinja2
 import uvicorn
@@ -33,7 +35,7 @@ from .config import Settings
 from .errors import TokenError
 from .render import DARK, FONT_STACK, LIGHT
 from .subscribers import log_event
-from .tokens import UnsubscribeLinks
+from .tokens import RESUBSCRIBE_WINDOW, UnsubscribeLinks
 from .webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookVerifier, apply_events, parse_events
 
 # SendGrid's batches are far smaller; anything bigger is not SendGrid.
@@ -48,6 +50,19 @@ PAGE_HEADERS = {
     ),
     "X-Robots-Tag": "noindex, nofollow",
 }
+
+
+def _public_csp(settings: Settings) -> str:
+    """The Content-Security-Policy of the public folder's files (archive, web versions, feed).
+
+    They are static pages with inline styles, system fonts and no script; thumbnails come from the
+    configured asset URL or any https address (a digest may link a hosted image).
+    """
+    asset_origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.assets_url))
+    return (
+        f"default-src 'none'; img-src 'self' {asset_origin} https: data:; style-src 'unsafe-inline'; "
+        "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    )
 
 
 @dataclass(frozen=True)
@@ -71,10 +86,10 @@ def mask_email(email: str) -> str:
 class _UnsubscribeService:
     """The database side of the pages: find a token's membership, change its status."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, links: UnsubscribeLinks) -> None:
         self._settings = settings
         self._engine = engine
-        self._links = UnsubscribeLinks(settings)
+        self._links = links
         # SQLite has one writer at a time. Queueing this process's writers on a lock is much
         # faster than letting threads meet in SQLite's busy handler, which sleeps and retries;
         # other processes (a send, an import) still wait through the busy timeout.
@@ -101,12 +116,13 @@ class _UnsubscribeService:
         with self._transaction() as conn:
             return _membership(conn, *ids)
 
-    def unsubscribe(self, token: str, source: str) -> Membership | None:
+    def unsubscribe(self, token: str, source: str) -> tuple[Membership | None, bool]:
+        """The membership after the POST, and whether this POST unsubscribed it."""
         # Only a subscribed membership changes: a bounced or complained one stays as it is (the
         # suppression rule, for one membership).
         return self._change(token, db.SUBSCRIBED, db.UNSUBSCRIBED, source, "")
 
-    def resubscribe(self, token: str) -> Membership | None:
+    def resubscribe(self, token: str) -> tuple[Membership | None, bool]:
         # Only an unsubscribe is the reader's to undo: a bounced address still cannot receive, and
         # a complaint is not undone by a click on a forwarded link.
         return self._change(
@@ -117,14 +133,16 @@ class _UnsubscribeService:
             "re-subscribed from the unsubscribe page",
         )
 
-    def _change(self, token: str, expected: str, status: str, source: str, detail: str) -> Membership | None:
+    def _change(
+        self, token: str, expected: str, status: str, source: str, detail: str
+    ) -> tuple[Membership | None, bool]:
         ids = self._ids(token)
         if ids is None:
-            return None
+            return None, False
         with self._transaction() as conn:
             membership = _membership(conn, *ids)
             if membership is None or membership.status != expected:
-                return membership
+                return membership, False
             now = self._settings.clock()
             changed = conn.execute(
                 _SET_STATUS,
@@ -137,7 +155,7 @@ class _UnsubscribeService:
                 },
             )
             if changed.rowcount != 1:  # another writer got there first (PostgreSQL reads do not lock)
-                return _membership(conn, *ids)
+                return _membership(conn, *ids), False
             log_event(
                 conn,
                 subscriber_id=membership.subscriber_id,
@@ -148,7 +166,7 @@ class _UnsubscribeService:
                 now=now,
                 detail=detail,
             )
-            return replace(membership, status=status)
+            return replace(membership, status=status), True
 
     def apply_webhook(self, events: list[dict]) -> None:
         with self._transaction() as conn:
@@ -211,21 +229,24 @@ class _Pages:
         # The same bytes for every bad link, whatever made it bad.
         return self.render("unsubscribe_invalid.html.j2", 404)
 
-    def for_status(self, membership: Membership, token: str) -> HTMLResponse:
-        """The page that follows a POST: done, or subscribed again."""
+    def for_status(self, membership: Membership, token: str, ticket: str = "") -> HTMLResponse:
+        """The page that follows a POST: done (offering to undo it if given a resubscribe ticket),
+        or subscribed again."""
         template = (
             "unsubscribe_resubscribed.html.j2"
             if membership.status == db.SUBSCRIBED
             else "unsubscribe_done.html.j2"
         )
-        return self.render(template, membership=membership, token=token)
+        return self.render(template, membership=membership, token=token, ticket=ticket)
 
 
 class _SecurityHeaders:
-    """Headers every response carries, the public folder's files included."""
+    """Headers every response carries, the public folder's files included; `csp` for those that
+    set no Content-Security-Policy of their own (all but the unsubscribe pages)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, csp: str) -> None:
         self._app = app
+        self._csp = csp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
@@ -233,12 +254,16 @@ class _SecurityHeaders:
                 headers = MutableHeaders(scope=message)
                 headers["Referrer-Policy"] = "no-referrer"
                 headers["X-Content-Type-Options"] = "nosniff"
+                headers.setdefault("Content-Security-Policy", self._csp)
             await send(message)
 
         await self._app(scope, receive, send_with_headers if scope["type"] == "http" else send)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length", "")
+    if declared.isdecimal() and int(declared) > limit:
+        return None  # refused before reading a byte
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
@@ -250,7 +275,8 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
 def create_app(settings: Settings) -> ASGIApp:
     """The whole site as one ASGI app."""
     engine = db.engine_for(settings)
-    service = _UnsubscribeService(settings, engine)
+    links = UnsubscribeLinks(settings)
+    service = _UnsubscribeService(settings, engine, links)
     pages = _Pages(settings)
     verifier = (
         WebhookVerifier(settings.sendgrid_webhook_public_key)
@@ -266,7 +292,8 @@ def create_app(settings: Settings) -> ASGIApp:
         if membership is None:
             return pages.invalid()
         if membership.status != db.SUBSCRIBED:
-            return pages.render("unsubscribe_done.html.j2", membership=membership, token=token)
+            # No offer to re-subscribe: whoever opens the link now may not be the reader who left.
+            return pages.render("unsubscribe_done.html.j2", membership=membership, token=token, ticket="")
         return pages.render("unsubscribe_confirm.html.j2", membership=membership, token=token)
 
     async def unsubscribe(request: Request) -> Response:
@@ -274,23 +301,41 @@ def create_app(settings: Settings) -> ASGIApp:
         form = await request.form()
         # RFC 8058: a mail client's one-click POST carries exactly this field; the page's button does not.
         source = "one_click" if form.get("List-Unsubscribe") == "One-Click" else "unsubscribe_page"
-        membership = await run_in_threadpool(service.unsubscribe, token, source)
-        return pages.invalid() if membership is None else pages.for_status(membership, token)
+        membership, changed = await run_in_threadpool(service.unsubscribe, token, source)
+        if membership is None:
+            return pages.invalid()
+        # Only the POST that unsubscribed gets the way back: a later one (a forwarded link) does not.
+        return pages.for_status(membership, token, links.resubscribe_ticket(token) if changed else "")
 
     async def resubscribe(request: Request) -> Response:
         token = request.path_params["token"]
-        membership = await run_in_threadpool(service.resubscribe, token)
-        return pages.invalid() if membership is None else pages.for_status(membership, token)
+        form = await request.form()
+        ticket = form.get("ticket")
+        if isinstance(ticket, str) and links.resubscribe_allowed(token, ticket):
+            membership, _ = await run_in_threadpool(service.resubscribe, token)
+            return pages.invalid() if membership is None else pages.for_status(membership, token)
+        membership = await run_in_threadpool(service.find, token)
+        if membership is None:
+            return pages.invalid()  # a bad link gets the same page here as everywhere
+        if membership.status == db.SUBSCRIBED:  # e.g. the button pressed twice
+            return pages.for_status(membership, token)
+        hours = int(RESUBSCRIBE_WINDOW.total_seconds() // 3600)
+        return pages.render("unsubscribe_expired.html.j2", 403, membership=membership, hours=hours)
 
     async def sendgrid_events(request: Request) -> Response:
         if verifier is None:
             # Never accept unsigned events: anyone could unsubscribe anyone.
             return PlainTextResponse("the signed Event Webhook is not configured", 503)
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+        # Headers first: an unsigned or replayed request is refused before its body (up to
+        # MAX_WEBHOOK_BODY) is read, let alone verified.
+        if not verifier.fresh(signature, timestamp, settings.clock()):
+            return PlainTextResponse("bad or stale signature", 403)
         body = await _read_limited(request, MAX_WEBHOOK_BODY)
         if body is None:
             return PlainTextResponse("request body too large", 413)
-        signature, timestamp = request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER)
-        if not verifier.verify(body, signature, timestamp, settings.clock()):
+        if not verifier.verify(body, signature, timestamp):
             return PlainTextResponse("bad or stale signature", 403)
         try:
             events = parse_events(body)
@@ -307,7 +352,7 @@ def create_app(settings: Settings) -> ASGIApp:
         Route("/webhooks/sendgrid", sendgrid_events, methods=["POST"]),
         Mount("/", StaticFiles(directory=public_dir, html=True)),
     ]
-    return _SecurityHeaders(Starlette(routes=routes))
+    return _SecurityHeaders(Starlette(routes=routes), _public_csp(settings))
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:

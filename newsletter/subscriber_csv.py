@@ -12,6 +12,12 @@ the web server from recording an unsubscribe for longer than its busy timeout. S
 
 Invalid rows, duplicates and skipped addresses are reported by physical line number (header = line 1,
 counting blank lines and the lines of quoted multi-line values) and can be written to a rejects CSV.
+
+Spreadsheets run a cell that starts with = + - @ (or a tab or CR) as a formula, so the export and the
+rejects file write such a cell with a leading apostrophe ('=HYPERLINK(…) reads as text), as well as
+one that starts with an apostrophe; the import drops an apostrophe followed by one of those
+characters or another apostrophe. So export → import gives back the same values; a value from
+elsewhere that starts that way loses its first apostrophe.
 """
 
 from __future__ import annotations
@@ -63,6 +69,10 @@ INVALID, DUPLICATE, SKIPPED, PRESENT = "invalid", "duplicate", "skipped", "prese
 
 # Bytes that are not UTF-8 come through errors="surrogateescape" as lone surrogates.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+# The first characters that make a spreadsheet cell a formula (OWASP's CSV injection list), and the
+# apostrophe that defuses them (escaped the same way, so that it survives a round trip).
+_ESCAPED_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 Progress = Callable[[str, int], None]
 
@@ -137,7 +147,7 @@ def _read_header(path: Path, handle: TextIO) -> _Header:
         raise SubscriberError(f"{path}: the file is empty (expected a header row with an 'email' column)")
     _check_text(path, line, raw)
     for delimiter in ",;":
-        columns = [cell.strip() for cell in next(csv.reader([raw], delimiter=delimiter))]
+        columns = [_from_cell(cell) for cell in next(csv.reader([raw], delimiter=delimiter))]
         folded = [column.casefold() for column in columns]
         if "email" in folded:
             break
@@ -160,7 +170,9 @@ def _read_header(path: Path, handle: TextIO) -> _Header:
 
 def _records(path: Path, handle: TextIO, header: _Header) -> Iterator[tuple[int, list[str]]]:
     """(line the record starts on, its fields) for every non-blank record after the header."""
-    reader = csv.reader(handle, delimiter=header.delimiter)
+    # strict: a quote opened and never closed is an error here, not the rest of the file read as one
+    # value (in one email address's cell).
+    reader = csv.reader(handle, delimiter=header.delimiter, strict=True)
     end = header.line
     try:
         for fields in reader:
@@ -175,7 +187,22 @@ def _records(path: Path, handle: TextIO, header: _Header) -> Iterator[tuple[int,
 
 def _cell(fields: list[str], index: int | None) -> str:
     # A row may stop early: the columns it leaves out are empty.
-    return fields[index].strip() if index is not None and index < len(fields) else ""
+    return _from_cell(fields[index]) if index is not None and index < len(fields) else ""
+
+
+def _from_cell(value: str) -> str:
+    """A cell's value as imported: trimmed, without the apostrophe _to_cell put before a formula."""
+    value = value.strip()
+    return value[1:].strip() if value.startswith("'") and value[1:2] in _ESCAPED_START else value
+
+
+def _to_cell(value: str) -> str:
+    """A value as written for a spreadsheet: never a formula."""
+    return "'" + value if value.startswith(_ESCAPED_START) else value
+
+
+def _spreadsheet_row(values: list[str]) -> list[str]:
+    return [_to_cell(value) for value in values]
 
 
 def _staged_row(header: _Header, line: int, fields: list[str], known: dict[str, Any]) -> dict[str, Any]:
@@ -481,11 +508,12 @@ def _report_problems(
     with _atomic_file(report.rejects) if report.rejects else nullcontext() as out:
         writer = csv.writer(out, delimiter=header.delimiter) if out else None
         if writer:
-            writer.writerow(["line", "reason", *header.columns])
+            writer.writerow(_spreadsheet_row(["line", "reason", *header.columns]))
         for row in rows:
             problem = _problem(row)
             if writer:
-                writer.writerow([row.line, problem.reason, *_original_fields(header, row)])
+                fields = _spreadsheet_row([problem.reason, *_original_fields(header, row)])
+                writer.writerow([row.line, *fields])
             elif len(report.problems) == PROBLEM_LIMIT:
                 break
             if len(report.problems) < PROBLEM_LIMIT:
@@ -549,7 +577,8 @@ def _atomic_file(path: Path) -> Iterator[TextIO]:
 
 def write_export(engine: Engine, *, list_name: str, out: TextIO, status: str = db.SUBSCRIBED) -> int:
     """Write a list's members with this status as CSV that `import_csv` reads back: email, name,
-    then one column per attribute (in the order first met). Returns the number of rows."""
+    then one column per attribute (in the order first met), formulas defused (module docstring).
+    Returns the number of rows."""
     with engine.connect() as conn:
         list_id = get_list(conn, list_name).id
     s, m = db.subscribers.c, db.memberships.c
@@ -564,11 +593,12 @@ def write_export(engine: Engine, *, list_name: str, out: TextIO, status: str = d
     for row in read_pages(engine, members.with_only_columns(s.id, s.attributes), s.id):
         columns.update(dict.fromkeys(row.attributes or {}))
     writer = csv.writer(out)
-    writer.writerow(["email", "name", *columns])
+    writer.writerow(_spreadsheet_row(["email", "name", *columns]))
     count = 0
     for row in read_pages(engine, members, s.id):
         attributes = row.attributes or {}
-        writer.writerow([row.email, row.name or "", *(_text(attributes.get(column)) for column in columns)])
+        values = [row.email, row.name or "", *(_text(attributes.get(column)) for column in columns)]
+        writer.writerow(_spreadsheet_row(values))
         count += 1
     return count
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from . import db
 from .config import Settings
-from .delivery import _answer as read_answer
+from .delivery import read_answer
 from .errors import MissingAPIKey, SendError, SendGridAuthError, SubscriberError
 from .subscribers import email_key, normalise_email, set_status
 
@@ -113,8 +113,8 @@ class SendGridClient:
     """Reads SendGrid's suppression lists, retrying rate limits and server errors."""
 
     def __init__(self, settings: Settings) -> None:
-        key = settings.sendgrid_api_key.get_secret_value().strip() if settings.sendgrid_api_key else ""
-        if not key:
+        # Settings has stripped the key and refused one that cannot be an HTTP header value.
+        if settings.sendgrid_api_key is None:
             raise MissingAPIKey(
                 "SENDGRID_API_KEY is not set: `subscribers sync` needs a SendGrid API key "
                 "with read access to suppressions"
@@ -122,7 +122,10 @@ class SendGridClient:
         self._max_retries = settings.max_retries
         self._http = httpx.Client(
             base_url=settings.sendgrid_api_url,
-            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+            headers={
+                "Authorization": f"Bearer {settings.sendgrid_api_key.get_secret_value()}",
+                "Accept": "application/json",
+            },
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
         )
 
@@ -140,8 +143,10 @@ class SendGridClient:
                 response = self._http.get(path, params=params)
             except httpx.TransportError as error:
                 if not retries_left:
+                    # Named by its kind only: an httpx error's text may quote a request header,
+                    # and the Authorization header holds the API key.
                     raise SendError(
-                        f"could not reach SendGrid at {self._http.base_url}{path}: {error}"
+                        f"could not reach SendGrid at {self._http.base_url}{path} ({type(error).__name__})"
                     ) from None
                 time.sleep(_backoff(attempt))
                 attempt += 1

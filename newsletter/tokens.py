@@ -3,18 +3,27 @@
 A token is `<list id>.<subscriber id>.<HMAC-SHA256>` in base62-ish URL-safe form, about 50
 characters: short enough for a List-Unsubscribe header. It names a membership, not an address, so a
 leaked link reveals nothing but the ability to unsubscribe that one membership.
+
+Undoing an unsubscribe takes more than the link: a resubscribe ticket, a signed timestamp that only
+the page shown right after an unsubscribe carries, valid for RESUBSCRIBE_WINDOW. Whoever holds a
+forwarded link can unsubscribe its owner, but cannot re-subscribe someone who said no.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from urllib.parse import quote
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadSignature, Signer, TimestampSigner
 
 from .config import Settings
 from .errors import TokenError
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+RESUBSCRIBE_WINDOW = timedelta(days=1)
 
 
 def _to_base36(number: int) -> str:
@@ -42,6 +51,9 @@ class UnsubscribeLinks:
             sep=".",
             digest_method=hashlib.sha256,
         )
+        self._tickets = _ClockedTimestampSigner(
+            list(reversed(keys)), "newsletter.resubscribe", settings.clock
+        )
         self._base_url = settings.base_url
         self._mailto = settings.unsubscribe_mailto
 
@@ -58,6 +70,18 @@ class UnsubscribeLinks:
         except (BadSignature, ValueError, UnicodeError):
             raise TokenError("this unsubscribe link is not valid") from None
 
+    def resubscribe_ticket(self, token: str) -> str:
+        """A ticket that lets the holder of `token` undo an unsubscribe for RESUBSCRIBE_WINDOW."""
+        return self._tickets.sign(token).decode("ascii")
+
+    def resubscribe_allowed(self, token: str, ticket: str) -> bool:
+        """Whether `ticket` was issued for `token` within RESUBSCRIBE_WINDOW."""
+        try:
+            signed = self._tickets.unsign(ticket, max_age=int(RESUBSCRIBE_WINDOW.total_seconds()))
+        except (BadSignature, UnicodeError):  # expired (SignatureExpired), forged, or garbage
+            return False
+        return signed == token.encode("ascii", "replace")
+
     def url(self, list_id: int, subscriber_id: int) -> str:
         return f"{self._base_url}/unsubscribe/{self.token(list_id, subscriber_id)}"
 
@@ -65,8 +89,20 @@ class UnsubscribeLinks:
         """The RFC 2369 / RFC 8058 headers for one recipient."""
         targets = [f"<{unsubscribe_url}>"]
         if self._mailto:
-            targets.append(f"<mailto:{self._mailto}?subject=unsubscribe>")
+            # Percent-encoded: a valid address may hold '?', '&' or '%', which mean something in a URI.
+            targets.append(f"<mailto:{quote(self._mailto, safe='@')}?subject=unsubscribe>")
         return {
             "List-Unsubscribe": ", ".join(targets),
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
+
+
+class _ClockedTimestampSigner(TimestampSigner):
+    """itsdangerous' TimestampSigner on the project's clock (Settings.clock, pinned in tests)."""
+
+    def __init__(self, keys: list[str], salt: str, clock: Callable[[], datetime]) -> None:
+        super().__init__(keys, salt=salt, sep=".", digest_method=hashlib.sha256)
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock().timestamp())

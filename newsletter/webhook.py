@@ -59,15 +59,20 @@ class WebhookVerifier:
             )
         self._helper = helper
 
-    def verify(self, body: bytes, signature: str | None, timestamp: str | None, now: datetime) -> bool:
-        if not signature or not timestamp:
+    @staticmethod
+    def fresh(signature: str, timestamp: str, now: datetime) -> bool:
+        """Whether the headers are there and the timestamp within MAX_AGE: checked before the
+        body is read, so that a replay or an unsigned request costs nothing."""
+        if not signature or not timestamp or not (timestamp.isascii() and timestamp.isdecimal()):
             return False
+        # A length check first: int() of thousands of digits is slow, then refused.
+        return len(timestamp) <= 12 and abs(now.timestamp() - int(timestamp)) <= MAX_AGE.total_seconds()
+
+    def verify(self, body: bytes, signature: str, timestamp: str) -> bool:
+        """Whether `signature` signs timestamp + body (call fresh() first)."""
         try:
-            sent = int(timestamp)
             payload = body.decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        if abs(now.timestamp() - sent) > MAX_AGE.total_seconds():
+        except UnicodeDecodeError:
             return False
         try:
             return bool(self._helper.verify_signature(payload, signature, timestamp))
@@ -77,7 +82,10 @@ class WebhookVerifier:
 
 def parse_events(body: bytes) -> list[dict[str, Any]]:
     """The events of one webhook request; ValueError if the body is not SendGrid's JSON array."""
-    events = json.loads(body)
+    try:
+        events = json.loads(body)
+    except RecursionError:  # nested thousands deep: no SendGrid body, and answered 400, not 500
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(events, list) or not all(
         isinstance(event, dict) and isinstance(event.get("event"), str) for event in events
     ):
@@ -132,7 +140,9 @@ def apply_events(conn: Connection, events: list[dict[str, Any]], now: datetime) 
 
 def _event_id(event: dict[str, Any]) -> str | None:
     value = event.get("sg_event_id")
-    return value if isinstance(value, str) and value else None
+    # webhook_events.sg_event_id holds 100 characters (SendGrid's ids are about 22): a longer one is
+    # not SendGrid's, and would fail the insert (and the batch) on PostgreSQL.
+    return value if isinstance(value, str) and 0 < len(value) <= 100 else None
 
 
 def _already_applied(conn: Connection, event_ids: list[str]) -> set[str]:
@@ -169,13 +179,18 @@ def _status_change(event: dict[str, Any]) -> tuple[str, bool] | None:
     return None
 
 
+# Ids are positive 64-bit integers: a bigger number makes the database driver fail (SQLite raises
+# OverflowError), which would roll back the batch and have SendGrid retry it for a day.
+MAX_ID = 2**63 - 1
+
+
 def _int_arg(event: dict[str, Any], name: str) -> int | None:
-    """One of our custom_args (SendGrid returns them as the strings we sent)."""
+    """One of our custom_args (SendGrid returns them as the strings we sent), if it is a valid id."""
     value = event.get(name)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 19:
+        value = int(value)  # the length check first: int() refuses over 4300 digits (ValueError)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
         return value
-    if isinstance(value, str) and value.isdecimal():
-        return int(value)
     return None
 
 

@@ -1,13 +1,18 @@
-"""Settings: defaults on a fresh clone, the config file, environment overrides, and bad values."""
+"""Settings: defaults on a fresh clone, the config file, environment overrides, bad values, and the
+secrets (the SendGrid key, the signing key and its file)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, inspect
 
+from newsletter import db
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
 
-from .support import ROOT
+from .support import ROOT, free_port
 
 
 def test_defaults_work_without_a_config_file(tmp_path: Path) -> None:
@@ -32,6 +37,9 @@ def test_environment_overrides_the_config_file(tmp_path: Path, monkeypatch: pyte
         ('base_url = "ftp://example.com"', "base_url"),
         ("batch_size = 5000", "batch_size"),
         ('from_email = "not an address"', "from_email"),
+        ('reply_to = "x\\" onmouseover=\\"alert(1)"', "reply_to"),
+        ('unsubscribe_mailto = "x\\" onmouseover=\\"alert(1)"', "unsubscribe_mailto"),
+        ('unsubscribe_mailto = "unsubscribe@example.com>, <https://evil.example"', "unsubscribe_mailto"),
         ("bacth_size = 10", "bacth_size"),
     ],
 )
@@ -55,12 +63,160 @@ def test_the_api_key_never_shows_in_the_settings_repr(monkeypatch: pytest.Monkey
     assert "very-secret" not in repr(settings)
 
 
-def test_the_generated_signing_key_is_readable_only_by_its_owner(tmp_path: Path) -> None:
+def test_the_addresses_in_headers_are_validated_and_normalised(tmp_path: Path) -> None:
+    (tmp_path / "newsletter.toml").write_text(
+        'reply_to = "Editor@Example.COM"\nunsubscribe_mailto = "leave@Example.com"\n'
+    )
     settings = load_settings()
-    first = settings.signing_keys()
+    assert (settings.reply_to, settings.unsubscribe_mailto) == ("Editor@example.com", "leave@example.com")
+
+
+API_KEY = "SG.abcdefghijklmnop.qrstuvwxyz0123456789"
+
+
+@pytest.mark.parametrize("raw", [API_KEY + "\n", API_KEY + "\r\n", "  " + API_KEY + "\t"])
+def test_the_api_key_loses_the_line_break_of_a_crlf_env_file(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("SENDGRID_API_KEY", raw)
+    assert load_settings().sendgrid_api_key.get_secret_value() == API_KEY
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [API_KEY[:10] + "\r" + API_KEY[10:], API_KEY[:10] + "\n" + API_KEY[10:], API_KEY + " x", API_KEY + "키"],
+    ids=["CR inside", "LF inside", "space inside", "non-ASCII"],
+)
+def test_an_api_key_that_cannot_be_a_header_names_the_setting_and_never_the_key(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("SENDGRID_API_KEY", raw)
+    with pytest.raises(ConfigError, match="SENDGRID_API_KEY") as raised:
+        load_settings()
+    assert API_KEY[:10] not in str(raised.value) and API_KEY[10:] not in str(raised.value)
+
+
+def test_a_toml_multi_line_api_key_is_refused_by_the_command_without_showing_it(tmp_path: Path) -> None:
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f'sendgrid_api_key = """{API_KEY[:10]}\n{API_KEY[10:]}"""\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "bad setting 'sendgrid_api_key'" in result.stderr and "Traceback" not in result.stderr
+    assert API_KEY[:10] not in result.stderr + result.stdout and API_KEY[10:] not in result.stderr
+
+
+def test_an_empty_api_key_means_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENDGRID_API_KEY", " \r\n")
+    assert load_settings().sendgrid_api_key is None
+
+
+def test_signing_keys_are_trimmed_and_at_least_16_characters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "a-long-enough-key\r\n")
+    monkeypatch.setenv("NEWSLETTER_OLD_SECRET_KEYS", "an-older-signing-key, the-oldest-signing-key")
+    assert load_settings().signing_keys() == [
+        "a-long-enough-key",
+        "an-older-signing-key",
+        "the-oldest-signing-key",
+    ]
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "short-key")
+    with pytest.raises(ConfigError, match=r"'secret_key' \(NEWSLETTER_SECRET_KEY.*at least 16") as raised:
+        load_settings()
+    assert "short-key" not in str(raised.value)
+    monkeypatch.setenv("NEWSLETTER_SECRET_KEY", "a-long-enough-key")
+    monkeypatch.setenv("NEWSLETTER_OLD_SECRET_KEYS", "an-older-signing-key,old")
+    with pytest.raises(ConfigError, match="'old_secret_keys'.*key 2.*at least 16"):
+        load_settings()
+
+
+def test_the_signing_key_file_is_made_with_the_database_readable_only_by_its_owner(tmp_path: Path) -> None:
     key_file = tmp_path / "subscribers" / "secret.key"
+    settings = load_settings()
+    db.engine_for(settings)
     assert key_file.stat().st_mode & 0o777 == 0o600
-    assert load_settings().signing_keys() == first
+    first = settings.signing_keys()
+    assert len(first[0]) >= 32 and load_settings().signing_keys() == first
     key_file.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_settings().signing_keys()
+
+
+def test_a_missing_key_file_is_an_error_and_never_silently_replaced(tmp_path: Path) -> None:
+    """Every link already sent is signed with the key: `serve` started where the key file is not
+    must refuse to start, not sign (and check) with a new key."""
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f'database_url = "sqlite:///{tmp_path / "newsletter.db"}"\n')
+    settings = load_settings(config)
+    db.engine_for(settings)
+    key_file = tmp_path / "subscribers" / "secret.key"
+    key_file.unlink()
+
+    with pytest.raises(ConfigError, match="secret key file is missing.*NEWSLETTER_SECRET_KEY"):
+        load_settings(config).signing_keys()
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"{key_file}: the secret key file is missing" in result.stderr
+    assert "Restore it from a backup" in result.stderr and "Traceback" not in result.stderr
+    assert not key_file.exists()
+
+
+def test_a_key_file_that_cannot_be_used_is_one_clear_error(tmp_path: Path) -> None:
+    key_file = tmp_path / "subscribers" / "secret.key"
+    key_file.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="secret.key: is a folder"):
+        load_settings().signing_keys()
+    key_file.rmdir()
+    key_file.write_bytes(b"\xff\xfe" + "키".encode("utf-16-le") * 20)
+    key_file.chmod(0o600)
+    with pytest.raises(ConfigError, match="secret.key: the secret key file is not UTF-8 text"):
+        load_settings().signing_keys()
+    key_file.write_text("too-short\n")
+    with pytest.raises(ConfigError, match="secret.key: the secret key file's key is too short") as raised:
+        load_settings().signing_keys()
+    assert "too-short" not in str(raised.value)
+
+
+def test_a_key_file_that_cannot_be_created_leaves_no_database_behind(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("a file where the key's folder should be")
+    broken = load_settings(secret_key_file="not-a-folder/secret.key")
+    with pytest.raises(ConfigError, match="not-a-folder/secret.key: cannot create the secret key file"):
+        db.engine_for(broken)
+    # The schema was not created without its key: the next run, with the setting fixed, makes both.
+    engine = create_engine(broken.resolved_database_url)
+    assert "lists" not in inspect(engine).get_table_names()
+    engine.dispose()
+    fixed = load_settings()
+    db.engine_for(fixed)
+    assert len(fixed.signing_keys()[0]) >= 32
+
+
+def test_processes_creating_the_key_at_once_agree_on_one_key(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from newsletter.config import load_settings\n"
+        "settings = load_settings(config_dir=Path(sys.argv[1]))\n"
+        "settings.ensure_signing_key()\n"
+        "print(settings.signing_keys()[0])\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(6)
+    ]
+    keys = {process.communicate(timeout=60)[0].strip() for process in processes}
+    assert all(process.returncode == 0 for process in processes)
+    assert len(keys) == 1 and len(keys.pop()) >= 32
+    assert [path.name for path in (tmp_path / "subscribers").iterdir()] == ["secret.key"]

@@ -238,8 +238,26 @@ def test_rows_missing_an_address_or_with_a_huge_name_are_invalid(
             b'email,name\nann@example.com,"no closing quote\n' + b"x,y\n" * 40_000,
             r"bad\.csv:2: unreadable CSV \(field larger than field limit",
         ),
+        (
+            b'email,name\nann@example.com,"no closing quote\nbob@example.com,Bob\n',
+            r"bad\.csv:2: unreadable CSV \(unexpected end of data; an unclosed quote\?\)",
+        ),
+        (
+            b'email,name\nann@example.com,Ann\n"bob@example.com,Bob\ncy@example.com,"Cy"\n',
+            r"bad\.csv:3: unreadable CSV \(',' expected after '\"'; an unclosed quote\?\)",
+        ),
     ],
-    ids=["no email column", "empty", "repeated column", "latin-1", "utf-16", "NUL", "unclosed quote"],
+    ids=[
+        "no email column",
+        "empty",
+        "repeated column",
+        "latin-1",
+        "utf-16",
+        "NUL",
+        "unclosed quote",
+        "unclosed quote, short file",
+        "unclosed quote, closed later",
+    ],
 )
 def test_an_unreadable_file_is_one_error_naming_it_and_writes_nothing(
     engine: Engine, settings: Settings, tmp_path: Path, content: bytes, message: str
@@ -534,9 +552,20 @@ def test_the_import_and_export_commands(
         app, ["subscribers", "import", str(source), "--rejects", str(tmp_path / "rej.csv")]
     )
 
-    assert result.exit_code == 0, result.output
+    # The valid rows landed, but bad input fails the command (status 2: the import did happen).
+    assert result.exit_code == 2, result.output
     assert re.search(r"added +20 +20 new subscriber", result.output)
     assert f"{source}:22: broken: invalid email address 'broken'" in result.output
+    assert result.output.rstrip().splitlines()[-1] == (
+        "error: 1 invalid row(s) not imported (the valid rows were); exit status 2"
+    )
+    # Duplicates and people who left are no error; importing the same file again still fails on its bad row.
+    clean = write(
+        tmp_path / "clean.csv", EXAMPLE_LIST.read_text(encoding="utf-8") + "MINJUN.KIM@example.com,Dup\n"
+    )
+    assert runner.invoke(app, ["subscribers", "import", str(clean)]).exit_code == 0
+    again = runner.invoke(app, ["subscribers", "import", str(source), "--dry-run", "--json"])
+    assert again.exit_code == 2 and "a dry run: nothing was written" in again.output
     assert (tmp_path / "rej.csv").read_text(encoding="utf-8").count("\n") == 2
 
     exported = runner.invoke(app, ["subscribers", "export"])
@@ -546,3 +575,44 @@ def test_the_import_and_export_commands(
         == 'minjun.kim@example.com,김민준,Seoul National University,"LLM, agents"'
     )
     assert len(exported.stdout.splitlines()) == 21
+
+
+def test_an_export_never_hands_a_spreadsheet_a_formula(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    formulas = {
+        "=HYPERLINK(\"https://evil.example\",\"click\")": "plain",
+        "+1+2": "@SUM(A1)",
+        "-3": "\tleading tab",
+        "'=kept as typed": "'plain apostrophe",
+    }
+    with engine.begin() as conn:
+        for n, (name, attribute) in enumerate(formulas.items()):
+            subscribe(
+                conn,
+                list_id=1,
+                email=f"formula{n}@example.com",
+                name=name,
+                attributes={"=cmd|' /C calc'!A0": attribute},
+                now=settings.clock(),
+            )
+    exported = tmp_path / "formulas.csv"
+    export_csv(engine, list_name="daily", path=exported)
+
+    with exported.open(encoding="utf-8", newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert "'=HYPERLINK(\"https://evil.example\",\"click\")" in cells and "'@SUM(A1)" in cells
+    assert "'=cmd|' /C calc'!A0" in cells  # the header too
+    assert "''=kept as typed" in cells and "''plain apostrophe" in cells
+
+    # Back in through import, every value is as it was (leading whitespace aside: import trims it).
+    elsewhere = load_settings(database_url=f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    other = db.engine_for(elsewhere)
+    with other.begin() as conn:
+        create_list(conn, "daily", now=elsewhere.clock())
+    assert run_import(other, elsewhere, exported).added == 4
+    assert members(other) == {
+        email: (name, {key: value.strip() for key, value in attributes.items()}, status)
+        for email, (name, attributes, status) in members(engine).items()
+    }

@@ -53,10 +53,15 @@ def test_the_public_folder_is_served_with_index_pages(tmp_path: Path) -> None:
         assert http.get(f"{url}/2026-01-24/").status_code == 404
         assert http.get(f"{url}/%2e%2e/secret.txt").status_code == 404
         assert http.post(f"{url}/2026-01-23/").status_code == 405
-        for answer in (issue, thumb, bare):
+        missing = http.get(f"{url}/2026-01-24/")
+        for answer in (issue, thumb, bare, missing):
             assert answer.headers["referrer-policy"] == "no-referrer"
             assert answer.headers["x-content-type-options"] == "nosniff"
             assert "set-cookie" not in answer.headers and "server" not in answer.headers
+            # Static pages: no script from anywhere, images from here or https, never framed.
+            policy = answer.headers["content-security-policy"]
+            assert policy.startswith("default-src 'none'; img-src 'self' http://127.0.0.1:8000 https: data:;")
+            assert "script-src" not in policy and "frame-ancestors 'none'" in policy
 
 
 def _screenshot(url: str, out: Path, width: int, height: int, profile: Path, *extra: str) -> Image.Image:

@@ -23,7 +23,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import MissingAPIKey, SendError, SendGridAuthError
 from newsletter.suppressions import sync_suppressions
 
-from .support import ROOT, prism
+from .support import ROOT, free_port, prism
 from .web import add_list, add_subscribers, events_of, status_of, write_config
 
 API_KEY = "SG.test-key-that-must-never-be-printed"
@@ -273,3 +273,49 @@ def test_an_interrupted_sync_loses_nothing(tmp_path: Path, fake: FakeSendGrid) -
     with db.engine_for(settings).connect() as conn:
         logged = conn.execute(select(func.count()).where(db.events.c.source == "sendgrid_sync")).scalar_one()
     assert logged == 700
+
+
+def test_a_key_from_a_crlf_env_file_is_sent_without_its_line_break(
+    tmp_path: Path, fake: FakeSendGrid
+) -> None:
+    config = write_config(tmp_path, sendgrid_api_url=fake.url)
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "SENDGRID_API_KEY": API_KEY + "\r\n"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert {authorization for _, _, authorization in fake.requests} == {f"Bearer {API_KEY}"}
+
+
+@pytest.mark.parametrize(
+    "bad_key", [API_KEY[:8] + "\r" + API_KEY[8:], API_KEY + "키"], ids=["CR inside", "non-ASCII"]
+)
+def test_a_key_that_cannot_be_a_header_stops_the_sync_before_any_request(
+    tmp_path: Path, fake: FakeSendGrid, bad_key: str
+) -> None:
+    config = write_config(tmp_path, sendgrid_api_url=fake.url)
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "SENDGRID_API_KEY": bad_key},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: bad setting 'sendgrid_api_key' (SENDGRID_API_KEY")
+    assert "Traceback" not in result.stderr and API_KEY[8:20] not in result.stderr + result.stdout
+    assert fake.requests == []
+    with db.engine_for(load_settings(config)).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(db.events)).scalar_one() == 0
+
+
+def test_an_unreachable_sendgrid_is_named_without_the_error_text(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, f"http://127.0.0.1:{free_port()}", max_retries=0)
+    expected = r"could not reach SendGrid at http://127\.0\.0\.1:\d+/v3/suppression/\w+ \(ConnectError\)$"
+    with pytest.raises(SendError, match=expected):
+        sync_suppressions(settings)

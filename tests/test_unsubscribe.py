@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -74,6 +74,9 @@ def test_get_shows_a_confirmation_page_and_changes_nothing(site: Site, client: h
     assert '<meta name="robots" content="noindex, nofollow">' in page.text
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["content-security-policy"].startswith(
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+    )
     assert "set-cookie" not in page.headers
     assert "http://" not in page.text.replace(site.settings.base_url, "")  # nothing loaded from elsewhere
     assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
@@ -112,15 +115,22 @@ def test_repeating_the_post_is_harmless(site: Site, client: httpx.Client) -> Non
     assert len(events_of(site.settings, subscriber_id)) == 1
 
 
+def _resubscribe_form(page: httpx.Response) -> tuple[str, dict[str, str]]:
+    """The URL and fields of the "Subscribe again" form on a page."""
+    form = page.text.split('<form method="post" action="')[1].split("</form>")[0]
+    action = form.split('"')[0]
+    ticket = form.split('name="ticket" value="')[1].split('"')[0]
+    return urljoin(str(page.url), action), {"ticket": ticket}
+
+
 def test_the_page_button_unsubscribes_and_offers_to_resubscribe(site: Site, client: httpx.Client) -> None:
     subscriber_id, url = _member(site, "button@example.com")
     done = client.post(url, data={"confirm": "yes"})
     assert done.status_code == 200
-    action = done.text.split('<form method="post" action="')[1].split('"')[0]
-    resubscribe_url = urljoin(url, action)
+    resubscribe_url, fields = _resubscribe_form(done)
     assert resubscribe_url == url.replace("/unsubscribe/", "/resubscribe/")
 
-    again = client.post(resubscribe_url)
+    again = client.post(resubscribe_url, data=fields)
     assert again.status_code == 200
     assert "set-cookie" not in again.headers and again.headers["cache-control"] == "no-store"
     assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
@@ -131,16 +141,82 @@ def test_the_page_button_unsubscribes_and_offers_to_resubscribe(site: Site, clie
         (site.list_id, db.SUBSCRIBED, db.UNSUBSCRIBED, "unsubscribe_page"),
     ]
     # Re-subscribing twice changes nothing more.
-    assert client.post(resubscribe_url).status_code == 200
+    assert client.post(resubscribe_url, data=fields).status_code == 200
     assert len(events_of(site.settings, subscriber_id)) == 2
+    # Unsubscribing again from the resubscribed page offers the way back again.
+    out_again = client.post(url, data={"confirm": "yes"})
+    assert _resubscribe_form(out_again)[0] == resubscribe_url
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.UNSUBSCRIBED
 
 
 def test_an_unsubscribed_reader_sees_the_done_page_on_get(site: Site, client: httpx.Client) -> None:
     subscriber_id, url = _member(site, "already@example.com", status=db.UNSUBSCRIBED)
     page = client.get(url)
     assert page.status_code == 200
-    assert "../resubscribe/" in page.text
+    assert "구독이 해지되었습니다" in page.text
+    # Whoever opens the link now may not be the reader who left: no way to re-subscribe them.
+    assert "resubscribe" not in page.text and "ticket" not in page.text
     assert events_of(site.settings, subscriber_id) == []
+
+
+def test_a_forwarded_link_cannot_resubscribe_someone_who_left(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "left@example.com")
+    _, reader_fields = _resubscribe_form(client.post(url, **ONE_CLICK))  # the reader's own page
+    resubscribe_url = url.replace("/unsubscribe/", "/resubscribe/")
+    other_id, other_url = _member(site, "other.reader@example.com")
+    _, other_fields = _resubscribe_form(client.post(other_url, **ONE_CLICK))
+    # A day and more later, from the clock of a process with the same key.
+    late = load_settings(
+        site.settings.config_dir / "newsletter.toml", now=datetime.now(timezone.utc) - timedelta(hours=25)
+    )
+    stale = UnsubscribeLinks(late).resubscribe_ticket(url.rsplit("/", 1)[1])
+
+    # Someone else holding the link: what they see offers no way back…
+    assert "resubscribe" not in client.get(url).text
+    assert "resubscribe" not in client.post(url, **ONE_CLICK).text
+    # …and posting without the reader's fresh ticket is refused.
+    refused = [
+        client.post(resubscribe_url),
+        client.post(resubscribe_url, data={"ticket": "garbage"}),
+        client.post(resubscribe_url, data=other_fields),  # a ticket for another link
+        client.post(resubscribe_url, data={"ticket": stale}),  # expired
+    ]
+    for answer in refused:
+        assert answer.status_code == 403
+        assert "이 버튼은 만료되었습니다" in answer.text and "l•••@example.com" in answer.text
+        assert answer.headers["cache-control"] == "no-store"
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.UNSUBSCRIBED
+    assert events_of(site.settings, subscriber_id) == [
+        (site.list_id, db.UNSUBSCRIBED, db.SUBSCRIBED, "one_click")
+    ]
+    # The reader's own ticket, within the day, still works.
+    assert client.post(resubscribe_url, data=reader_fields).status_code == 200
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
+    assert status_of(site.settings, site.list_id, other_id) == db.UNSUBSCRIBED
+
+
+def test_resubscribe_tickets_last_a_day() -> None:
+    issued = datetime(2026, 1, 23, 9, 0, tzinfo=timezone.utc)
+
+    def links(hours: float) -> UnsubscribeLinks:
+        settings = load_settings(secret_key="test-signing-key", now=issued + timedelta(hours=hours))
+        return UnsubscribeLinks(settings)
+
+    token = links(0).token(1, 2)
+    ticket = links(0).resubscribe_ticket(token)
+    assert links(23.9).resubscribe_allowed(token, ticket)
+    assert not links(24.1).resubscribe_allowed(token, ticket)
+    assert not links(1).resubscribe_allowed(links(0).token(1, 3), ticket)
+    assert not links(1).resubscribe_allowed(token, ticket[:-1])
+
+
+def test_the_mailto_target_is_percent_encoded() -> None:
+    settings = load_settings(secret_key="test-signing-key", unsubscribe_mailto="leave?now&x=1@example.com")
+    headers = UnsubscribeLinks(settings).headers("https://papers.example.com/unsubscribe/t")
+    assert headers["List-Unsubscribe"] == (
+        "<https://papers.example.com/unsubscribe/t>, "
+        "<mailto:leave%3Fnow%26x%3D1@example.com?subject=unsubscribe>"
+    )
 
 
 def test_a_bounced_address_stays_bounced_and_cannot_resubscribe(site: Site, client: httpx.Client) -> None:
@@ -148,7 +224,7 @@ def test_a_bounced_address_stays_bounced_and_cannot_resubscribe(site: Site, clie
     page = client.post(url, **ONE_CLICK)
     assert page.status_code == 200
     assert "resubscribe" not in page.text
-    assert client.post(url.replace("/unsubscribe/", "/resubscribe/")).status_code == 200
+    assert client.post(url.replace("/unsubscribe/", "/resubscribe/")).status_code == 403
     assert status_of(site.settings, site.list_id, subscriber_id) == db.BOUNCED
     assert events_of(site.settings, subscriber_id) == []
 
@@ -160,7 +236,7 @@ def test_bad_links_get_the_same_page_and_change_nothing(
     token = site.links.token(site.list_id, subscriber_id)
     list_part, subscriber_part, signature = token.split(".")
     altered = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
-    forger = UnsubscribeLinks(load_settings(secret_key="not-our-key", config_dir=tmp_path))
+    forger = UnsubscribeLinks(load_settings(secret_key="not-our-signing-key", config_dir=tmp_path))
     erased_id, _ = _member(site, "erased@example.com")
     erased_token = site.links.token(site.list_id, erased_id)
     with db.engine_for(site.settings).begin() as conn:
@@ -200,11 +276,11 @@ def test_bad_links_get_the_same_page_and_change_nothing(
 
 
 def test_links_signed_with_a_rotated_out_key_still_work(tmp_path: Path) -> None:
-    old_settings = load_settings(write_config(tmp_path, secret_key="old-key"))
+    old_settings = load_settings(write_config(tmp_path, secret_key="the-old-signing-key"))
     list_id = add_list(old_settings, "daily-papers")
     (subscriber_id,) = add_subscribers(old_settings, list_id, ["rotated@example.com"])
     old_token = UnsubscribeLinks(old_settings).token(list_id, subscriber_id)
-    config = write_config(tmp_path, secret_key="new-key", old_secret_keys=["old-key"])
+    config = write_config(tmp_path, secret_key="the-new-signing-key", old_secret_keys=["the-old-signing-key"])
     with serving(config) as url, httpx.Client(timeout=30) as http:
         assert http.post(f"{url}/unsubscribe/{old_token}", **ONE_CLICK).status_code == 200
     assert status_of(old_settings, list_id, subscriber_id) == db.UNSUBSCRIBED

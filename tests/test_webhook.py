@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -297,3 +299,71 @@ def test_a_malformed_public_key_stops_the_server_with_one_message(tmp_path: Path
     assert result.returncode == 1
     assert "sendgrid_webhook_public_key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ids_out_of_range_are_ignored_and_the_batch_still_lands(hook: Hook) -> None:
+    """Ids SQLite cannot hold (or int() cannot read) used to fail the whole batch with a 500, and
+    SendGrid retried it for a day."""
+    subscriber_id = _member_of_both(hook, "huge.ids@example.com")
+    before = _stats(hook)
+    batch = [
+        _event(hook, "delivered", subscriber_id, "huge.ids@example.com", "big-1", campaign_id="9" * 26),
+        _event(hook, "open", subscriber_id, "huge.ids@example.com", "big-2", campaign_id="9" * 5000),
+        _event(hook, "click", subscriber_id, "huge.ids@example.com", "big-3", campaign_id=2**70),
+        _event(hook, "open", subscriber_id, "huge.ids@example.com", "big-4", campaign_id="0"),
+        _event(hook, "open", subscriber_id, "huge.ids@example.com", "big-5", campaign_id="١٢"),
+        # Matched by address instead, and on every list despite the list id it cannot use.
+        {
+            **_event(hook, "group_unsubscribe", subscriber_id, "huge.ids@example.com", "big-6"),
+            "subscriber_id": "9" * 26,
+            "list_id": "9" * 26,
+        },
+        _event(hook, "delivered", subscriber_id, "huge.ids@example.com", "x" * 101),
+    ]
+    assert hook.post(batch).status_code == 200
+    after = _stats(hook)
+    # Only the last two, with our real campaign id, were counted.
+    assert {name: after[name] - before.get(name, 0) for name in after} == {
+        **{name: 0 for name in before},
+        "delivered": 1,
+        "group_unsubscribe": 1,
+    }
+    assert status_of(hook.settings, hook.list_id, subscriber_id) == db.UNSUBSCRIBED
+    assert status_of(hook.settings, hook.other_list_id, subscriber_id) == db.UNSUBSCRIBED
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(hook: Hook) -> None:
+    body = b"[" * 100_000
+    answer = hook.http.post(hook.url, content=body, headers=_signed(hook.key, body))
+    assert answer.status_code == 400
+
+
+def _raw_request(url: str, head: dict[str, str], body_start: bytes) -> bytes:
+    """Sends the headers and the first bytes of a body, never the rest; returns what came back
+    within five seconds (nothing if the server waits for the body)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines += [f"{name}: {value}" for name, value in head.items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body_start)
+        try:
+            return sock.recv(200)
+        except TimeoutError:
+            return b""
+
+
+def test_stale_or_oversized_requests_are_refused_before_the_body_is_read(hook: Hook) -> None:
+    stale = {
+        SIGNATURE_HEADER: "bm90IGEgc2lnbmF0dXJl",
+        TIMESTAMP_HEADER: str(int(time.time()) - 3600),
+        "Content-Type": "application/json",
+        "Content-Length": str(5 * 1024 * 1024),
+    }
+    assert _raw_request(hook.url, stale, b"[").startswith(b"HTTP/1.1 403")
+    unsigned = {key: value for key, value in stale.items() if key != SIGNATURE_HEADER}
+    assert _raw_request(hook.url, unsigned, b"[").startswith(b"HTTP/1.1 403")
+    huge = {**stale, TIMESTAMP_HEADER: str(int(time.time())), "Content-Length": str(11 * 1024 * 1024)}
+    assert _raw_request(hook.url, huge, b"[").startswith(b"HTTP/1.1 413")
+    # Every answer of the server says nosniff, the webhook's included.
+    answer = hook.http.post(hook.url, content=b"[]", headers={"Content-Type": "application/json"})
+    assert answer.status_code == 403 and answer.headers["x-content-type-options"] == "nosniff"
