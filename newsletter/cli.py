@@ -15,8 +15,13 @@ from .config import Settings, load_settings
 from .errors import NewsletterError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
+    from .campaigns import BatchInfo
     from .delivery import Delivery, OutboxDelivery
-    from .send import SendPlan, SendReport, UnrecordedReport
+    from .send import SendPlan, SendReport
+    from .subscriber_csv import ImportReport
+    from .unrecorded import UnrecordedReport
 
 # Tracebacks with local variables could print a secret; a NewsletterError prints only its message.
 app = typer.Typer(
@@ -215,6 +220,7 @@ def send(
     from . import send as sending
     from .delivery import OutboxDelivery, SendGridDelivery
     from .errors import CheckFailed
+    from .unrecorded import default_outbox, send_unrecorded
 
     settings = settings_from(ctx)
     day = sending.issue_day(settings, date.date() if date else None)
@@ -267,9 +273,9 @@ def send(
     if not yes:
         typer.confirm("Write the dry run?" if dry_run else "Send?", abort=True)
     if delivery is None:
-        delivery = OutboxDelivery(outbox or sending.default_outbox(settings, day), settings)
+        delivery = OutboxDelivery(outbox or default_outbox(settings, day), settings)
     if to or dry_run or sandbox:
-        copies = sending.send_unrecorded(settings, plan, delivery, to=to or (), sandbox=sandbox)
+        copies = send_unrecorded(settings, plan, delivery, to=to or (), sandbox=sandbox)
         _print_unrecorded(copies, delivery if dry_run else None, plan, to)
         return
     report = _send_with_progress(settings, plan, delivery)
@@ -386,7 +392,7 @@ def _print_unrecorded(
 
 @app.command()
 def status(ctx: typer.Context, date: IssueDate = None, list_name: ListName = None) -> None:
-    """Show how the send of an issue stands: counts by state, each failure, the uncertain batches."""
+    """Show how the send of an issue stands: counts by state, each failure, batches in flight or uncertain."""
     from rich.table import Table
 
     from . import send as sending
@@ -424,14 +430,24 @@ def status(ctx: typer.Context, date: IssueDate = None, list_name: ListName = Non
         for email, reason in state.failures:
             failures.add_row(escape(email), escape(reason))
         console.print(failures)
+    if state.in_flight_batches:
+        console.print(_batch_table(f"In flight (being sent by {state.claimed_by})", state.in_flight_batches, "request out now"))
     if state.uncertain_batches:
-        uncertain = Table(title="Uncertain batches (not resent without --resend-uncertain)")
-        for column in ("batch", "recipients", "started", "why"):
-            uncertain.add_column(column)
-        for batch in state.uncertain_batches:
-            started = f"{batch.started_at:%Y-%m-%d %H:%M:%S}" if batch.started_at else ""
-            uncertain.add_row(str(batch.id), f"{batch.size:,}", started, escape(batch.error or "in flight"))
-        console.print(uncertain)
+        died = "left in flight by a sender that stopped: it may have been delivered"
+        console.print(_batch_table("Uncertain batches (not resent without --resend-uncertain)", state.uncertain_batches, died))
+
+
+def _batch_table(title: str, batches: list[BatchInfo], why: str) -> Table:
+    """Batches, each with its recorded error or else `why`."""
+    from rich.table import Table
+
+    table = Table(title=escape(title))
+    for column in ("batch", "recipients", "started", "why"):
+        table.add_column(column)
+    for batch in batches:
+        started = f"{batch.started_at:%Y-%m-%d %H:%M:%S}" if batch.started_at else ""
+        table.add_row(str(batch.id), f"{batch.size:,}", started, escape(batch.error or why))
+    return table
 
 
 # -- lists and subscribers --------------------------------------------------------------------------
@@ -759,7 +775,9 @@ def subscribers_import(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Import subscribers from CSV (UTF-8, comma or semicolon separated) into a list."""
+    """Import subscribers from CSV (UTF-8, comma or semicolon separated) into a list.
+
+    Exits with status 2 if any row was invalid: the valid rows are imported all the same."""
     from .db import engine_for
     from .subscriber_csv import import_csv
 
@@ -782,6 +800,7 @@ def subscribers_import(
         )
     if as_json:
         _print_json({**vars(report), "problem_count": report.problem_count})
+        _fail_on_invalid_rows(report)
         return
     shown = 20
     for problem in report.problems[:shown]:
@@ -812,6 +831,19 @@ def subscribers_import(
         )
     if rejects and report.problem_count:
         console.print(f"Rejected rows written to {escape(str(rejects))}", highlight=False)
+    _fail_on_invalid_rows(report)
+
+
+def _fail_on_invalid_rows(report: ImportReport) -> None:
+    """Bad input fails the command, even though the valid rows landed: a script (or `make`) must
+    notice. Exit status 2, not 1, because the import itself did happen."""
+    if report.invalid:
+        landed = "a dry run: nothing was written" if report.dry_run else "the valid rows were"
+        err_console.print(
+            f"error: {report.invalid:,} invalid row(s) not imported ({landed}); exit status 2",
+            highlight=False,
+        )
+        raise typer.Exit(2)
 
 
 @subscribers_app.command("export")
@@ -823,7 +855,9 @@ def subscribers_export(
     ] = None,
     status: Annotated[str, typer.Option("--status", help="Members with this status.")] = "subscribed",
 ) -> None:
-    """Export a list's members as CSV (email, name, attributes) that `subscribers import` reads back."""
+    """Export a list's members as CSV (email, name, attributes) that `subscribers import` reads back.
+
+    A cell a spreadsheet would run as a formula (= + - @) gets a leading apostrophe; import removes it."""
     from .db import STATUSES, engine_for
     from .errors import SubscriberError
     from .subscriber_csv import export_csv

@@ -6,7 +6,8 @@ applied, and `migrate` applies the missing ones in order, each in its own transa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import (
@@ -26,7 +27,9 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, make_url
 
@@ -140,15 +143,16 @@ campaign_stats = Table(
     PrimaryKeyConstraint("campaign_id", "event"),
 )
 
-# Delivery states (newsletter/send.py has the state machine). A finished send leaves every recipient
+# Delivery states (newsletter/campaigns.py has the state machine). A finished send leaves every recipient
 # sent, failed (SendGrid refused the address), uncertain (the request may have left but its answer
 # was never recorded) or skipped (no longer subscribed when its batch was built).
 PENDING, IN_FLIGHT, SENT, FAILED, UNCERTAIN, SKIPPED = (
     "pending", "in_flight", "sent", "failed", "uncertain", "skipped"
 )
-# Batch states besides those: SPLIT (answered 400: its recipients went out again in halves),
+# Batch states besides those: SPLIT (answered 400/413: its recipients went out again in parts),
 # RETURNED (answered without accepting anything, e.g. 401 or an outage: its recipients are pending
-# again), RESENT (was uncertain; its recipients were queued again by --resend-uncertain).
+# again), RESENT (was uncertain; its recipients were queued again by --resend-uncertain),
+# SKIPPED (every recipient left the list before its retry went out).
 SPLIT, RETURNED, RESENT = "split", "returned", "resent"
 
 batches = Table(
@@ -179,7 +183,9 @@ deliveries = Table(
     Column("error", Text),
     Column("updated_at", TS, nullable=False),
     UniqueConstraint("campaign_id", "subscriber_id"),
-    Index("ix_deliveries_campaign_state", "campaign_id", "state"),
+    # With id last, the sender's "next pending rows by id" walks the index instead of sorting every
+    # pending row of the campaign for every batch (PostgreSQL did).
+    Index("ix_deliveries_campaign_state_id", "campaign_id", "state", "id"),
     Index("ix_deliveries_batch", "batch_id"),
 )
 
@@ -189,7 +195,18 @@ def _create_all(conn: Connection) -> None:
 
 
 # Append only. Never edit a migration that has shipped: add the next one.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_all]
+def _index_deliveries_by_id(conn: Connection) -> None:
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_campaign_state")
+    [index] = [i for i in deliveries.indexes if i.name == "ix_deliveries_campaign_state_id"]
+    index.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_all, _index_deliveries_by_id]
+
+# pg_advisory_xact_lock key serialising migrations across processes ("nl-mig").
+_MIGRATION_LOCK = 0x6E6C2D6D6967
+# Execution option of a read-only connection (see `reading`).
+_READ_ONLY = "newsletter_read_only"
 
 _engines: dict[str, Engine] = {}
 
@@ -199,7 +216,7 @@ def engine_for(settings: Settings) -> Engine:
     url = settings.resolved_database_url
     if url not in _engines:
         engine = _create_engine(url)
-        migrate(engine)
+        migrate(engine, on_create=settings.ensure_signing_key)
         _engines[url] = engine
     return _engines[url]
 
@@ -226,25 +243,59 @@ def _create_engine(url: str) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(conn: Connection) -> None:
+    def _begin(conn: Connection) -> None:
         # IMMEDIATE takes the write lock up front, so a transaction that reads then writes cannot
-        # fail half-way with "database is locked" (a DEFERRED one upgrading its lock can).
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # fail half-way with "database is locked" (a DEFERRED one upgrading its lock can). It is the
+        # default because modules read-then-write through engine.connect() and engine.begin()
+        # alike; `reading` connections, which never write, begin DEFERRED and wait for no writer.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
-def migrate(engine: Engine) -> int:
-    """Apply the migrations this database has not had yet; returns the schema version."""
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads only. On SQLite it takes no write lock, so a status or a plan never
+    waits behind an import or a send (in WAL mode it sees the last committed state)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_READ_ONLY: True})
+        yield conn
+
+
+def _lock_schema(conn: Connection) -> None:
+    # SQLite's BEGIN IMMEDIATE already serialises migrating processes; PostgreSQL takes no such
+    # lock, so two processes could both create the schema: one waits here for the other instead.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+
+
+def migrate(engine: Engine, on_create: Callable[[], None] | None = None) -> int:
+    """Apply the migrations this database has not had yet; returns the schema version.
+
+    `on_create` runs once, in the transaction that creates the schema of a new database.
+    """
+    # Every command opens the database: an up-to-date one is only read, so that a command never
+    # waits for the write lock (held by a long import, say) just to learn there is nothing to do.
+    with reading(engine) as conn:
+        applied = inspect(conn).has_table(schema_version.name) and (
+            conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+        )
+    if applied and applied >= len(MIGRATIONS):
+        return len(MIGRATIONS)
     with engine.begin() as conn:
+        _lock_schema(conn)
         schema_version.create(conn, checkfirst=True)
         version = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         with engine.begin() as conn:
+            _lock_schema(conn)
             # Re-read under the write lock: another process may have migrated meanwhile.
             current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
             if current >= number:
                 continue
+            if number == 1 and on_create is not None:
+                on_create()
             step(conn)
             conn.execute(schema_version.delete())
             conn.execute(schema_version.insert().values(version=number))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from email import policy
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email import policy
 from email.headerregistry import Address
+from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,11 @@ class RequestNotSent(Exception):
 class AnswerLost(Exception):
     """The request may have reached SendGrid, but no answer came back (read timeout, dropped
     connection): SendGrid may have accepted it, so repeating it may deliver twice."""
+
+
+class RequestImpossible(Exception):
+    """The request cannot be made at all (a malformed header, an unusable URL, a proxy refusing):
+    it never reached SendGrid, and every later request would fail the same way."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,10 @@ class SendGridDelivery:
     async def send(self, body: dict[str, Any]) -> Answer:
         try:
             response = await self._client.post(MAIL_SEND, content=encode_body(body))
+        except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.ProxyError, httpx.InvalidURL) as error:
+            # Raised before a byte reaches SendGrid. The text is not used: a LocalProtocolError
+            # quotes the offending header, which may be the Authorization header with the key.
+            raise RequestImpossible(_IMPOSSIBLE[type(error)]) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             raise RequestNotSent(_describe(error)) from None
         except (httpx.WriteError, httpx.WriteTimeout) as error:
@@ -115,19 +124,34 @@ class SendGridDelivery:
         except httpx.TransportError as error:
             # Read timeouts, resets and disconnects after the body left.
             raise AnswerLost(_describe(error)) from None
-        return _answer(response)
+        return read_answer(response)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
 
+_IMPOSSIBLE: dict[type[Exception], str] = {
+    httpx.LocalProtocolError: (
+        "the request could not be written: a header value is malformed (check SENDGRID_API_KEY for a "
+        "stray line break, space or non-ASCII character)"
+    ),
+    httpx.UnsupportedProtocol: "sendgrid_api_url is not an http:// or https:// URL",
+    httpx.InvalidURL: "sendgrid_api_url is not a valid URL",
+    httpx.ProxyError: "the HTTP proxy refused to connect to SendGrid (check HTTPS_PROXY/HTTP_PROXY)",
+}
+
+# Connection failures happen in the socket layer before any request byte is written, so their text
+# (an OS or TLS error) cannot hold a header; every other error is named by its kind only.
+_TEXT_IS_SAFE = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
 def _describe(error: httpx.TransportError) -> str:
-    # httpx messages name the URL at most; never the headers (so never the key).
     kind = type(error).__name__
-    return f"{kind}: {error}" if str(error) else kind
+    return f"{kind}: {error}" if isinstance(error, _TEXT_IS_SAFE) and str(error) else kind
 
 
-def _answer(response: httpx.Response) -> Answer:
+def read_answer(response: httpx.Response) -> Answer:
+    """SendGrid's answer as an Answer (also used for the suppression API's answers)."""
     errors: list[str] = []
     fields: list[str | None] = []
     if response.status_code >= 400:

@@ -1,413 +1,70 @@
-"""Sending an issue to a list, once: the campaign, its recipient snapshot, batches and their states.
+"""Sending an issue to a list, once: planning, the send loop, and where a send stands.
 
-A delivery is one recipient of one campaign. Its states, each committed before the next step:
+The pieces: newsletter/bodies.py builds request bodies, pacing.py paces and retries them,
+delivery.py moves them, claim.py keeps a second process out, campaigns.py holds every SQL statement
+(and the delivery state machine), unrecorded.py does the sends that record nothing (dry run, test
+addresses, sandbox). This module holds the public entry points: plan_send, send_campaign,
+campaign_status.
 
-    pending ──► in_flight ──► sent        SendGrid answered 202 (its X-Message-Id is kept)
-       │            │    ├──► failed      a 400 isolated to this one address (SendGrid's message kept)
-       │            │    ├──► uncertain   the request may have left but no answer was recorded
-       │            │    └──► pending     nothing accepted: a 400 whose halves go out again, or a
-       │            │                     401/403/outage that stops the send (the next run resumes)
-       │            └──► uncertain        found by the next run: the process died mid-request
-       └──► skipped                       no longer subscribed when its batch was built
-    uncertain ──► pending                 only with --resend-uncertain
+A batch is marked in_flight (with its recipients, its body already built) in the database before
+its request goes out, and settled after the answer, so a SIGKILL at any instant leaves either rows
+still pending (never sent), or an in_flight batch that the next run reports as uncertain:
+mail/send has no idempotency key, and resending an answer-less request could deliver the issue
+twice. Requests that certainly never left (connection refused, connect timeout) are retried
+automatically; a lost answer is retried only when the user chose duplicates over gaps
+(--resend-uncertain), and otherwise stops the send at once: whatever makes answers go missing (a
+proxy, a read timeout too short for the body) would otherwise turn the whole list uncertain.
 
-A batch is marked in_flight (with its recipients) in the database before its request goes out, and
-settled after the answer, so a SIGKILL at any instant leaves either rows still pending (never sent),
-or an in_flight batch that the next run reports as uncertain: mail/send has no idempotency key, and
-resending an answer-less request could deliver the issue twice. Requests that certainly never left
-(connection refused, connect timeout) are retried automatically; a lost answer is retried only when
-the user chose duplicates over gaps (--resend-uncertain).
-
-The campaign's subject, HTML and text are stored when it starts: a resume sends exactly what the
-first run sent, even if the digest or templates changed since. The recipients are a snapshot of the
-list's subscribed members at that moment; each batch re-reads their membership so an unsubscribe
-that arrives during the send is honoured by every batch not yet sent (those end 'skipped').
-
-One process at a time sends a campaign: it holds campaigns.claimed_by (taken by a conditional
-UPDATE), renews claimed_at as a heartbeat, and checks it still holds it before every batch.
+The database is only touched from worker threads (asyncio.to_thread), so a database waiting for a
+lock never stalls the requests in flight or the claim's heartbeat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
-import random
-import secrets
-import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from datetime import date
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import Engine, func, literal, select
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 
 from . import db
+from .bodies import Bodies, Content, Recipient
+from .campaigns import (
+    BatchInfo,
+    BatchStore,
+    Campaign,
+    Marked,
+    batch_infos,
+    claim_is_live,
+    count_subscribed,
+    find_campaign,
+    start_campaign,
+    state_counts,
+)
+from .claim import HEARTBEAT, Claim
 from .config import Settings
-from .delivery import Answer, AnswerLost, Delivery, RequestNotSent, SendGridDelivery
+from .delivery import (
+    Answer,
+    AnswerLost,
+    Delivery,
+    RequestImpossible,
+    RequestNotSent,
+    SendGridDelivery,
+)
 from .errors import SendError, SendGridAuthError, SendInProgress
-from .render import UNSUBSCRIBE_TAG
-from .subscribers import MailingList, email_key, get_list, normalise_email
-from .tokens import UnsubscribeLinks
+from .pacing import Emptied, Exchange, RateLimiter, Requests, auth_refused
+from .subscribers import MailingList, get_list
 
 if TYPE_CHECKING:
     from .checks import CheckReport
 
-# SendGrid's limits per mail/send request hold by construction: at most settings.batch_size (≤ 1000)
-# personalizations of one `to` each; substitutions and custom_args of about 200 bytes (an
-# unsubscribe URL and three ids) against 10,000; and a body of one issue (the checks keep its HTML
-# under Gmail's 102 KB) plus ~1 KB per recipient, about 1.5 MB against 30 MB.
+T = TypeVar("T")
 
-# The claim: renewed every HEARTBEAT; another process may take it over once it is STALE_AFTER old,
-# or at once when its holder is a process on this machine that no longer exists (a crash).
-HEARTBEAT = timedelta(seconds=10)
-STALE_AFTER = timedelta(seconds=60)
-
-# Retries: capped exponential backoff with jitter; a wait SendGrid asks for is honoured up to a cap.
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
-MAX_SERVER_WAIT = 300.0
-
-STATES = (db.SENT, db.FAILED, db.UNCERTAIN, db.SKIPPED, db.PENDING, db.IN_FLIGHT)
-
-_SKIP_REASONS = {
-    db.UNSUBSCRIBED: "unsubscribed before sending",
-    db.BOUNCED: "bounced before sending",
-    db.COMPLAINED: "complained (spam report) before sending",
-    None: "removed from the list before sending",
-}
+_RESUME = "Nothing more was sent; run the same command again to resume."
 _ANSWER_LOST = "no answer from SendGrid ({}): the request may have been delivered"
-_PROCESS_DIED = "the sending process stopped before SendGrid's answer was recorded: it may have been delivered"
-
-
-@dataclass(frozen=True)
-class Content:
-    """What every recipient of an issue gets (UNSUBSCRIBE_TAG marks the personal link)."""
-
-    subject: str
-    html: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Campaign:
-    id: int
-    issue_date: str
-    list_id: int
-    content: Content
-    created_at: datetime
-    finished_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Recipient:
-    id: int  # the delivery row (0 outside a campaign): batches are contiguous ranges of these
-    subscriber_id: int  # 0 for a test address that is no subscriber
-    email: str
-    name: str | None
-
-
-# -- request bodies ---------------------------------------------------------------------------------
-
-
-class Bodies:
-    """Builds mail/send bodies: one text and one HTML body per issue, one personalization per
-    recipient (its address, unsubscribe-URL substitution, RFC 8058 headers and, for a campaign,
-    the custom_args that let the Event Webhook map events back)."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        content: Content,
-        *,
-        list_id: int,
-        campaign_id: str | None,
-        sandbox: bool = False,
-    ) -> None:
-        self._links = UnsubscribeLinks(settings)
-        self._list_id = list_id
-        self._campaign_id = campaign_id
-        sender = {"email": settings.from_email, "name": settings.from_name}
-        self._common: dict[str, Any] = {
-            "from": sender,
-            "subject": content.subject,
-            # RFC 2046: the richest alternative last; SendGrid also requires text/plain first.
-            "content": [
-                {"type": "text/plain", "value": content.text},
-                {"type": "text/html", "value": content.html},
-            ],
-            # Our own link and headers do the unsubscribing; SendGrid's footer would add a second.
-            "tracking_settings": {"subscription_tracking": {"enable": False}},
-        }
-        if settings.reply_to:
-            self._common["reply_to"] = {"email": settings.reply_to}
-        if sandbox:
-            self._common["mail_settings"] = {"sandbox_mode": {"enable": True}}
-
-    def body(self, recipients: Sequence[Recipient]) -> dict[str, Any]:
-        return {**self._common, "personalizations": [self._personalization(r) for r in recipients]}
-
-    def _personalization(self, recipient: Recipient) -> dict[str, Any]:
-        url = self._links.url(self._list_id, recipient.subscriber_id)
-        to: dict[str, str] = {"email": recipient.email}
-        name = _display_name(recipient.name)
-        if name:
-            to["name"] = name
-        personalization: dict[str, Any] = {
-            "to": [to],
-            "substitutions": {UNSUBSCRIBE_TAG: url},
-            "headers": self._links.headers(url),
-        }
-        if self._campaign_id is not None:
-            # Strings: SendGrid rejects other types, and echoes them as top-level event keys.
-            personalization["custom_args"] = {
-                "campaign_id": self._campaign_id,
-                "subscriber_id": str(recipient.subscriber_id),
-                "list_id": str(self._list_id),
-            }
-        return personalization
-
-
-def _display_name(name: str | None) -> str | None:
-    # SendGrid refuses ';' and ',' in a recipient's name; line breaks would forge headers.
-    if not name:
-        return None
-    cleaned = " ".join(name.replace(";", " ").replace(",", " ").split())
-    return cleaned or None
-
-
-# -- pacing and retries -----------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """Spaces request starts 1/rate apart across every worker; a 429 holds everyone back."""
-
-    def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
-
-    async def wait(self) -> None:
-        now = asyncio.get_running_loop().time()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
-
-    def hold(self, seconds: float) -> None:
-        self._next = max(self._next, asyncio.get_running_loop().time() + seconds)
-
-
-class _Requests:
-    """One body to SendGrid, retrying 429, 5xx and requests that never left (and lost answers only
-    when `retry_lost`). Returns the last answer; raises RequestNotSent or AnswerLost."""
-
-    def __init__(self, delivery: Delivery, limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
-        self._delivery = delivery
-        self._limiter = limiter
-        self._max_retries = settings.max_retries
-        self._retry_lost = retry_lost
-        self._random = random.Random()
-        self.count = 0
-
-    async def post(self, body: dict[str, Any]) -> Answer:
-        attempt = 0
-        while True:
-            if attempt:
-                await self._limiter.wait()
-            self.count += 1
-            asked: float | None = None
-            try:
-                answer = await self._delivery.send(body)
-            except RequestNotSent:
-                if attempt >= self._max_retries:
-                    raise
-            except AnswerLost:
-                if not self._retry_lost or attempt >= self._max_retries:
-                    raise
-            else:
-                if not answer.retryable or attempt >= self._max_retries:
-                    return answer
-                asked = answer.retry_after
-            attempt += 1
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
-            delay = self._random.uniform(delay / 2, delay)
-            if asked is not None:
-                # Everyone waits for the reset; the jitter keeps the workers from returning at once.
-                delay = min(asked, MAX_SERVER_WAIT) + self._random.uniform(0, 0.25)
-                self._limiter.hold(delay)
-            await asyncio.sleep(delay)
-
-
-# -- campaigns --------------------------------------------------------------------------------------
-
-
-def find_campaign(conn: Connection, day: date, list_id: int) -> Campaign | None:
-    c = db.campaigns.c
-    row = conn.execute(
-        select(db.campaigns).where(c.issue_date == day.isoformat(), c.list_id == list_id)
-    ).first()
-    if row is None:
-        return None
-    return Campaign(
-        id=row.id,
-        issue_date=row.issue_date,
-        list_id=row.list_id,
-        content=Content(row.subject, row.html, row.text),
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-    )
-
-
-def start_campaign(settings: Settings, day: date, mailing_list: MailingList, content: Content) -> Campaign:
-    """The campaign for (day, list), created with its content and recipient snapshot in one
-    transaction if it does not exist yet (an existing one is returned unchanged)."""
-    engine = db.engine_for(settings)
-    try:
-        with engine.begin() as conn:
-            existing = find_campaign(conn, day, mailing_list.id)
-            if existing is not None:
-                return existing
-            now = settings.clock()
-            campaign_id = conn.execute(
-                db.campaigns.insert().values(
-                    issue_date=day.isoformat(),
-                    list_id=mailing_list.id,
-                    subject=content.subject,
-                    html=content.html,
-                    text=content.text,
-                    created_at=now,
-                )
-            ).inserted_primary_key[0]
-            m, s = db.memberships.c, db.subscribers.c
-            snapshot = (
-                select(
-                    literal(campaign_id),
-                    s.id,
-                    s.email,
-                    literal(db.PENDING),
-                    literal(now, db.TS),
-                )
-                .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
-                .where(m.list_id == mailing_list.id, m.status == db.SUBSCRIBED)
-                .order_by(s.id)
-            )
-            conn.execute(
-                db.deliveries.insert().from_select(
-                    ["campaign_id", "subscriber_id", "email", "state", "updated_at"], snapshot
-                )
-            )
-    except IntegrityError:
-        # Another process created it between our look and our insert (PostgreSQL; SQLite's
-        # BEGIN IMMEDIATE serialises the two).
-        pass
-    with engine.connect() as conn:
-        campaign = find_campaign(conn, day, mailing_list.id)
-    assert campaign is not None
-    return campaign
-
-
-def state_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
-    d = db.deliveries.c
-    counts = dict.fromkeys(STATES, 0)
-    rows = conn.execute(
-        select(d.state, func.count()).where(d.campaign_id == campaign_id).group_by(d.state)
-    )
-    counts.update({state: number for state, number in rows})
-    return counts
-
-
-def _count_subscribed(conn: Connection, list_id: int) -> int:
-    m = db.memberships.c
-    return conn.execute(
-        select(func.count()).where(m.list_id == list_id, m.status == db.SUBSCRIBED)
-    ).scalar_one()
-
-
-# -- the claim --------------------------------------------------------------------------------------
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored one is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _holder_is_dead(holder: str) -> bool:
-    """True when `holder` names a process on this machine that no longer exists."""
-    pid_text, _, rest = holder.partition("@")
-    host = rest.rpartition("#")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-class Claim:
-    """This process's exclusive right to send one campaign."""
-
-    def __init__(self, settings: Settings, campaign_id: int, describe: str) -> None:
-        self._settings = settings
-        self.campaign_id = campaign_id
-        self._describe = describe
-        self.holder = f"{os.getpid()}@{socket.gethostname()}#{secrets.token_hex(4)}"
-
-    def acquire(self, conn: Connection) -> None:
-        c = db.campaigns.c
-        row = conn.execute(
-            select(c.claimed_by, c.claimed_at).where(c.id == self.campaign_id)
-        ).one()
-        now = self._settings.clock()
-        if row.claimed_by is not None and row.claimed_by != self.holder:
-            age = now - _aware(row.claimed_at)
-            if age < STALE_AFTER and not _holder_is_dead(row.claimed_by):
-                raise SendInProgress(
-                    f"{self._describe} is being sent by another process ({row.claimed_by.split('#')[0]}, "
-                    f"last heartbeat {max(0, int(age.total_seconds()))} s ago). Let it finish, or if it "
-                    f"has died, run the command again: a claim with no heartbeat for "
-                    f"{int(STALE_AFTER.total_seconds())} s is taken over."
-                )
-        # Compare-and-set on what we read: of two processes that judged the same claim stale,
-        # exactly one takes it.
-        taken = conn.execute(
-            db.campaigns.update()
-            .where(
-                c.id == self.campaign_id,
-                c.claimed_by.is_(None) if row.claimed_by is None else c.claimed_by == row.claimed_by,
-            )
-            .values(claimed_by=self.holder, claimed_at=now)
-        ).rowcount
-        if taken != 1:
-            raise SendInProgress(f"{self._describe} was claimed by another process just now")
-
-    def touch(self, conn: Connection) -> None:
-        """Renew the heartbeat; SendInProgress if another process has taken the claim over."""
-        c = db.campaigns.c
-        kept = conn.execute(
-            db.campaigns.update()
-            .where(c.id == self.campaign_id, c.claimed_by == self.holder)
-            .values(claimed_at=self._settings.clock())
-        ).rowcount
-        if kept != 1:
-            raise SendInProgress(
-                f"{self._describe}: another process took over this send (this one was silent for "
-                f"over {int(STALE_AFTER.total_seconds())} s); stopping"
-            )
-
-    def release(self, conn: Connection) -> None:
-        c = db.campaigns.c
-        conn.execute(
-            db.campaigns.update()
-            .where(c.id == self.campaign_id, c.claimed_by == self.holder)
-            .values(claimed_by=None, claimed_at=None)
-        )
-
 
 # -- planning ---------------------------------------------------------------------------------------
 
@@ -445,14 +102,13 @@ class SendPlan:
 
 def plan_send(settings: Settings, day: date, list_name: str, *, resend_uncertain: bool = False) -> SendPlan:
     """Look at the list and any earlier run; render and check the issue if the send is new."""
-    engine = db.engine_for(settings)
-    with engine.connect() as conn:
+    with db.reading(db.engine_for(settings)) as conn:
         mailing_list = get_list(conn, list_name)
         campaign = find_campaign(conn, day, mailing_list.id)
         if campaign is not None:
             counts = state_counts(conn, campaign.id)
         else:
-            subscribed = _count_subscribed(conn, mailing_list.id)
+            subscribed = count_subscribed(conn, mailing_list.id)
     if campaign is not None:
         again = (db.UNCERTAIN, db.IN_FLIGHT) if resend_uncertain else ()
         return SendPlan(
@@ -509,7 +165,6 @@ class Progress:
 
     counts: dict[str, int]
     to_send: int  # recipients this run started with
-    requests: int = 0
 
     @property
     def done(self) -> int:
@@ -537,7 +192,8 @@ def send_campaign(
     """Send (or resume) the planned campaign and record every recipient's outcome.
 
     Raises SendInProgress when another process holds the campaign; other stops (bad API key,
-    SendGrid unavailable, a message SendGrid refuses) come back in `report.error` with the counts.
+    SendGrid unavailable, a message SendGrid refuses, a lost answer) come back in `report.error`
+    with the counts.
     """
     delivery = delivery or SendGridDelivery(settings)  # first: a missing key creates nothing
     campaign = plan.campaign or start_campaign(settings, plan.day, plan.mailing_list, plan.content)
@@ -555,17 +211,18 @@ class _CampaignRun:
         on_progress: Callable[[Progress], None] | None,
     ) -> None:
         self._settings = settings
-        self._engine: Engine = db.engine_for(settings)
         self._campaign = campaign
         self._delivery = delivery
         self._resend_uncertain = plan.resend_uncertain
         self._on_progress = on_progress
-        self._claim = Claim(settings, campaign.id, plan.describe)
+        self._store = BatchStore(settings, campaign, Claim(settings, campaign.id, plan.describe))
         self._bodies = Bodies(settings, campaign.content, list_id=campaign.list_id, campaign_id=str(campaign.id))
         self._limiter = RateLimiter(settings.send_rate_limit)
-        self._requests = _Requests(delivery, self._limiter, settings, retry_lost=plan.resend_uncertain)
+        self._requests = Requests(delivery, self._limiter, settings, retry_lost=plan.resend_uncertain)
         self._stop: SendError | None = None
         self._progress: Progress
+        # Batches marked in flight and not settled yet: whatever stops the run settles these.
+        self._live: dict[int, Exchange] = {}
 
     async def run(self) -> SendReport:
         try:
@@ -574,10 +231,7 @@ class _CampaignRun:
             await self._delivery.aclose()
 
     async def _run(self) -> SendReport:
-        with self._engine.begin() as conn:
-            self._claim.acquire(conn)
-            self._recover(conn)
-            counts = state_counts(conn, self._campaign.id)
+        counts = await self._db(self._store.open, self._resend_uncertain)
         self._progress = Progress(counts, to_send=counts[db.PENDING])
         self._report()
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -587,17 +241,10 @@ class _CampaignRun:
             outcomes = await asyncio.gather(*workers, return_exceptions=True)
         finally:
             heartbeat.cancel()
-            with self._engine.begin() as conn:
-                counts = state_counts(conn, self._campaign.id)
-                finished = counts[db.PENDING] == 0 and counts[db.IN_FLIGHT] == 0
-                if finished:
-                    conn.execute(
-                        db.campaigns.update()
-                        .where(db.campaigns.c.id == self._campaign.id)
-                        .values(finished_at=self._settings.clock())
-                    )
-                self._claim.release(conn)
-                uncertain = _uncertain_batches(conn, self._campaign.id)
+            await asyncio.wait([heartbeat])
+            # Blocking on purpose: this also runs when the run is cancelled (Ctrl-C), and it must
+            # complete, giving back the batches whose request never left.
+            counts, finished, uncertain = self._store.finish(list(self._live.values()))
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -610,46 +257,33 @@ class _CampaignRun:
             uncertain_batches=uncertain,
         )
 
-    def _recover(self, conn: Connection) -> None:
-        """Settle what an earlier run left behind, before sending anything."""
-        b, d = db.batches.c, db.deliveries.c
-        now = self._settings.clock()
-        mine_b, mine_d = b.campaign_id == self._campaign.id, d.campaign_id == self._campaign.id
-        # Its process died between marking the batch and recording the answer.
-        conn.execute(
-            db.batches.update()
-            .where(mine_b, b.state == db.IN_FLIGHT)
-            .values(state=db.UNCERTAIN, error=_PROCESS_DIED, finished_at=now)
-        )
-        conn.execute(
-            db.deliveries.update()
-            .where(mine_d, d.state == db.IN_FLIGHT)
-            .values(state=db.UNCERTAIN, error=_PROCESS_DIED, updated_at=now)
-        )
-        # The untried half of a batch split after a 400: rebatched like any pending row.
-        conn.execute(
-            db.deliveries.update()
-            .where(mine_d, d.state == db.PENDING, d.batch_id.is_not(None))
-            .values(batch_id=None)
-        )
-        if self._resend_uncertain:
-            conn.execute(
-                db.deliveries.update()
-                .where(mine_d, d.state == db.UNCERTAIN)
-                .values(state=db.PENDING, batch_id=None, message_id=None, error=None, updated_at=now)
-            )
-            conn.execute(
-                db.batches.update().where(mine_b, b.state == db.UNCERTAIN).values(state=db.RESENT)
-            )
+    async def _db(self, call: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run a blocking database call in a thread. A thread cannot be interrupted: when the run
+        is cancelled meanwhile, wait for the call to commit or roll back, then give up, so that what
+        it did (a batch marked, registered in _live) is known to the clean-up."""
+        future = asyncio.ensure_future(asyncio.to_thread(call, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT.total_seconds())
             try:
-                with self._engine.begin() as conn:
-                    self._claim.touch(conn)
+                await self._db(self._store.touch)
             except SendInProgress as lost:
                 self._halt(lost)
+                return
+            except Exception as error:  # noqa: BLE001 - any database failure: without a heartbeat,
+                # another process would take the send over while this one is still sending.
+                self._halt(
+                    SendError(
+                        f"the database failed while renewing this send's claim ({type(error).__name__}). "
+                        f"{_RESUME}"
+                    )
+                )
                 return
 
     def _halt(self, error: SendError) -> None:
@@ -658,7 +292,6 @@ class _CampaignRun:
             self._stop = error
 
     def _report(self) -> None:
-        self._progress.requests = self._requests.count
         if self._on_progress is not None:
             self._on_progress(self._progress)
 
@@ -674,375 +307,139 @@ class _CampaignRun:
                 await self._limiter.wait()
                 if self._stop is not None:
                     return
-                batch = self._next_batch()
-                if batch is None:
+                batch = await self._db(self._mark, self._store.mark_next, self._settings.batch_size)
+                self._marked(batch, db.PENDING)
+                if batch.batch_id is None:
                     return
-                await self._send(*batch)
-        except SendError as error:  # the claim was lost: stop everyone, cleanly
+                await self._send(self._live[batch.batch_id])
+        except SendError as error:  # the claim was lost, or a body broke SendGrid's limits
             self._halt(error)
         except Exception:
             self._halt(SendError("the send stopped on an unexpected error"))
             raise
 
-    def _next_batch(self) -> tuple[int, list[Recipient]] | None:
-        """Mark the next batch in flight (and skip who left the list); None when none is left."""
-        d, m, s = db.deliveries.c, db.memberships.c, db.subscribers.c
-        while True:
-            with self._engine.connect() as conn:
-                rows = conn.execute(
-                    select(d.id, d.subscriber_id, d.email, s.name, m.status)
-                    .select_from(
-                        db.deliveries.outerjoin(
-                            db.memberships,
-                            (m.subscriber_id == d.subscriber_id) & (m.list_id == self._campaign.list_id),
-                        ).outerjoin(db.subscribers, s.id == d.subscriber_id)
-                    )
-                    .where(d.campaign_id == self._campaign.id, d.state == db.PENDING, d.batch_id.is_(None))
-                    .order_by(d.id)
-                    .limit(self._settings.batch_size)
-                ).all()
-            if not rows:
-                return None
-            recipients = [
-                Recipient(row.id, row.subscriber_id, row.email, row.name)
-                for row in rows
-                if row.status == db.SUBSCRIBED
-            ]
-            skipped: dict[str, list[int]] = {}
-            for row in rows:
-                if row.status != db.SUBSCRIBED:
-                    skipped.setdefault(_SKIP_REASONS.get(row.status, _SKIP_REASONS[None]), []).append(row.id)
-            now = self._settings.clock()
-            batch_id = None
-            with self._engine.begin() as conn:
-                self._claim.touch(conn)
-                for reason, ids in skipped.items():
-                    conn.execute(
-                        db.deliveries.update()
-                        .where(d.id.in_(ids), d.state == db.PENDING)
-                        .values(state=db.SKIPPED, error=reason, updated_at=now)
-                    )
-                if recipients:
-                    batch_id = conn.execute(
-                        db.batches.insert().values(
-                            campaign_id=self._campaign.id,
-                            state=db.IN_FLIGHT,
-                            size=len(recipients),
-                            started_at=now,
-                        )
-                    ).inserted_primary_key[0]
-                    # Every pending, unbatched row up to the last one read is in this batch.
-                    marked = conn.execute(
-                        db.deliveries.update()
-                        .where(
-                            d.campaign_id == self._campaign.id,
-                            d.state == db.PENDING,
-                            d.batch_id.is_(None),
-                            d.id <= rows[-1].id,
-                        )
-                        .values(batch_id=batch_id, state=db.IN_FLIGHT, updated_at=now)
-                    ).rowcount
-                    if marked != len(recipients):
-                        raise SendError(
-                            f"batch {batch_id}: expected {len(recipients)} pending recipients, found "
-                            f"{marked}; another process is writing this campaign"
-                        )
-            skipped_count = sum(len(ids) for ids in skipped.values())
-            self._move({db.SKIPPED: skipped_count, db.PENDING: -len(rows), db.IN_FLIGHT: len(recipients)})
-            if batch_id is not None:
-                return batch_id, recipients
+    def _mark(self, mark: Callable[..., Marked], *args: object) -> Marked:
+        """In the worker thread: mark a batch and register it live at once, before any await."""
+        batch = mark(*args, self._bodies.body)
+        if batch.batch_id is not None and batch.body is not None:
+            self._live[batch.batch_id] = Exchange(batch.batch_id, batch.recipients, batch.body)
+        return batch
 
-    async def _send(self, batch_id: int, recipients: list[Recipient]) -> None:
-        body = self._bodies.body(recipients)
+    def _marked(self, batch: Marked, source: str) -> None:
+        self._move({source: -batch.read, db.SKIPPED: batch.skipped, db.IN_FLIGHT: len(batch.recipients)})
+
+    async def _refresh(self, exchange: Exchange) -> bool:
+        """Before a retry: drop who left the list meanwhile; False when nobody is left."""
+        batch = await self._db(self._store.recheck, exchange, self._bodies.body)
+        self._marked(batch, db.IN_FLIGHT)
+        if batch.batch_id is None:
+            self._live.pop(exchange.batch_id, None)
+            return False
+        exchange.recipients = batch.recipients
+        exchange.body = batch.body or exchange.body
+        return True
+
+    async def _close(self, exchange: Exchange, state: str, *, message_id: str | None = None, error: str | None = None) -> None:
+        await self._db(self._store.close, exchange.batch_id, state, message_id=message_id, error=error)
+        self._live.pop(exchange.batch_id, None)
+        size = len(exchange.recipients)
+        target = db.PENDING if state in (db.SPLIT, db.RETURNED) else state
+        self._move({db.IN_FLIGHT: -size, target: size})
+
+    async def _send(self, exchange: Exchange) -> None:
         try:
-            answer = await self._requests.post(body)
+            answer = await self._requests.post(exchange, self._refresh)
         except AnswerLost as lost:
-            self._settle(batch_id, len(recipients), db.UNCERTAIN, error=_ANSWER_LOST.format(lost))
+            await self._close(exchange, db.UNCERTAIN, error=_ANSWER_LOST.format(lost))
+            self._halt(
+                SendError(
+                    f"SendGrid's answer to a request was lost ({lost}): its {len(exchange.recipients):,} "
+                    f"recipient(s) are uncertain and are resent only with --resend-uncertain. {_RESUME}"
+                )
+            )
             return
         except RequestNotSent as error:
-            self._give_back(batch_id, len(recipients), f"could not reach SendGrid: {error}")
+            await self._close(exchange, db.RETURNED, error=f"could not reach SendGrid: {error}")
             self._halt(
                 SendError(
                     f"could not reach SendGrid at {self._settings.sendgrid_api_url} "
-                    f"({self._settings.max_retries} retries; last: {error}). Nothing more was sent; "
-                    f"run the same command again to resume."
+                    f"({self._settings.max_retries} retries; last: {error}). {_RESUME}"
                 )
             )
             return
+        except RequestImpossible as error:
+            await self._close(exchange, db.RETURNED, error=str(error))
+            self._halt(SendError(f"{error}. {_RESUME}"))
+            return
+        except Emptied:
+            return  # everyone in it left the list before a retry; the recheck closed it
+        recipients = exchange.recipients
         if answer.accepted:
-            self._settle(batch_id, len(recipients), db.SENT, message_id=answer.message_id)
+            await self._close(exchange, db.SENT, message_id=answer.message_id)
         elif answer.status in (401, 403):
-            self._give_back(batch_id, len(recipients), answer.reason)
-            self._halt(
-                SendGridAuthError(
-                    f"SendGrid refused the API key ({answer.status}): check SENDGRID_API_KEY and that "
-                    f"the key has the Mail Send permission. Nothing more was sent; run the same "
-                    f"command again to resume."
-                )
-            )
+            await self._close(exchange, db.RETURNED, error=answer.reason)
+            self._halt(SendGridAuthError(f"{auth_refused(answer.status)}. {_RESUME}"))
         elif answer.retryable:
-            self._give_back(batch_id, len(recipients), answer.reason)
-            self._halt(
-                SendError(
-                    f"{answer.reason}, still after {self._settings.max_retries} retries. Nothing more "
-                    f"was sent; run the same command again later to resume."
-                )
-            )
-        elif _names_recipients(answer) and len(recipients) > 1:
-            await self._split(batch_id, recipients, answer.reason)
-        elif _names_recipients(answer) and answer.status == 400:
-            self._settle(batch_id, 1, db.FAILED, error=answer.reason)
+            await self._close(exchange, db.RETURNED, error=answer.reason)
+            self._halt(SendError(f"{answer.reason}, still after {self._settings.max_retries} retries. {_RESUME}"))
+        elif _blames_recipients(answer) and len(recipients) == 1:
+            await self._close(exchange, db.FAILED, error=answer.reason)
+        elif (_blames_recipients(answer) or answer.status == 413) and len(recipients) > 1:
+            await self._split(exchange, answer)
         else:
-            self._give_back(batch_id, len(recipients), answer.reason)
+            await self._close(exchange, db.RETURNED, error=answer.reason)
             self._halt(
                 SendError(
-                    f"SendGrid refused the message itself: {answer.reason}. Nothing more was sent; "
-                    f"fix the cause and run the same command again to resume."
+                    f"SendGrid refused the message itself: {answer.reason}. Nothing more was sent; fix "
+                    f"the cause and run the same command again to resume."
                 )
             )
 
-    async def _split(self, batch_id: int, recipients: list[Recipient], reason: str) -> None:
-        """A 400 names one bad recipient at most per request: halve until each is alone."""
-        d, b = db.deliveries.c, db.batches.c
-        now = self._settings.clock()
-        with self._engine.begin() as conn:
-            conn.execute(
-                db.batches.update()
-                .where(b.id == batch_id, b.state == db.IN_FLIGHT)
-                .values(state=db.SPLIT, error=reason, finished_at=now)
-            )
-            conn.execute(
-                db.deliveries.update()
-                .where(d.batch_id == batch_id, d.state == db.IN_FLIGHT)
-                .values(state=db.PENDING, updated_at=now)
-            )
-        self._move({db.IN_FLIGHT: -len(recipients), db.PENDING: len(recipients)})
-        middle = len(recipients) // 2
-        for half in (recipients[:middle], recipients[middle:]):
+    async def _split(self, exchange: Exchange, answer: Answer) -> None:
+        """Send the batch again in parts that isolate the recipients SendGrid named (or in halves),
+        each part re-reading who is still subscribed."""
+        parts = _parts(answer, exchange.recipients)
+        await self._close(exchange, db.SPLIT, error=answer.reason)
+        for part in parts:
             if self._stop is not None:
                 return  # the rest stays pending; the next run rebatches it
             await self._limiter.wait()
-            now = self._settings.clock()
-            with self._engine.begin() as conn:
-                self._claim.touch(conn)
-                child = conn.execute(
-                    db.batches.insert().values(
-                        campaign_id=self._campaign.id, state=db.IN_FLIGHT, size=len(half), started_at=now
-                    )
-                ).inserted_primary_key[0]
-                conn.execute(
-                    db.deliveries.update()
-                    .where(
-                        d.batch_id == batch_id,
-                        d.state == db.PENDING,
-                        d.id.between(half[0].id, half[-1].id),
-                    )
-                    .values(batch_id=child, state=db.IN_FLIGHT, updated_at=now)
-                )
-            self._move({db.PENDING: -len(half), db.IN_FLIGHT: len(half)})
-            await self._send(child, half)
-
-    def _settle(
-        self, batch_id: int, size: int, state: str, *, message_id: str | None = None, error: str | None = None
-    ) -> None:
-        d, b = db.deliveries.c, db.batches.c
-        now = self._settings.clock()
-        with self._engine.begin() as conn:
-            # Conditional, like every settling: if another process took the claim over meanwhile,
-            # it has already called this batch uncertain, and that stays the record.
-            conn.execute(
-                db.batches.update()
-                .where(b.id == batch_id, b.state == db.IN_FLIGHT)
-                .values(state=state, message_id=message_id, error=error, finished_at=now)
-            )
-            conn.execute(
-                db.deliveries.update()
-                .where(d.batch_id == batch_id, d.state == db.IN_FLIGHT)
-                .values(state=state, message_id=message_id, error=error, updated_at=now)
-            )
-        self._move({db.IN_FLIGHT: -size, state: size})
-
-    def _give_back(self, batch_id: int, size: int, reason: str) -> None:
-        """SendGrid answered without accepting anything: the recipients are pending again."""
-        d, b = db.deliveries.c, db.batches.c
-        now = self._settings.clock()
-        with self._engine.begin() as conn:
-            conn.execute(
-                db.batches.update()
-                .where(b.id == batch_id, b.state == db.IN_FLIGHT)
-                .values(state=db.RETURNED, error=reason, finished_at=now)
-            )
-            conn.execute(
-                db.deliveries.update()
-                .where(d.batch_id == batch_id, d.state == db.IN_FLIGHT)
-                .values(state=db.PENDING, batch_id=None, updated_at=now)
-            )
-        self._move({db.IN_FLIGHT: -size, db.PENDING: size})
+            batch = await self._db(self._mark, self._store.mark_part, exchange.batch_id, part)
+            self._marked(batch, db.PENDING)
+            if batch.batch_id is not None:
+                await self._send(self._live[batch.batch_id])
 
 
-def _names_recipients(answer: Answer) -> bool:
-    """Whether a 400/413 may be about some recipients rather than the message every one shares.
-
-    SendGrid names the offending field; an error about `from`, `content`, `subject`… would fail
-    every half alike, so it stops the send instead of being split down to single recipients."""
-    if answer.status not in (400, 413):
-        return False
+def _blames_recipients(answer: Answer) -> bool:
+    """Whether a 400 is about some recipients rather than the message every one shares: only when
+    SendGrid names fields, and every field it names is in a personalization. An error about `from`,
+    `content`, `subject`, or one naming nothing (a proxy's error page) would fail every part alike,
+    so it stops the send instead of failing each recipient."""
     named = [f for f in answer.fields if f]
-    return all(f.startswith("personalizations") for f in named)
+    return answer.status == 400 and bool(named) and all(f.startswith("personalizations") for f in named)
 
 
-# -- unrecorded sends: dry runs, sandbox validation, test addresses ---------------------------------
-
-
-@dataclass
-class UnrecordedReport:
-    """What a send that records nothing did: one entry per request."""
-
-    requests: int = 0
-    recipients: int = 0
-    accepted: int = 0  # recipients in requests SendGrid accepted
-    problems: list[str] = field(default_factory=list)  # "request N (first@address): reason"
-    message_ids: list[str] = field(default_factory=list)
-
-
-def send_unrecorded(
-    settings: Settings,
-    plan: SendPlan,
-    delivery: Delivery,
-    *,
-    to: Sequence[str] = (),
-    sandbox: bool = False,
-) -> UnrecordedReport:
-    """Send the issue without recording any delivery: to the `to` addresses only (a test), or to
-    who the real send would reach, through an outbox (a dry run) or SendGrid's sandbox mode."""
-    engine = db.engine_for(settings)
-    campaign_id = str(plan.campaign.id) if plan.campaign else "preview"  # no campaign exists yet
-    if to:
-        batches: Iterator[list[Recipient]] = _test_recipients(engine, to, settings.batch_size)
-        campaign_id = None  # a test is no delivery of the issue: the webhook must not count it
-    elif plan.campaign is not None:
-        batches = _unsent(engine, plan.campaign, settings.batch_size, plan.resend_uncertain)
-    else:
-        batches = _members(engine, plan.mailing_list.id, settings.batch_size)
-    bodies = Bodies(settings, plan.content, list_id=plan.mailing_list.id, campaign_id=campaign_id, sandbox=sandbox)
-    return asyncio.run(_push(settings, batches, bodies, delivery))
-
-
-async def _push(
-    settings: Settings, batches: Iterator[list[Recipient]], bodies: Bodies, delivery: Delivery
-) -> UnrecordedReport:
-    limiter = RateLimiter(settings.send_rate_limit)
-    requests = _Requests(delivery, limiter, settings, retry_lost=False)
-    report = UnrecordedReport()
-
-    async def worker() -> None:
-        for recipients in batches:  # the generator is shared: each batch goes to one worker
-            await limiter.wait()
-            report.requests += 1
-            number = report.requests
-            report.recipients += len(recipients)
-            where = f"request {number} ({recipients[0].email}…)"
-            try:
-                answer = await requests.post(bodies.body(recipients))
-            except (AnswerLost, RequestNotSent) as error:
-                report.problems.append(f"{where}: no answer from SendGrid ({error})")
-                continue
-            if answer.status in (401, 403):
-                raise SendGridAuthError(
-                    f"SendGrid refused the API key ({answer.status}): check SENDGRID_API_KEY and that "
-                    f"the key has the Mail Send permission"
-                )
-            if answer.accepted:
-                report.accepted += len(recipients)
-                if answer.message_id:
-                    report.message_ids.append(answer.message_id)
-            else:
-                report.problems.append(f"{where}: {answer.reason}")
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(settings.send_concurrency)))
-    finally:
-        await delivery.aclose()
-    return report
-
-
-def _members(engine: Engine, list_id: int, size: int) -> Iterator[list[Recipient]]:
-    """The list's subscribed members in pages: never all of them in memory."""
-    m, s = db.memberships.c, db.subscribers.c
-    after = 0
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(s.id, s.email, s.name)
-                .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
-                .where(m.list_id == list_id, m.status == db.SUBSCRIBED, s.id > after)
-                .order_by(s.id)
-                .limit(size)
-            ).all()
-        if not rows:
-            return
-        after = rows[-1].id
-        yield [Recipient(0, row.id, row.email, row.name) for row in rows]
-
-
-def _unsent(engine: Engine, campaign: Campaign, size: int, with_uncertain: bool) -> Iterator[list[Recipient]]:
-    """The campaign's recipients a real run would send to now, in pages."""
-    d, m, s = db.deliveries.c, db.memberships.c, db.subscribers.c
-    states = [db.PENDING, db.UNCERTAIN, db.IN_FLIGHT] if with_uncertain else [db.PENDING]
-    after = 0
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(d.id, d.subscriber_id, d.email, s.name)
-                .select_from(
-                    db.deliveries.join(
-                        db.memberships,
-                        (m.subscriber_id == d.subscriber_id) & (m.list_id == campaign.list_id),
-                    ).join(db.subscribers, s.id == d.subscriber_id)
-                )
-                .where(
-                    d.campaign_id == campaign.id,
-                    d.state.in_(states),
-                    m.status == db.SUBSCRIBED,
-                    d.id > after,
-                )
-                .order_by(d.id)
-                .limit(size)
-            ).all()
-        if not rows:
-            return
-        after = rows[-1].id
-        yield [Recipient(row.id, row.subscriber_id, row.email, row.name) for row in rows]
-
-
-def _test_recipients(engine: Engine, addresses: Sequence[str], size: int) -> Iterator[list[Recipient]]:
-    """Test addresses; one that belongs to a subscriber gets that subscriber's own links."""
-    s = db.subscribers.c
-    emails = list(dict.fromkeys(normalise_email(address) for address in addresses))
-    with engine.connect() as conn:
-        known = dict(
-            conn.execute(
-                select(s.email_key, s.id).where(s.email_key.in_([email_key(e) for e in emails]))
-            ).all()
-        )
-    recipients = [Recipient(0, known.get(email_key(email), 0), email, None) for email in emails]
-    for start in range(0, len(recipients), size):
-        yield recipients[start : start + size]
-
-
-def default_outbox(settings: Settings, day: date) -> Path:
-    return settings.path(settings.outbox_dir) / day.isoformat()
+def _parts(answer: Answer, recipients: list[Recipient]) -> list[list[Recipient]]:
+    """Where to cut a refused batch: around each personalization SendGrid names by index
+    ("personalizations.3.to.0.email": the 4th alone), else in halves (a 413 names none)."""
+    named: set[int] = set()
+    for field_name in answer.fields:
+        position = (field_name or "").split(".")[1:2]
+        if position and position[0].isdigit() and int(position[0]) < len(recipients):
+            named.add(int(position[0]))
+    if not named:
+        middle = len(recipients) // 2
+        return [recipients[:middle], recipients[middle:]]
+    parts: list[list[Recipient]] = []
+    start = 0
+    for index in sorted(named):
+        parts += [recipients[start:index], recipients[index : index + 1]]
+        start = index + 1
+    parts.append(recipients[start:])
+    return [part for part in parts if part]
 
 
 # -- status -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    id: int
-    size: int
-    started_at: datetime | None
-    error: str | None
 
 
 @dataclass(frozen=True)
@@ -1052,7 +449,8 @@ class CampaignStatus:
     counts: dict[str, int]
     failures: list[tuple[str, str]]  # (address, SendGrid's reason)
     skipped: dict[str, int]  # reason → recipients
-    uncertain_batches: list[BatchInfo]
+    uncertain_batches: list[BatchInfo]  # answers lost, or left in flight by a sender that died
+    in_flight_batches: list[BatchInfo]  # out right now, by the live sender
     claimed_by: str | None  # the process sending it right now, if any
 
     @property
@@ -1064,7 +462,7 @@ def campaign_status(settings: Settings, day: date | None, list_name: str) -> Cam
     """Where the send of `day`'s issue (by default the list's latest send) to the list stands;
     None if it never started."""
     d, c = db.deliveries.c, db.campaigns.c
-    with db.engine_for(settings).connect() as conn:
+    with db.reading(db.engine_for(settings)) as conn:
         mailing_list = get_list(conn, list_name)
         if day is None:
             latest = conn.execute(
@@ -1079,28 +477,23 @@ def campaign_status(settings: Settings, day: date | None, list_name: str) -> Cam
             (row.email, row.error or "")
             for row in conn.execute(select(d.email, d.error).where(mine, d.state == db.FAILED).order_by(d.id))
         ]
-        skipped = dict(
-            conn.execute(
+        skipped = {
+            reason: number
+            for reason, number in conn.execute(
                 select(d.error, func.count()).where(mine, d.state == db.SKIPPED).group_by(d.error)
-            ).all()
-        )
-        holder = conn.execute(select(c.claimed_by).where(c.id == campaign.id)).scalar()
+            )
+        }
+        claim = conn.execute(select(c.claimed_by, c.claimed_at).where(c.id == campaign.id)).one()
+        live = claim_is_live(claim.claimed_by, claim.claimed_at, settings.clock())
+        # In flight without a live sender: its process died; the next run calls them uncertain.
+        uncertain = [db.UNCERTAIN] if live else [db.UNCERTAIN, db.IN_FLIGHT]
         return CampaignStatus(
             campaign=campaign,
             mailing_list=mailing_list,
             counts=state_counts(conn, campaign.id),
             failures=failures,
             skipped=skipped,
-            uncertain_batches=_uncertain_batches(conn, campaign.id),
-            claimed_by=holder.split("#")[0] if holder else None,
+            uncertain_batches=batch_infos(conn, campaign.id, uncertain),
+            in_flight_batches=batch_infos(conn, campaign.id, [db.IN_FLIGHT]) if live else [],
+            claimed_by=claim.claimed_by.split("#")[0] if live else None,
         )
-
-
-def _uncertain_batches(conn: Connection, campaign_id: int) -> list[BatchInfo]:
-    b = db.batches.c
-    rows = conn.execute(
-        select(b.id, b.size, b.started_at, b.error)
-        .where(b.campaign_id == campaign_id, b.state.in_([db.UNCERTAIN, db.IN_FLIGHT]))
-        .order_by(b.id)
-    )
-    return [BatchInfo(row.id, row.size, row.started_at, row.error) for row in rows]

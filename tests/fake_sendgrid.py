@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ class Behaviour:
     latency: float = 0.0  # seconds before every answer
     hang: float = 60.0
     retry_after: float | None = None  # header on 429s
+    retry_after_as_date: bool = False  # send Retry-After as an HTTP date instead of seconds
     reset_in: float | None = None  # X-RateLimit-Reset (Unix time) this far ahead on 429s
     log: Path | None = None
     keep_bodies: bool = False
@@ -125,7 +127,11 @@ class FakeSendGrid:
             payload = _errors((_REASONS.get(status, "error"), None))
             if status == 429:
                 if behaviour.retry_after is not None:
-                    headers["Retry-After"] = f"{behaviour.retry_after:g}"
+                    headers["Retry-After"] = (
+                        formatdate(time.time() + behaviour.retry_after, usegmt=True)
+                        if behaviour.retry_after_as_date
+                        else f"{behaviour.retry_after:g}"
+                    )
                 if behaviour.reset_in is not None:
                     headers["X-RateLimit-Reset"] = str(int(time.time() + behaviour.reset_in + 0.999))
                 headers["X-RateLimit-Limit"] = "600"

@@ -6,18 +6,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from newsletter import db
+from newsletter import bodies, campaigns, db, send
 from newsletter.config import Settings, load_settings
+from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.subscribers import get_list
 
 from .support import ROOT
 
 API_KEY = "SG.test-key-never-printed"
 LIST = "daily-papers"
+DAY = date(2026, 1, 23)
+CONTENT = bodies.Content("Today's papers", f"<p>hi</p><a href='{UNSUBSCRIBE_TAG}'>unsubscribe</a>", f"hi {UNSUBSCRIBE_TAG}")
 
 
 def configure(project: Path, **overrides: Any) -> Settings:
@@ -92,3 +97,21 @@ def delivery_states(settings: Settings) -> dict[str, tuple[str, str | None, str 
     with db.engine_for(settings).connect() as conn:
         rows = conn.execute(select(d.email, d.state, d.message_id, d.error)).all()
     return {row.email: (row.state, row.message_id, row.error) for row in rows}
+
+
+def settings_for(project: Path, url: str, **overrides: Any) -> Settings:
+    return configure(project, sendgrid_api_url=url, sendgrid_api_key=API_KEY, **overrides)
+
+
+def plan_for(settings: Settings, content: bodies.Content = CONTENT, *, resend_uncertain: bool = False) -> send.SendPlan:
+    """A plan with hand-made content (the rendering is tested elsewhere)."""
+    with db.engine_for(settings).connect() as conn:
+        mailing_list = get_list(conn, LIST)
+        campaign = campaigns.find_campaign(conn, DAY, mailing_list.id)
+        counts = campaigns.state_counts(conn, campaign.id) if campaign else {}
+    again = counts.get("pending", 0) + (counts.get("uncertain", 0) if resend_uncertain else 0)
+    return send.SendPlan(
+        day=DAY, mailing_list=mailing_list, content=campaign.content if campaign else content,
+        campaign=campaign, checks=None, counts=counts, recipients=again if campaign else 0,
+        batch_size=settings.batch_size, resend_uncertain=resend_uncertain,
+    )

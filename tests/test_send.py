@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from newsletter import db, send
+from newsletter import bodies, campaigns, db, send
 from newsletter.errors import SendError
 from newsletter.render import UNSUBSCRIBE_TAG
 from newsletter.subscribers import set_status
@@ -39,12 +39,12 @@ def real_settings(project: Path, fake: FakeSendGrid, **overrides):
 
 def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids(project: Path) -> None:
     settings = configure(project, reply_to="editor@example.com")
-    content = send.Content("Subject", f"<a href='{UNSUBSCRIBE_TAG}'>x</a>", f"bye: {UNSUBSCRIBE_TAG}")
+    content = bodies.Content("Subject", f"<a href='{UNSUBSCRIBE_TAG}'>x</a>", f"bye: {UNSUBSCRIBE_TAG}")
     recipients = [
-        send.Recipient(1, 7, "ann@example.com", "Lee, Ann; Dr."),
-        send.Recipient(2, 9, "bo@example.com", None),
+        bodies.Recipient(1, 7, "ann@example.com", "Lee, Ann; Dr."),
+        bodies.Recipient(2, 9, "bo@example.com", None),
     ]
-    body = send.Bodies(settings, content, list_id=3, campaign_id="12", sandbox=True).body(recipients)
+    body = bodies.Bodies(settings, content, list_id=3, campaign_id="12", sandbox=True).body(recipients)
 
     assert body["content"] == [
         {"type": "text/plain", "value": content.text},
@@ -114,7 +114,7 @@ def test_an_unsubscribe_during_the_send_is_honoured_by_later_batches(project: Pa
     assert "u25@example.com" not in fake.delivered()
     assert len(fake.delivered()) == 29
     assert delivery_states(settings)["u25@example.com"] == ("skipped", None, "unsubscribed before sending")
-    assert report.counts == {**dict.fromkeys(send.STATES, 0), "sent": 29, "skipped": 1}
+    assert report.counts == {**dict.fromkeys(campaigns.STATES, 0), "sent": 29, "skipped": 1}
 
 
 def test_a_finished_send_is_not_repeated(project: Path, fake: FakeSendGrid) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from newsletter import db, send
+from newsletter import bodies, db, send, unrecorded
 from newsletter.delivery import SendGridDelivery, encode_body
 
 from .send_helpers import API_KEY, LIST, configure, seed
@@ -45,8 +45,8 @@ def test_prism_accepts_sandbox_mode_and_test_sends(project: Path, prism_url: str
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 3)
     plan = send.plan_send(settings, DAY, LIST)
-    sandbox = send.send_unrecorded(settings, plan, SendGridDelivery(settings), sandbox=True)
-    test = send.send_unrecorded(settings, plan, SendGridDelivery(settings), to=["someone@example.org"])
+    sandbox = unrecorded.send_unrecorded(settings, plan, SendGridDelivery(settings), sandbox=True)
+    test = unrecorded.send_unrecorded(settings, plan, SendGridDelivery(settings), to=["someone@example.org"])
     assert (sandbox.problems, sandbox.accepted) == ([], 3)
     assert (test.problems, test.accepted) == ([], 1)
 
@@ -56,12 +56,12 @@ def test_prism_does_reject_what_the_sender_must_never_build(project: Path, prism
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 1)
     plan = send.plan_send(settings, DAY, LIST)
-    bodies = send.Bodies(settings, plan.content, list_id=1, campaign_id="1")
-    too_many = bodies.body([send.Recipient(n, n, f"r{n}@example.com", None) for n in range(1, 1002)])
+    builder = bodies.Bodies(settings, plan.content, list_id=1, campaign_id="1")
+    too_many = builder.body([bodies.Recipient(n, n, f"r{n}@example.com", None) for n in range(1, 1002)])
 
     answer = asyncio.run(_post_once(settings, too_many))
     assert answer.status == 400 and any("personalizations" in e for e in answer.errors)
-    anonymous = httpx.post(f"{prism_url}/v3/mail/send", content=encode_body(bodies.body([])), timeout=30)
+    anonymous = httpx.post(f"{prism_url}/v3/mail/send", content=encode_body(builder.body([])), timeout=30)
     assert anonymous.status_code == 401
 
 

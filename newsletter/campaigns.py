@@ -1,0 +1,431 @@
+"""A campaign's records: the campaign row, its recipient snapshot (deliveries) and its batches.
+Every SQL statement of a send is here; newsletter/send.py drives them and holds none.
+
+A delivery is one recipient of one campaign. Its states, each committed before the next step:
+
+    pending ──► in_flight ──► sent        SendGrid answered 202 (its X-Message-Id is kept)
+       │            │    ├──► failed      a 400 isolated to this one address (SendGrid's message kept)
+       │            │    ├──► uncertain   the request may have left but no answer was recorded
+       │            │    ├──► skipped     left the list before a retry or a split half went out
+       │            │    └──► pending     nothing accepted: a 400 whose parts go out again, or a
+       │            │                     401/403/outage/interruption that stops the send
+       │            └──► uncertain        found by the next run: the process died mid-request
+       └──► skipped                       no longer subscribed when its batch was built
+    uncertain ──► pending                 only with --resend-uncertain
+
+Membership is read in the same transaction that marks a batch (FOR SHARE on PostgreSQL, under
+SQLite's write lock otherwise), so an unsubscribe commits either before (the reader is skipped) or
+after the batch was built; retries and the parts of a split batch read it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, and_, func, literal, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from . import db
+from .bodies import Content, Recipient
+from .claim import STALE_AFTER, Claim, aware
+from .config import Settings
+from .errors import SendError
+from .pacing import Exchange
+from .subscribers import MailingList
+
+STATES = (db.SENT, db.FAILED, db.UNCERTAIN, db.SKIPPED, db.PENDING, db.IN_FLIGHT)
+
+_SKIP_REASONS = {
+    db.UNSUBSCRIBED: "unsubscribed before sending",
+    db.BOUNCED: "bounced before sending",
+    db.COMPLAINED: "complained (spam report) before sending",
+    None: "removed from the list before sending",
+}
+PROCESS_DIED = "the sending process stopped before SendGrid's answer was recorded: it may have been delivered"
+INTERRUPTED = "the send was interrupted before SendGrid's answer was recorded: it may have been delivered"
+NOT_POSTED = "the send stopped before this batch's request left"
+EVERYONE_LEFT = "every recipient left the list before the request went out"
+
+# What a batch's closing state makes of the recipients still in flight in it.
+_DELIVERY_STATE = {
+    db.SENT: db.SENT,
+    db.FAILED: db.FAILED,
+    db.UNCERTAIN: db.UNCERTAIN,
+    db.SPLIT: db.PENDING,  # keeps batch_id: its parts are marked from it
+    db.RETURNED: db.PENDING,
+    db.SKIPPED: db.SKIPPED,
+}
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: int
+    issue_date: str
+    list_id: int
+    content: Content
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    id: int
+    size: int
+    started_at: datetime | None
+    error: str | None
+
+
+def find_campaign(conn: Connection, day: date, list_id: int) -> Campaign | None:
+    c = db.campaigns.c
+    row = conn.execute(
+        select(db.campaigns).where(c.issue_date == day.isoformat(), c.list_id == list_id)
+    ).first()
+    if row is None:
+        return None
+    return Campaign(
+        id=row.id,
+        issue_date=row.issue_date,
+        list_id=row.list_id,
+        content=Content(row.subject, row.html, row.text),
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+    )
+
+
+def next_campaign_id(conn: Connection) -> int:
+    """The id the next campaign will get (SQLite gives max + 1; a PostgreSQL sequence may skip)."""
+    return conn.execute(select(func.coalesce(func.max(db.campaigns.c.id), 0) + 1)).scalar_one()
+
+
+def start_campaign(settings: Settings, day: date, mailing_list: MailingList, content: Content) -> Campaign:
+    """The campaign for (day, list), created with its content and recipient snapshot in one
+    transaction if it does not exist yet (an existing one is returned unchanged)."""
+    engine = db.engine_for(settings)
+    try:
+        with engine.begin() as conn:
+            existing = find_campaign(conn, day, mailing_list.id)
+            if existing is not None:
+                return existing
+            now = settings.clock()
+            campaign_id = conn.execute(
+                db.campaigns.insert().values(
+                    issue_date=day.isoformat(),
+                    list_id=mailing_list.id,
+                    subject=content.subject,
+                    html=content.html,
+                    text=content.text,
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]
+            m, s = db.memberships.c, db.subscribers.c
+            snapshot = (
+                select(literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS))
+                .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
+                .where(m.list_id == mailing_list.id, m.status == db.SUBSCRIBED)
+                .order_by(s.id)
+            )
+            conn.execute(
+                db.deliveries.insert().from_select(
+                    ["campaign_id", "subscriber_id", "email", "state", "updated_at"], snapshot
+                )
+            )
+    except IntegrityError as error:
+        # The one expected cause: another process created the same campaign between our look and
+        # our insert (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two).
+        with db.reading(engine) as conn:
+            raced = find_campaign(conn, day, mailing_list.id)
+        if raced is None:
+            raise SendError(
+                f"could not record the {day.isoformat()} campaign for list {mailing_list.name!r}: the "
+                f"database refused it ({type(error.orig).__name__}); nothing was sent"
+            ) from None
+        return raced
+    return Campaign(campaign_id, day.isoformat(), mailing_list.id, content, now, None)
+
+
+def state_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
+    d = db.deliveries.c
+    counts = dict.fromkeys(STATES, 0)
+    rows = conn.execute(
+        select(d.state, func.count()).where(d.campaign_id == campaign_id).group_by(d.state)
+    )
+    counts.update({state: number for state, number in rows})
+    return counts
+
+
+def count_subscribed(conn: Connection, list_id: int) -> int:
+    m = db.memberships.c
+    return conn.execute(
+        select(func.count()).where(m.list_id == list_id, m.status == db.SUBSCRIBED)
+    ).scalar_one()
+
+
+# -- the recipient selector -------------------------------------------------------------------------
+
+# A delivery row (id, subscriber_id, email, name) and its subscriber's membership status now.
+Found = tuple[Any, str | None]
+
+
+def _with_status(
+    conn: Connection, list_id: int, where: ColumnElement[bool], limit: int | None, *, lock: bool
+) -> list[Found]:
+    """Deliveries matching `where`, by id, each with its subscriber's membership status now (None
+    once removed). With `lock`, the memberships stay locked until the transaction ends (PostgreSQL's
+    FOR SHARE; SQLite's write lock already covers them), so no unsubscribe commits in between."""
+    d, m, s = db.deliveries.c, db.memberships.c, db.subscribers.c
+    query = (
+        select(d.id, d.subscriber_id, d.email, s.name)
+        .select_from(db.deliveries.outerjoin(db.subscribers, s.id == d.subscriber_id))
+        .where(where)
+        .order_by(d.id)
+    )
+    rows = conn.execute(query if limit is None else query.limit(limit)).all()
+    if not rows:
+        return []
+    # A separate query: FOR SHARE cannot lock the nullable side of an outer join.
+    statuses = select(m.subscriber_id, m.status).where(
+        m.list_id == list_id, m.subscriber_id.in_([row.subscriber_id for row in rows])
+    )
+    status = dict(conn.execute(statuses.with_for_update(read=True) if lock else statuses).all())
+    return [(row, status.get(row.subscriber_id)) for row in rows]
+
+
+def read_page(
+    conn: Connection, campaign: Campaign, *, states: Sequence[str], after: int, limit: int, unbatched: bool, lock: bool
+) -> list[Found]:
+    """The next `limit` deliveries after id `after` in `states`. The one recipient selector: a real
+    run builds each batch from a page of it, and a dry run pages through it the same way, so the
+    dry run's requests are exactly the real run's."""
+    d = db.deliveries.c
+    where = and_(d.campaign_id == campaign.id, d.state.in_(states), d.id > after)
+    if unbatched:
+        where = and_(where, d.batch_id.is_(None))  # not a part of a batch being split right now
+    return _with_status(conn, campaign.list_id, where, limit, lock=lock)
+
+
+def sort_page(rows: Iterable[Found]) -> tuple[list[Recipient], dict[str, list[int]]]:
+    """Who of a page gets the issue, and who left the list (skip reason → delivery ids)."""
+    recipients: list[Recipient] = []
+    leavers: dict[str, list[int]] = {}
+    for row, status in rows:
+        if status == db.SUBSCRIBED:
+            recipients.append(Recipient(row.id, row.subscriber_id, row.email, row.name))
+        else:
+            leavers.setdefault(_SKIP_REASONS.get(status, _SKIP_REASONS[None]), []).append(row.id)
+    return recipients, leavers
+
+
+# -- the batch store --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marked:
+    """What marking a batch did: `read` rows left their state, `skipped` of them as leavers, the
+    rest are `recipients` of batch `batch_id` (None: nobody left to send to) with its `body`."""
+
+    batch_id: int | None
+    recipients: list[Recipient]
+    body: dict[str, Any] | None
+    read: int
+    skipped: int
+
+
+Build = Callable[[list[Recipient]], dict[str, Any]]
+
+
+class BatchStore:
+    """The SQL of one campaign's send, each method one transaction (blocking: the sender calls
+    them from a worker thread). Every batch transaction first checks the claim."""
+
+    def __init__(self, settings: Settings, campaign: Campaign, claim: Claim) -> None:
+        self._engine: Engine = db.engine_for(settings)
+        self._clock = settings.clock
+        self._campaign = campaign
+        self._claim = claim
+
+    def open(self, resend_uncertain: bool) -> dict[str, int]:
+        """Take the claim, settle what an earlier run left behind; the counts by state."""
+        b, d = db.batches.c, db.deliveries.c
+        with self._engine.begin() as conn:
+            self._claim.acquire(conn)
+            now = self._clock()
+            mine_b, mine_d = b.campaign_id == self._campaign.id, d.campaign_id == self._campaign.id
+            # Its process died between marking the batch and recording the answer.
+            conn.execute(
+                db.batches.update()
+                .where(mine_b, b.state == db.IN_FLIGHT)
+                .values(state=db.UNCERTAIN, error=PROCESS_DIED, finished_at=now)
+            )
+            conn.execute(
+                db.deliveries.update()
+                .where(mine_d, d.state == db.IN_FLIGHT)
+                .values(state=db.UNCERTAIN, error=PROCESS_DIED, updated_at=now)
+            )
+            # The untried parts of a batch split after a 400: rebatched like any pending row.
+            conn.execute(
+                db.deliveries.update()
+                .where(mine_d, d.state == db.PENDING, d.batch_id.is_not(None))
+                .values(batch_id=None)
+            )
+            if resend_uncertain:
+                conn.execute(
+                    db.deliveries.update()
+                    .where(mine_d, d.state == db.UNCERTAIN)
+                    .values(state=db.PENDING, batch_id=None, message_id=None, error=None, updated_at=now)
+                )
+                conn.execute(db.batches.update().where(mine_b, b.state == db.UNCERTAIN).values(state=db.RESENT))
+            return state_counts(conn, self._campaign.id)
+
+    def touch(self) -> None:
+        with self._engine.begin() as conn:
+            self._claim.touch(conn)
+
+    def mark_next(self, limit: int, build: Build) -> Marked:
+        """Mark the next batch in flight, skipping who left the list. The body is built before the
+        commit: if building fails, nothing is marked."""
+        read = skipped = 0
+        while True:
+            with self._engine.begin() as conn:
+                self._claim.check(conn)
+                rows = read_page(
+                    conn, self._campaign, states=[db.PENDING], after=0, limit=limit, unbatched=True, lock=True
+                )
+                if not rows:
+                    return Marked(None, [], None, read, skipped)
+                d = db.deliveries.c
+                # Every pending, unbatched row up to the last one read is in this page.
+                page = and_(
+                    d.campaign_id == self._campaign.id,
+                    d.state == db.PENDING,
+                    d.batch_id.is_(None),
+                    d.id <= rows[-1][0].id,
+                )
+                marked = self._mark(conn, rows, page, build)
+            read += marked.read
+            skipped += marked.skipped
+            if marked.batch_id is not None:
+                return Marked(marked.batch_id, marked.recipients, marked.body, read, skipped)
+
+    def mark_part(self, parent_id: int, part: Sequence[Recipient], build: Build) -> Marked:
+        """Mark one part of a split batch in flight as a batch of its own, re-reading membership."""
+        d = db.deliveries.c
+        where = and_(d.batch_id == parent_id, d.state == db.PENDING, d.id.between(part[0].id, part[-1].id))
+        with self._engine.begin() as conn:
+            self._claim.check(conn)
+            rows = _with_status(conn, self._campaign.list_id, where, None, lock=True)
+            return self._mark(conn, rows, where, build)
+
+    def recheck(self, exchange: Exchange, build: Build) -> Marked:
+        """Before a retry: who of the batch has left the list since is skipped; the rest stay."""
+        d, b = db.deliveries.c, db.batches.c
+        where = and_(d.batch_id == exchange.batch_id, d.state == db.IN_FLIGHT)
+        with self._engine.begin() as conn:
+            self._claim.check(conn)
+            rows = _with_status(conn, self._campaign.list_id, where, None, lock=True)
+            recipients, leavers = sort_page(rows)
+            skipped = self._skip(conn, leavers)
+            if not recipients:
+                self._close(conn, exchange.batch_id, db.SKIPPED, error=EVERYONE_LEFT)
+                return Marked(None, [], None, len(rows), skipped)
+            body = build(recipients) if skipped else exchange.body
+            conn.execute(db.batches.update().where(b.id == exchange.batch_id).values(size=len(recipients)))
+            return Marked(exchange.batch_id, recipients, body, len(rows), skipped)
+
+    def _mark(
+        self, conn: Connection, rows: list[Found], where: ColumnElement[bool], build: Build
+    ) -> Marked:
+        recipients, leavers = sort_page(rows)
+        skipped = self._skip(conn, leavers)
+        if not recipients:
+            return Marked(None, [], None, len(rows), skipped)
+        body = build(recipients)
+        now = self._clock()
+        batch_id = conn.execute(
+            db.batches.insert().values(
+                campaign_id=self._campaign.id, state=db.IN_FLIGHT, size=len(recipients), started_at=now
+            )
+        ).inserted_primary_key[0]
+        marked = conn.execute(
+            db.deliveries.update().where(where).values(batch_id=batch_id, state=db.IN_FLIGHT, updated_at=now)
+        ).rowcount
+        if marked != len(recipients):
+            raise SendError(
+                f"batch {batch_id}: expected {len(recipients)} pending recipients, found {marked}; "
+                f"another process is writing this campaign"
+            )
+        return Marked(batch_id, recipients, body, len(rows), skipped)
+
+    def _skip(self, conn: Connection, leavers: dict[str, list[int]]) -> int:
+        d = db.deliveries.c
+        for reason, ids in leavers.items():
+            conn.execute(
+                db.deliveries.update()
+                .where(d.id.in_(ids), d.state.in_([db.PENDING, db.IN_FLIGHT]))
+                .values(state=db.SKIPPED, error=reason, updated_at=self._clock())
+            )
+        return sum(len(ids) for ids in leavers.values())
+
+    def close(self, batch_id: int, state: str, *, message_id: str | None = None, error: str | None = None) -> None:
+        with self._engine.begin() as conn:
+            self._close(conn, batch_id, state, message_id=message_id, error=error)
+
+    def _close(
+        self, conn: Connection, batch_id: int, state: str, *, message_id: str | None = None, error: str | None = None
+    ) -> None:
+        """Settle an in-flight batch and its recipients still in flight. Conditional on in_flight:
+        if another process took the claim over meanwhile, it has already called this batch
+        uncertain, and that stays the record."""
+        d, b = db.deliveries.c, db.batches.c
+        now = self._clock()
+        conn.execute(
+            db.batches.update()
+            .where(b.id == batch_id, b.state == db.IN_FLIGHT)
+            .values(state=state, message_id=message_id, error=error, finished_at=now)
+        )
+        target = _DELIVERY_STATE[state]
+        values: dict[str, Any] = {"state": target, "updated_at": now}
+        if target == state:  # a final state keeps SendGrid's word on it
+            values.update(message_id=message_id, error=error)
+        if state == db.RETURNED:
+            values["batch_id"] = None
+        conn.execute(db.deliveries.update().where(d.batch_id == batch_id, d.state == db.IN_FLIGHT).values(**values))
+
+    def finish(self, left: Iterable[Exchange]) -> tuple[dict[str, int], bool, list[BatchInfo]]:
+        """End the run: batches `left` in flight go back (or become uncertain if a request of them
+        may have reached SendGrid), the campaign is finished if nobody is left, the claim released.
+        Returns the counts, whether it finished, and the uncertain batches."""
+        with self._engine.begin() as conn:
+            for exchange in left:
+                if exchange.maybe_delivered:
+                    self._close(conn, exchange.batch_id, db.UNCERTAIN, error=INTERRUPTED)
+                else:
+                    self._close(conn, exchange.batch_id, db.RETURNED, error=NOT_POSTED)
+            counts = state_counts(conn, self._campaign.id)
+            finished = counts[db.PENDING] == 0 and counts[db.IN_FLIGHT] == 0
+            if finished:
+                conn.execute(
+                    db.campaigns.update()
+                    .where(db.campaigns.c.id == self._campaign.id)
+                    .values(finished_at=self._clock())
+                )
+            self._claim.release(conn)
+            return counts, finished, batch_infos(conn, self._campaign.id, [db.UNCERTAIN])
+
+
+def batch_infos(conn: Connection, campaign_id: int, states: Sequence[str]) -> list[BatchInfo]:
+    b = db.batches.c
+    rows = conn.execute(
+        select(b.id, b.size, b.started_at, b.error)
+        .where(b.campaign_id == campaign_id, b.state.in_(states))
+        .order_by(b.id)
+    )
+    return [BatchInfo(row.id, row.size, row.started_at, row.error) for row in rows]
+
+
+def claim_is_live(claimed_by: str | None, claimed_at: datetime | None, now: datetime) -> bool:
+    """Whether a sender holds the claim and renewed it recently (its in-flight batches are live)."""
+    return claimed_by is not None and claimed_at is not None and now - aware(claimed_at) < STALE_AFTER

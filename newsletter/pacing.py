@@ -1,0 +1,120 @@
+"""Pacing and retrying mail/send requests: a rate limiter shared by every worker, and the retry loop
+that decides which failures may be repeated without risking a second delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .bodies import Recipient
+from .config import Settings
+from .delivery import Answer, AnswerLost, Delivery, RequestImpossible, RequestNotSent
+
+# Capped exponential backoff with jitter; a wait SendGrid asks for is honoured up to a cap.
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+MAX_SERVER_WAIT = 300.0
+
+
+class RateLimiter:
+    """Spaces request starts 1/rate apart across every worker; a 429 holds everyone back."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def hold(self, seconds: float) -> None:
+        self._next = max(self._next, asyncio.get_running_loop().time() + seconds)
+
+
+@dataclass
+class Exchange:
+    """One batch's dealings with SendGrid: who is in it, the body, and whether a request of it may
+    have reached SendGrid without its answer being known (then resending could deliver twice)."""
+
+    batch_id: int  # 0 outside a campaign
+    recipients: list[Recipient]
+    body: dict[str, Any]
+    out: bool = False  # a request is on its way and not answered yet
+    lost: bool = False  # a request's answer was lost
+
+    @property
+    def maybe_delivered(self) -> bool:
+        return self.out or self.lost
+
+
+class Emptied(Exception):
+    """A refresh before a retry found nobody left to send the batch to."""
+
+
+# Before a retry: rebuild the exchange (dropping who left the list); False when nobody is left.
+Refresh = Callable[[Exchange], Awaitable[bool]]
+
+
+class Requests:
+    """One exchange's body to SendGrid, retrying 429, 5xx and requests that never left (and lost
+    answers only when `retry_lost`). Returns the last answer; raises RequestNotSent, AnswerLost,
+    RequestImpossible, or Emptied when a refresh left nobody to send to."""
+
+    def __init__(self, delivery: Delivery, limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
+        self._delivery = delivery
+        self._limiter = limiter
+        self._max_retries = settings.max_retries
+        self._retry_lost = retry_lost
+        self._random = random.Random()
+        self.count = 0
+
+    async def post(self, exchange: Exchange, refresh: Refresh | None = None) -> Answer:
+        attempt = 0
+        while True:
+            if attempt:
+                await self._limiter.wait()
+                if refresh is not None and not await refresh(exchange):
+                    raise Emptied
+            self.count += 1
+            asked: float | None = None
+            exchange.out = True
+            try:
+                answer = await self._delivery.send(exchange.body)
+            except RequestImpossible:
+                exchange.out = False
+                raise
+            except RequestNotSent:
+                exchange.out = False
+                if attempt >= self._max_retries:
+                    raise
+            except AnswerLost:
+                exchange.out, exchange.lost = False, True
+                if not self._retry_lost or attempt >= self._max_retries:
+                    raise
+            else:
+                exchange.out = False
+                if not answer.retryable or attempt >= self._max_retries:
+                    return answer
+                asked = answer.retry_after
+            attempt += 1
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+            delay = self._random.uniform(delay / 2, delay)
+            if asked is not None:
+                # Everyone waits for the reset; the jitter keeps the workers from returning at once.
+                delay = min(asked, MAX_SERVER_WAIT) + self._random.uniform(0, 0.25)
+                self._limiter.hold(delay)
+            await asyncio.sleep(delay)
+
+
+def auth_refused(status: int) -> str:
+    """What a 401/403 means, whoever met it."""
+    return (
+        f"SendGrid refused the API key ({status}): check SENDGRID_API_KEY and that the key has the "
+        f"Mail Send permission"
+    )
