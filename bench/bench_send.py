@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 from sendgrid import SendGridAPIClient  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from newsletter import bodies, db, send  # noqa: E402
+from newsletter import db, send  # noqa: E402
 from newsletter.config import Settings  # noqa: E402
+from newsletter.send import bodies  # noqa: E402
 from tests.send_helpers import API_KEY, LIST, configure  # noqa: E402
 from tests.support import free_port, running  # noqa: E402
 

@@ -17,11 +17,11 @@ from .errors import NewsletterError
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from .campaigns import BatchInfo
     from .delivery import Delivery, OutboxDelivery
     from .send import SendPlan, SendReport
+    from .send.campaigns import BatchInfo
+    from .send.unrecorded import UnrecordedReport
     from .subscriber_csv import ImportReport
-    from .unrecorded import UnrecordedReport
 
 # Tracebacks with local variables could print a secret; a NewsletterError prints only its message.
 app = typer.Typer(
@@ -220,7 +220,7 @@ def send(
     from . import send as sending
     from .delivery import OutboxDelivery, SendGridDelivery
     from .errors import CheckFailed
-    from .unrecorded import default_outbox, send_unrecorded
+    from .send.unrecorded import default_outbox, send_unrecorded
 
     settings = settings_from(ctx)
     day = sending.issue_day(settings, date.date() if date else None)
@@ -289,7 +289,14 @@ def _counts_line(counts: dict[str, int]) -> str:
 
 
 def _send_with_progress(settings: Settings, plan: SendPlan, delivery: Delivery) -> SendReport:
-    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     from . import send as sending

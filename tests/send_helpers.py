@@ -12,9 +12,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from newsletter import bodies, campaigns, db, send
+from newsletter import db, send
 from newsletter.config import Settings, load_settings
 from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.send import bodies, campaigns
 from newsletter.subscribers import get_list
 
 from .support import ROOT

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from newsletter import bodies, campaigns, db, send
+from newsletter import db, send
 from newsletter.errors import SendError
 from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.send import bodies, campaigns
 from newsletter.subscribers import set_status
 from newsletter.tokens import UnsubscribeLinks
 

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from newsletter import bodies, db, send, unrecorded
+from newsletter import db, send
 from newsletter.delivery import SendGridDelivery, encode_body
+from newsletter.send import bodies, unrecorded
 
 from .send_helpers import API_KEY, LIST, configure, seed
 from .support import prism

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from newsletter import bodies, claim, db, send, unrecorded
+from newsletter import db, send
 from newsletter.delivery import SendGridDelivery
 from newsletter.errors import SendError, SendGridAuthError, SendInProgress
+from newsletter.send import bodies, claim, unrecorded
 
 from .fake_sendgrid import FakeSendGrid
 from .send_helpers import (

@@ -20,9 +20,10 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import inspect, select
 
-from newsletter import db, send, unrecorded
+from newsletter import db, send
 from newsletter.delivery import OutboxDelivery
 from newsletter.errors import SendError
+from newsletter.send import unrecorded
 from newsletter.subscribers import MailingList, set_status
 
 from .fake_sendgrid import FakeSendGrid

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Settings
-from .errors import SendError
-from .render import UNSUBSCRIBE_TAG
-from .tokens import UnsubscribeLinks
+from ..config import Settings
+from ..errors import SendError
+from ..render import UNSUBSCRIBE_TAG
+from ..tokens import UnsubscribeLinks
 
 # SendGrid refuses a personalization whose substitutions and custom_args total this many bytes.
 PERSONAL_DATA_LIMIT = 10_000

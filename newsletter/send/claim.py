@@ -18,9 +18,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from . import db
-from .config import Settings
-from .errors import SendInProgress
+from .. import db
+from ..config import Settings
+from ..errors import SendInProgress
 
 HEARTBEAT = timedelta(seconds=10)
 STALE_AFTER = timedelta(seconds=60)

@@ -29,13 +29,13 @@ from sqlalchemy import ColumnElement, Engine, and_, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from . import db
+from .. import db
+from ..config import Settings
+from ..errors import SendError
+from ..subscribers import MailingList
 from .bodies import Content, Recipient
 from .claim import STALE_AFTER, Claim, aware
-from .config import Settings
-from .errors import SendError
 from .pacing import Exchange
-from .subscribers import MailingList
 
 STATES = (db.SENT, db.FAILED, db.UNCERTAIN, db.SKIPPED, db.PENDING, db.IN_FLIGHT)
 

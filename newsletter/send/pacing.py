@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import Settings
+from ..delivery import Answer, AnswerLost, Delivery, RequestImpossible, RequestNotSent
 from .bodies import Recipient
-from .config import Settings
-from .delivery import Answer, AnswerLost, Delivery, RequestImpossible, RequestNotSent
 
 # Capped exponential backoff with jitter; a wait SendGrid asks for is honoured up to a cap.
 BACKOFF_BASE = 0.5

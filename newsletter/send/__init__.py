@@ -1,9 +1,9 @@
 """Sending an issue to a list, once: planning, the send loop, and where a send stands.
 
-The pieces: newsletter/bodies.py builds request bodies, pacing.py paces and retries them,
-delivery.py moves them, claim.py keeps a second process out, campaigns.py holds every SQL statement
+The pieces, in this package: bodies.py builds request bodies, pacing.py paces and retries them,
+newsletter/delivery.py moves them, claim.py keeps a second process out, campaigns.py holds every SQL statement
 (and the delivery state machine), unrecorded.py does the sends that record nothing (dry run, test
-addresses, sandbox). This module holds the public entry points: plan_send, send_campaign,
+addresses, sandbox). This __init__ holds the public entry points: plan_send, send_campaign,
 campaign_status.
 
 A batch is marked in_flight (with its recipients, its body already built) in the database before
@@ -30,7 +30,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import func, select
 
-from . import db
+from .. import db
+from ..config import Settings
+from ..delivery import (
+    Answer,
+    AnswerLost,
+    Delivery,
+    RequestImpossible,
+    RequestNotSent,
+    SendGridDelivery,
+)
+from ..errors import SendError, SendGridAuthError, SendInProgress
+from ..subscribers import MailingList, get_list
 from .bodies import Bodies, Content, Recipient
 from .campaigns import (
     BatchInfo,
@@ -45,21 +56,10 @@ from .campaigns import (
     state_counts,
 )
 from .claim import HEARTBEAT, Claim
-from .config import Settings
-from .delivery import (
-    Answer,
-    AnswerLost,
-    Delivery,
-    RequestImpossible,
-    RequestNotSent,
-    SendGridDelivery,
-)
-from .errors import SendError, SendGridAuthError, SendInProgress
 from .pacing import Emptied, Exchange, RateLimiter, Requests, auth_refused
-from .subscribers import MailingList, get_list
 
 if TYPE_CHECKING:
-    from .checks import CheckReport
+    from ..checks import CheckReport
 
 T = TypeVar("T")
 
@@ -140,7 +140,7 @@ def issue_day(settings: Settings, day: date | None) -> date:
     """The issue to send: `day`, or by default the latest digest's."""
     if day is not None:
         return day
-    from .digest import load_digest
+    from ..digest import load_digest
 
     return load_digest(settings).date
 
@@ -148,9 +148,9 @@ def issue_day(settings: Settings, day: date | None) -> date:
 def render_and_check(settings: Settings, day: date) -> tuple[Content, CheckReport]:
     """Render the day's issue once and run the pre-send checks on it."""
     # Imported here: rendering pulls in MJML and premailer, which status and resumes never need.
-    from .checks import run_checks
-    from .digest import load_digest
-    from .render import render_issue
+    from ..checks import run_checks
+    from ..digest import load_digest
+    from ..render import render_issue
 
     issue = render_issue(load_digest(settings, day), settings)
     return Content(issue.subject, issue.html, issue.text), run_checks(issue)

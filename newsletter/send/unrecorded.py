@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 
-from . import db
+from .. import db
+from ..config import Settings
+from ..delivery import AnswerLost, Delivery, RequestImpossible, RequestNotSent
+from ..errors import SendError, SendGridAuthError
+from ..subscribers import email_key, normalise_email
 from .bodies import Bodies, Recipient
 from .campaigns import Campaign, next_campaign_id, read_page, sort_page
-from .config import Settings
-from .delivery import AnswerLost, Delivery, RequestImpossible, RequestNotSent
-from .errors import SendError, SendGridAuthError
 from .pacing import Exchange, RateLimiter, Requests, auth_refused
-from .subscribers import email_key, normalise_email
 
 if TYPE_CHECKING:
-    from .send import SendPlan
+    from . import SendPlan
 
 
 @dataclass
