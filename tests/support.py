@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -269,3 +270,17 @@ class ChromiumPage:
         data = base64.b64decode(shot["data"])
         path.write_bytes(data)
         return data
+
+
+def run_newsletter(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The real `newsletter` command in a child process, as a user runs it; `env` adds variables."""
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

@@ -12,7 +12,7 @@ from newsletter import db
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
 
-from .support import ROOT, free_port
+from .support import ROOT, free_port, run_newsletter
 
 
 def test_defaults_work_without_a_config_file(tmp_path: Path) -> None:
@@ -99,13 +99,7 @@ def test_an_api_key_that_cannot_be_a_header_names_the_setting_and_never_the_key(
 def test_a_toml_multi_line_api_key_is_refused_by_the_command_without_showing_it(tmp_path: Path) -> None:
     config = tmp_path / "newsletter.toml"
     config.write_text(f'sendgrid_api_key = """{API_KEY[:10]}\n{API_KEY[10:]}"""\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = run_newsletter("--config", str(config), "subscribers", "sync")
     assert result.returncode == 1
     assert "bad setting 'sendgrid_api_key'" in result.stderr and "Traceback" not in result.stderr
     assert API_KEY[:10] not in result.stderr + result.stdout and API_KEY[10:] not in result.stderr
@@ -158,13 +152,7 @@ def test_a_missing_key_file_is_an_error_and_never_silently_replaced(tmp_path: Pa
 
     with pytest.raises(ConfigError, match="secret key file is missing.*NEWSLETTER_SECRET_KEY"):
         load_settings(config).signing_keys()
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = run_newsletter("--config", str(config), "serve", "--port", str(free_port()))
     assert result.returncode == 1
     assert f"{key_file}: the secret key file is missing" in result.stderr
     assert "Restore it from a backup" in result.stderr and "Traceback" not in result.stderr

@@ -5,9 +5,6 @@ spec's fixed examples): paging, start_time, retries, refusals and an interrupted
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -23,7 +20,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import MissingAPIKey, SendError, SendGridAuthError
 from newsletter.suppressions import sync_suppressions
 
-from .support import ROOT, free_port, prism
+from .support import free_port, prism, run_newsletter
 from .web import add_list, add_subscribers, events_of, status_of, write_config
 
 API_KEY = "SG.test-key-that-must-never-be-printed"
@@ -124,9 +121,9 @@ def test_sync_against_the_spec_with_prism(tmp_path: Path) -> None:
         )
         add_subscribers(settings, weekly, ["user1@example.com"])
 
-        command = [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"]
-        env = {**os.environ, "SENDGRID_API_KEY": API_KEY}
-        first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        command = ("--config", str(config), "subscribers", "sync")
+        env = {"SENDGRID_API_KEY": API_KEY}
+        first = run_newsletter(*command, env=env)
         assert first.returncode == 0, first.stderr
         assert "global unsubscribes: 2 fetched (the whole list)" in first.stdout
         assert "bounces: 2 fetched" in first.stdout and "invalid emails: 2 fetched" in first.stdout
@@ -148,7 +145,7 @@ def test_sync_against_the_spec_with_prism(tmp_path: Path) -> None:
         }
 
         # Prism answers the same examples again: nothing changes the second time.
-        second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        second = run_newsletter(*command, env=env)
         assert second.returncode == 0, second.stderr
         assert "since 2015-09-30 22:12:34 UTC" in second.stdout
         lines = second.stdout.strip().splitlines()
@@ -216,13 +213,7 @@ def test_a_missing_api_key_is_one_clear_error_and_asks_nothing(tmp_path: Path, f
     config = write_config(tmp_path, sendgrid_api_url=fake.url)
     with pytest.raises(MissingAPIKey, match="SENDGRID_API_KEY"):
         sync_suppressions(load_settings(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = run_newsletter("--config", str(config), "subscribers", "sync")
     assert result.returncode == 1
     assert result.stderr.count("SENDGRID_API_KEY is not set") == 1 and "Traceback" not in result.stderr
     assert fake.requests == []
@@ -279,14 +270,7 @@ def test_a_key_from_a_crlf_env_file_is_sent_without_its_line_break(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:
     config = write_config(tmp_path, sendgrid_api_url=fake.url)
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, "SENDGRID_API_KEY": API_KEY + "\r\n"},
-    )
+    result = run_newsletter("--config", str(config), "subscribers", "sync", env={"SENDGRID_API_KEY": API_KEY + "\r\n"})
     assert result.returncode == 0, result.stderr
     assert {authorization for _, _, authorization in fake.requests} == {f"Bearer {API_KEY}"}
 
@@ -298,14 +282,7 @@ def test_a_key_that_cannot_be_a_header_stops_the_sync_before_any_request(
     tmp_path: Path, fake: FakeSendGrid, bad_key: str
 ) -> None:
     config = write_config(tmp_path, sendgrid_api_url=fake.url)
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(config), "subscribers", "sync"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, "SENDGRID_API_KEY": bad_key},
-    )
+    result = run_newsletter("--config", str(config), "subscribers", "sync", env={"SENDGRID_API_KEY": bad_key})
     assert result.returncode == 1
     assert result.stderr.startswith("error: bad setting 'sendgrid_api_key' (SENDGRID_API_KEY")
     assert "Traceback" not in result.stderr and API_KEY[8:20] not in result.stderr + result.stdout
