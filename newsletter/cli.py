@@ -359,19 +359,6 @@ def _print_unrecorded(
     for problem in copies.problems:
         err_console.print(f"[red]✗[/] {escape(problem)}", highlight=False)
     if outbox is not None:
-        console.print(
-            f"Dry run: {len(outbox.files)} request bod{'y' if len(outbox.files) == 1 else 'ies'} written to "
-            f"{outbox.folder} (batch-NNNN.json, exactly what would be POSTed to /v3/mail/send) and the "
-            f"first recipient's message to {outbox.eml}.",
-            highlight=False,
-        )
-        if outbox.html is not None:
-            console.print(
-                f"Preview: {outbox.html.as_uri()} is the HTML that reader would see "
-                "(or run `newsletter preview` for phone and desktop widths).",
-                highlight=False,
-                soft_wrap=True,
-            )
         if to:
             console.print(f"A real test send would mail {len(to)} address(es) and record nothing.", highlight=False)
         elif plan.campaign is None:
@@ -386,7 +373,22 @@ def _print_unrecorded(
                 f"recipient(s) in {copies.requests:,} request(s).",
                 highlight=False,
             )
-        console.print("Nothing was sent and nothing was recorded.")
+        console.print("Dry run: nothing was sent and nothing was recorded.")
+        # Last, so that the paths are what the reader's eye lands on.
+        bodies = f"{len(outbox.files)} request bod{'y' if len(outbox.files) == 1 else 'ies'}"
+        console.print(
+            f"Outbox:  {outbox.folder}/ holds {bodies} (batch-NNNN.json, exactly what would be POSTed to "
+            f"/v3/mail/send) and {outbox.eml.name if outbox.eml else 'no message'}, the message as the "
+            "first recipient would receive it.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if outbox.html is not None:
+            console.print(
+                f"Preview: {outbox.html.as_uri()} (or `newsletter preview` for phone and desktop widths)",
+                highlight=False,
+                soft_wrap=True,
+            )
         return
     console.print(
         f"{copies.accepted:,} of {copies.recipients:,} recipient(s) accepted by SendGrid in {copies.requests:,} "

@@ -194,7 +194,7 @@ def test_a_dry_run_writes_the_exact_requests_and_the_first_message_and_records_n
     assert run.returncode == 0, run.stderr
 
     outbox = project / "outbox" / "2026-01-23"
-    assert str(outbox) in run.stdout.replace("\n", "") and "Nothing was sent" in run.stdout
+    assert str(outbox) in run.stdout.replace("\n", "") and "nothing was sent" in run.stdout
     assert fake.records == []
     files = sorted(outbox.glob("batch-*.json"))
     bodies = [json.loads(path.read_bytes()) for path in files]
