@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
 from newsletter import db
@@ -16,9 +15,8 @@ from newsletter.config import load_settings
 from newsletter.render import DARK, LIGHT
 from newsletter.tokens import UnsubscribeLinks
 
+from .support import CHROMIUM, require_chromium
 from .web import add_list, add_subscribers, serving, write_config
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _png(colour: str) -> bytes:
@@ -106,8 +104,8 @@ def _widest_run(image: Image.Image, colour: str) -> int:
     return best
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (make test-setup)")
 def test_the_confirmation_page_in_a_real_browser(tmp_path: Path) -> None:
+    require_chromium()
     config = write_config(tmp_path)
     settings = load_settings(config)
     list_id = add_list(settings, "daily-papers", "Daily Papers")
