@@ -406,13 +406,16 @@ def _merge(
     s, m, t = db.subscribers.c, db.memberships.c, table.c
     pending = t.outcome.is_(None)
     stamp = literal(now, db.TS)
+    # preserve_rowcount: SQLAlchemy guarantees rowcount for UPDATE and DELETE only; without it an
+    # INSERT … SELECT on PostgreSQL (psycopg) reports -1.
     report.new_subscribers = conn.execute(
         db.subscribers.insert().from_select(
             ["email", "email_key", "name", "attributes", "created_at"],
             select(t.email, t.key, t.name, t.attributes, stamp)
             .where(pending, ~exists().where(s.email_key == t.key))
             .order_by(t.line),
-        )
+        ),
+        execution_options={"preserve_rowcount": True},
     ).rowcount
     staged = db.subscribers.join(table, s.email_key == t.key)
     member = and_(m.list_id == list_id, m.subscriber_id == s.id)
@@ -481,7 +484,8 @@ def _merge(
             select(literal(list_id), s.id, literal(db.SUBSCRIBED), stamp, stamp)
             .select_from(staged)
             .where(joining),
-        )
+        ),
+        execution_options={"preserve_rowcount": True},
     ).rowcount
 
 

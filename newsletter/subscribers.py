@@ -348,8 +348,11 @@ def set_status(
     if source not in db.SOURCES:
         raise ValueError(f"unknown source {source!r}")
     m = db.memberships.c
+    # FOR UPDATE: on PostgreSQL a concurrent change of this membership (a second one-click POST, a
+    # webhook) waits here and then sees this one's status, so a change is made and logged once.
+    # SQLite's BEGIN IMMEDIATE already serialises writers (and SQLAlchemy renders nothing there).
     previous = conn.execute(
-        select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber_id)
+        select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber_id).with_for_update()
     ).scalar()
     if previous == status:
         return False

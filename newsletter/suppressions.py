@@ -52,6 +52,9 @@ def suppress(
     query = select(m.list_id, m.status).where(m.subscriber_id == subscriber_id)
     if list_id is not None:
         query = query.where(m.list_id == list_id)
+    # Locked (PostgreSQL) so that the strength compared is the one overwritten: a complaint
+    # committed meanwhile is not downgraded to a bounce. SQLite's write lock already does this.
+    query = query.with_for_update()
     changed = 0
     for row in conn.execute(query).all():
         if STRENGTH[row.status] < STRENGTH[status]:
