@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make demo   set up, then a dry-run send of the example digest to the example list
-#   make test   set up everything the tests need (Chromium, Korean fonts, Node tools), then run them
+#   make test   set up everything the tests need (Chromium, Korean fonts, PostgreSQL, Node tools), then run them
 
 PYTHON ?= python3
 VENV   := .venv
