@@ -1,5 +1,6 @@
 """Every command the CLI offers is documented in the README, as sqlite-utils checks its own docs."""
 
+import click
 import typer.main
 
 from newsletter.cli import app
@@ -7,7 +8,7 @@ from newsletter.cli import app
 from .support import ROOT
 
 
-def _command_paths(group, prefix: str = "newsletter") -> list[str]:
+def _command_paths(group: click.Group, prefix: str = "newsletter") -> list[str]:
     paths = []
     for name, command in group.commands.items():
         path = f"{prefix} {name}"
