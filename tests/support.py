@@ -275,12 +275,15 @@ class ChromiumPage:
 def run_newsletter(
     *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """The real `newsletter` command in a child process, as a user runs it; `env` adds variables."""
+    """The real `newsletter` command in a child process, as a user runs it; `env` adds variables.
+
+    The checkout is put on the path (the command works without the package installed) and the
+    terminal is made wide, so that rich never wraps a message the test compares."""
     return subprocess.run(
         [sys.executable, "-m", "newsletter", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000", **(env or {})},
     )

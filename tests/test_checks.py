@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -17,9 +14,14 @@ from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.digest import load_digest
 from newsletter.errors import CheckFailed
-from newsletter.render import GMAIL_CLIP_BYTES, UNSUBSCRIBE_TAG, RenderedIssue, render_issue
+from newsletter.render import (
+    GMAIL_CLIP_BYTES,
+    UNSUBSCRIBE_TAG,
+    RenderedIssue,
+    render_issue,
+)
 
-from .support import ROOT
+from .support import run_newsletter
 
 IMAGE = '<img src="https://cdn.example.com/a.png" alt="A paper" width="552" height="290">'
 FOOTER = (
@@ -191,12 +193,7 @@ def test_check_command_fails_with_every_problem(project: Path) -> None:
 
 
 def test_check_command_names_a_missing_digest(project: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "check", "--date", "2026-02-01"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"},
-    )
+    result = run_newsletter("check", "--date", "2026-02-01", cwd=Path.cwd())
 
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import xml.etree.ElementTree as ElementTree
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -22,7 +19,7 @@ from newsletter.errors import NewsletterError, RenderError
 from newsletter.publish import PublishedIssue, publish_issue, published_issues
 from newsletter.render import UNSUBSCRIBE_TAG, RenderedIssue, render_issue
 
-from .support import EXAMPLE_DIGEST, ROOT
+from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 T1 = datetime(2026, 1, 23, 7, 0, tzinfo=timezone.utc)
@@ -197,12 +194,7 @@ def test_publish_command(project: Path) -> None:
 
 
 def test_publish_command_without_a_digest_fails_and_writes_nothing(project: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "publish", "--date", "2026-02-01"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"},
-    )
+    result = run_newsletter("publish", "--date", "2026-02-01", cwd=Path.cwd())
 
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"
@@ -212,12 +204,7 @@ def test_publish_command_without_a_digest_fails_and_writes_nothing(project: Path
 def test_publish_command_with_a_broken_digest_names_the_line(project: Path) -> None:
     (project / "digests" / "2026-01-24.md").write_text("# 2026-01-24 Daily Papers (Top 1)\n\n## 1. No link here\n")
 
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "publish", "--date", "2026-01-24"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"},
-    )
+    result = run_newsletter("publish", "--date", "2026-01-24", cwd=Path.cwd())
 
     assert result.returncode == 1
     where = project / "digests" / "2026-01-24.md"
@@ -261,12 +248,7 @@ def test_the_publish_command_reports_a_template_error_without_a_traceback(projec
     archive = templates / "archive.html.j2"
     archive.write_text(archive.read_text(encoding="utf-8").replace("{{ title }}", "{{ titel }}", 1), encoding="utf-8")
 
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "publish", "--date", "2026-01-23"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000", "NEWSLETTER_TEMPLATES_DIR": str(templates)},
-    )
+    result = run_newsletter("publish", "--date", "2026-01-23", cwd=Path.cwd(), env={"NEWSLETTER_TEMPLATES_DIR": str(templates)})
 
     assert result.returncode == 1
     assert re.search(r"^error: .*archive\.html\.j2:\d+: 'titel' is undefined$", result.stderr.strip()), result.stderr

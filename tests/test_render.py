@@ -3,12 +3,9 @@ plain-text part, no network, template errors, and the `newsletter render` comman
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -31,16 +28,11 @@ from newsletter.render import (
     render_issue,
 )
 
-from .support import ROOT, contrast, write_thumbnails
+from .support import ROOT, contrast, run_newsletter, write_thumbnails
 
 DAY = date(2026, 1, 23)
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture
@@ -274,19 +266,19 @@ def test_a_broken_template_names_its_file_and_line(project: Path) -> None:
 
 
 def test_the_render_command_writes_both_parts(project: Path, settings: Settings) -> None:
-    result = cli("render", "--date", "2026-01-23", "--out", "out/issue.html", "--text", "out/issue.txt", cwd=project)
+    result = run_newsletter("render", "--date", "2026-01-23", "--out", "out/issue.html", "--text", "out/issue.txt", cwd=project)
     assert result.returncode == 0, result.stderr
     issue = render_issue(load_digest(settings, DAY), settings)
     assert (project / "out" / "issue.html").read_text(encoding="utf-8") == issue.html
     assert (project / "out" / "issue.txt").read_text(encoding="utf-8") == issue.text
     assert issue.subject in result.stdout and f"{issue.html_bytes / 1024:.1f} KB" in result.stdout
 
-    to_stdout = cli("render", cwd=project)  # the latest digest, HTML to standard output
+    to_stdout = run_newsletter("render", cwd=project)  # the latest digest, HTML to standard output
     assert to_stdout.returncode == 0 and to_stdout.stdout == issue.html
 
 
 def test_the_render_command_fails_cleanly_on_a_missing_digest(project: Path) -> None:
-    result = cli("render", "--date", "2026-01-30", "--out", "issue.html", cwd=project)
+    result = run_newsletter("render", "--date", "2026-01-30", "--out", "issue.html", cwd=project)
     assert result.returncode == 1
     message = result.stderr.replace("\n", "")  # the terminal may wrap a long path
     assert "digests/2026-01-30.md: no digest for 2026-01-30" in message

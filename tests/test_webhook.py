@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from newsletter import db
 from newsletter.config import Settings, load_settings
 from newsletter.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
-from .support import ROOT, free_port
+from .support import free_port, run_newsletter
 from .web import add_list, add_subscribers, events_of, serving, status_of, write_config
 
 
@@ -289,13 +287,7 @@ def test_without_a_public_key_the_webhook_refuses_everything(tmp_path: Path) -> 
 
 def test_a_malformed_public_key_stops_the_server_with_one_message(tmp_path: Path) -> None:
     config = write_config(tmp_path, sendgrid_webhook_public_key="bm90IGEga2V5")
-    result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    result = run_newsletter("--config", str(config), "serve", "--port", str(free_port()))
     assert result.returncode == 1
     assert "sendgrid_webhook_public_key" in result.stderr
     assert "Traceback" not in result.stderr
