@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DIGEST = ROOT / "digests" / "2026-01-23.md"
-SHARED = ROOT.parent / "shared"
+SENDGRID_SPECS = ROOT / "tests" / "sendgrid_specs"
 NODE_BIN = ROOT / "node_modules" / ".bin"
 
 
@@ -70,14 +70,12 @@ def running(command: list[str], port: int, *, env: dict[str, str] | None = None,
 
 @contextlib.contextmanager
 def prism(spec: str):
-    """Stoplight Prism serving one of SendGrid's OpenAPI specs (in ../shared/sendgrid/) as a
+    """Stoplight Prism serving one of SendGrid's OpenAPI specs (vendored in tests/sendgrid_specs/) as a
     validating mock on 127.0.0.1; yields its base URL (no /v3 suffix)."""
     binary = NODE_BIN / "prism"
     if not binary.exists():
         pytest.fail("Stoplight Prism is not installed: run `npm ci` at the project root")
-    spec_file = SHARED / "sendgrid" / spec
-    if not spec_file.exists():
-        pytest.fail(f"SendGrid's OpenAPI spec {spec_file} is missing: shared/ must sit beside the project")
+    spec_file = SENDGRID_SPECS / spec
     port = free_port()
     command = [str(binary), "mock", "-h", "127.0.0.1", "-p", str(port), "--errors", str(spec_file)]
     with running(command, port, timeout=90):

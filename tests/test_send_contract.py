@@ -1,5 +1,5 @@
 """Every body the sender builds is one SendGrid's own OpenAPI description accepts: Stoplight Prism
-validates them against ../shared/sendgrid/tsg_mail_v3.json (1 recipient, 1000, 1001 → two requests,
+validates them against tests/sendgrid_specs/tsg_mail_v3.json (1 recipient, 1000, 1001 → two requests,
 sandbox mode, the real rendered issue)."""
 
 from __future__ import annotations
