@@ -81,7 +81,10 @@ def main() -> None:
         rates = []
         with serving(config) as url:
             for run, (list_id, ids) in enumerate(zip(list_ids, member_ids, strict=True), start=1):
-                urls = [f"{url}/unsubscribe/{links.token(list_id, i)}" for i in ids]
+                urls = [
+                    f"{url}/unsubscribe/{links.token(list_id, i, email)}"
+                    for i, email in zip(ids, emails, strict=True)
+                ]
                 start = time.perf_counter()
                 statuses = asyncio.run(post_all(urls, args.clients, args.concurrency))
                 elapsed = time.perf_counter() - start

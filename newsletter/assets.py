@@ -12,13 +12,15 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .config import Settings
 from .digest import Digest, Paper, absolute_url
 from .files import write_atomic
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # The card image's width in CSS px: the 600px email body less 24px of padding on each side.
 THUMBNAIL_DISPLAY_WIDTH = 552
@@ -94,6 +96,10 @@ def publish_image(source: Path, settings: Settings) -> Thumbnail | None:
     known = _published.get(key)
     if known is not None and (folder / known[0]).is_file():
         return known[1]
+    # Pillow is imported only for a local file: most digests link hosted thumbnails, and every
+    # command that renders would otherwise pay for its import.
+    from PIL import Image, UnidentifiedImageError
+
     try:
         data, extension, width, height = _prepare(source)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
@@ -131,6 +137,8 @@ def _beside(digest: Digest, source: str) -> Path | None:
 
 def _prepare(source: Path) -> tuple[bytes, str, int, int]:
     """(encoded bytes, extension, width, height) of the email version of an image."""
+    from PIL import Image, ImageOps
+
     # Only the formats a digest's thumbnail can reasonably be: Pillow's other decoders (PSD, TGA,
     # EPS through Ghostscript, …) are more attack surface for an untrusted file than they are worth.
     with Image.open(source, formats=IMAGE_FORMATS) as original:
@@ -160,6 +168,8 @@ def _prepare(source: Path) -> tuple[bytes, str, int, int]:
 
 def _to_srgb(image: Image.Image, mode: str) -> Image.Image:
     # Email clients ignore embedded colour profiles, so colours are converted rather than dropped.
+    from PIL import ImageCms
+
     profile = image.info.get("icc_profile")
     if profile:
         try:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .config import Settings, load_settings
 from .errors import NewsletterError
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+    from .config import Settings
 
     from .delivery import Delivery, OutboxDelivery
     from .send import SendPlan, SendReport
@@ -24,11 +26,14 @@ if TYPE_CHECKING:
     from .subscriber_csv import ImportReport
 
 # Tracebacks with local variables could print a secret; a NewsletterError prints only its message.
+# Help and usage errors in click's plain format: typer's rich panels would double the CPU time of
+# `newsletter --help` (they import rich's Markdown, Syntax and Traceback renderers).
 app = typer.Typer(
     help="Turn a day's research digest into an email and deliver it through SendGrid.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 lists_app = typer.Typer(help="Mailing lists.", no_args_is_help=True)
 subscribers_app = typer.Typer(help="Subscribers: add, import, export, sync with SendGrid.", no_args_is_help=True)
@@ -51,9 +56,14 @@ def _root(
 
 def settings_from(ctx: typer.Context) -> Settings:
     """The settings for this invocation, loaded on first use (so --help never needs a valid config)."""
+    # Imported here: pydantic-settings is a tenth of a second that `--help` does not need.
+    from .config import Settings, environment_warnings, load_settings
+
     root = ctx.find_root()
     if not isinstance(root.obj, Settings):
         root.obj = load_settings(root.obj)
+        for warning in environment_warnings(os.environ):
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     return root.obj
 
 
@@ -121,12 +131,11 @@ def publish(ctx: typer.Context, date: IssueDate = None) -> None:
     """Write an issue's web version to the public folder and update the archive and the Atom feed."""
     from .digest import load_digest
     from .publish import publish_issue
-    from .render import render_issue
 
     settings = settings_from(ctx)
-    issue = render_issue(load_digest(settings, date.date() if date else None), settings)
-    publication = publish_issue(issue, settings)
-    console.print(f"Published the {issue.date} issue: {issue.web_url}", highlight=False)
+    publication = publish_issue(load_digest(settings, date.date() if date else None), settings)
+    issue = publication.issue
+    console.print(f"Published the {issue.date} issue: {issue.url}", highlight=False)
     console.print(f"  page     {publication.page}", highlight=False)
     console.print(f"  archive  {publication.archive} ({len(publication.issues)} issue(s))", highlight=False)
     console.print(f"  feed     {publication.feed}", highlight=False)
@@ -413,11 +422,15 @@ def status(ctx: typer.Context, date: IssueDate = None, list_name: ListName = Non
         console.print(f"No send to list {name!r} has started{' for ' + date.date().isoformat() if date else ''}.")
         return
     campaign = state.campaign
-    where = (
-        f"finished {campaign.finished_at:%Y-%m-%d %H:%M} UTC"
-        if campaign.finished_at
-        else f"being sent by {state.claimed_by}" if state.claimed_by else "interrupted: `newsletter send` resumes it"
-    )
+    sender = state.sender
+    if campaign.finished_at:
+        where = f"finished {campaign.finished_at:%Y-%m-%d %H:%M} UTC"
+    elif sender is not None and sender.live:
+        where = f"being sent by {sender.describe}"
+    elif sender is not None:
+        where = f"interrupted: its sender is {sender.describe}; `newsletter send` resumes it"
+    else:
+        where = "interrupted: `newsletter send` resumes it"
     console.print(
         f"Campaign #{campaign.id}: the {campaign.issue_date} issue to list {escape(name)!r}, "
         f"started {campaign.created_at:%Y-%m-%d %H:%M} UTC, {where}",
@@ -440,7 +453,8 @@ def status(ctx: typer.Context, date: IssueDate = None, list_name: ListName = Non
             failures.add_row(escape(email), escape(reason))
         console.print(failures)
     if state.in_flight_batches:
-        console.print(_batch_table(f"In flight (being sent by {state.claimed_by})", state.in_flight_batches, "request out now"))
+        who = sender.who if sender else "?"
+        console.print(_batch_table(f"In flight (being sent by {who})", state.in_flight_batches, "request out now"))
     if state.uncertain_batches:
         died = "left in flight by a sender that stopped: it may have been delivered"
         console.print(_batch_table("Uncertain batches (not resent without --resend-uncertain)", state.uncertain_batches, died))
@@ -884,5 +898,13 @@ def main() -> None:
     try:
         app()
     except NewsletterError as error:
-        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _fail(str(error))
+    except OSError as error:
+        # A full disk, a read-only folder, a file that vanished: one line naming the file.
+        where = f"{error.filename}: " if error.filename else ""
+        _fail(f"{where}{error.strerror or error}")
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(1)

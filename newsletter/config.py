@@ -7,6 +7,7 @@ the database URL) here instead of patching code.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import os
 import re
 import secrets
@@ -14,10 +15,11 @@ import stat
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +35,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 # An HMAC key shorter than this is guessable enough to forge unsubscribe links.
 MIN_SIGNING_KEY_LENGTH = 16
+# A key file is one line; reading no more than this keeps a wrong file from filling memory.
+_MAX_KEY_FILE = 64 * 1024
+
+# What subject_template may name: the issue's date, its first paper's short name, " 외 4편" when
+# there are more, the number of papers, the digest's title and the sender's name.
+SUBJECT_FIELDS = ("date", "first", "more", "papers", "title", "from_name")
 
 # What an HTTP header value can carry: printable ASCII. A key with a line break (a CRLF .env file, a
 # multi-line TOML string) or a non-ASCII character makes httpx fail with the header, key included,
@@ -51,8 +59,10 @@ _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_f
 
 
 class Settings(BaseSettings):
+    # validate_default=False: the defaults below are valid as written, and validating them would
+    # import email-validator (a tenth of the cold start) on every command.
     model_config = SettingsConfigDict(
-        env_prefix="NEWSLETTER_", extra="forbid", populate_by_name=True, frozen=True
+        env_prefix="NEWSLETTER_", extra="forbid", populate_by_name=True, frozen=True, validate_default=False
     )
 
     # Where things are. Relative paths are taken from the config file's folder (or the current one).
@@ -61,6 +71,9 @@ class Settings(BaseSettings):
     public_dir: Path = Path("public")
     outbox_dir: Path = Path("outbox")
     database_url: str = "sqlite:///subscribers/newsletter.db"
+    # How long to wait for a database that is locked (SQLite) or unreachable (PostgreSQL restarting)
+    # before giving up: a send keeps retrying its records this long, so that no answer is lost.
+    database_timeout: float = Field(default=60.0, gt=0, le=3600)
 
     # Where readers reach us: the archive, the unsubscribe pages and (by default) the thumbnails.
     base_url: str = "http://127.0.0.1:8000"
@@ -74,6 +87,11 @@ class Settings(BaseSettings):
     default_list: str = "daily-papers"
     unsubscribe_mailto: str | None = None
 
+    # What the email shows. Inbox rows already show the From name, so the subject does not repeat it.
+    subject_template: str = "{date} — {first}{more}"
+    # How much of each paper's abstract the email carries; the web version always carries all of it.
+    email_abstract: Literal["none", "first-paragraph", "full"] = "none"
+
     # SendGrid.
     sendgrid_api_url: str = "https://api.sendgrid.com"
     sendgrid_api_key: SecretStr | None = Field(
@@ -81,6 +99,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SENDGRID_API_KEY", "sendgrid_api_key"),
     )
     sendgrid_webhook_public_key: str | None = None
+
+    # Which provider delivers mail, and the SMTP server's details when it is "smtp". The password
+    # comes only from the environment (NEWSLETTER_SMTP_PASSWORD), never from the config file.
+    provider: Literal["sendgrid", "smtp"] = "sendgrid"
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
     batch_size: int = Field(default=1000, ge=1, le=1000)
     send_concurrency: int = Field(default=4, ge=1, le=64)
     send_rate_limit: float = Field(default=50.0, gt=0, description="mail/send requests per second")
@@ -112,8 +139,16 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml_file = _toml_file.get()
         if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            sources.append(_ConfigFile(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _provider_complete(self) -> Settings:
+        if self.provider == "smtp" and not self.smtp_host:
+            raise ValueError("'smtp_host' (NEWSLETTER_SMTP_HOST) must be set when provider is 'smtp'")
+        if self.smtp_password is not None and not self.smtp_username:
+            raise ValueError("'smtp_username' must be set when NEWSLETTER_SMTP_PASSWORD is")
+        return self
 
     @field_validator("base_url", "asset_base_url", "sendgrid_api_url")
     @classmethod
@@ -137,6 +172,31 @@ class Settings(BaseSettings):
             return validate_email(value, check_deliverability=False).normalized
         except EmailNotValidError as error:
             raise ValueError(str(error)) from None
+
+    @field_validator("subject_template")
+    @classmethod
+    def _subject_fields(cls, value: str) -> str:
+        from string import Formatter
+
+        if not value.strip():
+            raise ValueError("is empty")
+        if any(char in value for char in "\r\n\t"):
+            raise ValueError("must be one line: a subject is a single header line")
+        braces = "write {{ and }} for literal braces"
+        try:
+            names = [name for _, name, _, _ in Formatter().parse(value) if name is not None]
+        except ValueError as error:  # an unmatched brace
+            raise ValueError(f"{error} in {value!r} ({braces})") from None
+        for name in names:
+            if name not in SUBJECT_FIELDS:
+                known = ", ".join(f"{{{known}}}" for known in SUBJECT_FIELDS)
+                raise ValueError(f"unknown field {{{name}}} in {value!r}; the fields are {known} ({braces})")
+        try:
+            # A format spec that does not suit its field ("{papers:%Y}") fails now, not at send time.
+            value.format(**{name: 1 if name == "papers" else "x" for name in SUBJECT_FIELDS})
+        except ValueError as error:
+            raise ValueError(f"{error} in {value!r}") from None
+        return value
 
     @field_validator("sendgrid_api_key")
     @classmethod
@@ -245,15 +305,26 @@ class Settings(BaseSettings):
     def _key_from_file(self) -> str:
         key_file = self.path(self.secret_key_file)
         try:
-            mode = key_file.stat().st_mode
-            if stat.S_ISDIR(mode):
-                raise ConfigError(f"{key_file}: is a folder, not the secret key file (secret_key_file)")
-            if stat.S_IMODE(mode) & 0o077:
-                raise ConfigError(
-                    f"{key_file}: the secret key file must be readable only by its owner "
-                    f"(mode is {stat.S_IMODE(mode):o}; run: chmod 600 {key_file})"
-                )
-            key = key_file.read_bytes().decode("utf-8").strip()
+            # Non-blocking, then checked on the open file: a FIFO or a device in its place would
+            # otherwise hang the command on the read (and a check before opening could be raced).
+            fd = os.open(key_file, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):
+                    raise ConfigError(f"{key_file}: is a folder, not the secret key file (secret_key_file)")
+                if not stat.S_ISREG(mode):
+                    raise ConfigError(
+                        f"{key_file}: is not a regular file (a pipe, socket or device?); secret_key_file "
+                        "must name the file that holds the signing key"
+                    )
+                if stat.S_IMODE(mode) & 0o077:
+                    raise ConfigError(
+                        f"{key_file}: the secret key file must be readable only by its owner "
+                        f"(mode is {stat.S_IMODE(mode):o}; run: chmod 600 {key_file})"
+                    )
+                key = os.read(fd, _MAX_KEY_FILE).decode("utf-8").strip()
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise ConfigError(
                 f"{key_file}: the secret key file is missing. It is made when the database is created "
@@ -271,6 +342,21 @@ class Settings(BaseSettings):
         if problem := _signing_key_problem(key):
             raise ConfigError(f"{key_file}: the secret key file's key {problem}")
         return key
+
+
+# Secrets a config file must not hold: it is shared, copied and committed far more than an environment.
+_ENVIRONMENT_ONLY = ("smtp_password",)
+
+
+class _ConfigFile(TomlConfigSettingsSource):
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for key in _ENVIRONMENT_ONLY:
+            if key in values:
+                raise ValueError(
+                    f"{key} must not be in the config file: set NEWSLETTER_{key.upper()} in the environment"
+                )
+        return values
 
 
 def _signing_key_problem(key: str) -> str | None:
@@ -304,14 +390,46 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         _toml_file.reset(token)
 
 
+def environment_names() -> dict[str, str]:
+    """Every environment variable a setting is read from → that setting's name."""
+    names = {}
+    for name, field in Settings.model_fields.items():
+        if field.exclude:
+            continue
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [f"NEWSLETTER_{name}"]
+        names.update({str(choice).upper(): name for choice in choices})
+    return names
+
+
+def environment_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One warning per NEWSLETTER_* variable that no setting reads (a typo is otherwise silently
+    ignored and the default used), naming the closest known variable. Values are never quoted."""
+    known = environment_names()
+    warnings = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("NEWSLETTER_") or upper in known:
+            continue
+        # Compared without the shared prefix, which would make every name look alike.
+        by_stem = {name.removeprefix("NEWSLETTER_"): name for name in known}
+        close = difflib.get_close_matches(upper.removeprefix("NEWSLETTER_"), by_stem, n=1, cutoff=0.6)
+        hint = f"; did you mean {by_stem[close[0]]}?" if close else ""
+        warnings.append(f"environment variable {variable} is not a setting and is ignored{hint}")
+    return warnings
+
+
 def _describe(error: ValidationError, config_file: Path | None) -> str:
     where = f"{config_file} or the environment" if config_file else "the environment"
     lines = []
     for problem in error.errors(include_url=False, include_input=False):
-        key = ".".join(str(part) for part in problem["loc"]) or "?"
+        message = problem["msg"].removeprefix("Value error, ")
+        if not problem["loc"]:  # a rule about several settings names them itself
+            lines.append(f"bad settings (from {where}): {message}")
+            continue
+        key = ".".join(str(part) for part in problem["loc"])
         # A value given under its alias is reported under the setting's name.
         key = "sendgrid_api_key" if key == "SENDGRID_API_KEY" else key
         env = "SENDGRID_API_KEY" if key == "sendgrid_api_key" else f"NEWSLETTER_{key.upper()}"
-        message = problem["msg"].removeprefix("Value error, ")
         lines.append(f"bad setting '{key}' ({env}, from {where}): {message}")
     return "\n".join(lines)

@@ -6,9 +6,11 @@ applied, and `migrate` applies the missing ones in order, each in its own transa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -31,13 +33,20 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
 from .config import Settings
+from .errors import ConfigError, DatabaseError
 
 metadata = MetaData()
 
 TS = DateTime(timezone=True)
+
+# The tables whose ids leave the database (lists, subscribers, campaigns: in unsubscribe links and
+# SendGrid's custom_args) take AUTOINCREMENT on SQLite: without it a deleted row's id goes to the next
+# new row, and an old link or a late webhook event would act on whoever got it. PostgreSQL's SERIAL
+# sequences never hand out an id twice already.
 
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
@@ -48,6 +57,7 @@ lists = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("description", Text, nullable=False, default=""),
     Column("created_at", TS, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 subscribers = Table(
@@ -60,6 +70,13 @@ subscribers = Table(
     Column("name", String(500)),
     Column("attributes", JSON, nullable=False, default=dict),
     Column("created_at", TS, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Unsubscribe links made before links were bound to the reader's address (schema version 3) must keep
+# working, but only for the subscribers who could have been sent one: ids up to this (one row).
+legacy_links = Table(
+    "legacy_unsubscribe_links", metadata, Column("max_subscriber_id", Integer, nullable=False)
 )
 
 # Membership statuses. Only "subscribed" receives mail.
@@ -131,6 +148,7 @@ campaigns = Table(
     Column("claimed_by", String(100)),
     Column("claimed_at", TS),
     UniqueConstraint("issue_date", "list_id"),
+    sqlite_autoincrement=True,
 )
 
 # Delivered, open and click events from the webhook, counted per campaign.
@@ -201,7 +219,56 @@ def _index_deliveries_by_id(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_all, _index_deliveries_by_id]
+def _never_reuse_issued_ids(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        _autoincrement(conn, lists)
+        # Deliveries keep an erased reader's id (and SendGrid's events carry it): never hand it out again.
+        _autoincrement(conn, subscribers, deliveries.c.subscriber_id)
+        _autoincrement(conn, campaigns)
+    legacy_links.create(conn, checkfirst=True)
+    if conn.execute(select(legacy_links)).first() is None:
+        issued = conn.execute(select(func.max(subscribers.c.id))).scalar() or 0
+        conn.execute(legacy_links.insert().values(max_subscriber_id=issued))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _create_all,
+    _index_deliveries_by_id,
+    _never_reuse_issued_ids,
+]
+
+
+def _autoincrement(conn: Connection, table: Table, *also_issued: Column[int]) -> None:
+    """Give a SQLite table AUTOINCREMENT, its counter past every id it or `also_issued` has used.
+
+    SQLite cannot add it to a table: the table is rebuilt as https://www.sqlite.org/lang_altertable.html
+    ("Making Other Kinds Of Table Schema Changes") describes, in the transaction `_migrating` opens
+    with foreign keys off. A database made by this version already has it (made by `_create_all`).
+    """
+    made_as = conn.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"), {"name": table.name}
+    ).scalar_one()
+    if "AUTOINCREMENT" not in made_as.upper():
+        # Built from a copy of the whole schema, so that its foreign keys resolve.
+        scratch = MetaData()
+        for each in metadata.sorted_tables:
+            each.to_metadata(scratch)
+        rebuilt = table.to_metadata(scratch, name=f"{table.name}_rebuilt")
+        rebuilt.create(conn)
+        conn.execute(rebuilt.insert().from_select(list(table.c.keys()), select(*table.c)))
+        table.drop(conn)
+        conn.exec_driver_sql(f'ALTER TABLE "{rebuilt.name}" RENAME TO "{table.name}"')
+        for index in table.indexes:
+            index.create(conn)
+    used = [conn.execute(select(func.max(column))).scalar() or 0 for column in (table.c.id, *also_issued)]
+    counter = conn.execute(
+        text("SELECT seq FROM sqlite_sequence WHERE name = :name"), {"name": table.name}
+    ).scalar()
+    conn.execute(text("DELETE FROM sqlite_sequence WHERE name = :name"), {"name": table.name})
+    conn.execute(
+        text("INSERT INTO sqlite_sequence (name, seq) VALUES (:name, :seq)"),
+        {"name": table.name, "seq": max(*used, counter or 0)},
+    )
 
 # pg_advisory_xact_lock key serialising migrations across processes ("nl-mig").
 _MIGRATION_LOCK = 0x6E6C2D6D6967
@@ -215,20 +282,90 @@ def engine_for(settings: Settings) -> Engine:
     """The (cached) engine for the configured database, with its schema up to date."""
     url = settings.resolved_database_url
     if url not in _engines:
-        engine = _create_engine(url)
+        engine = _create_engine(url, settings.database_timeout)
         migrate(engine, on_create=settings.ensure_signing_key)
         _engines[url] = engine
     return _engines[url]
 
 
-def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
+def safe_url(url: str) -> str:
+    """The database URL as it may be shown: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(the configured database_url)"
 
+
+def _create_engine(url: str, timeout: float) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # SQLAlchemy's message quotes the URL, password and all.
+        raise ConfigError(
+            "bad setting 'database_url' (NEWSLETTER_DATABASE_URL): not a database URL; expected "
+            "sqlite:///path/to/file.db or postgresql://user@host/database"
+        ) from None
+    try:
+        if parsed.get_backend_name() != "sqlite":
+            postgresql = parsed.get_backend_name() == "postgresql"
+            connect_args = {"connect_timeout": max(1, round(timeout))} if postgresql else {}
+            engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        else:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": timeout})
+            _sqlite_session(engine, timeout)
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"bad setting 'database_url' (NEWSLETTER_DATABASE_URL): {safe_url(url)} is not a kind of "
+            "database this tool knows; use sqlite:///path/to/file.db or postgresql://user@host/database"
+        ) from None
+    except ImportError as error:
+        raise ConfigError(
+            f"bad setting 'database_url' (NEWSLETTER_DATABASE_URL): {safe_url(url)} needs a database "
+            f"driver that is not installed ({error}); for PostgreSQL: pip install 'psycopg[binary]'"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot create the database folder for {safe_url(url)} ({error.strerror})") from None
+    _report_failures(engine, safe_url(url), timeout)
+    return engine
+
+
+def _report_failures(engine: Engine, shown_url: str, timeout: float) -> None:
+    """Turn the database's operational failures (unreachable, locked past the timeout, disk full)
+    into one DatabaseError naming the database, instead of a traceback carrying SQL and parameters.
+    Integrity errors and the like stay as they are: the code that expects them handles them."""
+
+    @event.listens_for(engine, "handle_error")
+    def _one_line(context: ExceptionContext) -> None:
+        if not isinstance(context.sqlalchemy_exception, (OperationalError, InterfaceError)):
+            return
+        original = context.original_exception
+        reason = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+        if "database is locked" in reason:
+            reason = f"{reason}: another process held it for longer than database_timeout ({timeout:g} s)"
+        raise DatabaseError(f"the database {shown_url} failed: {reason}") from original
+
+
+T = TypeVar("T")
+
+
+def retrying(call: Callable[[], T], timeout: float) -> T:
+    """`call` (one whole transaction), run again with capped backoff while the database fails, for
+    up to `timeout` seconds after the first failure; then its DatabaseError."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except DatabaseError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _sqlite_session(engine: Engine, timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         # We issue BEGIN ourselves (below); pysqlite's own implicit BEGIN would be DEFERRED.
@@ -237,7 +374,7 @@ def _create_engine(url: str) -> Engine:
         # WAL lets the web server, a send and an import write the same file; the busy timeout
         # makes a writer wait for the lock instead of failing.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -250,8 +387,6 @@ def _create_engine(url: str) -> Engine:
         # alike; `reading` connections, which never write, begin DEFERRED and wait for no writer.
         read_only = conn.get_execution_options().get(_READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    return engine
 
 
 @contextmanager
@@ -268,6 +403,33 @@ def _lock_schema(conn: Connection) -> None:
     # lock, so two processes could both create the schema: one waits here for the other instead.
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """The write transaction of one migration step.
+
+    On SQLite, with foreign keys off: a step may rebuild a table, and dropping the old one with them on
+    would delete every row that refers to it (ON DELETE CASCADE: memberships, events). The pragma does
+    nothing inside a transaction, so it is set before BEGIN; references are checked before COMMIT.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name != "sqlite":
+            with conn.begin():
+                yield conn
+            return
+        # On the driver's connection: SQLAlchemy's would begin a transaction first.
+        driver = conn.connection.driver_connection
+        driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+                if conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise DatabaseError(
+                        "the schema upgrade would leave rows referring to missing rows; nothing was changed"
+                    )
+        finally:
+            driver.execute("PRAGMA foreign_keys=ON")
 
 
 def migrate(engine: Engine, on_create: Callable[[], None] | None = None) -> int:
@@ -288,7 +450,7 @@ def migrate(engine: Engine, on_create: Callable[[], None] | None = None) -> int:
         schema_version.create(conn, checkfirst=True)
         version = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-        with engine.begin() as conn:
+        with _migrating(engine) as conn:
             _lock_schema(conn)
             # Re-read under the write lock: another process may have migrated meanwhile.
             current = conn.execute(select(func.max(schema_version.c.version))).scalar() or 0

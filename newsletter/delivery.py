@@ -9,11 +9,12 @@ whether repeating it is safe.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
-from email import policy
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
+from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,12 @@ from .config import Settings
 from .errors import MissingAPIKey
 
 MAIL_SEND = "/v3/mail/send"
+
+# SendGrid's error answers are a few hundred bytes. Of a bigger one (a proxy's page, a broken
+# server) only this much is read, and an answer's text is stored and shown clipped to MAX_REASON:
+# a 50 MB answer must not fill memory, the database (once per batch) or the terminal.
+MAX_ANSWER_BYTES = 64 * 1024
+MAX_REASON = 2000
 
 
 class RequestNotSent(Exception):
@@ -63,7 +70,14 @@ class Answer:
     @property
     def reason(self) -> str:
         detail = "; ".join(self.errors) if self.errors else "no error message"
-        return f"SendGrid answered {self.status}: {detail}"
+        return f"SendGrid answered {self.status}: {clip(detail, MAX_REASON)}"
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit:,} more characters)"
 
 
 class Delivery(Protocol):
@@ -109,8 +123,9 @@ class SendGridDelivery:
         )
 
     async def send(self, body: dict[str, Any]) -> Answer:
+        request = self._client.build_request("POST", MAIL_SEND, content=encode_body(body))
         try:
-            response = await self._client.post(MAIL_SEND, content=encode_body(body))
+            response = await self._client.send(request, stream=True)
         except (httpx.LocalProtocolError, httpx.UnsupportedProtocol, httpx.ProxyError, httpx.InvalidURL) as error:
             # Raised before a byte reaches SendGrid. The text is not used: a LocalProtocolError
             # quotes the offending header, which may be the Authorization header with the key.
@@ -124,10 +139,26 @@ class SendGridDelivery:
         except httpx.TransportError as error:
             # Read timeouts, resets and disconnects after the body left.
             raise AnswerLost(_describe(error)) from None
-        return read_answer(response)
+        try:
+            content = await _read_capped(response)
+        except httpx.TransportError:
+            content = b""  # the status line and headers came: they are SendGrid's answer
+        finally:
+            await response.aclose()
+        return read_answer(response, content)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    """The start of the answer's body, at most MAX_ANSWER_BYTES: the rest is never read."""
+    content = bytearray()
+    async for chunk in response.aiter_bytes():
+        content += chunk
+        if len(content) >= MAX_ANSWER_BYTES:
+            break
+    return bytes(content[:MAX_ANSWER_BYTES])
 
 
 _IMPOSSIBLE: dict[type[Exception], str] = {
@@ -150,22 +181,25 @@ def _describe(error: httpx.TransportError) -> str:
     return f"{kind}: {error}" if isinstance(error, _TEXT_IS_SAFE) and str(error) else kind
 
 
-def read_answer(response: httpx.Response) -> Answer:
-    """SendGrid's answer as an Answer (also used for the suppression API's answers)."""
+def read_answer(response: httpx.Response, content: bytes) -> Answer:
+    """SendGrid's answer (its status and headers, and `content`, the start of its body) as an
+    Answer (also used for the suppression API's answers)."""
     errors: list[str] = []
     fields: list[str | None] = []
     if response.status_code >= 400:
         try:
-            payload = response.json()
+            payload = json.loads(content)
             items = payload.get("errors") or []
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not JSON, cut short, or not SendGrid's
+            items = []
+        if not isinstance(items, list):
             items = []
         for item in items:
             if not isinstance(item, dict):
                 continue
             field = item.get("field")
-            field = field if isinstance(field, str) and field not in ("", "null") else None
-            message = str(item.get("message") or "error")
+            field = field[:200] if isinstance(field, str) and field not in ("", "null") else None
+            message = clip(str(item.get("message") or "error"), MAX_REASON)
             errors.append(f"{message} ({field})" if field else message)
             fields.append(field)
         # Stoplight Prism puts the schema violation in a header (its body is a fixed example).
@@ -173,8 +207,8 @@ def read_answer(response: httpx.Response) -> Answer:
         if violations:
             errors.append(violations[:1000])
             fields.append(None)
-        if not errors and response.text:
-            errors.append(response.text[:500])
+        if not errors and content:
+            errors.append(clip(content.decode("utf-8", "replace"), 500))
             fields.append(None)
     return Answer(
         status=response.status_code,
@@ -242,9 +276,33 @@ class OutboxDelivery:
 EML_NAME = "first-recipient.eml"
 HTML_NAME = "first-recipient.html"
 
-# CRLF as on the wire; lines up to RFC 5322's 998 characters, so that a long List-Unsubscribe URL is
-# not folded into an encoded word that no client would follow.
-_WIRE = policy.SMTP.clone(max_line_length=998)
+# Headers whose value is a list of <URL>s (RFC 2369, RFC 2919): folded only between the entries,
+# never inside one, since no client follows a URL broken over two lines or made an encoded word.
+_URL_LIST_HEADERS = frozenset({"list-unsubscribe", "list-id", "list-archive", "list-help"})
+
+
+class _WirePolicy(EmailPolicy):
+    """SMTP's policy (CRLF) with body lines of at most 76 characters, as RFC 2045 asks of base64
+    and quoted-printable, and the URL-list headers folded at their commas."""
+
+    def fold(self, name: str, value: str) -> str:
+        if name.lower() in _URL_LIST_HEADERS:
+            return f"{name}: " + f",{self.linesep} ".join(_url_list(value)) + self.linesep
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() in _URL_LIST_HEADERS:
+            # ASCII by construction (URLs, the list's label); an encoded word would hide the URL.
+            return self.fold(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+def _url_list(value: str) -> list[str]:
+    """"<a>, <b>" → ["<a>", "<b>"]; anything outside angle brackets stays with its entry."""
+    return [entry.strip() for entry in re.split(r"(?<=>)\s*,\s*", str(value)) if entry.strip()]
+
+
+_WIRE = _WirePolicy(linesep="\r\n", max_line_length=76)
 
 
 def message_as_received(body: dict[str, Any], index: int, settings: Settings) -> EmailMessage:
@@ -270,7 +328,12 @@ def message_as_received(body: dict[str, Any], index: int, settings: Settings) ->
     message["Message-ID"] = make_msgid(domain=sender["email"].rpartition("@")[2])
     for name, value in {**body.get("headers", {}), **personalization.get("headers", {})}.items():
         message[name] = value
-    parts = {part["type"]: fill(part["value"]) for part in body["content"]}
-    message.set_content(parts["text/plain"], subtype="plain", charset="utf-8")
-    message.add_alternative(parts["text/html"], subtype="html", charset="utf-8")
+    message["MIME-Version"] = "1.0"
+    # Parts made as MIMEParts: EmailMessage.add_alternative would give the HTML part a MIME-Version
+    # header of its own, which belongs to the message alone.
+    message.make_alternative()
+    for part in body["content"]:
+        alternative = MIMEPart(policy=_WIRE)
+        alternative.set_content(fill(part["value"]), subtype=part["type"].partition("/")[2], charset="utf-8")
+        message.attach(alternative)
     return message

@@ -7,6 +7,7 @@
     ├── CheckFailed            pre-send checks found problems (carries them)
     ├── SubscriberError        a bad list name, unknown subscriber, unreadable CSV …
     ├── TokenError             a bad, forged or truncated unsubscribe token
+    ├── DatabaseError          the database cannot be reached or stays locked (names it, no password)
     └── SendError              a send that cannot go on
         ├── MissingAPIKey      no SENDGRID_API_KEY for a real send
         ├── SendGridAuthError  SendGrid answered 401/403: every later batch would fail too
@@ -52,6 +53,10 @@ class SubscriberError(NewsletterError):
 
 
 class TokenError(NewsletterError):
+    pass
+
+
+class DatabaseError(NewsletterError):
     pass
 
 

@@ -20,6 +20,11 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         # mkstemp creates the file readable by its owner only; a web server must be able to read it.
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        if error.filename is None:  # a failed write (a full disk) names no file: name the one meant
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

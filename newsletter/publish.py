@@ -1,7 +1,8 @@
 """Publishing: the issue's web version ("view in browser"), the archive page and the Atom feed.
 
 The public folder is served at settings.base_url, so an issue whose web_url is
-`<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`. Beside each page an
+`<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`. The web version is the
+email's template with every abstract in full: the email's cards link to their abstracts there. Beside each page an
 `issue.json` records what the archive and the feed show of it; the archive and the feed are rebuilt
 from every such record found, so publishing one date keeps all the others. Every file is written
 atomically, and only after every output has been rendered, so a template error changes nothing;
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import Settings
+from .digest import Digest
 from .errors import NewsletterError, RenderError
 from .files import write_atomic
-from .render import RenderedIssue, render_template
+from .render import RenderedIssue, render_issue, render_template
 
 PAGE = "index.html"
 RECORD = "issue.json"
@@ -78,14 +80,16 @@ class PublishedIssue:
 
 @dataclass(frozen=True)
 class Publication:
-    page: Path  # the issue's web version
+    issue: PublishedIssue  # the issue just published
+    page: Path  # its web version
     archive: Path
     feed: Path
     issues: list[PublishedIssue]  # everything the archive now lists, newest first
 
 
-def publish_issue(issue: RenderedIssue, settings: Settings) -> Publication:
-    """Write the issue's web version, then rebuild the archive and the feed from every issue."""
+def publish_issue(digest: Digest, settings: Settings) -> Publication:
+    """Write the digest's web version, then rebuild the archive and the feed from every issue."""
+    issue = render_issue(digest, settings, abstract="full")
     public = settings.path(settings.public_dir)
     folder = page_folder(issue.web_url, settings)
     page, record_file = folder / PAGE, folder / RECORD
@@ -120,7 +124,7 @@ def publish_issue(issue: RenderedIssue, settings: Settings) -> Publication:
         outputs += [(archive, render_archive(issues, settings)), (feed, render_feed(issues, settings))]
         for path, content in outputs:
             write_atomic(path, content)
-    return Publication(page=page, archive=archive, feed=feed, issues=issues)
+    return Publication(issue=record, page=page, archive=archive, feed=feed, issues=issues)
 
 
 def published_issues(settings: Settings) -> list[PublishedIssue]:

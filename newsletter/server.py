@@ -7,6 +7,9 @@ POST does, and it answers once the change is committed. Links that are not ours,
 membership that no longer exists, get the same page byte for byte, so a probe learns nothing.
 No cookies anywhere: the signed token is the reader's only credential, and re-subscribing also takes
 the short-lived ticket (tokens.py) that only the page shown right after an unsubscribe carries.
+
+Every request body has a size limit, enforced before it is held (`_BodyLimit`), and a POST to a link
+is answered 404 before its body is read at all unless the link is good.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.datastructures import FormData, Headers, MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -40,6 +45,8 @@ from .webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookVerifier, apply_
 
 # SendGrid's batches are far smaller; anything bigger is not SendGrid.
 MAX_WEBHOOK_BODY = 10 * 1024 * 1024
+# The page's button and a mail client's one-click POST send a field or two.
+MAX_FORM_BODY = 16 * 1024
 
 # The unsubscribe pages load nothing from anywhere and post only to themselves.
 PAGE_HEADERS = {
@@ -105,16 +112,23 @@ class _UnsubscribeService:
 
     def _ids(self, token: str) -> tuple[int, int] | None:
         try:
-            return self._links.read(token)
+            return self._links.ids(token)
         except TokenError:
             return None
+
+    def _verified(self, conn: Connection, ids: tuple[int, int], token: str) -> Membership | None:
+        membership = _membership(conn, *ids)
+        # The signature covers the address: a link made for someone else is not this member's.
+        if membership is None or not self._links.signed_for(token, membership.email):
+            return None
+        return membership
 
     def find(self, token: str) -> Membership | None:
         ids = self._ids(token)
         if ids is None:
             return None
-        with self._transaction() as conn:
-            return _membership(conn, *ids)
+        with db.reading(self._engine) as conn:
+            return self._verified(conn, ids, token)
 
     def unsubscribe(self, token: str, source: str) -> tuple[Membership | None, bool]:
         """The membership after the POST, and whether this POST unsubscribed it."""
@@ -140,7 +154,7 @@ class _UnsubscribeService:
         if ids is None:
             return None, False
         with self._transaction() as conn:
-            membership = _membership(conn, *ids)
+            membership = self._verified(conn, ids, token)
             if membership is None or membership.status != expected:
                 return membership, False
             now = self._settings.clock()
@@ -168,7 +182,7 @@ class _UnsubscribeService:
             )
             return replace(membership, status=status), True
 
-    def apply_webhook(self, events: list[dict]) -> None:
+    def apply_webhook(self, events: list[object]) -> None:
         with self._transaction() as conn:
             apply_events(conn, events, self._settings.clock())
 
@@ -260,22 +274,79 @@ class _SecurityHeaders:
         await self._app(scope, receive, send_with_headers if scope["type"] == "http" else send)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    declared = request.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > limit:
-        return None  # refused before reading a byte
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            return None
-    return bytes(body)
+class _WholeRest(Convertor[str]):
+    """The rest of the path, whatever it holds. Starlette's `path` stops at a newline, and its
+    pattern's `$` matches before a final one: `/unsubscribe/<token>%0A` would read as the bare token."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("whole_rest", _WholeRest())
+
+
+class _BodyLimit:
+    """Refuses a request body over its path's limit with 413 before holding it: at once when its
+    Content-Length says so, else as soon as the bytes read pass the limit (a chunked or trickled
+    upload). An answer given before the body was read whole closes the connection, so that the rest
+    of it is not read either."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int], default: int) -> None:
+        self._app = app
+        self._limits = limits
+        self._default = default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        limit = self._limits.get(scope["path"], self._default)
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        # The length compared first: int() of thousands of digits is slow (h11 checked they are digits).
+        if declared is not None and (len(declared) > len(str(limit)) or int(declared) > limit):
+            too_large = PlainTextResponse("request body too large", 413, headers={"Connection": "close"})
+            await too_large(scope, receive, send)
+            return
+        received = 0
+        unread = declared not in (None, "0") or "transfer-encoding" in headers
+
+        async def limited_receive() -> Message:
+            nonlocal received, unread
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, "request body too large")
+                unread = message.get("more_body", False)
+            return message
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and unread:
+                MutableHeaders(scope=message)["Connection"] = "close"
+            await send(message)
+
+        await self._app(scope, limited_receive, closing_send)
+
+
+async def _form(request: Request) -> FormData:
+    """A page's or a mail client's form (RFC 8058 allows urlencoded and multipart), read whole within
+    the body limit before it is parsed; a file is refused (400), so nothing is ever spooled to disk."""
+    await request.body()  # parsed below from the bytes held
+    return await request.form(max_files=0, max_fields=20)
 
 
 def create_app(settings: Settings) -> ASGIApp:
     """The whole site as one ASGI app."""
     engine = db.engine_for(settings)
-    links = UnsubscribeLinks(settings)
+    with db.reading(engine) as conn:
+        legacy_up_to = conn.execute(select(db.legacy_links.c.max_subscriber_id)).scalar_one()
+    links = UnsubscribeLinks(settings, legacy_up_to=legacy_up_to)
     service = _UnsubscribeService(settings, engine, links)
     pages = _Pages(settings)
     verifier = (
@@ -298,7 +369,10 @@ def create_app(settings: Settings) -> ASGIApp:
 
     async def unsubscribe(request: Request) -> Response:
         token = request.path_params["token"]
-        form = await request.form()
+        # The link first: a bad one is answered without a byte of its body read.
+        if await run_in_threadpool(service.find, token) is None:
+            return pages.invalid()
+        form = await _form(request)
         # RFC 8058: a mail client's one-click POST carries exactly this field; the page's button does not.
         source = "one_click" if form.get("List-Unsubscribe") == "One-Click" else "unsubscribe_page"
         membership, changed = await run_in_threadpool(service.unsubscribe, token, source)
@@ -309,14 +383,13 @@ def create_app(settings: Settings) -> ASGIApp:
 
     async def resubscribe(request: Request) -> Response:
         token = request.path_params["token"]
-        form = await request.form()
-        ticket = form.get("ticket")
+        membership = await run_in_threadpool(service.find, token)
+        if membership is None:
+            return pages.invalid()  # a bad link gets the same page here as everywhere, body unread
+        ticket = (await _form(request)).get("ticket")
         if isinstance(ticket, str) and links.resubscribe_allowed(token, ticket):
             membership, _ = await run_in_threadpool(service.resubscribe, token)
             return pages.invalid() if membership is None else pages.for_status(membership, token)
-        membership = await run_in_threadpool(service.find, token)
-        if membership is None:
-            return pages.invalid()  # a bad link gets the same page here as everywhere
         if membership.status == db.SUBSCRIBED:  # e.g. the button pressed twice
             return pages.for_status(membership, token)
         hours = int(RESUBSCRIBE_WINDOW.total_seconds() // 3600)
@@ -332,9 +405,7 @@ def create_app(settings: Settings) -> ASGIApp:
         # MAX_WEBHOOK_BODY) is read, let alone verified.
         if not verifier.fresh(signature, timestamp, settings.clock()):
             return PlainTextResponse("bad or stale signature", 403)
-        body = await _read_limited(request, MAX_WEBHOOK_BODY)
-        if body is None:
-            return PlainTextResponse("request body too large", 413)
+        body = await request.body()
         if not verifier.verify(body, signature, timestamp):
             return PlainTextResponse("bad or stale signature", 403)
         try:
@@ -345,14 +416,16 @@ def create_app(settings: Settings) -> ASGIApp:
         await run_in_threadpool(service.apply_webhook, events)
         return PlainTextResponse("ok")
 
+    # A link with anything appended (a slash, a newline) is a bad link, and gets the same page.
     routes = [
-        Route("/unsubscribe/{token}", confirm, methods=["GET"]),
-        Route("/unsubscribe/{token}", unsubscribe, methods=["POST"]),
-        Route("/resubscribe/{token}", resubscribe, methods=["POST"]),
+        Route("/unsubscribe/{token:whole_rest}", confirm, methods=["GET"]),
+        Route("/unsubscribe/{token:whole_rest}", unsubscribe, methods=["POST"]),
+        Route("/resubscribe/{token:whole_rest}", resubscribe, methods=["POST"]),
         Route("/webhooks/sendgrid", sendgrid_events, methods=["POST"]),
         Mount("/", StaticFiles(directory=public_dir, html=True)),
     ]
-    return _SecurityHeaders(Starlette(routes=routes), _public_csp(settings))
+    site = _BodyLimit(Starlette(routes=routes), {"/webhooks/sendgrid": MAX_WEBHOOK_BODY}, MAX_FORM_BODY)
+    return _SecurityHeaders(site, _public_csp(settings))
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:

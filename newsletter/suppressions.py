@@ -154,7 +154,7 @@ class SendGridClient:
                 time.sleep(_backoff(attempt))
                 attempt += 1
                 continue
-            answer = read_answer(response)
+            answer = read_answer(response, response.content)
             if answer.status in (401, 403):
                 raise SendGridAuthError(
                     f"SendGrid refused the API key for GET {path} (HTTP {answer.status}): "

@@ -1,8 +1,15 @@
 """Signed, non-expiring, per-recipient unsubscribe links (and the RFC 8058 headers that carry them).
 
-A token is `<list id>.<subscriber id>.<HMAC-SHA256>` in base62-ish URL-safe form, about 50
-characters: short enough for a List-Unsubscribe header. It names a membership, not an address, so a
-leaked link reveals nothing but the ability to unsubscribe that one membership.
+A token is `<list id>.<subscriber id>.<HMAC-SHA256>`, the ids in base 36 and the signature in
+unpadded base64url, about 50 characters: short enough for a List-Unsubscribe header. It names a
+membership, not an address, so a leaked link reveals nothing but the ability to unsubscribe that one
+membership. The signature also covers the address the link was made for (its email_key), so a link
+verifies only against the membership of that address: should an id ever name someone else, the link
+stops working instead of acting on them. Links signed before that (ids and list only) still work for
+the subscribers who existed then (db.legacy_links), so that no unsubscribe already in an inbox is lost.
+
+Reading is strict: anything but exactly what was signed (another character, one appended, padding, a
+non-canonical base64 ending, leading zeros) is not a token, whatever a lenient decoder would make of it.
 
 Undoing an unsubscribe takes more than the link: a resubscribe ticket, a signed timestamp that only
 the page shown right after an unsubscribe carries, valid for RESUBSCRIBE_WINDOW. Whoever holds a
@@ -11,7 +18,10 @@ forwarded link can unsubscribe its owner, but cannot re-subscribe someone who sa
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from urllib.parse import quote
@@ -20,8 +30,16 @@ from itsdangerous import BadSignature, Signer, TimestampSigner
 
 from .config import Settings
 from .errors import TokenError
+from .subscribers import email_key
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+# Ids as _to_base36 writes them (no leading zero, at most 13 digits); 43 characters are the unpadded
+# base64url of a SHA-256 digest.
+_TOKEN = re.compile(r"([1-9a-z][0-9a-z]{0,12})\.([1-9a-z][0-9a-z]{0,12})\.([A-Za-z0-9_-]{43})")
+
+# The largest id a database column holds (a bigger one makes SQLite's driver raise OverflowError).
+MAX_ID = 2**63 - 1
 
 RESUBSCRIBE_WINDOW = timedelta(days=1)
 
@@ -38,37 +56,48 @@ def _to_base36(number: int) -> str:
 class UnsubscribeLinks:
     """Makes and reads unsubscribe tokens with the project's signing keys.
 
-    Build one per process (or per send): the keys are read once.
+    Build one per process (or per send): the keys are read once. `legacy_up_to` is the highest
+    subscriber id that may hold a link signed without the address (db.legacy_links; 0: none).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        keys = settings.signing_keys()
+    def __init__(self, settings: Settings, *, legacy_up_to: int = 0) -> None:
         # itsdangerous signs with the last key and accepts any of them, so old links keep working
-        # after a rotation. Its unsign() compares signatures in constant time.
-        self._signer = Signer(
-            list(reversed(keys)),
-            salt="newsletter.unsubscribe",
-            sep=".",
-            digest_method=hashlib.sha256,
-        )
-        self._tickets = _ClockedTimestampSigner(
-            list(reversed(keys)), "newsletter.resubscribe", settings.clock
-        )
+        # after a rotation; verify_signature() compares in constant time. Separate salts keep a
+        # signature of one form from ever passing for the other.
+        keys = list(reversed(settings.signing_keys()))
+        self._signer = Signer(keys, salt="newsletter.unsubscribe.address", sep=".", digest_method=hashlib.sha256)
+        self._legacy_signer = Signer(keys, salt="newsletter.unsubscribe", sep=".", digest_method=hashlib.sha256)
+        self._legacy_up_to = legacy_up_to
+        self._tickets = _ClockedTimestampSigner(keys, "newsletter.resubscribe", settings.clock)
         self._base_url = settings.base_url
         self._mailto = settings.unsubscribe_mailto
 
-    def token(self, list_id: int, subscriber_id: int) -> str:
+    def token(self, list_id: int, subscriber_id: int, email: str) -> str:
         payload = f"{_to_base36(list_id)}.{_to_base36(subscriber_id)}"
-        return self._signer.sign(payload).decode("ascii")
+        return f"{payload}.{self._signer.get_signature(_signed_text(payload, email)).decode('ascii')}"
 
-    def read(self, token: str) -> tuple[int, int]:
-        """The (list id, subscriber id) a token names; TokenError if it is not one we signed."""
+    @staticmethod
+    def ids(token: str) -> tuple[int, int]:
+        """The (list id, subscriber id) a well-formed token names, before its signature is checked
+        (that needs the address, from the database); TokenError if it is not exactly a token."""
+        match = _TOKEN.fullmatch(token)
+        if match is None or not _canonical_base64(match[3]):
+            raise TokenError("this unsubscribe link is not valid")
+        list_id, subscriber_id = int(match[1], 36), int(match[2], 36)
+        if max(list_id, subscriber_id) > MAX_ID:
+            raise TokenError("this unsubscribe link is not valid")
+        return list_id, subscriber_id
+
+    def signed_for(self, token: str, email: str) -> bool:
+        """Whether `token` is exactly one we signed for this address."""
         try:
-            payload = self._signer.unsign(token).decode("ascii")
-            list_part, subscriber_part = payload.split(".")
-            return int(list_part, 36), int(subscriber_part, 36)
-        except (BadSignature, ValueError, UnicodeError):
-            raise TokenError("this unsubscribe link is not valid") from None
+            _, subscriber_id = self.ids(token)
+        except TokenError:
+            return False
+        payload, _, signature = token.rpartition(".")
+        if self._signer.verify_signature(_signed_text(payload, email), signature):
+            return True
+        return subscriber_id <= self._legacy_up_to and self._legacy_signer.verify_signature(payload, signature)
 
     def resubscribe_ticket(self, token: str) -> str:
         """A ticket that lets the holder of `token` undo an unsubscribe for RESUBSCRIBE_WINDOW."""
@@ -82,8 +111,8 @@ class UnsubscribeLinks:
             return False
         return signed == token.encode("ascii", "replace")
 
-    def url(self, list_id: int, subscriber_id: int) -> str:
-        return f"{self._base_url}/unsubscribe/{self.token(list_id, subscriber_id)}"
+    def url(self, list_id: int, subscriber_id: int, email: str) -> str:
+        return f"{self._base_url}/unsubscribe/{self.token(list_id, subscriber_id, email)}"
 
     def headers(self, unsubscribe_url: str) -> dict[str, str]:
         """The RFC 2369 / RFC 8058 headers for one recipient."""
@@ -95,6 +124,21 @@ class UnsubscribeLinks:
             "List-Unsubscribe": ", ".join(targets),
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
+
+
+def _signed_text(payload: str, email: str) -> str:
+    # The key, not the address as typed: a re-import in other case keeps the reader's links working.
+    return f"{payload}.{email_key(email)}"
+
+
+def _canonical_base64(text: str) -> bool:
+    """Whether `text` is exactly how base64url writes its bytes: the last character of 32 bytes
+    carries two unused bits, which lenient decoders ignore and a canonical encoder leaves zero."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=")
+    except binascii.Error:
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") == text
 
 
 class _ClockedTimestampSigner(TimestampSigner):

@@ -4,12 +4,19 @@ SendGrid posts a JSON array of events, signs timestamp+body with ECDSA P-256, an
 on any non-2xx answer, so an event can arrive several times: each sg_event_id is applied once
 (webhook_events). Status events suppress the subscriber through the same rule as every other
 source; engagement and delivery events are counted per campaign.
+
+Every event that can be stored is: text the databases cannot hold (NUL, lone surrogates; a bounce
+reason comes from the recipient's own mail server) is stored escaped, and an event the database still
+refuses costs only itself, never the batch it came in (a non-2xx answer has SendGrid retry the whole
+batch for a day, then drop it, the unsubscribes in it included).
 """
 
 from __future__ import annotations
 
 import binascii
 import json
+import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,10 +27,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from . import db
 from .errors import ConfigError
 from .suppressions import subscriber_id_for, suppress
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -80,17 +90,16 @@ class WebhookVerifier:
             return False
 
 
-def parse_events(body: bytes) -> list[dict[str, Any]]:
-    """The events of one webhook request; ValueError if the body is not SendGrid's JSON array."""
+def parse_events(body: bytes) -> list[Any]:
+    """The items of one webhook request (apply_events checks each); ValueError if the body is not a
+    JSON array."""
     try:
-        events = json.loads(body)
+        items = json.loads(body)
     except RecursionError:  # nested thousands deep: no SendGrid body, and answered 400, not 500
         raise ValueError("JSON nested too deeply") from None
-    if not isinstance(events, list) or not all(
-        isinstance(event, dict) and isinstance(event.get("event"), str) for event in events
-    ):
-        raise ValueError("expected a JSON array of event objects")
-    return events
+    if not isinstance(items, list):
+        raise ValueError("expected a JSON array of events")
+    return items
 
 
 @dataclass
@@ -98,12 +107,81 @@ class WebhookResult:
     applied: int = 0  # events seen for the first time
     duplicates: int = 0  # events already applied (SendGrid's retries)
     changed: int = 0  # memberships whose status changed
+    failed: int = 0  # items that are not events, or that the database refused (logged)
+
+    def add(self, other: WebhookResult) -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.changed += other.changed
+        self.failed += other.failed
 
 
-def apply_events(conn: Connection, events: list[dict[str, Any]], now: datetime) -> WebhookResult:
-    """Apply a batch of verified events in the caller's transaction."""
-    result = WebhookResult()
+def apply_events(conn: Connection, items: list[Any], now: datetime) -> WebhookResult:
+    """Apply a batch of verified events in the caller's transaction, every one that can be stored.
+
+    The batch goes in one savepoint; should the database refuse any of it, the batch is redone event
+    by event, each in its own savepoint, and only the refused events are left out (counted and
+    logged). An outage is no event's fault: it propagates, and SendGrid retries the batch.
+    """
     conn.execute(db.webhook_events.delete().where(db.webhook_events.c.received_at < now - DEDUPE_WINDOW))
+    result = WebhookResult()
+    events = []
+    for number, item in enumerate(items, start=1):
+        if isinstance(item, dict) and isinstance(item.get("event"), str):
+            events.append(_storable(item))
+        else:
+            result.failed += 1
+            log.warning("SendGrid webhook: item %d of %d is not an event object; skipped", number, len(items))
+    try:
+        with conn.begin_nested():
+            result.add(_apply(conn, events, now))
+        return result
+    except (OperationalError, InterfaceError):
+        raise
+    except (SQLAlchemyError, ValueError, OverflowError):
+        pass  # redone one by one below, to find the event(s) at fault
+    for number, event in enumerate(events, start=1):
+        try:
+            with conn.begin_nested():
+                result.add(_apply(conn, [event], now))
+        except (OperationalError, InterfaceError):
+            raise
+        except (SQLAlchemyError, ValueError, OverflowError) as error:
+            result.failed += 1
+            log.warning(
+                "SendGrid webhook: event %d of %d (%.30s, sg_event_id %.100r) not stored: %s",
+                number, len(events), event["event"], event.get("sg_event_id"), _why(error),
+            )  # fmt: skip
+    return result
+
+
+# What neither database stores in text: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with NUL and lone surrogates in its values written out as their JSON escapes
+    (`\\u0000`, `\\ud800`): visible in a stored reason instead of failing the write. Only top-level
+    values are ever stored or looked up."""
+    return {
+        key: _UNSTORABLE.sub(_escape, value) if isinstance(value, str) else value
+        for key, value in event.items()
+    }
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match[0]):04x}"
+
+
+def _why(error: Exception) -> str:
+    # The driver's own message: SQLAlchemy's adds the statement and its parameters (addresses).
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _apply(conn: Connection, events: list[dict[str, Any]], now: datetime) -> WebhookResult:
+    result = WebhookResult()
     seen = _already_applied(conn, [event["sg_event_id"] for event in events if _event_id(event)])
     counts: Counter[tuple[int, str]] = Counter()
     for event in events:
@@ -195,11 +273,8 @@ def _int_arg(event: dict[str, Any], name: str) -> int | None:
 
 
 def _subscriber(conn: Connection, event: dict[str, Any]) -> int | None:
-    subscriber_id = _int_arg(event, "subscriber_id")
-    if subscriber_id is not None:
-        found = conn.execute(select(db.subscribers.c.id).where(db.subscribers.c.id == subscriber_id)).scalar()
-        if found is not None:
-            return found
+    # By the address the message went to, never by our subscriber_id alone: that id names whoever
+    # holds it now, which after an erasure need not be the recipient (and the id can only agree).
     email = event.get("email")
     return subscriber_id_for(conn, email) if isinstance(email, str) else None
 

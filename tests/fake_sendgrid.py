@@ -29,6 +29,10 @@ from typing import Any
 # connection without answering) or "hang" (read it, then answer only after `hang` seconds). Like
 # SendGrid after a lost answer, "drop" and "hang" count the request as delivered.
 DROP, HANG = "drop", "hang"
+# 400s about the request as a whole though they name personalizations: one the batch does not
+# have, or every one of it; and a 400 whose message is 50 MB (a broken server or proxy).
+OUTSIDE, EVERY, HUGE = "400-outside", "400-every", "400-huge"
+HUGE_SIZE = 50 * 1024 * 1024
 
 _HELP = "https://docs.sendgrid.com/api-reference/mail-send/errors"
 
@@ -122,6 +126,8 @@ class FakeSendGrid:
         elif step in (DROP, HANG):
             status, payload = step, None
             message_id = _message_id()
+        elif step in (OUTSIDE, EVERY, HUGE):
+            status, payload = 400, _systemic(step, len((body or {}).get("personalizations") or []))
         elif step is not None and step != "202":
             status = int(step)
             payload = _errors((_REASONS.get(status, "error"), None))
@@ -178,6 +184,14 @@ _REASONS = {
     502: "bad gateway",
     503: "service unavailable",
 }
+
+
+def _systemic(step: str, size: int) -> dict[str, Any]:
+    if step == OUTSIDE:
+        return _errors(("Does not contain a valid address.", f"personalizations.{size + 5}.to.0.email"))
+    if step == EVERY:
+        return _errors(*(("Invalid type.", f"personalizations.{n}.custom_args") for n in range(size)))
+    return _errors(("x" * HUGE_SIZE, None))
 
 
 def _message_id() -> str:

@@ -1,6 +1,7 @@
 """The example issue in a real browser (Debian's headless Chromium, Korean from fonts-nanum) at a
-phone's and a desktop's width, in light and dark mode: layout, text size, contrast, images. Also the
-preview page's width toggle.
+phone's and a desktop's width, in light and dark mode (with images and without): layout, height,
+text size, contrast, tap targets, images. Also the preview page's width toggle. The screenshots
+are left in <pytest's base temp>/screenshots/ to look at.
 
 Chromium is driven over the DevTools protocol by tests/support.py's Chromium, so no client library
 is needed. Without Chromium or the font these tests fail, never skip: `make test` installs both.
@@ -15,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from newsletter.config import load_settings
 from newsletter.digest import load_digest
-from newsletter.render import render_issue
+from newsletter.render import DARK, LIGHT, render_issue
 
 from .support import (
     EXAMPLE_DIGEST,
@@ -39,7 +40,7 @@ PHONE, DESKTOP = 375, 640
 # -- the example issue, served with its thumbnails -----------------------------------------------
 
 # Every element holding visible text: its font size, its colour and the first opaque background
-# behind it (walking up the ancestors).
+# behind it (walking up the ancestors). Every visible link's box, and the page's height.
 MEASURE = """(() => {
   const box = (el) => { const r = el.getBoundingClientRect();
     return {left: r.left, right: r.right, top: r.top + scrollY, bottom: r.bottom + scrollY, width: r.width, height: r.height}; };
@@ -59,22 +60,32 @@ MEASURE = """(() => {
     texts.push({text: walker.currentNode.textContent.trim().slice(0, 30), size: parseFloat(style.fontSize),
                 colour: style.color, background: background(el)});
   }
+  const links = (selector) => [...document.querySelectorAll(selector)].filter((a) => a.checkVisibility())
+    .map((a) => ({text: a.textContent.trim().slice(0, 30), ...box(a)}));
   return {
     viewport: innerWidth,
+    height: document.documentElement.scrollHeight,
     scrollWidth: Math.max(document.documentElement.scrollWidth, document.body.scrollWidth),
-    cards: [...document.querySelectorAll(".card")].map(box),
-    images: [...document.images].map((img) => ({...box(img), natural: img.naturalWidth})),
+    cards: [...document.querySelectorAll(".box")].map(box),
+    images: [...document.images].map((img) => ({...box(img), natural: img.naturalWidth,
+      background: getComputedStyle(img).backgroundColor, colour: getComputedStyle(img).color})),
     headings: [...document.querySelectorAll("h1, h2")].map((h) => h.tagName),
+    links: links("a"),
+    targets: links(".foot a, .button a"),
     texts,
   };
 })()"""
 
+# name: (dark, blocks images, script run after loading)
 SCHEMES = {
-    "light": (False, ""),
-    "dark": (True, ""),
+    "light": (False, False, ""),
+    "dark": (True, False, ""),
+    # How many readers first see an issue: images blocked until they allow them.
+    "dark-images-off": (True, True, ""),
     # Outlook.com in dark mode marks the document with data-ogsc/data-ogsb; our rules follow them.
-    "outlook-dark": (False, "document.documentElement.setAttribute('data-ogsc', ''); document.documentElement.setAttribute('data-ogsb', '');"),
+    "outlook-dark": (False, False, "document.documentElement.setAttribute('data-ogsc', ''); document.documentElement.setAttribute('data-ogsb', '');"),
 }
+MAX_PHONE_HEIGHT = 5500  # px at 375 px wide: a digest to skim, the abstracts on the web version
 
 
 def rgb(css: str) -> tuple[int, int, int]:
@@ -85,11 +96,26 @@ def hex_of(css: str) -> str:
     return "#%02x%02x%02x" % rgb(css)
 
 
+def bright_panels(shot: Image.Image, size: int = 15) -> int:
+    """How many pixels sit inside a bright square of `size` px: text strokes are thinner than
+    that, so only a panel (a light box, an image) counts."""
+    darkest_around = shot.convert("L").filter(ImageFilter.MinFilter(size))
+    return sum(darkest_around.histogram()[160:])
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
     chromium = Chromium(tmp_path_factory.mktemp("chromium-profile"), require_chromium())
     yield chromium
     chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go, to look at after a run: <pytest's base temp>/screenshots/."""
+    folder = tmp_path_factory.getbasetemp() / "screenshots"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -116,20 +142,25 @@ def issue_url(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("width", [PHONE, DESKTOP])
-def test_the_issue_in_chromium(browser: Chromium, issue_url: str, width: int, scheme: str, tmp_path: Path) -> None:
-    dark, script = SCHEMES[scheme]
+def test_the_issue_in_chromium(browser: Chromium, issue_url: str, screenshots: Path, width: int, scheme: str) -> None:
+    dark, images_off, script = SCHEMES[scheme]
     page = browser.page(width, dark=dark)
+    if images_off:
+        page.send("Network.enable")
+        page.send("Network.setBlockedURLs", {"urls": ["*/assets/*"]})
     page.goto(issue_url)
     if script:
         page.evaluate(script)
     assert page.evaluate("document.compatMode") == "CSS1Compat"
     seen = page.evaluate(MEASURE)
 
-    # Nothing scrolls sideways.
+    # Nothing scrolls sideways, and a phone scrolls through the issue in under 5,500 px.
     assert seen["viewport"] == width and seen["scrollWidth"] <= width
-    # One card per paper, stacked in one column, each inside the viewport.
+    if width == PHONE:
+        assert seen["height"] <= MAX_PHONE_HEIGHT
+    # The contents and one card per paper, stacked in one column, each inside the viewport.
     cards = seen["cards"]
-    assert len(cards) == 5
+    assert len(cards) == 1 + 5
     for above, below in zip(cards, cards[1:]):
         assert below["top"] >= above["bottom"] and below["left"] == above["left"]
     for card in cards:
@@ -138,12 +169,15 @@ def test_the_issue_in_chromium(browser: Chromium, issue_url: str, width: int, sc
             assert card["width"] >= width - 2 * 12  # full width but for a narrow gutter
         else:
             assert card["width"] == 600 and card["left"] == (width - 600) / 2
-    # Images loaded, never wider than the viewport or the card, and not distorted.
+    # Images loaded, never wider than the viewport or the card, and not distorted; blocked, their
+    # box and alt text follow the colour scheme.
     assert len(seen["images"]) == 5
     for image in seen["images"]:
-        assert image["natural"] > 0
-        assert image["right"] <= width and image["width"] == (552 if width == DESKTOP else card["width"] - 2 * 18)
+        assert image["natural"] == (0 if images_off else 1104)
+        assert image["right"] <= width and image["width"] == (552 if width == DESKTOP else card["width"] - 2 * 16)
         assert abs(image["height"] / image["width"] - 290 / 552) < 0.01
+        palette = LIGHT if scheme == "light" else DARK
+        assert (hex_of(image["background"]), hex_of(image["colour"])) == (palette.accent_soft, palette.accent)
     assert seen["headings"] == ["H1", "H2"] + ["H2"] * 5  # the title, "오늘의 논문", each paper
     # Body text at least 14px, and every text at least 4.5:1 against what is behind it.
     assert len(seen["texts"]) > 50
@@ -151,11 +185,21 @@ def test_the_issue_in_chromium(browser: Chromium, issue_url: str, width: int, sc
         assert text["size"] >= 14, text
         ratio = contrast(hex_of(text["colour"]), hex_of(text["background"]))
         assert ratio >= 4.5, f"{text['text']!r}: {ratio:.2f}:1 ({text['colour']} on {text['background']})"
+    # Every link at least 24 px tall; the footer's links and the buttons 44 px, for a thumb.
+    assert len(seen["links"]) >= 5 * 4 + 5 + 2
+    assert [link for link in seen["links"] if link["height"] < 24] == []
+    assert len(seen["targets"]) == 5 + 2
+    assert [target for target in seen["targets"] if target["height"] < 44] == []
 
-    # The pixels agree: the page behind the cards is light or dark as the scheme asks.
-    shot = Image.open(io.BytesIO(page.screenshot(tmp_path / f"{width}-{scheme}.png")))
-    corner = shot.convert("RGB").getpixel((2, 2))
+    # The pixels agree: the page behind the cards is light or dark as the scheme asks, and dark
+    # mode has no bright panel (a thumbnail's box with images off, a light card left over).
+    shot = Image.open(io.BytesIO(page.screenshot(screenshots / f"{width}-{scheme}.png"))).convert("RGB")
+    corner = shot.getpixel((2, 2))
     assert (sum(corner) / 3 < 40) if scheme != "light" else (sum(corner) / 3 > 220), corner
+    if scheme == "light":
+        assert bright_panels(shot) > 100 * width  # the white cards: the measure does see panels
+    else:
+        assert bright_panels(shot) == 0
 
 
 def test_korean_renders_in_a_korean_font(browser: Chromium, issue_url: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from newsletter.checks import CheckReport, Problem, run_checks
+from newsletter.checks import SIZE_LIMIT_BYTES, CheckReport, Problem, run_checks
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.digest import load_digest
@@ -55,19 +55,20 @@ def test_a_good_issue_passes() -> None:
     assert report.ok and report.problems == []
     # Each placeholder is counted at the length of a real personal link.
     assert report.html_bytes == len(GOOD.html.encode()) - len(UNSUBSCRIBE_TAG) + 256
-    assert report.size_line().startswith("HTML size 0.") and report.size_line().endswith("of 102 KB (ok)")
+    assert report.size_line().startswith("HTML size 0.") and report.size_line().endswith("of 90 KB (ok)")
     report.raise_for_problems()
 
 
-def test_html_over_gmails_limit_is_caught_with_its_size() -> None:
-    padding = "<p>" + "가" * (GMAIL_CLIP_BYTES // 3) + "</p>"  # three bytes each in UTF-8
+def test_html_over_90_kb_is_caught_with_its_size() -> None:
+    # Under Gmail's 102 KB, but without room for click tracking's longer links.
+    padding = "<p>" + "가" * (SIZE_LIMIT_BYTES // 3) + "</p>"  # three bytes each in UTF-8
 
     report = run_checks(dataclasses.replace(GOOD, html=page(padding)))
 
     assert not report.ok
-    assert report.html_bytes > GMAIL_CLIP_BYTES
+    assert SIZE_LIMIT_BYTES < report.html_bytes < GMAIL_CLIP_BYTES
     (problem,) = report.problems
-    assert problem.where == "HTML part" and "over Gmail's 102 KB" in problem.what
+    assert problem.where == "HTML part" and "over the 90 KB limit: Gmail clips at 102 KB" in problem.what
     assert "too big" in report.size_line()
 
 
@@ -164,15 +165,19 @@ def test_the_rendered_example_passes_every_check(settings: Settings) -> None:
     report = run_checks(issue)
 
     assert report.problems == []
-    assert 10_000 < report.html_bytes < GMAIL_CLIP_BYTES
+    assert 10_000 < report.html_bytes < SIZE_LIMIT_BYTES
+    # Each paper's card, by rank, and what it weighs.
+    assert list(report.card_bytes) == ["#1", "#2", "#3", "#4", "#5"]
+    assert all(2_000 < size < 8_000 for size in report.card_bytes.values())
+    assert sum(report.card_bytes.values()) < report.html_bytes
 
 
 def test_check_command_passes_on_the_example(project: Path) -> None:
     result = CliRunner().invoke(app, ["check", "--date", "2026-01-23"])
 
     assert result.exit_code == 0, result.output
-    assert "HTML size" in result.output and "of 102 KB (ok)" in result.output
-    assert "passes every check" in result.output
+    assert "HTML size" in result.output and "of 90 KB (ok); cards #1 " in result.output
+    assert ", #5 " in result.output.replace("\n", "") and "passes every check" in result.output
 
 
 def test_check_command_fails_with_every_problem(project: Path) -> None:

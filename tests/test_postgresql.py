@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Engine
 
 from newsletter import db, send
@@ -45,11 +46,12 @@ from newsletter.subscribers import (
     unsubscribe,
 )
 from newsletter.suppressions import suppress
-from newsletter.webhook import apply_events
+from newsletter.webhook import apply_events, parse_events
 
 from .fake_sendgrid import FakeSendGrid
 from .send_helpers import API_KEY, configure
 from .support import ROOT, free_port, run_newsletter, wait_for_port
+from .web import UNSTORABLE_BOUNCE_DETAIL, UNSTORABLE_COUNTS, UNSTORABLE_EVENT_IDS, batch_with_unstorable_text
 
 LIST = "daily-papers"
 DAY = date(2026, 1, 23)
@@ -212,7 +214,7 @@ def write_csv(path: Path, valid: int) -> Path:
 
 
 def test_the_schema_is_created_once_and_migrating_again_changes_nothing(pg_settings: Settings) -> None:
-    engine = db._create_engine(pg_settings.resolved_database_url)
+    engine = db._create_engine(pg_settings.resolved_database_url, pg_settings.database_timeout)
     try:
         assert db.migrate(engine) == len(db.MIGRATIONS)
         assert db.migrate(engine) == len(db.MIGRATIONS)
@@ -484,6 +486,89 @@ def test_webhook_events_apply_once_and_suppress(engine: Engine, pg_settings: Set
     ]
 
 
+def test_a_webhook_batch_with_nul_and_lone_surrogates_stores_every_event(
+    engine: Engine, pg_settings: Settings
+) -> None:
+    """PostgreSQL refuses NUL in text: one such character used to lose the whole batch."""
+    now = pg_settings.clock()
+    with engine.begin() as conn:
+        list_id = get_list(conn, LIST).id
+        leaver = subscribe(conn, list_id=list_id, email="leaver@example.com", now=now).subscriber.id
+        bouncer = subscribe(conn, list_id=list_id, email="bouncer@example.com", now=now).subscriber.id
+        subscribe(conn, list_id=list_id, email="reader@example.com", now=now)
+        campaign_id = conn.execute(
+            db.campaigns.insert().values(
+                issue_date=DAY.isoformat(), list_id=list_id, subject="s", html="h", text="t", created_at=now
+            )
+        ).inserted_primary_key[0]
+    body = batch_with_unstorable_text(
+        campaign_id, list_id, leaver="leaver@example.com", bouncer="bouncer@example.com", reader="reader@example.com"
+    )
+    with engine.begin() as conn:
+        first = apply_events(conn, parse_events(body), now)
+    with engine.begin() as conn:  # SendGrid's retry
+        retried = apply_events(conn, parse_events(body), now)
+    assert (first.applied, first.duplicates, first.failed) == (5, 0, 2)  # the two items that are no events
+    assert (retried.applied, retried.duplicates, retried.changed) == (0, 5, 0)
+    assert members(engine) == {
+        "leaver@example.com": db.UNSUBSCRIBED, "bouncer@example.com": db.BOUNCED, "reader@example.com": db.SUBSCRIBED
+    }  # fmt: skip
+    c, e = db.campaign_stats.c, db.events.c
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(db.webhook_events.c.sg_event_id)).scalars())
+        stats = dict(conn.execute(select(c.event, c.count).where(c.campaign_id == campaign_id)).all())
+        detail = conn.execute(select(e.detail).where(e.subscriber_id == bouncer, e.source == "webhook")).scalar_one()
+    assert stored == UNSTORABLE_EVENT_IDS and stats == UNSTORABLE_COUNTS and detail == UNSTORABLE_BOUNCE_DETAIL
+    assert events_of(engine, leaver)[-1] == (db.SUBSCRIBED, db.UNSUBSCRIBED, "webhook")
+
+
+def test_an_event_the_database_refuses_costs_only_itself(engine: Engine, pg_settings: Settings) -> None:
+    # An error aborts a PostgreSQL transaction: each event must be redone in its own savepoint.
+    now = pg_settings.clock()
+    with engine.begin() as conn:
+        list_id = get_list(conn, LIST).id
+        subscribe(conn, list_id=list_id, email="leaver@example.com", now=now)
+        conn.execute(text(
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.sg_event_id = 'refused-2' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF; "
+            "RETURN NEW; END $$"
+        ))  # fmt: skip
+        conn.execute(text(
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON webhook_events FOR EACH ROW EXECUTE FUNCTION refuse_one()"
+        ))  # fmt: skip
+    batch = [
+        {"email": "leaver@example.com", "event": "delivered", "sg_event_id": "refused-1"},
+        {"email": "leaver@example.com", "event": "delivered", "sg_event_id": "refused-2"},
+        {"email": "leaver@example.com", "event": "unsubscribe", "sg_event_id": "refused-3"},
+    ]
+    with engine.begin() as conn:
+        result = apply_events(conn, batch, now)
+    assert (result.applied, result.failed, result.changed) == (2, 1, 1)
+    assert members(engine) == {"leaver@example.com": db.UNSUBSCRIBED}
+    assert {row[0] for row in rows(engine, db.webhook_events)} == {"refused-1", "refused-3"}
+
+
+def test_erasing_then_adding_reuses_no_id(engine: Engine, pg_settings: Settings) -> None:
+    # SERIAL sequences never hand a number out twice; the upgrade from schema 2 only records which
+    # subscribers may hold a link signed the old way (tokens.py).
+    now = pg_settings.clock()
+    with engine.begin() as conn:
+        list_id = get_list(conn, LIST).id
+        kept = subscribe(conn, list_id=list_id, email="kept@example.com", now=now).subscriber.id
+        db.legacy_links.drop(conn)  # as a database of schema version 2
+        conn.execute(db.schema_version.update().values(version=2))
+    assert db.migrate(engine) == len(db.MIGRATIONS)
+    with engine.begin() as conn:
+        assert conn.execute(select(db.legacy_links.c.max_subscriber_id)).scalars().all() == [kept]
+        erased = subscribe(conn, list_id=list_id, email="erased@example.com", now=now).subscriber.id
+        erase_subscriber(conn, "erased@example.com", now=now)
+        added = subscribe(conn, list_id=list_id, email="next@example.com", now=now).subscriber.id
+        gone = create_list(conn, "short-lived", now=now).id
+        conn.execute(db.lists.delete().where(db.lists.c.id == gone))
+        created = create_list(conn, "next-list", now=now).id
+    assert added > erased > kept and created > gone
+
+
 def test_two_unsubscribes_at_once_change_and_log_it_once(engine: Engine, pg_settings: Settings) -> None:
     # PostgreSQL lets two transactions read the same status at once (SQLite's BEGIN IMMEDIATE does
     # not): a second one-click POST arriving while the first is uncommitted must wait, then see it.
@@ -509,3 +594,60 @@ def test_two_unsubscribes_at_once_change_and_log_it_once(engine: Engine, pg_sett
 
     assert outcomes == [True, False]
     assert events_of(engine, ann) == [(None, db.SUBSCRIBED, "command"), (db.SUBSCRIBED, db.UNSUBSCRIBED, "one_click")]
+
+
+def _restart(server: str) -> None:
+    """Restart the cluster (a fast shutdown ends every session mid-transaction), as an operator or
+    a failover would; pg_ctl reuses the options it was started with."""
+    import psycopg
+
+    with psycopg.connect(server.replace("postgresql+psycopg", "postgresql") + "/postgres") as conn:
+        data = conn.execute("SHOW data_directory").fetchone()[0]  # type: ignore[index]
+    subprocess.run(
+        _as_server_user([str(_bin_dir() / "pg_ctl"), "-D", data, "-l", str(Path(data).parent / "server.log"),
+                         "-m", "fast", "-w", "restart"]),
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, database_url: str, tmp_path: Path) -> None:
+    from .send_helpers import CONTENT, delivery_states, plan_for
+
+    restarts: list[threading.Thread] = []
+    restarted_at: list[float] = []
+
+    def restart() -> None:
+        _restart(server)
+        restarted_at.append(time.monotonic())
+
+    def restart_during_the_third_request(record: Any) -> None:
+        if record.seq == 3:  # in its own thread: the fake goes on answering meanwhile
+            restarts.append(threading.Thread(target=restart))
+            restarts[0].start()
+
+    with FakeSendGrid(api_key=API_KEY, latency=0.05, on_request=restart_during_the_third_request) as fake:
+        settings = configure(
+            project, database_url=database_url, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY,
+            batch_size=25, send_concurrency=2, database_timeout=30, secret_key=SECRET,
+        )  # fmt: skip
+        engine = db.engine_for(settings)
+        with engine.begin() as conn:
+            create_list(conn, LIST, now=settings.clock())
+        import_csv(engine, write_csv(tmp_path / "people.csv", 1000), list_name=LIST, clock=settings.clock)
+        send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
+        report = send.send_campaign(settings, plan_for(settings))
+        sent_at = time.monotonic()
+        restarts[0].join(120)
+
+    assert restarted_at and restarted_at[0] < sent_at  # the send lived through the restart
+
+    received = Counter(fake.delivered())
+    assert max(received.values()) == 1
+    states = delivery_states(settings)
+    assert {states[address][0] for address in received} <= {db.SENT, db.UNCERTAIN}
+    if report.finished:
+        assert report.error is None and set(received) == set(states)
+    else:  # the restart outlasted the retries: whatever SendGrid accepted is recorded, nothing lost
+        assert {state for state, _, _ in states.values()} <= {db.SENT, db.UNCERTAIN, db.PENDING}
+        resumed = send.send_campaign(settings, plan_for(settings))
+        assert resumed.finished and max(Counter(fake.delivered()).values()) == 1

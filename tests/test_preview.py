@@ -59,7 +59,7 @@ def test_the_preview_serves_the_email_with_local_thumbnails(workspace: dict[str,
         assert page.status_code == 200
         frames = lxml_html.document_fromstring(page.text).xpath("//iframe")
         assert [frame.get("src") for frame in frames] == ["/email", "/email"]
-        assert "Daily Papers · 2026년 1월 23일 — EvoCUA 외 4편" in page.text
+        assert "2026년 1월 23일 — EvoCUA 외 4편" in page.text
         assert {b.get("data-show") for b in lxml_html.document_fromstring(page.text).xpath("//button")} == {
             "phone", "desktop", "both"
         }  # fmt: skip
@@ -80,7 +80,7 @@ def test_the_preview_serves_the_email_with_local_thumbnails(workspace: dict[str,
             assert Image.open(io.BytesIO(thumbnail.content)).size == (1104, 580)
 
         text = client.get("/email.txt")
-        assert text.status_code == 200 and f"구독 해지: http://127.0.0.1:{port}/unsubscribe-preview" in text.text
+        assert text.status_code == 200 and f"구독 해지:\nhttp://127.0.0.1:{port}/unsubscribe-preview\n" in text.text
         assert client.get("/assets/..%2Fdigests%2F2026-01-23.md").status_code == 404
         assert client.get("/assets/missing.jpg").status_code == 404
 

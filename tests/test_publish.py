@@ -16,7 +16,7 @@ from newsletter.cli import app
 from newsletter.config import Settings, load_settings
 from newsletter.digest import load_digest
 from newsletter.errors import NewsletterError, RenderError
-from newsletter.publish import PublishedIssue, publish_issue, published_issues
+from newsletter.publish import PublishedIssue, page_folder, publish_issue, published_issues
 from newsletter.render import UNSUBSCRIBE_TAG, RenderedIssue, render_issue
 
 from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
@@ -42,7 +42,7 @@ def issue_of(settings: Settings, day: str) -> RenderedIssue:
 
 
 def publish(settings: Settings, day: str) -> None:
-    publish_issue(issue_of(settings, day), settings)
+    publish_issue(load_digest(settings, date.fromisoformat(day)), settings)
 
 
 def feed_of(project: Path) -> ElementTree.Element:
@@ -51,7 +51,7 @@ def feed_of(project: Path) -> ElementTree.Element:
 
 def archive_links(project: Path) -> list[tuple[str, str]]:
     document = lxml.html.parse(str(project / "public" / "index.html")).getroot()
-    return [(link.get("href"), link.text_content()) for link in document.cssselect("li a")]
+    return [(link.get("href"), link.text_content()) for link in document.xpath("//li//a")]
 
 
 def leftovers(project: Path) -> list[Path]:
@@ -60,19 +60,31 @@ def leftovers(project: Path) -> list[Path]:
 
 def test_publish_writes_the_web_version_archive_and_feed(project: Path) -> None:
     settings = at(project, T1)
+    digest = load_digest(settings, date(2026, 1, 23))
     issue = issue_of(settings, "2026-01-23")
 
-    publication = publish_issue(issue, settings)
+    publication = publish_issue(digest, settings)
 
     page = project / "public" / "2026-01-23" / "index.html"
     assert publication.page == page
     assert issue.web_url == "https://papers.example.com/2026-01-23/"
     html = page.read_text()
     assert UNSUBSCRIBE_TAG not in html
-    assert html == issue.html.replace(UNSUBSCRIBE_TAG, "https://papers.example.com/")
+    full = render_issue(digest, settings, abstract="full")
+    assert html == full.html.replace(UNSUBSCRIBE_TAG, "https://papers.example.com/")
+    # Every abstract in full, on the card the email's "read the abstract" link lands on.
+    document = lxml.html.document_fromstring(html)
+    for paper in digest.papers:
+        card = document.get_element_by_id(f"paper-{paper.rank}")
+        assert [" ".join(p.text_content().split()) for p in card.find_class("abstract")[0].iter("p")] == [
+            " ".join(paragraph.text.split()) for paragraph in paper.abstract
+        ]
+        assert f"{issue.web_url}#paper-{paper.rank}" in issue.html
+    assert "초록 읽기" not in html
     assert archive_links(project) == [("2026-01-23/", issue.subject)]
     assert published_issues(settings) == publication.issues
     (record,) = publication.issues
+    assert publication.issue == record
     assert (record.date, record.url, record.path, record.language) == (
         date(2026, 1, 23),
         issue.web_url,
@@ -163,12 +175,11 @@ def test_a_broken_record_stops_the_publish_before_anything_is_written(project: P
 
 def test_web_url_outside_base_url_is_refused(project: Path) -> None:
     settings = at(project, T1)
-    issue = issue_of(settings, "2026-01-23")
-    elsewhere = RenderedIssue(**{**issue.__dict__, "web_url": "https://other.example.com/2026-01-23/"})
 
-    with pytest.raises(RenderError, match="is not a folder under base_url"):
-        publish_issue(elsewhere, settings)
-    assert not (project / "public" / "2026-01-23").exists()
+    assert page_folder("https://papers.example.com/2026-01-23/", settings) == project / "public" / "2026-01-23"
+    for elsewhere in ("https://other.example.com/2026-01-23/", "https://papers.example.com/../x/"):
+        with pytest.raises(RenderError, match="is not a folder under base_url"):
+            page_folder(elsewhere, settings)
 
 
 def test_record_round_trips(project: Path) -> None:

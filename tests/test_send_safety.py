@@ -285,7 +285,7 @@ def test_pending_rows_are_indexed_by_id_and_old_databases_are_migrated(project: 
         conn.exec_driver_sql("DROP INDEX ix_deliveries_campaign_state_id")
         conn.exec_driver_sql("CREATE INDEX ix_deliveries_campaign_state ON deliveries (campaign_id, state)")
         conn.execute(db.schema_version.update().values(version=1))
-    assert db.migrate(engine) == 2
+    assert db.migrate(engine) == len(db.MIGRATIONS)
     indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("deliveries")}
     assert indexes == {"ix_deliveries_campaign_state_id": ["campaign_id", "state", "id"],
                        "ix_deliveries_batch": ["batch_id"]}

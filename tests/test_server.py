@@ -4,8 +4,12 @@ answer carries, and the unsubscribe page as a real browser draws it."""
 from __future__ import annotations
 
 import io
+import select
+import socket
 import subprocess
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image
@@ -16,7 +20,7 @@ from newsletter.render import DARK, LIGHT
 from newsletter.tokens import UnsubscribeLinks
 
 from .support import CHROMIUM, require_chromium
-from .web import add_list, add_subscribers, serving, write_config
+from .web import add_list, add_subscribers, serving, status_of, write_config
 
 
 def _png(colour: str) -> bytes:
@@ -111,7 +115,7 @@ def test_the_confirmation_page_in_a_real_browser(tmp_path: Path) -> None:
     list_id = add_list(settings, "daily-papers", "Daily Papers")
     (subscriber_id,) = add_subscribers(settings, list_id, ["독자@example.com"])
     with serving(config) as url:
-        page = f"{url}/unsubscribe/{UnsubscribeLinks(settings).token(list_id, subscriber_id)}"
+        page = f"{url}/unsubscribe/{UnsubscribeLinks(settings).token(list_id, subscriber_id, '독자@example.com')}"
         phone = _screenshot(page, tmp_path / "phone.png", 390, 844, tmp_path / "profile")
         desktop = _screenshot(page, tmp_path / "desktop.png", 1280, 800, tmp_path / "profile")
         dark = _screenshot(page, tmp_path / "dark.png", 390, 844, tmp_path / "profile", "--force-dark-mode")
@@ -125,3 +129,77 @@ def test_the_confirmation_page_in_a_real_browser(tmp_path: Path) -> None:
     # GET in a browser changed nothing.
     with db.engine_for(settings).connect() as conn:
         assert conn.execute(db.memberships.select()).one().status == db.SUBSCRIBED
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+
+FIFTY_MB = 50 * 1024 * 1024
+
+
+def _trickle(url: str, headers: dict[str, str], *, declared: int | None, body: bytes = b"x" * 4096) -> tuple[bytes, float, int]:
+    """POSTs `body` over and over, one piece every 4 ms (about 1 MB/s), up to 50 MB, until the server
+    answers: with `declared` as Content-Length, or chunked without it. Returns the answer, the seconds
+    it took and the bytes sent."""
+    parts = urlsplit(url)
+    lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines.append("Transfer-Encoding: chunked" if declared is None else f"Content-Length: {declared}")
+    piece = body if declared is not None else b"%x\r\n%s\r\n" % (len(body), body)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        start = time.monotonic()
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        sent = 0
+        while sent < FIFTY_MB and not select.select([sock], [], [], 0.004)[0]:
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(body)
+        answer = sock.recv(65536)
+        elapsed = time.monotonic() - start
+        # The server closes the connection rather than read the rest (a reset, when bytes it did not
+        # read were left in its buffer).
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+    return answer, elapsed, sent
+
+
+def test_oversized_bodies_are_refused_at_once_and_nothing_is_spooled(tmp_path: Path) -> None:
+    """A 300 MB multipart POST to any /unsubscribe/ path used to be spooled to disk in full before
+    the link was even checked."""
+    config = write_config(tmp_path)
+    settings = load_settings(config)
+    list_id = add_list(settings, "daily-papers")
+    (subscriber_id,) = add_subscribers(settings, list_id, ["slow.upload@example.com"])
+    token = UnsubscribeLinks(settings).token(list_id, subscriber_id, "slow.upload@example.com")
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    # A file part's head, then its content (the same again and again: only its size matters here).
+    multipart_head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n' + b"x" * 4096
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    with serving(config, env={"TMPDIR": str(spool)}) as url:
+        link = f"{url}/unsubscribe/{token}"
+        answers = {
+            "declared 50 MB": _trickle(link, form, declared=FIFTY_MB),
+            "chunked, 50 MB": _trickle(link, form, declared=None),
+            "multipart file, declared 50 MB": _trickle(link, multipart, declared=FIFTY_MB, body=multipart_head),
+            "multipart file, chunked": _trickle(link, multipart, declared=None, body=multipart_head),
+            "resubscribe, chunked": _trickle(link.replace("/unsubscribe/", "/resubscribe/"), form, declared=None),
+            "webhook, declared 50 MB": _trickle(f"{url}/webhooks/sendgrid", {}, declared=FIFTY_MB),
+        }
+        # A forged link is answered without its body: the server does not wait for it.
+        forged = _trickle(f"{url}/unsubscribe/{token[:-1]}A", form, declared=8000, body=b"")
+        # A file in the one-click form is refused, however small.
+        with httpx.Client(timeout=30) as http:
+            small_file = http.post(link, files={"List-Unsubscribe": ("a.txt", b"One-Click")})
+    for name, (answer, elapsed, sent) in answers.items():
+        assert answer.startswith(b"HTTP/1.1 413 "), (name, answer[:100])
+        assert b"connection: close" in answer.lower(), name
+        assert elapsed < 1 and sent < 1024 * 1024, (name, elapsed, sent)
+    assert forged[0].startswith(b"HTTP/1.1 404 ") and forged[1] < 1
+    assert small_file.status_code == 400
+    assert list(spool.iterdir()) == []
+    assert status_of(settings, list_id, subscriber_id) == db.SUBSCRIBED

@@ -3,21 +3,25 @@ the sender selects; through the library and `newsletter subscribers …`. Real S
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
 from newsletter import db
 from newsletter.cli import app
-from newsletter.config import Settings
+from newsletter.config import Settings, load_settings
 from newsletter.errors import SubscriberError
 from newsletter.subscribers import (
     Member,
     create_list,
+    delete_list,
     email_key,
     erase_subscriber,
     find_subscriber,
@@ -28,6 +32,8 @@ from newsletter.subscribers import (
     set_status,
     subscribe,
 )
+
+from .web import version_2_database
 
 
 @pytest.fixture
@@ -350,3 +356,93 @@ def test_show_tells_the_whole_story(population: Engine, cli) -> None:
     ]
     assert "bounced" in as_table.stdout and "webhook" in as_table.stdout
     assert isinstance(missing.exception, SubscriberError)
+
+
+# -- ids that leave the database are never handed out again -----------------------------------------
+
+
+def test_erasing_then_adding_reuses_no_id(engine: Engine, settings: Settings) -> None:
+    """An erased reader's id, still in their old links and in SendGrid's late events, must never
+    name the next person (SQLite without AUTOINCREMENT reused the highest id)."""
+    now = settings.clock()
+    with engine.begin() as conn:
+        daily = conn.execute(select(db.lists.c.id).where(db.lists.c.name == "daily")).scalar_one()
+        subscribe(conn, list_id=daily, email="first@example.com", now=now)
+        erased = subscribe(conn, list_id=daily, email="erased@example.com", now=now).subscriber.id
+        erase_subscriber(conn, "erased@example.com", now=now)
+        added = subscribe(conn, list_id=daily, email="next@example.com", now=now).subscriber.id
+        gone = create_list(conn, "short-lived", now=now).id
+        delete_list(conn, "short-lived")
+        created = create_list(conn, "next-list", now=now).id
+    assert added > erased and created > gone
+
+
+_VERSION_2_ROWS = """
+    INSERT INTO lists VALUES (1, 'daily', '', '2026-01-01 00:00:00'), (2, 'weekly', 'w', '2026-01-01 00:00:00');
+    INSERT INTO subscribers VALUES
+        (1, 'a@example.com', 'a@example.com', 'A', '{}', '2026-01-02 00:00:00'),
+        (2, 'B@example.com', 'b@example.com', NULL, '{"team": "x"}', '2026-01-02 00:00:00'),
+        (3, 'c@example.com', 'c@example.com', NULL, '{}', '2026-01-02 00:00:00');
+    INSERT INTO memberships VALUES
+        (1, 1, 'subscribed', '2026-01-02 00:00:00', '2026-01-02 00:00:00'),
+        (1, 2, 'unsubscribed', '2026-01-02 00:00:00', '2026-01-03 00:00:00'),
+        (2, 3, 'bounced', '2026-01-02 00:00:00', '2026-01-03 00:00:00');
+    INSERT INTO events VALUES
+        (1, 1, 1, 'subscribed', NULL, 'command', '', '2026-01-02 00:00:00'),
+        (2, 2, 1, 'unsubscribed', 'subscribed', 'one_click', '', '2026-01-03 00:00:00'),
+        (3, NULL, NULL, 'erased', NULL, 'command', '', '2026-01-03 00:00:00');
+    INSERT INTO campaigns VALUES (1, '2026-01-23', 1, 's', 'h', 't', '2026-01-23 00:00:00', NULL, NULL, NULL);
+    INSERT INTO campaign_stats VALUES (1, 'delivered', 2);
+    INSERT INTO batches VALUES (1, 1, 'sent', 3, 'msg-1', NULL, NULL, NULL);
+    INSERT INTO deliveries VALUES
+        (1, 1, 1, 'a@example.com', 1, 'sent', 'msg-1', NULL, '2026-01-23 00:00:00'),
+        (2, 1, 2, 'B@example.com', 1, 'sent', 'msg-1', NULL, '2026-01-23 00:00:00'),
+        (3, 1, 9, '', 1, 'sent', 'msg-1', NULL, '2026-01-23 00:00:00');  -- subscriber 9 was erased since
+"""
+
+
+def _dump(path: Path) -> dict[str, list[tuple]]:
+    """Every row of the tables version 2 had, read with sqlite3 alone."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {
+            table.name: conn.execute(f"SELECT * FROM {table.name} ORDER BY 1, 2").fetchall()
+            for table in db.metadata.sorted_tables
+            if table.name not in ("schema_version", db.legacy_links.name)
+        }
+
+
+def test_a_version_2_database_is_migrated_keeping_every_row_and_reference(tmp_path: Path) -> None:
+    url = version_2_database(tmp_path / "old.db", _VERSION_2_ROWS)
+    before = _dump(tmp_path / "old.db")
+    settings = load_settings(database_url=url, secret_key="test-signing-key", config_dir=tmp_path)
+    engine = db.engine_for(settings)
+
+    with engine.connect() as conn:
+        assert conn.execute(select(db.schema_version.c.version)).scalars().all() == [len(db.MIGRATIONS)]
+        made_as = dict(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all())
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+        references = {
+            table: sorted((row[2], row[6]) for row in conn.exec_driver_sql(f"PRAGMA foreign_key_list({table})"))
+            for table in ("memberships", "events", "campaigns", "deliveries")
+        }
+        legacy = conn.execute(select(db.legacy_links.c.max_subscriber_id)).scalars().all()
+    # Every row is there (a DROP TABLE with foreign keys on would have emptied memberships and events).
+    assert _dump(tmp_path / "old.db") == before
+    assert all("AUTOINCREMENT" in made_as[name] for name in ("lists", "subscribers", "campaigns"))
+    assert references == {
+        "memberships": [("lists", "CASCADE"), ("subscribers", "CASCADE")],
+        "events": [("lists", "SET NULL"), ("subscribers", "CASCADE")],
+        "campaigns": [("lists", "NO ACTION")],
+        "deliveries": [("batches", "NO ACTION"), ("campaigns", "CASCADE")],
+    }
+    # Links signed the old way are accepted for subscribers 1-3 only (tokens.py).
+    assert legacy == [3]
+
+    now = settings.clock()
+    with engine.begin() as conn:
+        # The new ids go past every id ever issued: the erased reader 9 is still in deliveries.
+        assert subscribe(conn, list_id=1, email="new@example.com", now=now).subscriber.id == 10
+        assert create_list(conn, "new-list", now=now).id == 3
+        erase_subscriber(conn, "c@example.com", now=now)
+        assert subscribe(conn, list_id=1, email="newer@example.com", now=now).subscriber.id == 11
+    assert db.migrate(engine) == len(db.MIGRATIONS)  # and migrating again changes nothing

@@ -3,6 +3,8 @@ one-click POST, re-subscribing, bad links of every kind, and unsubscribes during
 
 from __future__ import annotations
 
+import hashlib
+import string
 import threading
 import time
 from collections.abc import Iterator
@@ -14,13 +16,25 @@ from urllib.parse import urljoin
 
 import httpx
 import pytest
+from itsdangerous import Signer
 from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
 from newsletter.tokens import UnsubscribeLinks
 
-from .web import add_list, add_subscribers, count_status, events_of, serving, status_of, write_config
+from newsletter.subscribers import erase_subscriber
+
+from .web import (
+    add_list,
+    add_subscribers,
+    count_status,
+    events_of,
+    serving,
+    status_of,
+    version_2_database,
+    write_config,
+)
 
 ONE_CLICK = {
     "content": b"List-Unsubscribe=One-Click",
@@ -60,7 +74,7 @@ def _member(
     (subscriber_id,) = add_subscribers(site.settings, site.list_id, [email], status)
     if also_other_list:
         add_subscribers(site.settings, site.other_list_id, [email])
-    return subscriber_id, f"{site.url}/unsubscribe/{site.links.token(site.list_id, subscriber_id)}"
+    return subscriber_id, f"{site.url}/unsubscribe/{site.links.token(site.list_id, subscriber_id, email)}"
 
 
 def test_get_shows_a_confirmation_page_and_changes_nothing(site: Site, client: httpx.Client) -> None:
@@ -202,11 +216,11 @@ def test_resubscribe_tickets_last_a_day() -> None:
         settings = load_settings(secret_key="test-signing-key", now=issued + timedelta(hours=hours))
         return UnsubscribeLinks(settings)
 
-    token = links(0).token(1, 2)
+    token = links(0).token(1, 2, "reader@example.com")
     ticket = links(0).resubscribe_ticket(token)
     assert links(23.9).resubscribe_allowed(token, ticket)
     assert not links(24.1).resubscribe_allowed(token, ticket)
-    assert not links(1).resubscribe_allowed(links(0).token(1, 3), ticket)
+    assert not links(1).resubscribe_allowed(links(0).token(1, 3, "reader@example.com"), ticket)
     assert not links(1).resubscribe_allowed(token, ticket[:-1])
 
 
@@ -233,17 +247,20 @@ def test_bad_links_get_the_same_page_and_change_nothing(
     site: Site, client: httpx.Client, tmp_path: Path
 ) -> None:
     subscriber_id, url = _member(site, "target@example.com")
-    token = site.links.token(site.list_id, subscriber_id)
+    token = site.links.token(site.list_id, subscriber_id, "target@example.com")
     list_part, subscriber_part, signature = token.split(".")
     altered = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
     forger = UnsubscribeLinks(load_settings(secret_key="not-our-signing-key", config_dir=tmp_path))
     erased_id, _ = _member(site, "erased@example.com")
-    erased_token = site.links.token(site.list_id, erased_id)
+    erased_token = site.links.token(site.list_id, erased_id, "erased@example.com")
     with db.engine_for(site.settings).begin() as conn:
         conn.execute(db.subscribers.delete().where(db.subscribers.c.id == erased_id))
+    # The same bytes to a lenient base64 decoder, which ignores the two unused bits of the last character.
+    base64url = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    non_canonical = signature[:-1] + base64url[base64url.index(signature[-1]) ^ 1]
 
     bad_tokens = {
-        "forged with another key": forger.token(site.list_id, subscriber_id),
+        "forged with another key": forger.token(site.list_id, subscriber_id, "target@example.com"),
         "signature modified": f"{list_part}.{subscriber_part}.{altered}",
         "subscriber changed": f"{list_part}.{subscriber_part}0.{signature}",
         "list changed": f"{site.other_list_id}.{subscriber_part}.{signature}",
@@ -251,9 +268,25 @@ def test_bad_links_get_the_same_page_and_change_nothing(
         "signature missing": f"{list_part}.{subscriber_part}",
         "garbage": "not-a-token",
         # Correctly signed, but for a list this subscriber is not on.
-        "other list": site.links.token(site.other_list_id, subscriber_id),
+        "other list": site.links.token(site.other_list_id, subscriber_id, "target@example.com"),
         # Correctly signed, for a subscriber who has since been erased.
         "erased subscriber": erased_token,
+        # Correctly signed ids, but for another address than the one that holds them.
+        "another address": site.links.token(site.list_id, subscriber_id, "someone.else@example.com"),
+        # Not exactly what was issued, though a lenient decoder reads the same ids and signature.
+        "character outside base64url in the signature": f"{list_part}.{subscriber_part}.{signature[:20]}!{signature[20:]}",
+        "standard base64 '+' in the signature": f"{list_part}.{subscriber_part}.+{signature[1:]}",
+        "padding appended": f"{token}=",
+        "something after the padding": f"{token}=AAAA",
+        "a character appended": f"{token}A",
+        "a newline appended": f"{token}%0A",
+        "a path appended": f"{token}/x",
+        "non-canonical last character": f"{list_part}.{subscriber_part}.{non_canonical}",
+        "leading zero in the list id": f"0{list_part}.{subscriber_part}.{signature}",
+        "leading zero in the subscriber id": f"{list_part}.0{subscriber_part}.{signature}",
+        "ids in upper case": f"{list_part}.{subscriber_part}.{signature}".upper(),
+        "a list id too big for the database": f"{'z' * 13}.{subscriber_part}.{signature}",
+        "empty": "",
     }
     answers = {}
     for name, bad in bad_tokens.items():
@@ -275,11 +308,61 @@ def test_bad_links_get_the_same_page_and_change_nothing(
     assert events_of(site.settings, subscriber_id) == []
 
 
+def test_an_erased_readers_link_never_reaches_the_next_reader(site: Site, client: httpx.Client) -> None:
+    erased_id, erased_url = _member(site, "leaving.for.good@example.com")
+    with db.engine_for(site.settings).begin() as conn:
+        erase_subscriber(conn, "leaving.for.good@example.com", now=datetime.now(timezone.utc))
+    next_id, _ = _member(site, "next.reader@example.com")
+    assert next_id > erased_id
+    # Even a link naming the next reader's id is refused unless it was made for their address.
+    borrowed = f"{site.url}/unsubscribe/{site.links.token(site.list_id, next_id, 'leaving.for.good@example.com')}"
+    for url in (erased_url, borrowed):
+        assert client.get(url).status_code == 404
+        assert client.post(url, **ONE_CLICK).status_code == 404
+    assert status_of(site.settings, site.list_id, next_id) == db.SUBSCRIBED
+
+
+def _link_signed_before_addresses_were(list_id: int, subscriber_id: int) -> str:
+    """An unsubscribe token as the version before schema 3 signed it: the ids only."""
+    signer = Signer("test-signing-key", salt="newsletter.unsubscribe", sep=".", digest_method=hashlib.sha256)
+    return signer.sign(f"{list_id:x}.{subscriber_id:x}").decode("ascii")  # below 10, base 16 is base 36
+
+
+def test_links_already_in_inboxes_keep_working_after_the_upgrade(tmp_path: Path) -> None:
+    """Never lose an unsubscribe: links sent before the signature covered the address still work,
+    for the subscribers who existed then, and for no one added since."""
+    url = version_2_database(
+        tmp_path / "newsletter.db",
+        """INSERT INTO lists VALUES (1, 'daily-papers', '', '2026-01-01 00:00:00');
+           INSERT INTO subscribers VALUES (1, 'kept@example.com', 'kept@example.com', NULL, '{}', '2026-01-02 00:00:00');
+           INSERT INTO memberships VALUES (1, 1, 'subscribed', '2026-01-02 00:00:00', '2026-01-02 00:00:00');""",
+    )
+    config = write_config(tmp_path, database_url=url)
+    with serving(config) as site_url, httpx.Client(timeout=30) as http:
+        settings = load_settings(config)
+        (added_id,) = add_subscribers(settings, 1, ["added.later@example.com"])
+        old_style_for_new = http.post(
+            f"{site_url}/unsubscribe/{_link_signed_before_addresses_were(1, added_id)}", **ONE_CLICK
+        )
+        old_style = http.post(f"{site_url}/unsubscribe/{_link_signed_before_addresses_were(1, 1)}", **ONE_CLICK)
+    assert old_style_for_new.status_code == 404
+    assert status_of(settings, 1, added_id) == db.SUBSCRIBED
+    assert old_style.status_code == 200
+    assert status_of(settings, 1, 1) == db.UNSUBSCRIBED
+
+
+def test_a_new_database_accepts_no_link_signed_the_old_way(site: Site, client: httpx.Client) -> None:
+    subscriber_id, _ = _member(site, "fresh.database@example.com")
+    url = f"{site.url}/unsubscribe/{_link_signed_before_addresses_were(site.list_id, subscriber_id)}"
+    assert client.post(url, **ONE_CLICK).status_code == 404
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
+
+
 def test_links_signed_with_a_rotated_out_key_still_work(tmp_path: Path) -> None:
     old_settings = load_settings(write_config(tmp_path, secret_key="the-old-signing-key"))
     list_id = add_list(old_settings, "daily-papers")
     (subscriber_id,) = add_subscribers(old_settings, list_id, ["rotated@example.com"])
-    old_token = UnsubscribeLinks(old_settings).token(list_id, subscriber_id)
+    old_token = UnsubscribeLinks(old_settings).token(list_id, subscriber_id, "rotated@example.com")
     config = write_config(tmp_path, secret_key="the-new-signing-key", old_secret_keys=["the-old-signing-key"])
     with serving(config) as url, httpx.Client(timeout=30) as http:
         assert http.post(f"{url}/unsubscribe/{old_token}", **ONE_CLICK).status_code == 200
@@ -290,7 +373,10 @@ def test_unsubscribes_arriving_while_an_import_writes(site: Site) -> None:
     """Another process's write transactions delay the answers; none is lost or refused."""
     readers = [f"busy{n}@example.com" for n in range(40)]
     reader_ids = add_subscribers(site.settings, site.list_id, readers)
-    urls = [f"{site.url}/unsubscribe/{site.links.token(site.list_id, i)}" for i in reader_ids]
+    urls = [
+        f"{site.url}/unsubscribe/{site.links.token(site.list_id, i, email)}"
+        for i, email in zip(reader_ids, readers, strict=True)
+    ]
     import_list = add_list(site.settings, "imported")
     batches, batch_size = 20, 200
     started = threading.Event()

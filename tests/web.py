@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -16,7 +17,7 @@ from newsletter import db
 from newsletter.config import Settings
 from newsletter.subscribers import email_key
 
-from .support import free_port, running
+from .support import ROOT, free_port, running
 
 
 def write_config(folder: Path, **values: object) -> Path:
@@ -35,12 +36,23 @@ def write_config(folder: Path, **values: object) -> Path:
 
 
 @contextlib.contextmanager
-def serving(config: Path) -> Iterator[str]:
-    """`python -m newsletter serve` with this config; yields its base URL."""
+def serving(config: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`python -m newsletter serve` with this config (and `env` added to its environment); yields
+    its base URL."""
     port = free_port()
     command = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port)]
-    with running(command, port):
+    with running(command, port, env=env):
         yield f"http://127.0.0.1:{port}"
+
+
+def version_2_database(path: Path, rows: str = "") -> str:
+    """A SQLite database as version 2 of the schema made it (tests/schema_v2.sql, as SQLite stored
+    it), holding `rows` (SQL inserts); returns its URL. Nothing here opens it through the current code."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.executescript((ROOT / "tests" / "schema_v2.sql").read_text())
+        conn.execute("INSERT INTO schema_version (version) VALUES (2)")
+        conn.executescript(rows)
+    return f"sqlite:///{path}"
 
 
 def add_list(settings: Settings, name: str, description: str = "") -> int:
@@ -109,3 +121,32 @@ def count_status(settings: Settings, list_id: int, status: str) -> int:
     m = db.memberships.c
     with db.engine_for(settings).connect() as conn:
         return conn.execute(select(func.count()).where(m.list_id == list_id, m.status == status)).scalar_one()
+
+
+def batch_with_unstorable_text(
+    campaign_id: int, list_id: int, *, leaver: str, bouncer: str, reader: str
+) -> bytes:
+    """A webhook body as a mail server's answer can make it: NUL and lone surrogates (JSON escapes
+    `\\u0000`, `\\ud800`) in several fields, among good events (an unsubscribe, a bounce whose
+    reason holds both, a delivery), plus two items that are not events at all."""
+    ids = {"campaign_id": str(campaign_id), "list_id": str(list_id), "timestamp": 1769140800}
+    events: list[object] = [
+        {**ids, "email": leaver, "event": "unsubscribe", "sg_event_id": "mixed-unsubscribe"},
+        {**ids, "email": "nobody\x00@example.com", "event": "spamreport", "sg_event_id": "mixed-nul-\x00"},
+        {**ids, "email": bouncer, "event": "bounce", "type": "bounce", "sg_event_id": "mixed-bounce",
+         "reason": "550 5.1.1 <\x00> unknown \ud800 user"},  # fmt: skip
+        {**ids, "email": "x\ud800@example.com", "event": "open\x00", "sg_event_id": "mixed-\ud800",
+         "useragent": "Mozilla\x00\udfff"},  # fmt: skip
+        42,
+        {"no": "event"},
+        {**ids, "email": reader, "event": "delivered", "sg_event_id": "mixed-delivered", "response": "250 ok\x00"},
+    ]
+    body = json.dumps(events).encode()
+    assert b"\\u0000" in body and b"\\ud800" in body
+    return body
+
+
+# What the batch above leaves in webhook_events and campaign_stats (text escaped, nothing dropped).
+UNSTORABLE_EVENT_IDS = {"mixed-unsubscribe", "mixed-nul-\\u0000", "mixed-bounce", "mixed-\\ud800", "mixed-delivered"}
+UNSTORABLE_COUNTS = {"unsubscribe": 1, "spamreport": 1, "bounce": 1, "open\\u0000": 1, "delivered": 1}
+UNSTORABLE_BOUNCE_DETAIL = "SendGrid bounce event: 550 5.1.1 <\\u0000> unknown \\ud800 user"

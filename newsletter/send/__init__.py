@@ -22,6 +22,7 @@ lock never stalls the requests in flight or the claim's heartbeat.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from ..delivery import (
     RequestNotSent,
     SendGridDelivery,
 )
-from ..errors import SendError, SendGridAuthError, SendInProgress
+from ..errors import DatabaseError, SendError, SendGridAuthError, SendInProgress
 from ..subscribers import MailingList, get_list
 from .bodies import Bodies, Content, Recipient
 from .campaigns import (
@@ -48,10 +49,11 @@ from .campaigns import (
     BatchStore,
     Campaign,
     Marked,
+    Sender,
     batch_infos,
-    claim_is_live,
     count_subscribed,
     find_campaign,
+    sender_of,
     start_campaign,
     state_counts,
 )
@@ -244,7 +246,7 @@ class _CampaignRun:
             await asyncio.wait([heartbeat])
             # Blocking on purpose: this also runs when the run is cancelled (Ctrl-C), and it must
             # complete, giving back the batches whose request never left.
-            counts, finished, uncertain = self._store.finish(list(self._live.values()))
+            counts, finished, uncertain = self._finish()
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -257,11 +259,27 @@ class _CampaignRun:
             uncertain_batches=uncertain,
         )
 
+    def _finish(self) -> tuple[dict[str, int], bool, list[BatchInfo]]:
+        """Record what this run leaves behind: answers not recorded yet, batches still out."""
+        left = list(self._live.values())
+        try:
+            return db.retrying(lambda: self._store.finish(left), self._settings.database_timeout)
+        except DatabaseError as error:
+            maybe = sum(len(exchange.recipients) for exchange in left if exchange.maybe_delivered)
+            raise DatabaseError(
+                f"{error}. The send stopped. {maybe:,} recipient(s) whose request may have reached "
+                f"SendGrid stay marked in flight: the next run, once the database answers, records them "
+                f"as uncertain, so nobody is sent the issue twice. {_RESUME}"
+            ) from None
+
     async def _db(self, call: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run a blocking database call in a thread. A thread cannot be interrupted: when the run
-        is cancelled meanwhile, wait for the call to commit or roll back, then give up, so that what
-        it did (a batch marked, registered in _live) is known to the clean-up."""
-        future = asyncio.ensure_future(asyncio.to_thread(call, *args, **kwargs))
+        """Run a blocking database call (one transaction) in a thread, again while the database
+        fails, for up to database_timeout. A thread cannot be interrupted: when the run is cancelled
+        meanwhile, wait for the call to commit or roll back, then give up, so that what it did (a
+        batch marked, registered in _live) is known to the clean-up."""
+        work = functools.partial(call, *args, **kwargs)
+        timeout = self._settings.database_timeout
+        future = asyncio.ensure_future(asyncio.to_thread(db.retrying, work, timeout))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -278,12 +296,8 @@ class _CampaignRun:
                 return
             except Exception as error:  # noqa: BLE001 - any database failure: without a heartbeat,
                 # another process would take the send over while this one is still sending.
-                self._halt(
-                    SendError(
-                        f"the database failed while renewing this send's claim ({type(error).__name__}). "
-                        f"{_RESUME}"
-                    )
-                )
+                failure = error if isinstance(error, DatabaseError) else f"the database failed ({type(error).__name__})"
+                self._halt(SendError(f"{failure} while renewing this send's claim. {_RESUME}"))
                 return
 
     def _halt(self, error: SendError) -> None:
@@ -314,6 +328,10 @@ class _CampaignRun:
                 await self._send(self._live[batch.batch_id])
         except SendError as error:  # the claim was lost, or a body broke SendGrid's limits
             self._halt(error)
+        except DatabaseError as error:
+            # A batch whose answer could not be recorded stays in _live with its answer: the clean-up
+            # records it as sent or uncertain, never pending.
+            self._halt(SendError(f"{error}. {_RESUME}"))
         except Exception:
             self._halt(SendError("the send stopped on an unexpected error"))
             raise
@@ -359,7 +377,7 @@ class _CampaignRun:
             )
             return
         except RequestNotSent as error:
-            await self._close(exchange, db.RETURNED, error=f"could not reach SendGrid: {error}")
+            await self._give_back(exchange, f"could not reach SendGrid: {error}")
             self._halt(
                 SendError(
                     f"could not reach SendGrid at {self._settings.sendgrid_api_url} "
@@ -368,38 +386,48 @@ class _CampaignRun:
             )
             return
         except RequestImpossible as error:
-            await self._close(exchange, db.RETURNED, error=str(error))
+            await self._give_back(exchange, str(error))
             self._halt(SendError(f"{error}. {_RESUME}"))
             return
         except Emptied:
             return  # everyone in it left the list before a retry; the recheck closed it
         recipients = exchange.recipients
+        named = _named_personalizations(answer, len(recipients))
         if answer.accepted:
             await self._close(exchange, db.SENT, message_id=answer.message_id)
+        elif exchange.lost:
+            await self._give_back(exchange, answer.reason)  # uncertain: an earlier answer was lost
         elif answer.status in (401, 403):
-            await self._close(exchange, db.RETURNED, error=answer.reason)
+            await self._give_back(exchange, answer.reason)
             self._halt(SendGridAuthError(f"{auth_refused(answer.status)}. {_RESUME}"))
         elif answer.retryable:
-            await self._close(exchange, db.RETURNED, error=answer.reason)
+            await self._give_back(exchange, answer.reason)
             self._halt(SendError(f"{answer.reason}, still after {self._settings.max_retries} retries. {_RESUME}"))
-        elif _blames_recipients(answer) and len(recipients) == 1:
+        elif named and len(recipients) == 1:
             await self._close(exchange, db.FAILED, error=answer.reason)
-        elif (_blames_recipients(answer) or answer.status == 413) and len(recipients) > 1:
-            await self._split(exchange, answer)
+        elif named or (answer.status == 413 and len(recipients) > 1):
+            await self._split(exchange, _parts(named, recipients))
         else:
-            await self._close(exchange, db.RETURNED, error=answer.reason)
+            await self._give_back(exchange, answer.reason)
             self._halt(
                 SendError(
-                    f"SendGrid refused the message itself: {answer.reason}. Nothing more was sent; fix "
-                    f"the cause and run the same command again to resume."
+                    f"SendGrid refused the message itself, not some of its recipients: "
+                    f"{answer.reason}. Nothing more was sent and nobody was marked failed; fix the "
+                    f"cause and run the same command again to resume."
                 )
             )
 
-    async def _split(self, exchange: Exchange, answer: Answer) -> None:
-        """Send the batch again in parts that isolate the recipients SendGrid named (or in halves),
-        each part re-reading who is still subscribed."""
-        parts = _parts(answer, exchange.recipients)
-        await self._close(exchange, db.SPLIT, error=answer.reason)
+    async def _give_back(self, exchange: Exchange, error: str) -> None:
+        """Close a batch that nobody accepted: its recipients are pending again, unless an earlier
+        attempt's answer was lost (--resend-uncertain), which may have delivered it."""
+        if exchange.lost:
+            await self._close(exchange, db.UNCERTAIN, error=f"{error}; {_ANSWER_LOST.format('an earlier attempt')}")
+        else:
+            await self._close(exchange, db.RETURNED, error=error)
+
+    async def _split(self, exchange: Exchange, parts: list[list[Recipient]]) -> None:
+        """Send the batch again in `parts`, each re-reading who is still subscribed."""
+        await self._close(exchange, db.SPLIT, error=exchange.answer.reason if exchange.answer else None)
         for part in parts:
             if self._stop is not None:
                 return  # the rest stays pending; the next run rebatches it
@@ -410,23 +438,29 @@ class _CampaignRun:
                 await self._send(self._live[batch.batch_id])
 
 
-def _blames_recipients(answer: Answer) -> bool:
-    """Whether a 400 is about some recipients rather than the message every one shares: only when
-    SendGrid names fields, and every field it names is in a personalization. An error about `from`,
-    `content`, `subject`, or one naming nothing (a proxy's error page) would fail every part alike,
-    so it stops the send instead of failing each recipient."""
+def _named_personalizations(answer: Answer, size: int) -> set[int]:
+    """The personalizations (by index) a 400 blames, when it is about some recipients of the batch
+    rather than the request: every field it names is `personalizations.N…` with N in the batch, and
+    not every personalization of a batch of several is named. Anything else (an error about `from`
+    or `content`, one naming nothing, an index the batch does not have, or every recipient at once)
+    would fail every part alike: empty, and the send stops with everyone still pending."""
     named = [f for f in answer.fields if f]
-    return answer.status == 400 and bool(named) and all(f.startswith("personalizations") for f in named)
+    if answer.status != 400 or not named:
+        return set()
+    indices: set[int] = set()
+    for field_name in named:
+        parts = field_name.split(".")
+        if parts[0] != "personalizations" or len(parts) < 2 or not parts[1].isdecimal():
+            return set()
+        if int(parts[1]) >= size:
+            return set()
+        indices.add(int(parts[1]))
+    return indices if size == 1 or len(indices) < size else set()
 
 
-def _parts(answer: Answer, recipients: list[Recipient]) -> list[list[Recipient]]:
-    """Where to cut a refused batch: around each personalization SendGrid names by index
-    ("personalizations.3.to.0.email": the 4th alone), else in halves (a 413 names none)."""
-    named: set[int] = set()
-    for field_name in answer.fields:
-        position = (field_name or "").split(".")[1:2]
-        if position and position[0].isdigit() and int(position[0]) < len(recipients):
-            named.add(int(position[0]))
+def _parts(named: set[int], recipients: list[Recipient]) -> list[list[Recipient]]:
+    """Where to cut a refused batch: around each personalization SendGrid named ("personalizations.
+    3.to.0.email": the 4th alone), else in halves (a 413 names none)."""
     if not named:
         middle = len(recipients) // 2
         return [recipients[:middle], recipients[middle:]]
@@ -451,7 +485,7 @@ class CampaignStatus:
     skipped: dict[str, int]  # reason → recipients
     uncertain_batches: list[BatchInfo]  # answers lost, or left in flight by a sender that died
     in_flight_batches: list[BatchInfo]  # out right now, by the live sender
-    claimed_by: str | None  # the process sending it right now, if any
+    sender: Sender | None  # the process holding the claim, live or not
 
     @property
     def total(self) -> int:
@@ -484,7 +518,8 @@ def campaign_status(settings: Settings, day: date | None, list_name: str) -> Cam
             )
         }
         claim = conn.execute(select(c.claimed_by, c.claimed_at).where(c.id == campaign.id)).one()
-        live = claim_is_live(claim.claimed_by, claim.claimed_at, settings.clock())
+        sender = sender_of(claim.claimed_by, claim.claimed_at, settings.clock())
+        live = sender is not None and sender.live
         # In flight without a live sender: its process died; the next run calls them uncertain.
         uncertain = [db.UNCERTAIN] if live else [db.UNCERTAIN, db.IN_FLIGHT]
         return CampaignStatus(
@@ -495,5 +530,5 @@ def campaign_status(settings: Settings, day: date | None, list_name: str) -> Cam
             skipped=skipped,
             uncertain_batches=batch_infos(conn, campaign.id, uncertain),
             in_flight_batches=batch_infos(conn, campaign.id, [db.IN_FLIGHT]) if live else [],
-            claimed_by=claim.claimed_by.split("#")[0] if live else None,
+            sender=sender,
         )

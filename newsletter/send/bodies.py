@@ -10,10 +10,14 @@ issue (the checks keep its HTML under Gmail's 102 KB) plus ~1 KB per recipient, 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+
+from .. import db
 from ..config import Settings
 from ..errors import SendError
 from ..render import UNSUBSCRIBE_TAG
@@ -41,9 +45,9 @@ class Recipient:
 
 
 class Bodies:
-    """Builds mail/send bodies: one text and one HTML body per issue, one personalization per
-    recipient (its address, unsubscribe-URL substitution, RFC 8058 headers and, for a campaign,
-    the custom_args that let the Event Webhook map events back)."""
+    """Builds mail/send bodies: one text and one HTML body per issue, the list's List-Id, and one
+    personalization per recipient (its address, unsubscribe-URL substitution, RFC 8058 headers
+    and, for a campaign, the custom_args that let the Event Webhook map events back)."""
 
     def __init__(
         self,
@@ -71,6 +75,10 @@ class Bodies:
         }
         if settings.reply_to:
             self._common["reply_to"] = {"email": settings.reply_to}
+        list_name = _list_name(settings, list_id)
+        if list_name is not None:
+            # The same for every recipient, so once per request rather than per personalization.
+            self._common["headers"] = {"List-Id": list_id_header(list_name, settings.from_email)}
         if sandbox:
             self._common["mail_settings"] = {"sandbox_mode": {"enable": True}}
 
@@ -79,7 +87,7 @@ class Bodies:
         return {**self._common, "personalizations": [self._personalization(r) for r in recipients]}
 
     def _personalization(self, recipient: Recipient) -> dict[str, Any]:
-        url = self._links.url(self._list_id, recipient.subscriber_id)
+        url = self._links.url(self._list_id, recipient.subscriber_id, recipient.email)
         to: dict[str, str] = {"email": recipient.email}
         name = _display_name(recipient.name)
         if name:
@@ -104,6 +112,21 @@ class Bodies:
                 f"refuses {PERSONAL_DATA_LIMIT:,} or more per recipient: shorten base_url"
             )
         return personalization
+
+
+def list_id_header(list_name: str, from_email: str) -> str:
+    """RFC 2919's List-Id, "<daily-papers.example.com>": the list's name under the sender's
+    domain, which mail clients file and filter the issues by."""
+    # A list name is letters, digits, '.', '_' and '-'; a label may not hold empty dot-atoms.
+    label = re.sub(r"\.+", ".", list_name.lower()).strip(".")
+    domain = from_email.rpartition("@")[2].encode("idna").decode("ascii").lower()
+    return f"<{label}.{domain}>"
+
+
+def _list_name(settings: Settings, list_id: int) -> str | None:
+    # The callers hold the list's id only; None for a list that is not (or no longer) in the database.
+    with db.engine_for(settings).connect() as conn:
+        return conn.execute(select(db.lists.c.name).where(db.lists.c.id == list_id)).scalar()
 
 
 def _display_name(name: str | None) -> str | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, and_, func, literal, select
@@ -34,7 +34,7 @@ from ..config import Settings
 from ..errors import SendError
 from ..subscribers import MailingList
 from .bodies import Content, Recipient
-from .claim import STALE_AFTER, Claim, aware
+from .claim import SILENT_AFTER, STALE_AFTER, Claim, aware, holder_is_dead
 from .pacing import Exchange
 
 STATES = (db.SENT, db.FAILED, db.UNCERTAIN, db.SKIPPED, db.PENDING, db.IN_FLIGHT)
@@ -395,12 +395,15 @@ class BatchStore:
         conn.execute(db.deliveries.update().where(d.batch_id == batch_id, d.state == db.IN_FLIGHT).values(**values))
 
     def finish(self, left: Iterable[Exchange]) -> tuple[dict[str, int], bool, list[BatchInfo]]:
-        """End the run: batches `left` in flight go back (or become uncertain if a request of them
-        may have reached SendGrid), the campaign is finished if nobody is left, the claim released.
-        Returns the counts, whether it finished, and the uncertain batches."""
+        """End the run: batches `left` in flight are settled by the answer they got (when recording
+        it failed), else become uncertain if a request of them may have reached SendGrid, else go
+        back; the campaign is finished if nobody is left, the claim released. Returns the counts,
+        whether it finished, and the uncertain batches."""
         with self._engine.begin() as conn:
             for exchange in left:
-                if exchange.maybe_delivered:
+                if exchange.answer is not None and exchange.answer.accepted and not exchange.out:
+                    self._close(conn, exchange.batch_id, db.SENT, message_id=exchange.answer.message_id)
+                elif exchange.maybe_delivered:
                     self._close(conn, exchange.batch_id, db.UNCERTAIN, error=INTERRUPTED)
                 else:
                     self._close(conn, exchange.batch_id, db.RETURNED, error=NOT_POSTED)
@@ -426,6 +429,34 @@ def batch_infos(conn: Connection, campaign_id: int, states: Sequence[str]) -> li
     return [BatchInfo(row.id, row.size, row.started_at, row.error) for row in rows]
 
 
-def claim_is_live(claimed_by: str | None, claimed_at: datetime | None, now: datetime) -> bool:
-    """Whether a sender holds the claim and renewed it recently (its in-flight batches are live)."""
-    return claimed_by is not None and claimed_at is not None and now - aware(claimed_at) < STALE_AFTER
+@dataclass(frozen=True)
+class Sender:
+    """The process holding a campaign's claim, as `status` shows it."""
+
+    who: str  # "pid@host"
+    heartbeat_age: timedelta
+    dead: bool  # a process of this machine that no longer exists
+
+    @property
+    def live(self) -> bool:
+        """Whether it still sends (its in-flight batches are out now), as far as can be told: a
+        process elsewhere is only known by its heartbeat, renewed every HEARTBEAT."""
+        return not self.dead and self.heartbeat_age < SILENT_AFTER
+
+    @property
+    def describe(self) -> str:
+        seconds = max(0, int(self.heartbeat_age.total_seconds()))
+        if self.dead:
+            return f"{self.who}, which has stopped (no such process; last heartbeat {seconds} s ago)"
+        if self.live:
+            return f"{self.who} (heartbeat {seconds} s ago)"
+        return (
+            f"{self.who}, silent for {seconds} s: it may have died (a new send takes over after "
+            f"{int(STALE_AFTER.total_seconds())} s)"
+        )
+
+
+def sender_of(claimed_by: str | None, claimed_at: datetime | None, now: datetime) -> Sender | None:
+    if claimed_by is None or claimed_at is None:
+        return None
+    return Sender(claimed_by.split("#")[0], now - aware(claimed_at), holder_is_dead(claimed_by))

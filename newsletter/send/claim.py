@@ -22,7 +22,10 @@ from .. import db
 from ..config import Settings
 from ..errors import SendInProgress
 
-HEARTBEAT = timedelta(seconds=10)
+HEARTBEAT = timedelta(seconds=2)
+# A sender that has not renewed for a few heartbeats is shown as possibly dead...
+SILENT_AFTER = 3 * HEARTBEAT
+# ...but only taken over much later: a live sender may be waiting for a locked database.
 STALE_AFTER = timedelta(seconds=60)
 
 

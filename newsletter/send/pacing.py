@@ -40,17 +40,20 @@ class RateLimiter:
 @dataclass
 class Exchange:
     """One batch's dealings with SendGrid: who is in it, the body, and whether a request of it may
-    have reached SendGrid without its answer being known (then resending could deliver twice)."""
+    have reached SendGrid without its answer being recorded (then resending could deliver twice)."""
 
     batch_id: int  # 0 outside a campaign
     recipients: list[Recipient]
     body: dict[str, Any]
     out: bool = False  # a request is on its way and not answered yet
     lost: bool = False  # a request's answer was lost
+    # The last answer, until the database has recorded it: an accepted one still means delivered
+    # when recording it fails, so the batch must never go back to pending.
+    answer: Answer | None = None
 
     @property
     def maybe_delivered(self) -> bool:
-        return self.out or self.lost
+        return self.out or self.lost or (self.answer is not None and self.answer.accepted)
 
 
 class Emptied(Exception):
@@ -98,7 +101,7 @@ class Requests:
                 if not self._retry_lost or attempt >= self._max_retries:
                     raise
             else:
-                exchange.out = False
+                exchange.out, exchange.answer = False, answer
                 if not answer.retryable or attempt >= self._max_retries:
                     return answer
                 asked = answer.retry_after
