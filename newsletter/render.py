@@ -1,5 +1,5 @@
 """Render a digest into the issue's email: Jinja2 + MJML → HTML, CSS inlined by premailer, and a
-plain-text part made from the same Digest objects.
+plain-text part made from the same Digest objects, wrapped at 76 columns.
 
 One render serves every recipient: the unsubscribe link is UNSUBSCRIBE_TAG, which the sender
 replaces per recipient. The Jinja environment is built once per templates folder and per process;
@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import traceback
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import jinja2
 from mjml import mjml2html
-from premailer import Premailer
 
 from .assets import Thumbnail, resolve_thumbnail
 from .config import Settings
@@ -35,8 +36,21 @@ from .errors import RenderError
 GMAIL_CLIP_BYTES = 102 * 1024
 
 # Korean first: the fonts that ship with iOS/macOS, Windows and Android, then the generic family.
-# 맑은 고딕 is Malgun Gothic's Korean name, which older Outlook versions only know it by.
-FONT_STACK = "'Apple SD Gothic Neo', 'Malgun Gothic', '맑은 고딕', 'Noto Sans KR', sans-serif"
+# 맑은 고딕 is Malgun Gothic's Korean name, which older Outlook versions only know it by. Unquoted
+# (valid CSS for names made of identifiers): quotes would reach the MJML attributes as &#39;, which
+# the reference MJML compiler cannot read.
+FONT_STACK = "Apple SD Gothic Neo, Malgun Gothic, 맑은 고딕, Noto Sans KR, sans-serif"
+
+# The plain-text part's width in columns, a wide (East Asian) character counting two: what fits a
+# classic terminal or mail reader, and RFC 2045's line length once encoded.
+TEXT_WIDTH = 76
+
+# What follows the preheader in its hidden block, so that inboxes show no more than the preheader:
+# no-break spaces joined by U+034F (a combining grapheme joiner), which displays as nothing. Not
+# zero-width joiners, which spam filters read as obfuscation.
+PREHEADER_FILLER = "&#847;&nbsp;" * 80
+
+AbstractShown = Literal["none", "first-paragraph", "full"]
 
 MJML_TEMPLATE = "issue.mjml.j2"
 TEXT_TEMPLATE = "issue.txt.j2"
@@ -104,15 +118,17 @@ class Wording:
     contents: str  # the heading of the list of the issue's papers
     key_points: str
     abstract: str
-    read_paper: str
+    read_abstract: str  # the link to a paper's abstract on the web version
+    read_rest_of_abstract: str  # likewise, when the email shows its first paragraph
+    read_paper: str  # the button, followed by the paper's short name
     upvotes: str  # "{n}"
     papers: str  # "{n}"
-    and_more: str  # "{n}": the subject's tail when there is more than one paper
+    and_more: str  # "{n}": the subject's {more} when there is more than one paper
     why: str  # "{name}"
     view_in_browser: str
     unsubscribe: str
     readable_date: Callable[[date], str]  # with the weekday, for the header
-    short_date: Callable[[date], str]  # for the subject line
+    short_date: Callable[[date], str]  # the subject's {date}
 
 
 _KO_WEEKDAYS = "월화수목금토일"
@@ -125,6 +141,8 @@ WORDING: dict[str, Wording] = {
         contents="오늘의 논문",
         key_points="핵심 포인트",
         abstract="초록",
+        read_abstract="초록 읽기",
+        read_rest_of_abstract="초록 전체 읽기",
         read_paper="논문 읽기",
         upvotes="추천 {n}",
         papers="논문 {n}편",
@@ -139,6 +157,8 @@ WORDING: dict[str, Wording] = {
         contents="In this issue",
         key_points="Key points",
         abstract="Abstract",
+        read_abstract="Read the abstract",
+        read_rest_of_abstract="Read the whole abstract",
         read_paper="Read the paper",
         upvotes="{n} upvotes",
         papers="{n} papers",
@@ -187,13 +207,19 @@ class Card:
     paper: Paper
     thumbnail: Thumbnail | None
 
+    @property
+    def anchor(self) -> str:
+        """The card's id, in the email and on the web version: "read the abstract" links land on it."""
+        return f"paper-{self.paper.rank}"
 
-def render_issue(digest: Digest, settings: Settings) -> RenderedIssue:
-    """The issue's email: compiled, CSS-inlined HTML and the plain-text part. Never touches the
+
+def render_issue(digest: Digest, settings: Settings, *, abstract: AbstractShown | None = None) -> RenderedIssue:
+    """The issue's email: compiled, CSS-inlined HTML and the plain-text part. `abstract` overrides
+    settings.email_abstract (the web version shows every abstract in full). Never touches the
     network."""
-    context = _context(digest, settings)
+    context = _context(digest, settings, abstract or settings.email_abstract)
     mjml_source = render_template(settings, MJML_TEMPLATE, context)
-    html = _inline_css(_compile_mjml(mjml_source))
+    html = _inline_css(*_compile_mjml(mjml_source))
     text = render_template(settings, TEXT_TEMPLATE, context)
     return RenderedIssue(
         date=digest.date,
@@ -208,8 +234,8 @@ def render_issue(digest: Digest, settings: Settings) -> RenderedIssue:
 
 def render_mjml(digest: Digest, settings: Settings) -> str:
     """The Jinja-expanded MJML of an issue, before compilation (what the reference MJML compiler
-    validates)."""
-    return render_template(settings, MJML_TEMPLATE, _context(digest, settings))
+    validates and compiles in the tests)."""
+    return render_template(settings, MJML_TEMPLATE, _context(digest, settings, settings.email_abstract))
 
 
 def web_url(settings: Settings, day: date) -> str:
@@ -218,16 +244,20 @@ def web_url(settings: Settings, day: date) -> str:
 
 
 def subject_line(digest: Digest, settings: Settings) -> str:
-    """"Daily Papers · 2026년 1월 23일 — EvoCUA 외 4편": the sender's name, the date, then the first
-    paper by its short name (the part of its title before a colon), which is what a reader
-    recognises and what fits a phone's inbox row."""
+    """settings.subject_template filled in: by default "2026년 1월 23일 — EvoCUA 외 4편", the date
+    and the first paper by its short name (the part of its title before a colon), which is what a
+    reader recognises and what fits a phone's inbox row. The From name is not repeated: the inbox
+    shows it beside the subject."""
     words = wording_for(digest.language)
-    head = f"{settings.from_name} · {words.short_date(digest.date)}"
-    if not digest.papers:
-        return head
-    first = short_title(digest.papers[0].title)
-    more = words.and_more.format(n=len(digest.papers) - 1) if len(digest.papers) > 1 else ""
-    return f"{head} — {first}{more}"
+    papers = digest.papers
+    return settings.subject_template.format(
+        date=words.short_date(digest.date),
+        first=short_title(papers[0].title) if papers else digest.title,
+        more=words.and_more.format(n=len(papers) - 1) if len(papers) > 1 else "",
+        papers=len(papers),
+        title=digest.title,
+        from_name=settings.from_name,
+    ).strip()
 
 
 def short_title(title: str, limit: int = 60) -> str:
@@ -247,14 +277,16 @@ def _preheader(digest: Digest) -> str:
     return digest.title
 
 
-def _context(digest: Digest, settings: Settings) -> dict:
+def _context(digest: Digest, settings: Settings, abstract: AbstractShown) -> dict:
     words = wording_for(digest.language)
     language = digest.language.split("-")[0].lower()
     return {
         "digest": digest,
         "cards": [Card(paper, resolve_thumbnail(paper, digest, settings)) for paper in digest.papers],
+        "abstract": abstract,
         "subject": subject_line(digest, settings),
         "preheader": _preheader(digest),
+        "preheader_filler": PREHEADER_FILLER,
         "readable_date": words.readable_date(digest.date),
         "words": words,
         "lang": digest.language,
@@ -282,8 +314,13 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # Compiling the templates is most of a cold `newsletter render`: the compiled code is kept
+        # in a folder of the user's own in the temp dir (Jinja checks its owner and mode), keyed by
+        # each template's source, so an edited template is compiled afresh.
+        bytecode_cache=jinja2.FileSystemBytecodeCache(),
     )
     env.filters["rfc3339"] = rfc3339
+    env.filters["wrap"] = wrap_text
     return env
 
 
@@ -319,32 +356,89 @@ def _template_line(error: Exception) -> str | None:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
 
 
-def _compile_mjml(source: str) -> str:
+def wrap_text(text: str, indent: str = "", hanging: str | None = None, width: int = TEXT_WIDTH) -> str:
+    """`text` filled into lines of at most `width` columns, a wide (East Asian) character counting
+    two, the first line after `indent` and the rest after `hanging` (as many spaces as `indent` is
+    wide, by default). Lines break only at spaces, so a URL is never broken: a word wider than a
+    line gets a line of its own. (textwrap counts characters, so its 76-character Korean lines
+    would fill twice the width.)"""
+    hanging = " " * display_width(indent) if hanging is None else hanging
+    lines: list[str] = []
+    for paragraph in text.splitlines():
+        line = hanging if lines else indent
+        used, words = display_width(line), 0
+        for word in paragraph.split():
+            word_width = display_width(word)
+            if words and used + 1 + word_width > width:
+                lines.append(line)
+                line, used, words = hanging, display_width(hanging), 0
+            if words:
+                line, used = line + " ", used + 1
+            line, used, words = line + word, used + word_width, words + 1
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def display_width(text: str) -> int:
+    """Columns `text` takes in a fixed-width font: two for wide and full-width characters, none
+    for combining marks."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        for char in text
+    )
+
+
+# The reference compiler inlines <mj-style inline="inline"> itself; mjml-python keeps it as an
+# ordinary <style>. So render.py takes those blocks out of the source and inlines them after
+# compiling. Digest text cannot forge the tag: every value the template writes is escaped.
+_INLINE_STYLE = re.compile(r'<mj-style\s+inline="inline"\s*>(.*?)</mj-style>', re.DOTALL)
+
+
+def _compile_mjml(source: str) -> tuple[str, str]:
+    """(the compiled HTML, the CSS to inline into it)."""
+    inline_css = "\n".join(_INLINE_STYLE.findall(source))
     try:
         # fonts={}: MJML otherwise links Google Fonts' stylesheets for its default font names.
-        return mjml2html(source, disable_comments=True, fonts={})
+        return mjml2html(_INLINE_STYLE.sub("", source), disable_comments=True, fonts={}), inline_css
     except ValueError as error:  # MRML's parse error, e.g. "unexpected token … at position 37:38"
         raise RenderError(f"{MJML_TEMPLATE}: the expanded MJML does not compile: {error}") from None
 
 
-def _inline_css(html: str) -> str:
-    # premailer keeps the doctype only if the HTML starts with it exactly as lxml writes it; MJML
-    # writes it in lower case, and without a doctype clients render the email in quirks mode.
-    if html[:15].lower() == "<!doctype html>":
-        html = "<!DOCTYPE html>" + html[15:]
-    return Premailer(
-        html,
-        # Keep every <style> as written: the media queries, the dark-mode and [data-ogsc] rules
-        # and their !important only work from the head, and clients that drop the head still get
-        # the inlined copy.
-        keep_style_tags=True,
-        strip_important=False,
-        # No fetching: not <link> stylesheets, not files.
+def _inline_css(html: str, css: str) -> str:
+    """`css` written into the style attribute of every element it matches, for the clients that
+    drop <style>. Every <style> of the document stays in the head as it is, and is not inlined:
+    MJML's resets are for the few clients that need them, and the phone and dark-mode rules only
+    work from there (their !important beats the inlined styles)."""
+    # Imported here: premailer brings cssutils and requests, a third of a cold start's CPU time,
+    # which only a render needs.
+    import cssutils
+    from lxml import etree
+    from premailer import Premailer
+
+    # cssutils checks each property against its profiles only to log what it does not know (every
+    # mso-* property), compiling a regular expression per property: about 70 ms of a cold render.
+    # premailer's disable_validation does not reach the style attributes it merges into; without
+    # profiles, nothing is checked.
+    cssutils.profile.removeProfile(all=True)
+
+    # Parsed here rather than by premailer, which drops the doctype unless the source spells it
+    # exactly as lxml writes it (MJML writes it in lower case); without one, clients render the
+    # email in quirks mode. Serialising the whole tree keeps it.
+    document = etree.fromstring(html, etree.HTMLParser()).getroottree()
+    # premailer would inline every <style> it finds, not only `css`.
+    for style in document.iter("style"):
+        style.set(Premailer.attribute_name, "ignore")
+    Premailer(
+        css_text=css,
+        # premailer would otherwise fetch every <link> stylesheet (it reads files only through them).
         allow_network=False,
-        allow_loading_external_files=False,
-        # The thumbnails' width/height attributes are exact pixels; CSS width:100% must not
-        # replace them.
-        disable_basic_attributes=["width", "height"],
-        # cssutils reports every mso-* and -webkit-* property it does not know as an error.
+        # MJML writes the HTML attributes Outlook needs; premailer's copies of the CSS would replace
+        # the thumbnails' exact pixel sizes with width="100%" height="auto", and put bgcolor on
+        # elements that have no such attribute.
+        disable_basic_attributes=["align", "valign", "bgcolor", "width", "height"],
+        # Without profiles, cssutils logs every property as unknown.
         cssutils_logging_level=logging.CRITICAL,
-    ).transform(pretty_print=False)
+    ).transform(document.getroot())
+    # premailer removes the marker only from the <style> it reads, not from those for other media.
+    etree.strip_attributes(document, Premailer.attribute_name)
+    return etree.tostring(document, method="html", encoding="unicode")
