@@ -5,9 +5,14 @@
    in under 90 s; peak RSS under 300 MB and about the same for both sizes.
 2. The naive way: one request per recipient through the `sendgrid` package's SendGridAPIClient,
    against our batched sender, on 10,000 recipients with 5 ms of server latency. Target: ≥ 100×.
+3. SMTP: `newsletter send --yes` with provider = "smtp" to 10,000 readers, one message each, through
+   aiosmtpd on 127.0.0.1 (tests/fake_smtp.py, its own process; plain, no login): messages/s and the
+   sender's peak RSS. Target: ≥ 200 messages/s. Run with the default settings (send_rate_limit paces
+   batches, so it caps SMTP at that many messages/s) and with send_rate_limit raised out of the way.
 
     python bench/bench_send.py                 # the full run
     python bench/bench_send.py --quick         # small sizes, for a smoke run
+    python bench/bench_send.py --smtp-only     # only the SMTP case
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from sqlalchemy import text  # noqa: E402
 
 from newsletter import db, send  # noqa: E402
 from newsletter.config import Settings  # noqa: E402
-from newsletter.send import bodies  # noqa: E402
+from newsletter.providers.sendgrid import SendGrid  # noqa: E402
+from newsletter.send import addressing  # noqa: E402
+from newsletter.tokens import UnsubscribeLinks  # noqa: E402
 from tests.send_helpers import API_KEY, LIST, configure  # noqa: E402
 from tests.support import free_port, running  # noqa: E402
 
@@ -85,22 +92,60 @@ def end_to_end(count: int) -> tuple[float, float]:
         settings = project(Path(tmp), f"http://127.0.0.1:{port}")
         subscribe(settings, count)
         with fake_server(port):
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
-            started = time.perf_counter()
-            sender = subprocess.Popen(
-                [sys.executable, "-m", "newsletter", "send", "--date", DAY.isoformat(), "--yes"],
-                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
-            # wait4 gives this one child's own peak RSS (KiB on Linux).
-            _, status, usage = os.wait4(sender.pid, 0)
-            seconds = time.perf_counter() - started
-            sender.returncode = os.waitstatus_to_exitcode(status)
-            if sender.returncode != 0:
-                raise SystemExit(f"the send failed: {sender.stderr.read().decode()[-2000:]}")
-        with db.engine_for(settings).connect() as conn:
-            sent = conn.execute(text("SELECT count(*) FROM deliveries WHERE state = 'sent'")).scalar()
-        assert sent == count, f"{sent} of {count} sent"
-        return seconds, usage.ru_maxrss / 1024
+            return timed_send(Path(tmp), settings, count)
+
+
+def smtp_end_to_end(count: int, **overrides: object) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of one `newsletter send` to `count` subscribers through SMTP."""
+    with tempfile.TemporaryDirectory(prefix="bench-smtp-") as tmp:
+        folder, port = Path(tmp), free_port()
+        (folder / "digests").mkdir(parents=True)
+        (folder / "digests" / DIGEST.name).write_bytes(DIGEST.read_bytes())
+        values = {
+            "provider": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port, "smtp_security": "none",
+            **BENCH_SETTINGS, **overrides,
+        }
+        settings = configure(folder, **values)
+        subscribe(settings, count)
+        with running([sys.executable, "-m", "tests.fake_smtp", "--port", str(port)], port):
+            return timed_send(folder, settings, count)
+
+
+def timed_send(folder: Path, settings: Settings, count: int) -> tuple[float, float]:
+    """Run `newsletter send --yes` in `folder`: its seconds and peak RSS (MB); all `count` sent."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "send", "--date", DAY.isoformat(), "--yes"],
+        cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    # wait4 gives this one child's own peak RSS (KiB on Linux).
+    _, status, usage = os.wait4(sender.pid, 0)
+    seconds = time.perf_counter() - started
+    sender.returncode = os.waitstatus_to_exitcode(status)
+    if sender.returncode != 0:
+        raise SystemExit(f"the send failed: {sender.stderr.read().decode()[-2000:]}")
+    with db.engine_for(settings).connect() as conn:
+        sent = conn.execute(text("SELECT count(*) FROM deliveries WHERE state = 'sent'")).scalar()
+    assert sent == count, f"{sent} of {count} sent"
+    return seconds, usage.ru_maxrss / 1024
+
+
+def smtp_figures(count: int, repeat: int) -> None:
+    print("SMTP: aiosmtpd on 127.0.0.1 in its own process, plain, no login; one message per reader")
+    for label, overrides in (
+        (f"default settings (send_rate_limit {BENCH_SETTINGS['send_rate_limit']:g}/s)", {}),
+        ("send_rate_limit 10000/s", {"send_rate_limit": 10_000.0}),
+    ):
+        runs = [smtp_end_to_end(count, **overrides) for _ in range(repeat)]
+        seconds = statistics.median(run[0] for run in runs)
+        rss = statistics.median(run[1] for run in runs)
+        each = ", ".join(f"{count / run[0]:,.0f}" for run in runs)
+        print(
+            f"SMTP send to {count:,} readers, {label}: {seconds:6.1f} s  ({count / seconds:6,.0f} messages/s; "
+            f"runs {each}), peak RSS {rss:6.1f} MB   (median of {repeat})",
+            flush=True,
+        )
 
 
 def naive_versus_batched(count: int, latency: float) -> tuple[float, float]:
@@ -111,13 +156,16 @@ def naive_versus_batched(count: int, latency: float) -> tuple[float, float]:
         settings = project(Path(tmp), url)
         subscribe(settings, count)
         plan = send.plan_send(settings, DAY, LIST)  # rendered once, outside both timings
-        builder = bodies.Bodies(settings, plan.content, list_id=1, campaign_id="1")
+        builder = addressing.Addressing(
+            settings, plan.content, mailing_list=plan.mailing_list, campaign_id=1,
+            links=UnsubscribeLinks(settings), provider=SendGrid(settings, connect=False),
+        )  # fmt: skip
         with fake_server(port, "--latency", str(latency)):
             client = SendGridAPIClient(api_key=API_KEY, host=url)
             started = time.perf_counter()
             for number in range(1, count + 1):
-                recipient = bodies.Recipient(number, number, f"reader{number}@example.com", f"Reader {number}")
-                client.client.mail.send.post(request_body=builder.body([recipient]))
+                reader = addressing.Reader(number, number, f"reader{number}@example.com", f"Reader {number}")
+                client.client.mail.send.post(request_body=builder.prepare([reader]))
             naive = time.perf_counter() - started
 
             started = time.perf_counter()
@@ -131,7 +179,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per size (the median is printed)")
+    parser.add_argument("--smtp-only", action="store_true", help="only the SMTP case")
     args = parser.parse_args()
+    smtp_count = 1_000 if args.quick else 10_000
+    if args.smtp_only:
+        smtp_figures(smtp_count, args.repeat)
+        return
     sizes = [2_000, 20_000] if args.quick else [100_000, 1_000_000]
     naive_count = 300 if args.quick else 10_000
 
@@ -155,6 +208,7 @@ def main() -> None:
         f"{naive_count:,} recipients with 5 ms server latency: one SendGridAPIClient request each "
         f"{naive:.1f} s, batched {batched:.2f} s → {naive / batched:,.0f}× faster"
     )
+    smtp_figures(smtp_count, args.repeat)
 
 
 if __name__ == "__main__":

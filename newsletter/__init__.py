@@ -1,4 +1,4 @@
-"""newsletter: turn a day's research digest into a responsive email and deliver it through SendGrid."""
+"""newsletter: turn a day's research digest into a responsive email and deliver it, once, through SendGrid or SMTP."""
 
 from .errors import NewsletterError
 

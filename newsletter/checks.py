@@ -23,7 +23,7 @@ PERSONAL_URL_BYTES = 256
 # on, rewrites every link into a longer one.
 SIZE_LIMIT_BYTES = 90 * 1024
 _SHOWN = 60  # characters of a URL or label quoted in a problem
-# SendGrid puts the recipient's personal unsubscribe URL wherever the tag stands: anywhere but the
+# The provider puts the recipient's personal unsubscribe URL wherever the tag stands: anywhere but the
 # footer's unsubscribe link would hand it to whatever surrounds it. Counted in any case, as the
 # digest parser refuses it.
 _TAG = re.compile(re.escape(UNSUBSCRIBE_TAG), re.IGNORECASE)
@@ -116,7 +116,7 @@ def _misplaced_tag(count: int, qualifier: str = "") -> str:
     times = "once" if count == 1 else f"{count} times"
     return (
         f"holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} {times}{qualifier}: "
-        "SendGrid would put each reader's personal unsubscribe link there"
+        "the provider would put each reader's personal unsubscribe link there"
     )
 
 
@@ -143,7 +143,7 @@ def _check_html(html: str) -> list[Problem]:
             problems.append(Problem(_describe_link(link, href), problem))
     if not unsubscribe_links:
         problems.append(Problem("HTML part", f"has no unsubscribe link (<a href=\"{UNSUBSCRIBE_TAG}\">)"))
-    # SendGrid replaces the tag as written in the source, so the occurrences there must be exactly
+    # The provider replaces the tag as written in the source, so the occurrences there must be exactly
     # those links' hrefs: any other (in a URL, an attribute, the text) would receive the reader's
     # link too, and a link spelling it with character references would never get one.
     written = len(_TAG.findall(html))
@@ -155,7 +155,7 @@ def _check_html(html: str) -> list[Problem]:
             Problem(
                 "HTML part",
                 f"{unsubscribe_links - written} unsubscribe link(s) spell {UNSUBSCRIBE_TAG} with character "
-                "references, which SendGrid does not replace",
+                "references, which the provider does not replace",
             )
         )
     return problems

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 
     from .config import Settings
 
-    from .delivery import Delivery, OutboxDelivery
+    from .providers import Provider
+    from .report import IssueReport
     from .send import SendPlan, SendReport
     from .send.campaigns import BatchInfo
+    from .send.transactional import Outcome
     from .send.unrecorded import UnrecordedReport
     from .subscriber_csv import ImportReport
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 # Help and usage errors in click's plain format: typer's rich panels would double the CPU time of
 # `newsletter --help` (they import rich's Markdown, Syntax and Traceback renderers).
 app = typer.Typer(
-    help="Turn a day's research digest into an email and deliver it through SendGrid.",
+    help="Turn a day's research digest into an email and deliver it through SendGrid or SMTP.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -223,13 +225,11 @@ def send(
         ),
     ] = False,
 ) -> None:
-    """Send an issue to a list through SendGrid, once: batched, resumable, never twice."""
+    """Send an issue to a list through the configured provider, once: batched, resumable, never twice."""
     from rich.table import Table
 
     from . import send as sending
-    from .delivery import OutboxDelivery, SendGridDelivery
-    from .errors import CheckFailed
-    from .send.unrecorded import default_outbox, send_unrecorded
+    from .send.unrecorded import UnrecordedReport, default_outbox
 
     settings = settings_from(ctx)
     day = sending.issue_day(settings, date.date() if date else None)
@@ -273,31 +273,44 @@ def send(
     if mode:
         summary.add_row("Mode", mode)
     console.print(summary)
-    if plan.checks is not None and not plan.checks.ok:
-        if not force:
-            raise CheckFailed(plan.checks.problems)
-        err_console.print(f"[yellow]warning:[/] sending despite {len(plan.checks.problems)} failed check(s) (--force)")
-    # Made before asking: a missing API key stops here, before anything is asked or stored.
-    delivery = None if dry_run else SendGridDelivery(settings)
+    overridden = sending.require_checks(plan, force=force)
+    if overridden:
+        err_console.print(f"[yellow]warning:[/] sending despite {len(overridden)} failed check(s) (--force)")
+    # Made before asking: missing credentials stop here, before anything is asked or stored.
+    provider = sending.open_provider(settings, dry_run=dry_run, outbox=outbox or default_outbox(settings, day))
     if not yes:
         typer.confirm("Write the dry run?" if dry_run else "Send?", abort=True)
-    if delivery is None:
-        delivery = OutboxDelivery(outbox or default_outbox(settings, day), settings)
     if to or dry_run or sandbox:
-        copies = send_unrecorded(settings, plan, delivery, to=to or (), sandbox=sandbox)
-        _print_unrecorded(copies, delivery if dry_run else None, plan, to)
+        done = sending.execute(settings, plan, provider, to=to or (), sandbox=sandbox)
+        if isinstance(done, UnrecordedReport):
+            _print_unrecorded(done, provider, plan, to)
+        else:
+            _print_tests(done, provider.name)
         return
-    report = _send_with_progress(settings, plan, delivery)
-    _print_report(report)
+    report = _send_with_progress(settings, plan, provider)
+    _print_report(report, provider.name)
     if report.error is not None:
         raise report.error
+
+
+def _print_tests(outcomes: list[Outcome], provider: str) -> None:
+    """One line per test message; exit 1 unless every one went out."""
+    for outcome in outcomes:
+        address = escape(outcome.email)
+        if outcome.state == "sent":
+            console.print(f"[green]✓[/] {address}: sent by {provider} ({outcome.message_id or 'no message id'})", highlight=False)
+        else:
+            err_console.print(f"[red]✗[/] {address}: {outcome.state}: {escape(outcome.error or '')}", highlight=False)
+    console.print("Test messages are recorded as such, never as the issue's delivery.")
+    if any(outcome.state != "sent" for outcome in outcomes):
+        raise typer.Exit(1)
 
 
 def _counts_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{number:,} {state.replace('_', ' ')}" for state, number in counts.items() if number) or "no recipients"
 
 
-def _send_with_progress(settings: Settings, plan: SendPlan, delivery: Delivery) -> SendReport:
+def _send_with_progress(settings: Settings, plan: SendPlan, provider: Provider) -> SendReport:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -337,10 +350,10 @@ def _send_with_progress(settings: Settings, plan: SendPlan, delivery: Delivery) 
                 failed=progress.counts["failed"] - first["failed"],
             )
 
-        return sending.send_campaign(settings, plan, delivery=delivery, on_progress=show)
+        return sending.send_campaign(settings, plan, provider=provider, on_progress=show)
 
 
-def _print_report(report: SendReport) -> None:
+def _print_report(report: SendReport, provider: str) -> None:
     from rich.table import Table
 
     console.print(f"Campaign #{report.campaign.id}: {escape(report.campaign.content.subject)}", highlight=False)
@@ -351,7 +364,7 @@ def _print_report(report: SendReport) -> None:
         if number:
             table.add_row(state.replace("_", " "), f"{number:,}")
     console.print(table)
-    console.print(f"{report.requests:,} request(s) to SendGrid.", highlight=False)
+    console.print(f"{report.requests:,} request(s) to {provider}.", highlight=False)
     if report.uncertain_batches:
         err_console.print(
             f"[yellow]{len(report.uncertain_batches)} batch(es) are uncertain[/]: their request may have been "
@@ -363,8 +376,11 @@ def _print_report(report: SendReport) -> None:
 
 
 def _print_unrecorded(
-    copies: UnrecordedReport, outbox: OutboxDelivery | None, plan: SendPlan, to: list[str] | None
+    copies: UnrecordedReport, provider: Provider, plan: SendPlan, to: list[str] | None
 ) -> None:
+    from .providers.outbox import Outbox
+
+    outbox = provider if isinstance(provider, Outbox) else None
     for problem in copies.problems:
         err_console.print(f"[red]✗[/] {escape(problem)}", highlight=False)
     if outbox is not None:
@@ -373,7 +389,7 @@ def _print_unrecorded(
         elif plan.campaign is None:
             console.print(
                 f"A real send would record a campaign for {plan.describe}, snapshot its {plan.recipients:,} "
-                f"subscribed member(s) and send them {copies.requests:,} request(s) to SendGrid.",
+                f"subscribed member(s) and send them {copies.requests:,} request(s) to {outbox.provider.name}.",
                 highlight=False,
             )
         else:
@@ -384,11 +400,11 @@ def _print_unrecorded(
             )
         console.print("Dry run: nothing was sent and nothing was recorded.")
         # Last, so that the paths are what the reader's eye lands on.
-        bodies = f"{len(outbox.files)} request bod{'y' if len(outbox.files) == 1 else 'ies'}"
+        requests = f"{len(outbox.files)} request{'' if len(outbox.files) == 1 else 's'}"
         console.print(
-            f"Outbox:  {outbox.folder}/ holds {bodies} (batch-NNNN.json, exactly what would be POSTed to "
-            f"/v3/mail/send) and {outbox.eml.name if outbox.eml else 'no message'}, the message as the "
-            "first recipient would receive it.",
+            f"Outbox:  {outbox.folder}/ holds {requests} (batch-NNNN.*, exactly what would be sent to "
+            f"{outbox.provider.name}) and {outbox.eml.name if outbox.eml else 'no message'}, the message "
+            "as the first recipient would receive it.",
             highlight=False,
             soft_wrap=True,
         )
@@ -400,7 +416,7 @@ def _print_unrecorded(
             )
         return
     console.print(
-        f"{copies.accepted:,} of {copies.recipients:,} recipient(s) accepted by SendGrid in {copies.requests:,} "
+        f"{copies.accepted:,} of {copies.recipients:,} recipient(s) accepted by {provider.name} in {copies.requests:,} "
         f"request(s); nothing was recorded as the issue's delivery.",
         highlight=False,
     )
@@ -471,6 +487,115 @@ def _batch_table(title: str, batches: list[BatchInfo], why: str) -> Table:
         started = f"{batch.started_at:%Y-%m-%d %H:%M:%S}" if batch.started_at else ""
         table.add_row(str(batch.id), f"{batch.size:,}", started, escape(batch.error or why))
     return table
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    date: Annotated[
+        Optional[datetime], typer.Option("--date", formats=["%Y-%m-%d"], help="The issue of this day, YYYY-MM-DD.")
+    ] = None,
+    week: Annotated[Optional[str], typer.Option("--week", help="The issues of this ISO week, e.g. 2026-W04.")] = None,
+    last: Annotated[Optional[int], typer.Option("--last", min=1, help="The last N issues of each list.")] = None,
+    list_name: Annotated[Optional[str], typer.Option("--list", help="Only this list (default: every list).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What readers did with each issue: delivered, unique opens and clicks (per paper), bounces, spam reports, unsubscribes."""
+    from .db import engine_for, reading
+    from .report import Selection, Tracking, issue_reports, parse_week
+
+    if sum(option is not None for option in (date, week, last)) > 1:
+        raise typer.BadParameter("give one of --date, --week and --last", param_hint="--date/--week/--last")
+    try:
+        iso_week = parse_week(week) if week is not None else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--week") from None
+    settings = settings_from(ctx)
+    selection = Selection(day=date.date() if date else None, week=iso_week, last=last, list_name=list_name)
+    with reading(engine_for(settings)) as conn:
+        reports = issue_reports(conn, selection, Tracking(settings.track_opens, settings.track_clicks))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"issues": [r.as_json() for r in reports]}, ensure_ascii=False))
+    elif len(reports) == 1:
+        _print_issue_report(reports[0])
+    else:
+        _print_trend(reports)
+
+
+def _percent(share: float | None) -> str:
+    return "" if share is None else f"{share:.1%}"
+
+
+def _print_issue_report(report: IssueReport) -> None:
+    from rich.table import Table
+
+    not_tracked = "not tracked"
+    console.print(f"The {report.issue} {report.edition} issue to list {escape(report.list)!r}", highlight=False)
+    table = Table()
+    for column, justify in (("", "left"), ("readers", "right"), ("rate", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    rows = [
+        ("sent", report.sent, None, ""),
+        ("delivered", report.delivered, report.rate(report.delivered, of_sent=True), "of sent"),
+        ("unique opens", report.unique_opens, report.rate(report.unique_opens), "of delivered"),
+        ("unique clicks", report.unique_clicks, report.rate(report.unique_clicks), "of delivered"),
+        ("bounces", report.bounces, report.rate(report.bounces, of_sent=True), "of sent"),
+        ("spam reports", report.spam_reports, report.rate(report.spam_reports), "of delivered"),
+        ("unsubscribes", report.unsubscribes, report.rate(report.unsubscribes), "of delivered"),
+    ]
+    for label, number, share, of in rows:
+        if number is None:
+            table.add_row(label, not_tracked, "")
+        else:
+            table.add_row(label, f"{number:,}", f"{_percent(share)} {of}".strip() if share is not None else "")
+    console.print(table)
+    if report.papers:
+        papers = Table(title="Clicks per paper (unique readers)")
+        for column in ("#", "paper", "clicks", "of delivered"):
+            papers.add_column(column, justify="left" if column == "paper" else "right")  # type: ignore[arg-type]
+        for paper in report.papers:
+            clicks = not_tracked if paper.unique_clicks is None else f"{paper.unique_clicks:,}"
+            papers.add_row(str(paper.rank), escape(paper.title), clicks, _percent(report.rate(paper.unique_clicks)))
+        console.print(papers)
+    if report.unique_opens is None or report.unique_clicks is None:
+        off = " and ".join(k for k, v in (("opens", report.unique_opens), ("clicks", report.unique_clicks)) if v is None)
+        console.print(f"{off.capitalize()} were not tracked for this issue (track_opens, track_clicks).", highlight=False)
+
+
+def _print_trend(reports: list[IssueReport]) -> None:
+    from rich.table import Table
+
+    from .report import sparkline
+
+    by_list: dict[str, list[IssueReport]] = {}
+    for report in reports:
+        by_list.setdefault(report.list, []).append(report)
+    for name, issues in by_list.items():
+        table = Table(title=f"List {escape(name)!r}")
+        for column in ("issue", "sent", "delivered", "opens", "clicks", "bounces", "spam", "unsubscribes", "top paper"):
+            table.add_column(column, justify="left" if column in ("issue", "top paper") else "right")  # type: ignore[arg-type]
+        for r in issues:
+            top = max(r.papers, key=lambda p: (p.unique_clicks or 0, -p.rank), default=None)
+            table.add_row(
+                r.issue,
+                f"{r.sent:,}",
+                _percent(r.rate(r.delivered, of_sent=True)),
+                "not tracked" if r.unique_opens is None else _percent(r.rate(r.unique_opens)),
+                "not tracked" if r.unique_clicks is None else _percent(r.rate(r.unique_clicks)),
+                f"{r.bounces:,}",
+                f"{r.spam_reports:,}",
+                f"{r.unsubscribes:,}",
+                f"#{top.rank}" if top is not None and top.unique_clicks else "",
+            )
+        console.print(table)
+        opens = sparkline(r.rate(r.unique_opens) for r in issues)
+        clicks = sparkline(r.rate(r.unique_clicks) for r in issues)
+        console.print(f"open rate  {opens}  (oldest → newest)\nclick rate {clicks}", highlight=False)
 
 
 # -- lists and subscribers --------------------------------------------------------------------------

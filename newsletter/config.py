@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SENDGRID_API_KEY", "sendgrid_api_key"),
     )
     sendgrid_webhook_public_key: str | None = None
+    # Open and click tracking, set explicitly on every request (the account's defaults are not
+    # relied on). Unsubscribe links are never click-tracked, whatever these say.
+    track_opens: bool = True
+    track_clicks: bool = True
 
     # Which provider delivers mail, and the SMTP server's details when it is "smtp". The password
     # comes only from the environment (NEWSLETTER_SMTP_PASSWORD), never from the config file.

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Engine,
@@ -44,7 +45,7 @@ metadata = MetaData()
 TS = DateTime(timezone=True)
 
 # The tables whose ids leave the database (lists, subscribers, campaigns: in unsubscribe links and
-# SendGrid's custom_args) take AUTOINCREMENT on SQLite: without it a deleted row's id goes to the next
+# the provider's tags) take AUTOINCREMENT on SQLite: without it a deleted row's id goes to the next
 # new row, and an old link or a late webhook event would act on whoever got it. PostgreSQL's SERIAL
 # sequences never hand out an id twice already.
 
@@ -79,8 +80,11 @@ legacy_links = Table(
     "legacy_unsubscribe_links", metadata, Column("max_subscriber_id", Integer, nullable=False)
 )
 
-# Membership statuses. Only "subscribed" receives mail.
+# Membership statuses, as stored; what they mean and who may change them is in membership.py. Only
+# "subscribed" receives mail. STATUSES are the ones in use (counted by `lists`, accepted by --status);
+# "unconfirmed", a sign-up waiting for its confirmation, joins them with issue 8's double opt-in.
 SUBSCRIBED, UNSUBSCRIBED, BOUNCED, COMPLAINED = "subscribed", "unsubscribed", "bounced", "complained"
+UNCONFIRMED = "unconfirmed"
 STATUSES = (SUBSCRIBED, UNSUBSCRIBED, BOUNCED, COMPLAINED)
 
 memberships = Table(
@@ -97,9 +101,6 @@ memberships = Table(
     Index("ix_memberships_list_status", "list_id", "status"),
 )
 
-# Where a status change came from, for the event log.
-SOURCES = ("command", "import", "unsubscribe_page", "one_click", "webhook", "sendgrid_sync")
-
 # Append-only: rows are inserted, never updated. An erased subscriber's rows go with them.
 events = Table(
     "events",
@@ -109,13 +110,16 @@ events = Table(
     Column("list_id", Integer, ForeignKey("lists.id", ondelete="SET NULL")),
     Column("status", String(20), nullable=False),
     Column("previous_status", String(20)),
+    # Who made the change: one of membership.TRANSITIONS' sources ("command" for an erasure).
     Column("source", String(30), nullable=False),
     Column("detail", Text, nullable=False, default=""),
     Column("created_at", TS, nullable=False),
     Index("ix_events_subscriber", "subscriber_id"),
+    # The report's unsubscribes: a list's leavers in the days after each issue.
+    Index("ix_events_list_status_created", "list_id", "status", "created_at"),
 )
 
-# SendGrid suppression sync: the newest `created` timestamp seen per suppression list.
+# The provider's suppression lists (subscribers sync): the newest `created` timestamp seen per list.
 sync_state = Table(
     "sync_state",
     metadata,
@@ -123,13 +127,13 @@ sync_state = Table(
     Column("last_created", Integer, nullable=False),
 )
 
-# Event Webhook idempotency: SendGrid retries and repeats events; each sg_event_id counts once.
+# Event idempotency: the provider retries and repeats events; each event id counts once.
 webhook_events = Table(
     "webhook_events",
     metadata,
     Column("sg_event_id", String(100), primary_key=True),
     Column("received_at", TS, nullable=False),
-    # Rows older than SendGrid's retry window are pruned (webhook.py) along this index.
+    # Rows older than the provider's retry window are pruned (webhook.py) along this index.
     Index("ix_webhook_events_received", "received_at"),
 )
 
@@ -161,8 +165,39 @@ campaign_stats = Table(
     PrimaryKeyConstraint("campaign_id", "event"),
 )
 
+# What each reader of a campaign did, for the report (report.py): unique opens, clicks (and on which
+# paper's link), bounces, spam reports and unsubscribes are distinct readers, so each event's reader
+# is kept, as the subscriber id its address had when the event came (an id is no address: like
+# deliveries, the rows outlive an erasure, and the id is never handed out again). Written from each
+# event id once, as campaign_stats is (webhook.py).
+campaign_events = Table(
+    "campaign_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=False),
+    Column("subscriber_id", Integer, nullable=False),
+    Column("kind", String(30), nullable=False),
+    # An open the provider took for a machine's (Apple Mail Privacy Protection fetches every image).
+    Column("machine_open", Boolean, nullable=False),
+    Column("url", Text, nullable=False),  # the link a click followed; "" for other kinds
+    Column("at", TS, nullable=False),  # when it first happened, as the provider says
+    # One row per fact, however often it is reported (a reader who opens five times is one open
+    # row), so that the report counts readers as index entries, from this index alone.
+    UniqueConstraint("campaign_id", "kind", "machine_open", "subscriber_id", "url", name="uq_campaign_events_fact"),
+)
+
+# Whether a campaign's mail carried open and click tracking, recorded when it is created: without
+# tracking the provider reports no opens or clicks, which the report must not show as zeros.
+campaign_tracking = Table(
+    "campaign_tracking",
+    metadata,
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True),
+    Column("opens", Boolean, nullable=False),
+    Column("clicks", Boolean, nullable=False),
+)
+
 # Delivery states (newsletter/campaigns.py has the state machine). A finished send leaves every recipient
-# sent, failed (SendGrid refused the address), uncertain (the request may have left but its answer
+# sent, failed (the provider refused the address), uncertain (the request may have left but its answer
 # was never recorded) or skipped (no longer subscribed when its batch was built).
 PENDING, IN_FLIGHT, SENT, FAILED, UNCERTAIN, SKIPPED = (
     "pending", "in_flight", "sent", "failed", "uncertain", "skipped"
@@ -208,8 +243,32 @@ deliveries = Table(
 )
 
 
+# One-off messages to one address (a test send, a sign-up's confirmation, a welcome), each under an
+# idempotency key that says what it is for, so that it goes out at most once whoever asks again.
+# States as a delivery's: in_flight before the request leaves, then sent, failed or uncertain; pending
+# when a try certainly sent nothing (another try may send it).
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(200), nullable=False, unique=True),
+    Column("email", String(320), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("message_id", String(200)),
+    Column("error", Text),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+
 def _create_all(conn: Connection) -> None:
     metadata.create_all(conn)
+
+
+def _create_messages(conn: Connection) -> None:
+    messages.create(conn, checkfirst=True)  # a database made since has it already
 
 
 # Append only. Never edit a migration that has shipped: add the next one.
@@ -222,7 +281,7 @@ def _index_deliveries_by_id(conn: Connection) -> None:
 def _never_reuse_issued_ids(conn: Connection) -> None:
     if conn.dialect.name == "sqlite":
         _autoincrement(conn, lists)
-        # Deliveries keep an erased reader's id (and SendGrid's events carry it): never hand it out again.
+        # Deliveries keep an erased reader's id (and the provider's events carry it): never hand it out again.
         _autoincrement(conn, subscribers, deliveries.c.subscriber_id)
         _autoincrement(conn, campaigns)
     legacy_links.create(conn, checkfirst=True)
@@ -231,10 +290,20 @@ def _never_reuse_issued_ids(conn: Connection) -> None:
         conn.execute(legacy_links.insert().values(max_subscriber_id=issued))
 
 
+def _create_campaign_events(conn: Connection) -> None:
+    # A database made since has them already.
+    campaign_events.create(conn, checkfirst=True)
+    campaign_tracking.create(conn, checkfirst=True)
+    [index] = [i for i in events.indexes if i.name == "ix_events_list_status_created"]
+    index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_all,
     _index_deliveries_by_id,
     _never_reuse_issued_ids,
+    _create_messages,
+    _create_campaign_events,
 ]
 
 

@@ -64,13 +64,13 @@ _RANK = re.compile(r"\d+")
 # past 4300 digits Python refuses to convert it at all).
 MAX_DIGITS = 9
 
-# SendGrid's substitution tag for each reader's personal unsubscribe URL. SendGrid replaces it
-# wherever it stands (HTML, text, subject), so digest text holding it would carry every reader's
-# unsubscribe token into a link or a title of the digest author's choosing: the digest may not.
+# The placeholder for each reader's personal unsubscribe URL. The sender replaces it wherever it
+# stands (HTML, text), so digest text holding it would carry every reader's unsubscribe token into
+# a link or a title of the digest author's choosing: the digest may not.
 UNSUBSCRIBE_TAG = "-unsubscribe_url-"
 _UNSUBSCRIBE_TAG = re.compile(re.escape(UNSUBSCRIBE_TAG), re.IGNORECASE)
 _TAG_MESSAGE = (
-    f"the digest may not contain {UNSUBSCRIBE_TAG!r} (in any case): SendGrid replaces it with each "
+    f"the digest may not contain {UNSUBSCRIBE_TAG!r} (in any case): the sender replaces it with each "
     "reader's personal unsubscribe link"
 )
 

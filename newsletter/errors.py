@@ -8,9 +8,10 @@
     ├── SubscriberError        a bad list name, unknown subscriber, unreadable CSV …
     ├── TokenError             a bad, forged or truncated unsubscribe token
     ├── DatabaseError          the database cannot be reached or stays locked (names it, no password)
+    ├── NoIssueSent            a report asked about a day, week or list that no issue went to
     └── SendError              a send that cannot go on
-        ├── MissingAPIKey      no SENDGRID_API_KEY for a real send
-        ├── SendGridAuthError  SendGrid answered 401/403: every later batch would fail too
+        ├── MissingAPIKey      no credentials for a real send (SENDGRID_API_KEY)
+        ├── ProviderAuthError  the provider refused the credentials: every later batch would fail too
         └── SendInProgress     another process holds the campaign's claim
 
 Messages are written for the person at the terminal and never contain a secret.
@@ -60,6 +61,10 @@ class DatabaseError(NewsletterError):
     pass
 
 
+class NoIssueSent(NewsletterError):
+    pass
+
+
 class SendError(NewsletterError):
     pass
 
@@ -68,7 +73,7 @@ class MissingAPIKey(SendError):
     pass
 
 
-class SendGridAuthError(SendError):
+class ProviderAuthError(SendError):
     pass
 
 

@@ -27,8 +27,8 @@ from .digest import UNSUBSCRIBE_TAG, Digest, Paper
 from .errors import RenderError
 
 # UNSUBSCRIBE_TAG (defined beside the parser that keeps it out of digests; the sender and the checks
-# import it from here) is the SendGrid substitution tag that each recipient's personal unsubscribe
-# URL replaces, in both parts. One render serves every recipient: the sender fills it per
+# import it from here) is the placeholder that each recipient's personal unsubscribe URL replaces,
+# in both parts. One render serves every recipient: the sender fills it per
 # personalization, and only the footer holds it.
 
 # Gmail hides everything after the first ~102 KB of a message's HTML behind "[Message clipped]",

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-import jinja2
 import uvicorn
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine
@@ -38,10 +37,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import db
 from .config import Settings
 from .errors import TokenError
-from .render import DARK, FONT_STACK, LIGHT
-from .subscribers import log_event
+from .membership import compare_and_set
+from .render import DARK, FONT_STACK, LIGHT, environment
 from .tokens import RESUBSCRIBE_WINDOW, UnsubscribeLinks
-from .webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookVerifier, apply_events, parse_events
+from .providers.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookVerifier, parse_events
+from .providers import Event
+from .webhook import apply_events
 
 # SendGrid's batches are far smaller; anything bigger is not SendGrid.
 MAX_WEBHOOK_BODY = 10 * 1024 * 1024
@@ -130,64 +131,45 @@ class _UnsubscribeService:
         with db.reading(self._engine) as conn:
             return self._verified(conn, ids, token)
 
+    # Which memberships the reader's POSTs change is membership.TRANSITIONS' to say: an unsubscribe
+    # changes only a subscribed one, a re-subscribe only an unsubscribed one.
     def unsubscribe(self, token: str, source: str) -> tuple[Membership | None, bool]:
         """The membership after the POST, and whether this POST unsubscribed it."""
-        # Only a subscribed membership changes: a bounced or complained one stays as it is (the
-        # suppression rule, for one membership).
-        return self._change(token, db.SUBSCRIBED, db.UNSUBSCRIBED, source, "")
+        return self._change(token, db.UNSUBSCRIBED, source, "")
 
     def resubscribe(self, token: str) -> tuple[Membership | None, bool]:
-        # Only an unsubscribe is the reader's to undo: a bounced address still cannot receive, and
-        # a complaint is not undone by a click on a forwarded link.
         return self._change(
-            token,
-            db.UNSUBSCRIBED,
-            db.SUBSCRIBED,
-            "unsubscribe_page",
-            "re-subscribed from the unsubscribe page",
+            token, db.SUBSCRIBED, "unsubscribe_page", "re-subscribed from the unsubscribe page"
         )
 
-    def _change(
-        self, token: str, expected: str, status: str, source: str, detail: str
-    ) -> tuple[Membership | None, bool]:
+    def _change(self, token: str, status: str, source: str, detail: str) -> tuple[Membership | None, bool]:
         ids = self._ids(token)
         if ids is None:
             return None, False
         with self._transaction() as conn:
             membership = self._verified(conn, ids, token)
-            if membership is None or membership.status != expected:
-                return membership, False
-            now = self._settings.clock()
-            changed = conn.execute(
-                _SET_STATUS,
-                {
-                    "list": membership.list_id,
-                    "subscriber": membership.subscriber_id,
-                    "expected": expected,
-                    "new": status,
-                    "now": now,
-                },
-            )
-            if changed.rowcount != 1:  # another writer got there first (PostgreSQL reads do not lock)
-                return _membership(conn, *ids), False
-            log_event(
+            if membership is None:
+                return None, False
+            if compare_and_set(
                 conn,
-                subscriber_id=membership.subscriber_id,
                 list_id=membership.list_id,
+                subscriber_id=membership.subscriber_id,
+                expected=membership.status,
                 status=status,
-                previous_status=expected,
                 source=source,
-                now=now,
+                now=self._settings.clock(),
                 detail=detail,
-            )
-            return replace(membership, status=status), True
+            ):
+                return replace(membership, status=status), True
+            # Refused, or another writer got there first (PostgreSQL reads do not lock): as it is now.
+            return _membership(conn, *ids), False
 
-    def apply_webhook(self, events: list[object]) -> None:
+    def apply_webhook(self, events: list[Event | None]) -> None:
         with self._transaction() as conn:
             apply_events(conn, events, self._settings.clock())
 
 
-# Built once: these run for every click, and building a statement costs more than running it.
+# Built once: it runs for every click, and building a statement costs more than running it.
 _FIND_MEMBERSHIP = (
     select(db.subscribers.c.email, db.lists.c.name, db.lists.c.description, db.memberships.c.status)
     .select_from(db.memberships.join(db.subscribers).join(db.lists))
@@ -195,15 +177,6 @@ _FIND_MEMBERSHIP = (
         db.memberships.c.list_id == bindparam("list"),
         db.memberships.c.subscriber_id == bindparam("subscriber"),
     )
-)
-_SET_STATUS = (
-    db.memberships.update()
-    .where(
-        db.memberships.c.list_id == bindparam("list"),
-        db.memberships.c.subscriber_id == bindparam("subscriber"),
-        db.memberships.c.status == bindparam("expected"),
-    )
-    .values(status=bindparam("new"), updated_at=bindparam("now"))
 )
 
 
@@ -217,11 +190,7 @@ def _membership(conn: Connection, list_id: int, subscriber_id: int) -> Membershi
 class _Pages:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(settings.path(settings.templates_dir)),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-        )
+        self._env = environment(settings)
 
     def render(
         self, template: str, status_code: int = 200, membership: Membership | None = None, **context: object

@@ -23,13 +23,12 @@ elsewhere that starts that way loses its first apostrophe.
 from __future__ import annotations
 
 import csv
-import os
+import functools
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +56,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import db
 from .errors import SubscriberError
+from .files import atomic_file
+from .membership import compare_and_set_many, members_query
 from .subscribers import check_details, email_key, get_list, normalise_email, read_pages
 
 # Rows per staging transaction: large enough to amortise a transaction, small enough that the
@@ -418,75 +419,29 @@ def _merge(
         execution_options={"preserve_rowcount": True},
     ).rowcount
     staged = db.subscribers.join(table, s.email_key == t.key)
-    member = and_(m.list_id == list_id, m.subscriber_id == s.id)
-    detail = literal(f"{source} line ") + cast(t.line, String)
-    event_columns = [
-        "subscriber_id",
-        "list_id",
-        "status",
-        "previous_status",
-        "source",
-        "detail",
-        "created_at",
-    ]
+    # Each valid row's subscriber, and where its event says the change came from.
+    rows = select(
+        s.id.label("subscriber_id"), (literal(f"{source} line ") + cast(t.line, String)).label("detail")
+    ).select_from(staged).where(pending)
+    subscribe_staged = functools.partial(
+        compare_and_set_many, conn, list_id=list_id, rows=rows, status=db.SUBSCRIBED, source="import", now=now
+    )
 
     if resubscribe:
-        # Only a "no" said before the import began: one said while it ran is the newer word.
-        lapsed = and_(m.status != db.SUBSCRIBED, m.updated_at <= started)
-        conn.execute(
-            db.events.insert().from_select(
-                event_columns,
-                select(
-                    s.id, literal(list_id), literal(db.SUBSCRIBED), m.status, literal("import"), detail, stamp
-                )
-                .select_from(staged.join(db.memberships, member))
-                .where(pending, lapsed),
-            )
-        )
-        report.resubscribed = conn.execute(
-            update(db.memberships)
-            .where(
-                m.list_id == list_id,
-                lapsed,
-                m.subscriber_id.in_(select(s.id).select_from(staged).where(pending)),
-            )
-            .values(status=db.SUBSCRIBED, updated_at=now)
-        ).rowcount
+        # Whatever "no" the rules let an import lift, if said before the import began: one said while
+        # it ran is the newer word.
+        report.resubscribed = subscribe_staged(expected=db.STATUSES, unchanged_since=started)
 
     # With resubscribe, whoever is still not subscribed said no while the import ran.
     skipped_because = m.status + literal(" during the import") if resubscribe else m.status
+    member = and_(m.list_id == list_id, m.subscriber_id == s.id)
     report.skipped = conn.execute(
         update(table)
         .where(pending, t.key == s.email_key, member, m.status != db.SUBSCRIBED)
         .values(outcome=SKIPPED, reason=skipped_because)
     ).rowcount
 
-    joining = and_(pending, ~exists().where(member))
-    conn.execute(
-        db.events.insert().from_select(
-            event_columns,
-            select(
-                s.id,
-                literal(list_id),
-                literal(db.SUBSCRIBED),
-                literal(None, String),
-                literal("import"),
-                detail,
-                stamp,
-            )
-            .select_from(staged)
-            .where(joining),
-        )
-    )
-    report.added = conn.execute(
-        db.memberships.insert().from_select(
-            ["list_id", "subscriber_id", "status", "created_at", "updated_at"],
-            select(literal(list_id), s.id, literal(db.SUBSCRIBED), stamp, stamp)
-            .select_from(staged)
-            .where(joining),
-        ),
-        execution_options={"preserve_rowcount": True},
-    ).rowcount
+    report.added = subscribe_staged(expected=[None])
 
 
 def _count(conn: Connection, table: Table, report: ImportReport) -> None:
@@ -561,21 +516,6 @@ def _original_fields(header: _Header, row: Any) -> list[str]:
     return [values.get(index, "") for index in range(len(header.columns))]
 
 
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[TextIO]:
-    """A text file written under a temporary name and renamed into place once complete, so that no
-    reader ever sees half a file. Created owner-only (mkstemp): it holds people's addresses."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    os.replace(temporary, path)
-
-
 # -- the export -----------------------------------------------------------------------------------
 
 
@@ -585,13 +525,8 @@ def write_export(engine: Engine, *, list_name: str, out: TextIO, status: str = d
     Returns the number of rows."""
     with engine.connect() as conn:
         list_id = get_list(conn, list_name).id
-    s, m = db.subscribers.c, db.memberships.c
-    members = (
-        select(s.id, s.email, s.name, s.attributes)
-        .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
-        .where(m.list_id == list_id, m.status == status)
-        .order_by(s.id)
-    )
+    s = db.subscribers.c
+    members = members_query(list_id, s.id, s.email, s.name, s.attributes, status=status)
     # Two streaming passes: the first finds the attribute columns, so no row waits in memory.
     columns: dict[str, None] = {}
     for row in read_pages(engine, members.with_only_columns(s.id, s.attributes), s.id):
@@ -615,5 +550,6 @@ def export_csv(engine: Engine, *, list_name: str, path: Path | None, status: str
     """write_export to a file (replaced only once complete), or to standard output for path None."""
     if path is None:
         return write_export(engine, list_name=list_name, out=sys.stdout, status=status)
-    with _atomic_file(path) as out:
+    # Owner-only: it holds people's addresses.
+    with atomic_file(path, "w", private=True, encoding="utf-8", newline="") as out:
         return write_export(engine, list_name=list_name, out=out, status=status)

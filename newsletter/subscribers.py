@@ -1,10 +1,10 @@
-"""Lists, subscribers and their memberships, with an append-only log of every status change.
+"""Lists, subscribers and their memberships, with an append-only log of every status change (the
+rules a status change follows, and the query of a list's audience, are in newsletter/membership.py).
 
 Functions that take a Connection run inside the caller's transaction, so a command can combine
 several of them atomically. The readers that take an Engine (read_pages, iter_members,
-iter_memberships) read a page per transaction instead: on SQLite every transaction holds the write
-lock, and a long read must not keep the web server from recording an unsubscribe. The CSV import and
-export are in newsletter/subscriber_csv.py.
+iter_memberships) read a page per transaction instead: a long read must not keep the web server
+from recording an unsubscribe. The CSV import and export are in newsletter/subscriber_csv.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import db
 from .errors import SubscriberError
+from .membership import compare_and_set, log_event, members_query, status_of
 
 # Names are typed on command lines and appear in URLs and logs: keep them plain.
 LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -297,16 +298,19 @@ def subscribe(
             conn.execute(db.subscribers.update().where(s.id == subscriber_id).values(**changes))
     subscriber = _subscriber(conn.execute(select(db.subscribers).where(s.id == subscriber_id)).one())
 
-    m = db.memberships.c
-    previous = conn.execute(
-        select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber_id)
-    ).scalar()
+    previous = status_of(conn, list_id, subscriber_id)
     if previous == db.SUBSCRIBED:
         return Subscription(subscriber, "unchanged", previous)
     if previous is not None and not resubscribe:
         return Subscription(subscriber, "skipped", previous)
-    set_status(
-        conn, list_id=list_id, subscriber_id=subscriber_id, status=db.SUBSCRIBED, source=source, now=now
+    compare_and_set(
+        conn,
+        list_id=list_id,
+        subscriber_id=subscriber_id,
+        expected=previous,
+        status=db.SUBSCRIBED,
+        source=source,
+        now=now,
     )
     return Subscription(subscriber, "added" if previous is None else "resubscribed", previous)
 
@@ -316,74 +320,18 @@ def unsubscribe(
 ) -> bool:
     """Mark an address unsubscribed from a list; False if it already was."""
     subscriber = find_subscriber(conn, email)
-    m = db.memberships.c
-    member = conn.execute(
-        select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber.id)
-    ).scalar()
-    if member is None:
-        raise SubscriberError(f"{subscriber.email} is not on that list")
-    return set_status(
-        conn, list_id=list_id, subscriber_id=subscriber.id, status=db.UNSUBSCRIBED, source=source, now=now
-    )
-
-
-def set_status(
-    conn: Connection,
-    *,
-    list_id: int,
-    subscriber_id: int,
-    status: str,
-    source: str,
-    now: datetime,
-    detail: str = "",
-) -> bool:
-    """Set a membership's status and log the change; True if it changed.
-
-    Setting the status it already has changes nothing and logs nothing, so repeated unsubscribes,
-    webhook retries and re-synced suppressions are harmless. A subscriber who is not a member of the
-    list becomes one with this status (SendGrid may report an address we only know from another list).
-    """
-    if status not in db.STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    if source not in db.SOURCES:
-        raise ValueError(f"unknown source {source!r}")
-    m = db.memberships.c
-    # FOR UPDATE: on PostgreSQL a concurrent change of this membership (a second one-click POST, a
-    # webhook) waits here and then sees this one's status, so a change is made and logged once.
-    # SQLite's BEGIN IMMEDIATE already serialises writers (and SQLAlchemy renders nothing there).
-    previous = conn.execute(
-        select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber_id).with_for_update()
-    ).scalar()
-    if previous == status:
-        return False
+    previous = status_of(conn, list_id, subscriber.id)
     if previous is None:
-        conn.execute(
-            db.memberships.insert().values(
-                list_id=list_id, subscriber_id=subscriber_id, status=status, created_at=now, updated_at=now
-            )
-        )
-    else:
-        conn.execute(
-            db.memberships.update()
-            .where(m.list_id == list_id, m.subscriber_id == subscriber_id)
-            .values(status=status, updated_at=now)
-        )
-    log_event(
+        raise SubscriberError(f"{subscriber.email} is not on that list")
+    return compare_and_set(
         conn,
-        subscriber_id=subscriber_id,
         list_id=list_id,
-        status=status,
-        previous_status=previous,
+        subscriber_id=subscriber.id,
+        expected=previous,
+        status=db.UNSUBSCRIBED,
         source=source,
         now=now,
-        detail=detail,
     )
-    return True
-
-
-def log_event(conn: Connection, **values: Any) -> None:
-    now = values.pop("now")
-    conn.execute(db.events.insert().values(created_at=now, **values))
 
 
 # The event that records an erasure: it keeps no trace of who was erased.
@@ -447,30 +395,16 @@ def subscriber_details(conn: Connection, email: str) -> SubscriberDetails:
 # -- selecting members ----------------------------------------------------------------------------
 
 
-def members_query(list_id: int, status: str = db.SUBSCRIBED) -> Select[tuple[int, str, str | None]]:
-    """(subscriber_id, email, name) of a list's members with this status, by subscriber id.
-
-    Set-based callers use it as the SELECT of an INSERT … SELECT (uses ix_memberships_list_status).
-    """
-    m, s = db.memberships.c, db.subscribers.c
-    return (
-        select(s.id.label("subscriber_id"), s.email, s.name)
-        .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
-        .where(m.list_id == list_id, m.status == status)
-        .order_by(s.id)
-    )
-
-
 def read_pages(
     engine: Engine, query: Select[Any], key: ColumnElement[Any], *, page: int = 5000
 ) -> Iterator[Row[Any]]:
     """The rows of `query`, ordered by `key` (unique, and the query's first column), fetched a page
-    per transaction: memory stays flat for any list, and no read holds SQLite's lock for long (the web
-    server must be able to record an unsubscribe meanwhile)."""
+    per read-only transaction: memory stays flat for any list, and no read takes SQLite's write lock
+    (the web server must be able to record an unsubscribe meanwhile)."""
     last = None
     while True:
         batch = query if last is None else query.where(key > last)
-        with engine.connect() as conn:
+        with db.reading(engine) as conn:
             rows = conn.execute(batch.limit(page)).all()
         yield from rows
         if len(rows) < page:
@@ -479,8 +413,9 @@ def read_pages(
 
 
 def iter_members(engine: Engine, list_id: int, status: str = db.SUBSCRIBED) -> Iterator[Member]:
-    """A list's members with this status, by subscriber id, read a page at a time."""
-    for row in read_pages(engine, members_query(list_id, status), db.subscribers.c.id):
+    """A list's members with this status (by default, who gets its issues), by subscriber id, read a
+    page at a time."""
+    for row in read_pages(engine, members_query(list_id, status=status), db.subscribers.c.id):
         yield Member(row.subscriber_id, row.email, row.name)
 
 

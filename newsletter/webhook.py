@@ -1,111 +1,45 @@
-"""SendGrid's signed Event Webhook: verify the signature and age, then apply each event once.
+"""The provider's events (its webhook): apply each once.
 
-SendGrid posts a JSON array of events, signs timestamp+body with ECDSA P-256, and retries for a day
-on any non-2xx answer, so an event can arrive several times: each sg_event_id is applied once
-(webhook_events). Status events suppress the subscriber through the same rule as every other
-source; engagement and delivery events are counted per campaign.
-
-Every event that can be stored is: text the databases cannot hold (NUL, lone surrogates; a bounce
-reason comes from the recipient's own mail server) is stored escaped, and an event the database still
-refuses costs only itself, never the batch it came in (a non-2xx answer has SendGrid retry the whole
-batch for a day, then drop it, the unsubscribes in it included).
+The provider retries a batch for a day on any non-2xx answer, so an event can arrive several times:
+each event id is applied once (webhook_events). Status events suppress the subscriber through the
+same rule as every other source; engagement and delivery events are counted per campaign. An event
+the database refuses costs only itself, never the batch it came in (a non-2xx answer has the
+provider retry the whole batch for a day, then drop it, the unsubscribes in it included).
 """
 
 from __future__ import annotations
 
-import binascii
-import json
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec
-from sendgrid.helpers.eventwebhook import EventWebhook
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from . import db
-from .errors import ConfigError
+from .providers import Event
+from .subscribers import email_key
 from .suppressions import subscriber_id_for, suppress
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
-TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
-
-# A signed request replayed later than this is refused (either way, to allow for clock skew).
-MAX_AGE = timedelta(minutes=10)
-
-# SendGrid retries a batch for up to 24 hours; event ids are kept well past that, then pruned.
+# A provider retries a batch for up to a day (SendGrid: 24 hours); event ids are kept well past that.
 DEDUPE_WINDOW = timedelta(days=7)
 
-# Why SendGrid dropped a message, for the reasons that say something about the address (the others,
-# such as "Spam Content" or "Invalid SMTPAPI header", are about the message and change no status).
-DROP_REASONS = {
-    "Bounced Address": db.BOUNCED,
-    "Invalid": db.BOUNCED,
-    "Unsubscribed Address": db.UNSUBSCRIBED,
-    "Spam Reporting Address": db.COMPLAINED,
-}
-
-
-class WebhookVerifier:
-    """Checks the signature and timestamp headers of one Event Webhook request."""
-
-    def __init__(self, public_key: str) -> None:
-        try:
-            helper = EventWebhook(public_key.strip())
-        except (ValueError, TypeError, UnsupportedAlgorithm):
-            helper = None
-        if helper is None or not isinstance(helper.public_key, ec.EllipticCurvePublicKey):
-            raise ConfigError(
-                "bad setting 'sendgrid_webhook_public_key' (NEWSLETTER_SENDGRID_WEBHOOK_PUBLIC_KEY): "
-                "expected the base64 ECDSA verification key SendGrid shows for the signed Event Webhook"
-            )
-        self._helper = helper
-
-    @staticmethod
-    def fresh(signature: str, timestamp: str, now: datetime) -> bool:
-        """Whether the headers are there and the timestamp within MAX_AGE: checked before the
-        body is read, so that a replay or an unsigned request costs nothing."""
-        if not signature or not timestamp or not (timestamp.isascii() and timestamp.isdecimal()):
-            return False
-        # A length check first: int() of thousands of digits is slow, then refused.
-        return len(timestamp) <= 12 and abs(now.timestamp() - int(timestamp)) <= MAX_AGE.total_seconds()
-
-    def verify(self, body: bytes, signature: str, timestamp: str) -> bool:
-        """Whether `signature` signs timestamp + body (call fresh() first)."""
-        try:
-            payload = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        try:
-            return bool(self._helper.verify_signature(payload, signature, timestamp))
-        except (binascii.Error, ValueError):  # a signature that is not base64 at all
-            return False
-
-
-def parse_events(body: bytes) -> list[Any]:
-    """The items of one webhook request (apply_events checks each); ValueError if the body is not a
-    JSON array."""
-    try:
-        items = json.loads(body)
-    except RecursionError:  # nested thousands deep: no SendGrid body, and answered 400, not 500
-        raise ValueError("JSON nested too deeply") from None
-    if not isinstance(items, list):
-        raise ValueError("expected a JSON array of events")
-    return items
+# The kinds of event whose reader is kept (campaign_events) for the report's unique counts; the
+# others (processed, deferred, dropped…) are only counted in campaign_stats.
+DELIVERED, OPEN, CLICK, BOUNCE, SPAM_REPORT = "delivered", "open", "click", "bounce", "spamreport"
+UNSUBSCRIBES = ("unsubscribe", "group_unsubscribe")
+PER_READER = frozenset({DELIVERED, OPEN, CLICK, BOUNCE, SPAM_REPORT, *UNSUBSCRIBES})
 
 
 @dataclass
 class WebhookResult:
     applied: int = 0  # events seen for the first time
-    duplicates: int = 0  # events already applied (SendGrid's retries)
+    duplicates: int = 0  # events already applied (the provider's retries)
     changed: int = 0  # memberships whose status changed
     failed: int = 0  # items that are not events, or that the database refused (logged)
 
@@ -116,22 +50,23 @@ class WebhookResult:
         self.failed += other.failed
 
 
-def apply_events(conn: Connection, items: list[Any], now: datetime) -> WebhookResult:
-    """Apply a batch of verified events in the caller's transaction, every one that can be stored.
+def apply_events(conn: Connection, items: list[Event | None], now: datetime) -> WebhookResult:
+    """Apply a batch of verified events (None: an item that was no event) in the caller's
+    transaction, every one that can be stored.
 
     The batch goes in one savepoint; should the database refuse any of it, the batch is redone event
     by event, each in its own savepoint, and only the refused events are left out (counted and
-    logged). An outage is no event's fault: it propagates, and SendGrid retries the batch.
+    logged). An outage is no event's fault: it propagates, and the provider retries the batch.
     """
     conn.execute(db.webhook_events.delete().where(db.webhook_events.c.received_at < now - DEDUPE_WINDOW))
     result = WebhookResult()
     events = []
     for number, item in enumerate(items, start=1):
-        if isinstance(item, dict) and isinstance(item.get("event"), str):
-            events.append(_storable(item))
+        if item is not None:
+            events.append(item)
         else:
             result.failed += 1
-            log.warning("SendGrid webhook: item %d of %d is not an event object; skipped", number, len(items))
+            log.warning("webhook: item %d of %d is not an event object; skipped", number, len(items))
     try:
         with conn.begin_nested():
             result.add(_apply(conn, events, now))
@@ -149,28 +84,10 @@ def apply_events(conn: Connection, items: list[Any], now: datetime) -> WebhookRe
         except (SQLAlchemyError, ValueError, OverflowError) as error:
             result.failed += 1
             log.warning(
-                "SendGrid webhook: event %d of %d (%.30s, sg_event_id %.100r) not stored: %s",
-                number, len(events), event["event"], event.get("sg_event_id"), _why(error),
+                "webhook: event %d of %d (%.30s, id %.100r) not stored: %s",
+                number, len(events), event.kind, event.id, _why(error),
             )  # fmt: skip
     return result
-
-
-# What neither database stores in text: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _storable(event: dict[str, Any]) -> dict[str, Any]:
-    """The event with NUL and lone surrogates in its values written out as their JSON escapes
-    (`\\u0000`, `\\ud800`): visible in a stored reason instead of failing the write. Only top-level
-    values are ever stored or looked up."""
-    return {
-        key: _UNSTORABLE.sub(_escape, value) if isinstance(value, str) else value
-        for key, value in event.items()
-    }
-
-
-def _escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match[0]):04x}"
 
 
 def _why(error: Exception) -> str:
@@ -180,47 +97,52 @@ def _why(error: Exception) -> str:
     return f"{type(cause).__name__}: {lines[0][:200] if lines else ''}"
 
 
-def _apply(conn: Connection, events: list[dict[str, Any]], now: datetime) -> WebhookResult:
+def _apply(conn: Connection, events: list[Event], now: datetime) -> WebhookResult:
     result = WebhookResult()
-    seen = _already_applied(conn, [event["sg_event_id"] for event in events if _event_id(event)])
+    seen = _already_applied(conn, [event.id for event in events if event.id is not None])
     counts: Counter[tuple[int, str]] = Counter()
+    facts: list[Event] = []
+    new_ids: list[str] = []
     for event in events:
-        event_id = _event_id(event)
-        if event_id is not None:
-            if event_id in seen:
+        if event.id is not None:
+            if event.id in seen:
                 result.duplicates += 1
                 continue
-            seen.add(event_id)
-            conn.execute(db.webhook_events.insert().values(sg_event_id=event_id, received_at=now))
+            seen.add(event.id)
+            new_ids.append(event.id)
         result.applied += 1
-        campaign_id = _int_arg(event, "campaign_id")
-        if campaign_id is not None:
-            counts[(campaign_id, event["event"][:30])] += 1
-        change = _status_change(event)
-        if change is None:
+        if event.campaign_id is not None:
+            counts[(event.campaign_id, event.kind)] += 1
+            if event.kind in PER_READER and event.email is not None:
+                facts.append(event)
+        if event.suppression is None or event.email is None:
             continue
-        status, every_list = change
-        subscriber_id = _subscriber(conn, event)
+        # By the address the message went to, never by our subscriber id alone: that id names
+        # whoever holds it now, which after an erasure need not be the recipient.
+        subscriber_id = subscriber_id_for(conn, event.email)
         if subscriber_id is None:
             continue
+        status, every_list = event.suppression
         result.changed += suppress(
             conn,
             subscriber_id=subscriber_id,
             status=status,
             source="webhook",
             now=now,
-            list_id=None if every_list else _int_arg(event, "list_id"),
-            detail=_detail(event),
+            list_id=None if every_list else event.list_id,
+            detail=event.detail,
         )
-    _count(conn, counts)
+    if new_ids:
+        # In one statement: a request carries a thousand events, and a statement each is most of
+        # the time a request takes.
+        conn.execute(db.webhook_events.insert(), [{"sg_event_id": i, "received_at": now} for i in new_ids])
+    campaign_ids = {campaign_id for campaign_id, _ in counts}
+    existing = set(
+        conn.execute(select(db.campaigns.c.id).where(db.campaigns.c.id.in_(campaign_ids))).scalars()
+    ) if campaign_ids else set()
+    _count(conn, counts, existing)
+    _record(conn, [event for event in facts if event.campaign_id in existing], now)
     return result
-
-
-def _event_id(event: dict[str, Any]) -> str | None:
-    value = event.get("sg_event_id")
-    # webhook_events.sg_event_id holds 100 characters (SendGrid's ids are about 22): a longer one is
-    # not SendGrid's, and would fail the insert (and the batch) on PostgreSQL.
-    return value if isinstance(value, str) and 0 < len(value) <= 100 else None
 
 
 def _already_applied(conn: Connection, event_ids: list[str]) -> set[str]:
@@ -233,68 +155,8 @@ def _already_applied(conn: Connection, event_ids: list[str]) -> set[str]:
     return seen
 
 
-def _status_change(event: dict[str, Any]) -> tuple[str, bool] | None:
-    """(status, whether it applies to every list) for the events that suppress an address.
-
-    SendGrid keeps bounces, spam reports and global unsubscribes account-wide, dropping every later
-    message to that address whatever list it is for, so those apply to every list; a
-    group_unsubscribe concerns the one list the message was for (every list if it does not say).
-    """
-    kind = event["event"]
-    if kind == "bounce":
-        # A "blocked" bounce is the receiving server refusing the sender for now, not a dead address.
-        return None if event.get("type") == "blocked" else (db.BOUNCED, True)
-    if kind == "dropped":
-        reason = event.get("reason")
-        status = DROP_REASONS.get(reason) if isinstance(reason, str) else None
-        return None if status is None else (status, True)
-    if kind == "spamreport":
-        return db.COMPLAINED, True
-    if kind == "unsubscribe":
-        return db.UNSUBSCRIBED, True
-    if kind == "group_unsubscribe":
-        return db.UNSUBSCRIBED, False
-    return None
-
-
-# Ids are positive 64-bit integers: a bigger number makes the database driver fail (SQLite raises
-# OverflowError), which would roll back the batch and have SendGrid retry it for a day.
-MAX_ID = 2**63 - 1
-
-
-def _int_arg(event: dict[str, Any], name: str) -> int | None:
-    """One of our custom_args (SendGrid returns them as the strings we sent), if it is a valid id."""
-    value = event.get(name)
-    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 19:
-        value = int(value)  # the length check first: int() refuses over 4300 digits (ValueError)
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
-        return value
-    return None
-
-
-def _subscriber(conn: Connection, event: dict[str, Any]) -> int | None:
-    # By the address the message went to, never by our subscriber_id alone: that id names whoever
-    # holds it now, which after an erasure need not be the recipient (and the id can only agree).
-    email = event.get("email")
-    return subscriber_id_for(conn, email) if isinstance(email, str) else None
-
-
-def _detail(event: dict[str, Any]) -> str:
-    detail = f"SendGrid {event['event']} event"
-    reason = event.get("reason") or event.get("type")
-    if isinstance(reason, str) and reason.strip():
-        detail += f": {reason.strip()[:300]}"
-    return detail
-
-
-def _count(conn: Connection, counts: Counter[tuple[int, str]]) -> None:
-    if not counts:
-        return
+def _count(conn: Connection, counts: Counter[tuple[int, str]], existing: set[int]) -> None:
     stats = db.campaign_stats.c
-    campaign_ids = {campaign_id for campaign_id, _ in counts}
-    existing = set(
-        conn.execute(select(db.campaigns.c.id).where(db.campaigns.c.id.in_(campaign_ids))).scalars()
-    )
     for (campaign_id, event), number in counts.items():
         if campaign_id not in existing:
             continue
@@ -307,3 +169,53 @@ def _count(conn: Connection, counts: Counter[tuple[int, str]]) -> None:
             conn.execute(
                 db.campaign_stats.insert().values(campaign_id=campaign_id, event=event, count=number)
             )
+
+
+def _record(conn: Connection, facts: list[Event], now: datetime) -> None:
+    """A campaign_events row per new fact, its reader named by the subscriber id their address has
+    (an address we do not know, or no longer know, is left out: it names no reader to count)."""
+    if not facts:
+        return
+    readers = _subscriber_ids(conn, {event.email for event in facts if event.email is not None})
+    rows = [
+        {
+            "campaign_id": event.campaign_id,
+            "subscriber_id": readers[event.email],
+            "kind": event.kind,
+            "machine_open": event.machine_open,
+            "url": event.url or "",
+            "at": event.at or now,
+        }
+        for event in facts
+        if event.email in readers
+    ]
+    if rows:
+        conn.execute(_insert_new_facts(conn), rows)
+
+
+def _insert_new_facts(conn: Connection) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING: a fact already kept (a second open by the same reader) is
+    not kept again."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(db.campaign_events).on_conflict_do_nothing()
+
+
+def _subscriber_ids(conn: Connection, emails: set[str]) -> dict[str, int]:
+    """address → subscriber id, for the addresses that are a subscriber's: looked up by their
+    case-folded text in bulk, then (for the few that miss) as suppressions match an address."""
+    keys = {email: email_key(email.strip()) for email in emails}
+    column = db.subscribers.c.email_key
+    found: dict[str, int] = {}
+    wanted = sorted(set(keys.values()))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        found.update(conn.execute(select(column, db.subscribers.c.id).where(column.in_(chunk))).all())
+    readers = {email: found[key] for email, key in keys.items() if key in found}
+    for email in emails - readers.keys():
+        subscriber_id = subscriber_id_for(conn, email)
+        if subscriber_id is not None:
+            readers[email] = subscriber_id
+    return readers

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from newsletter import db, send
 from newsletter.config import Settings, load_settings
 from newsletter.render import UNSUBSCRIBE_TAG
-from newsletter.send import bodies, campaigns
+from newsletter.send import addressing, campaigns
 from newsletter.subscribers import get_list
 
 from .support import ROOT
@@ -23,7 +23,7 @@ from .support import ROOT
 API_KEY = "SG.test-key-never-printed"
 LIST = "daily-papers"
 DAY = date(2026, 1, 23)
-CONTENT = bodies.Content("Today's papers", f"<p>hi</p><a href='{UNSUBSCRIBE_TAG}'>unsubscribe</a>", f"hi {UNSUBSCRIBE_TAG}")
+CONTENT = addressing.Content("Today's papers", f"<p>hi</p><a href='{UNSUBSCRIBE_TAG}'>unsubscribe</a>", f"hi {UNSUBSCRIBE_TAG}")
 
 
 def configure(project: Path, **overrides: Any) -> Settings:
@@ -104,7 +104,7 @@ def settings_for(project: Path, url: str, **overrides: Any) -> Settings:
     return configure(project, sendgrid_api_url=url, sendgrid_api_key=API_KEY, **overrides)
 
 
-def plan_for(settings: Settings, content: bodies.Content = CONTENT, *, resend_uncertain: bool = False) -> send.SendPlan:
+def plan_for(settings: Settings, content: addressing.Content = CONTENT, *, resend_uncertain: bool = False) -> send.SendPlan:
     """A plan with hand-made content (the rendering is tested elsewhere)."""
     with db.engine_for(settings).connect() as conn:
         mailing_list = get_list(conn, LIST)

@@ -218,7 +218,7 @@ def test_the_placeholder_anywhere_but_the_unsubscribe_links_is_caught() -> None:
         text=GOOD.text + f"Also: {UNSUBSCRIBE_TAG}\n",
     )
 
-    personal = "SendGrid would put each reader's personal unsubscribe link there"
+    personal = "the provider would put each reader's personal unsubscribe link there"
     assert found == [
         f"subject: holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} once: {personal}",
         f"preheader: holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} once: {personal}",
@@ -240,5 +240,5 @@ def test_an_unsubscribe_link_sendgrid_cannot_see_is_caught() -> None:
 
     assert problems_of(html=html) == [
         f"HTML part: 1 unsubscribe link(s) spell {UNSUBSCRIBE_TAG} with character references, "
-        "which SendGrid does not replace"
+        "which the provider does not replace"
     ]

@@ -208,3 +208,33 @@ def test_processes_creating_the_key_at_once_agree_on_one_key(tmp_path: Path) -> 
     assert all(process.returncode == 0 for process in processes)
     assert len(keys) == 1 and len(keys.pop()) >= 32
     assert [path.name for path in (tmp_path / "subscribers").iterdir()] == ["secret.key"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "key"),
+    [
+        ('provider = "smtp"', {}, "smtp_host"),
+        ('provider = "mailgun"', {}, "provider"),
+        ('provider = "smtp"\nsmtp_host = "smtp.example.com"\nsmtp_security = "ssl"', {}, "smtp_security"),
+        ('provider = "smtp"\nsmtp_host = "smtp.example.com"\nsmtp_port = 0', {}, "smtp_port"),
+        (
+            'provider = "smtp"\nsmtp_host = "smtp.example.com"\nsmtp_username = "sender"\n'
+            'smtp_password = "in-the-file-never-shown"',
+            {},
+            "smtp_password",
+        ),
+        ('provider = "smtp"\nsmtp_host = "smtp.example.com"', {"NEWSLETTER_SMTP_PASSWORD": "pw-never-shown"}, "smtp_username"),
+    ],
+)
+def test_a_provider_setting_that_cannot_work_stops_the_send_naming_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], key: str
+) -> None:
+    config = tmp_path / "newsletter.toml"
+    config.write_text(toml + "\n")
+    result = run_newsletter("--config", str(config), "send", "--yes", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error:") and key in line
+    assert "never-shown" not in result.stdout + result.stderr
+    assert not (tmp_path / "subscribers").exists()  # nothing was created, nothing sent
+

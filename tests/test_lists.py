@@ -14,7 +14,8 @@ from newsletter import db
 from newsletter.cli import app
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
-from newsletter.subscribers import create_list, delete_list, get_list, list_summaries, set_status, subscribe
+from newsletter.membership import set_status
+from newsletter.subscribers import create_list, delete_list, get_list, list_summaries, subscribe
 
 
 @pytest.fixture

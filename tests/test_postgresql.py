@@ -30,23 +30,24 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, inspect, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from newsletter import db, send
 from newsletter.config import Settings, load_settings
 from newsletter.errors import SendError
 from newsletter.subscriber_csv import export_csv, import_csv
+from newsletter.membership import compare_and_set, set_status
 from newsletter.subscribers import (
     create_list,
     erase_subscriber,
     find_subscriber,
     get_list,
-    set_status,
     subscribe,
     unsubscribe,
 )
 from newsletter.suppressions import suppress
-from newsletter.webhook import apply_events, parse_events
+from newsletter.providers.sendgrid.events import events_from, parse_events
+from newsletter.webhook import apply_events
 
 from .fake_sendgrid import FakeSendGrid
 from .send_helpers import API_KEY, configure
@@ -458,10 +459,10 @@ def test_webhook_events_apply_once_and_suppress(engine: Engine, pg_settings: Set
         event("group_unsubscribe", bo, "bo@example.com", "g-1"),
     ]
     with engine.begin() as conn:
-        result = apply_events(conn, batch, now)
+        result = apply_events(conn, events_from(batch), now)
     assert (result.applied, result.duplicates, result.changed) == (4, 1, 3)
     with engine.begin() as conn:  # the whole batch again, as a retry: nothing changes
-        retried = apply_events(conn, batch, now + timedelta(minutes=5))
+        retried = apply_events(conn, events_from(batch), now + timedelta(minutes=5))
     assert (retried.applied, retried.duplicates, retried.changed) == (0, 5, 0)
 
     assert members(engine) == {"ann@example.com": db.BOUNCED, "bo@example.com": db.UNSUBSCRIBED}
@@ -542,7 +543,7 @@ def test_an_event_the_database_refuses_costs_only_itself(engine: Engine, pg_sett
         {"email": "leaver@example.com", "event": "unsubscribe", "sg_event_id": "refused-3"},
     ]
     with engine.begin() as conn:
-        result = apply_events(conn, batch, now)
+        result = apply_events(conn, events_from(batch), now)
     assert (result.applied, result.failed, result.changed) == (2, 1, 1)
     assert members(engine) == {"leaver@example.com": db.UNSUBSCRIBED}
     assert {row[0] for row in rows(engine, db.webhook_events)} == {"refused-1", "refused-3"}
@@ -593,6 +594,38 @@ def test_two_unsubscribes_at_once_change_and_log_it_once(engine: Engine, pg_sett
     racer.join(30)
 
     assert outcomes == [True, False]
+    assert events_of(engine, ann) == [(None, db.SUBSCRIBED, "command"), (db.SUBSCRIBED, db.UNSUBSCRIBED, "one_click")]
+
+
+def test_a_compare_and_set_from_a_status_changed_meanwhile_changes_nothing(
+    engine: Engine, pg_settings: Settings
+) -> None:
+    # Both saw "subscribed" without a lock (as the web server reads): the bounce waits for the
+    # unsubscribe's row lock, then finds the status no longer the one it expected.
+    now = pg_settings.clock()
+    with engine.begin() as conn:
+        list_id = get_list(conn, LIST).id
+        ann = subscribe(conn, list_id=list_id, email="ann@example.com", now=now).subscriber.id
+    outcomes: list[bool] = []
+
+    def change(conn: Connection, status: str, source: str) -> None:
+        outcomes.append(compare_and_set(conn, list_id=list_id, subscriber_id=ann, expected=db.SUBSCRIBED,
+                                        status=status, source=source, now=now))  # fmt: skip
+
+    def bounce() -> None:
+        with engine.begin() as conn:
+            change(conn, db.BOUNCED, "webhook")
+
+    with engine.begin() as conn:
+        change(conn, db.UNSUBSCRIBED, "one_click")
+        racer = threading.Thread(target=bounce)
+        racer.start()
+        racer.join(1.0)
+        assert racer.is_alive()  # waiting for this transaction's row lock
+    racer.join(30)
+
+    assert outcomes == [True, False]
+    assert members(engine) == {"ann@example.com": db.UNSUBSCRIBED}
     assert events_of(engine, ann) == [(None, db.SUBSCRIBED, "command"), (db.SUBSCRIBED, db.UNSUBSCRIBED, "one_click")]
 
 

@@ -17,8 +17,10 @@ from sqlalchemy import select
 from newsletter import db, send
 from newsletter.errors import SendError
 from newsletter.render import UNSUBSCRIBE_TAG
-from newsletter.send import bodies, campaigns
-from newsletter.subscribers import set_status
+from newsletter.providers.sendgrid import SendGrid
+from newsletter.send import addressing, campaigns
+from newsletter.subscribers import MailingList
+from newsletter.membership import set_status
 from newsletter.tokens import UnsubscribeLinks
 
 from .fake_sendgrid import FakeSendGrid
@@ -40,12 +42,16 @@ def real_settings(project: Path, fake: FakeSendGrid, **overrides):
 
 def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids(project: Path) -> None:
     settings = configure(project, reply_to="editor@example.com")
-    content = bodies.Content("Subject", f"<a href='{UNSUBSCRIBE_TAG}'>x</a>", f"bye: {UNSUBSCRIBE_TAG}")
-    recipients = [
-        bodies.Recipient(1, 7, "ann@example.com", "Lee, Ann; Dr."),
-        bodies.Recipient(2, 9, "bo@example.com", None),
+    content = addressing.Content("Subject", f"<a href='{UNSUBSCRIBE_TAG}'>x</a>", f"bye: {UNSUBSCRIBE_TAG}")
+    readers = [
+        addressing.Reader(1, 7, "ann@example.com", "Lee, Ann; Dr."),
+        addressing.Reader(2, 9, "bo@example.com", None),
     ]
-    body = bodies.Bodies(settings, content, list_id=3, campaign_id="12", sandbox=True).body(recipients)
+    mailing_list = MailingList(id=3, name="daily-papers", description="", created_at=settings.clock())
+    body = addressing.Addressing(
+        settings, content, mailing_list=mailing_list, campaign_id=12, links=UnsubscribeLinks(settings),
+        provider=SendGrid(settings, connect=False), validate_only=True,
+    ).prepare(readers)  # fmt: skip
 
     assert body["content"] == [
         {"type": "text/plain", "value": content.text},
@@ -241,18 +247,17 @@ def test_without_an_api_key_a_real_send_stops_and_points_to_dry_run(project: Pat
         assert conn.execute(select(db.campaigns)).all() == []
 
 
-def test_a_test_send_goes_to_the_given_addresses_only_and_is_not_recorded(project: Path, fake: FakeSendGrid) -> None:
+def test_a_test_send_goes_to_the_given_addresses_only_and_is_not_the_issues_delivery(project: Path, fake: FakeSendGrid) -> None:
     settings = real_settings(project, fake)
     seed(settings, 4)
     run = cli(project, "send", "--date", "2026-01-23", "--yes", "--to", "editor@example.org", "--to", "u3@example.com")
     assert run.returncode == 0, run.stderr
-    assert "2 of 2 recipient(s) accepted" in run.stdout
+    assert "✓ editor@example.org: sent by SendGrid" in run.stdout and "✓ u3@example.com: sent by SendGrid" in run.stdout
 
-    [record] = fake.records
-    assert record.emails == ["editor@example.org", "u3@example.com"]
-    assert all("custom_args" not in p for p in record.body["personalizations"])
+    assert [record.emails for record in fake.records] == [["editor@example.org"], ["u3@example.com"]]
+    assert all("custom_args" not in p for r in fake.records for p in r.body["personalizations"])
     links = UnsubscribeLinks(settings)
-    own = record.body["personalizations"][1]["substitutions"][UNSUBSCRIBE_TAG]
+    own = fake.records[1].body["personalizations"][0]["substitutions"][UNSUBSCRIBE_TAG]
     own_token = own.rsplit("/", 1)[1]
     # A subscriber's test copy carries their own link.
     assert links.ids(own_token) == (1, 3) and links.signed_for(own_token, "u3@example.com")

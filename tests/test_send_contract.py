@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import select
 
 from newsletter import db, send
-from newsletter.delivery import SendGridDelivery, encode_body
-from newsletter.send import bodies, unrecorded
+from newsletter.providers import Batch, Verdict
+from newsletter.providers.sendgrid import SendGrid, encode_body
+from newsletter.send import addressing, unrecorded
+from newsletter.tokens import UnsubscribeLinks
 
 from .send_helpers import API_KEY, LIST, configure, seed
 from .support import prism
@@ -46,8 +48,8 @@ def test_prism_accepts_sandbox_mode_and_test_sends(project: Path, prism_url: str
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 3)
     plan = send.plan_send(settings, DAY, LIST)
-    sandbox = unrecorded.send_unrecorded(settings, plan, SendGridDelivery(settings), sandbox=True)
-    test = unrecorded.send_unrecorded(settings, plan, SendGridDelivery(settings), to=["someone@example.org"])
+    sandbox = unrecorded.send_unrecorded(settings, plan, SendGrid(settings), sandbox=True)
+    test = unrecorded.send_unrecorded(settings, plan, SendGrid(settings), to=["someone@example.org"])
     assert (sandbox.problems, sandbox.accepted) == ([], 3)
     assert (test.problems, test.accepted) == ([], 1)
 
@@ -57,18 +59,22 @@ def test_prism_does_reject_what_the_sender_must_never_build(project: Path, prism
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 1)
     plan = send.plan_send(settings, DAY, LIST)
-    builder = bodies.Bodies(settings, plan.content, list_id=1, campaign_id="1")
-    too_many = builder.body([bodies.Recipient(n, n, f"r{n}@example.com", None) for n in range(1, 1002)])
+    provider = SendGrid(settings, connect=False)
+    builder = addressing.Addressing(
+        settings, plan.content, mailing_list=plan.mailing_list, campaign_id=1, links=UnsubscribeLinks(settings),
+        provider=provider,
+    )  # fmt: skip
+    too_many = builder.prepare([addressing.Reader(n, n, f"r{n}@example.com", None) for n in range(1, 1002)])
 
     answer = asyncio.run(_post_once(settings, too_many))
-    assert answer.status == 400 and any("personalizations" in e for e in answer.errors)
-    anonymous = httpx.post(f"{prism_url}/v3/mail/send", content=encode_body(builder.body([])), timeout=30)
+    assert answer.verdict is Verdict.MESSAGE_REFUSED and "personalizations" in answer.reason
+    anonymous = httpx.post(f"{prism_url}/v3/mail/send", content=encode_body(builder.prepare([])), timeout=30)
     assert anonymous.status_code == 401
 
 
 async def _post_once(settings, body):
-    delivery = SendGridDelivery(settings)
+    provider = SendGrid(settings)
     try:
-        return await delivery.send(body)
+        return await provider.send(body)
     finally:
-        await delivery.aclose()
+        await provider.aclose()

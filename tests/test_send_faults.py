@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 
 from newsletter import db, send
-from newsletter.delivery import SendGridDelivery
-from newsletter.errors import SendError, SendGridAuthError, SendInProgress
-from newsletter.send import bodies, claim, unrecorded
+from newsletter.providers.sendgrid import SendGrid
+from newsletter.errors import SendError, ProviderAuthError, SendInProgress
+from newsletter.send import addressing, claim, unrecorded
 
 from .fake_sendgrid import FakeSendGrid
 from .send_helpers import (
@@ -61,7 +61,7 @@ def test_a_400_about_the_message_itself_stops_the_send_without_splitting(project
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 30)
-        report = send.send_campaign(settings, plan_for(settings, bodies.Content("", CONTENT.html, CONTENT.text)))
+        report = send.send_campaign(settings, plan_for(settings, addressing.Content("", CONTENT.html, CONTENT.text)))
 
     assert isinstance(report.error, SendError)
     assert "refused the message itself" in str(report.error) and "(subject)" in str(report.error)
@@ -231,5 +231,5 @@ def test_sendgrid_auth_error_is_reported_by_a_test_send_too(project: Path) -> No
     with FakeSendGrid(api_key="another") as fake:
         settings = settings_for(project, fake.url)
         seed(settings, 1)
-        with pytest.raises(SendGridAuthError):
-            unrecorded.send_unrecorded(settings, plan_for(settings), SendGridDelivery(settings), to=["a@example.org"])
+        with pytest.raises(ProviderAuthError):
+            unrecorded.send_unrecorded(settings, plan_for(settings), SendGrid(settings), to=["a@example.org"])

@@ -21,10 +21,10 @@ from pydantic import SecretStr
 from sqlalchemy import inspect, select
 
 from newsletter import db, send
-from newsletter.delivery import OutboxDelivery
 from newsletter.errors import SendError
 from newsletter.send import unrecorded
-from newsletter.subscribers import MailingList, set_status
+from newsletter.membership import set_status
+from newsletter.subscribers import MailingList
 
 from .fake_sendgrid import FakeSendGrid
 from .send_helpers import (
@@ -208,7 +208,7 @@ def test_a_dry_run_of_a_resumed_send_writes_exactly_the_requests_the_resume_send
         assert first.counts["sent"] == 4 and first.counts["pending"] == 6
         unsubscribe(settings, 6)  # in the next page: the real run skips it inside the page
         outbox = project / "outbox"
-        unrecorded.send_unrecorded(settings, plan_for(settings), OutboxDelivery(outbox, settings))
+        unrecorded.send_unrecorded(settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
         fake.records.clear()
         resumed = send.send_campaign(settings, plan_for(settings))
     assert resumed.finished
@@ -225,7 +225,7 @@ def test_a_dry_run_of_a_new_send_uses_the_campaign_id_the_send_will_get(project:
         settings = settings_for(project, fake.url)
         seed(settings, 2)
         outbox = project / "outbox"
-        unrecorded.send_unrecorded(settings, plan_for(settings), OutboxDelivery(outbox, settings))
+        unrecorded.send_unrecorded(settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
         send.send_campaign(settings, plan_for(settings))
     [written] = [json.loads(path.read_bytes()) for path in outbox.glob("batch-*.json")]
     assert written == fake.records[0].body

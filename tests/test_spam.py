@@ -63,25 +63,22 @@ def test_every_line_of_the_message_is_rfc_correct(eml: bytes) -> None:
     assert unsubscribe.strip("<>") in text.get_content() and f'href="{unsubscribe.strip("<>")}"' in html.get_content()
 
 
-def test_a_list_unsubscribe_with_a_mailto_folds_between_its_urls(tmp_path: Path) -> None:
-    from newsletter.config import load_settings
-    from newsletter.delivery import message_as_received
+def test_a_list_unsubscribe_with_a_mailto_folds_between_its_urls() -> None:
+    from datetime import datetime, timezone
 
-    settings = load_settings(config_dir=tmp_path, secret_key="test-signing-key")
+    from newsletter.providers import Message, Recipient
+    from newsletter.providers.mime import mime_message
+
     long_url = "https://papers.example.com/unsubscribe/" + "x" * 90
-    body = {
-        "from": {"email": "papers@example.com", "name": "Daily Papers"},
-        "subject": "Subject",
-        "headers": {"List-Id": "<daily-papers.example.com>"},
-        "content": [{"type": "text/plain", "value": "hi"}, {"type": "text/html", "value": "<p>hi</p>"}],
-        "personalizations": [
-            {
-                "to": [{"email": "ann@example.com"}],
-                "headers": {"List-Unsubscribe": f"<{long_url}>, <mailto:leave@example.com?subject=unsubscribe>"},
-            }
-        ],
-    }
-    raw = bytes(message_as_received(body, 0, settings))
+    message = Message(
+        "Subject", "<p>hi</p>", "hi", "papers@example.com", "Daily Papers",
+        headers={"List-Id": "<daily-papers.example.com>"},
+    )  # fmt: skip
+    reader = Recipient(
+        "ann@example.com", None, long_url,
+        headers={"List-Unsubscribe": f"<{long_url}>, <mailto:leave@example.com?subject=unsubscribe>"},
+    )  # fmt: skip
+    raw = bytes(mime_message(message, reader, datetime(2026, 1, 23, tzinfo=timezone.utc)))
     assert f"List-Unsubscribe: <{long_url}>,\r\n <mailto:leave@example.com?subject=unsubscribe>\r\n".encode() in raw
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["List-Unsubscribe"] == f"<{long_url}>, <mailto:leave@example.com?subject=unsubscribe>"

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, text
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
-from newsletter.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from newsletter.providers.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 from .support import free_port, run_newsletter
 from .web import (

@@ -150,3 +150,36 @@ def batch_with_unstorable_text(
 UNSTORABLE_EVENT_IDS = {"mixed-unsubscribe", "mixed-nul-\\u0000", "mixed-bounce", "mixed-\\ud800", "mixed-delivered"}
 UNSTORABLE_COUNTS = {"unsubscribe": 1, "spamreport": 1, "bounce": 1, "open\\u0000": 1, "delivered": 1}
 UNSTORABLE_BOUNCE_DETAIL = "SendGrid bounce event: 550 5.1.1 <\\u0000> unknown \\ud800 user"
+
+
+def webhook_key() -> tuple[object, str]:
+    """A P-256 signing key and its verification key as SendGrid shows it (base64 DER)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    der = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, base64.b64encode(der).decode("ascii")
+
+
+def signed_headers(private: object, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The headers SendGrid signs an Event Webhook request with (ECDSA-SHA256 over timestamp + body)."""
+    import base64
+    import time
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from newsletter.providers.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    signature = private.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))  # type: ignore[attr-defined]
+    return {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: base64.b64encode(signature).decode("ascii"),
+        TIMESTAMP_HEADER: stamp,
+    }

@@ -1,9 +1,9 @@
 """Sending an issue to a list, once: planning, the send loop, and where a send stands.
 
-The pieces, in this package: bodies.py builds request bodies, pacing.py paces and retries them,
-newsletter/delivery.py moves them, claim.py keeps a second process out, campaigns.py holds every SQL statement
-(and the delivery state machine), unrecorded.py does the sends that record nothing (dry run, test
-addresses, sandbox). This __init__ holds the public entry points: plan_send, send_campaign,
+The pieces, in this package: addressing.py gives each reader their own link and prepares the
+provider's requests (newsletter/providers/ moves them), pacing.py paces and retries them, claim.py
+keeps a second process out, campaigns.py holds every SQL statement (and the delivery state machine),
+unrecorded.py does the sends that record nothing (dry run, test addresses, sandbox). This __init__ holds the public entry points: plan_send, send_campaign,
 campaign_status.
 
 A batch is marked in_flight (with its recipients, its body already built) in the database before
@@ -24,26 +24,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import func, select
 
 from .. import db
 from ..config import Settings
-from ..delivery import (
-    Answer,
-    AnswerLost,
-    Delivery,
-    RequestImpossible,
-    RequestNotSent,
-    SendGridDelivery,
-)
-from ..errors import DatabaseError, SendError, SendGridAuthError, SendInProgress
+from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict, batch_limit, provider_for
+from ..providers.outbox import Outbox
+from ..errors import CheckFailed, DatabaseError, ProviderAuthError, SendError, SendInProgress
 from ..subscribers import MailingList, get_list
-from .bodies import Bodies, Content, Recipient
+from ..tokens import UnsubscribeLinks
+from .addressing import Addressing, Content, Reader
 from .campaigns import (
     BatchInfo,
     BatchStore,
@@ -58,7 +55,9 @@ from .campaigns import (
     state_counts,
 )
 from .claim import HEARTBEAT, Claim
-from .pacing import Emptied, Exchange, RateLimiter, Requests, auth_refused
+from .pacing import Emptied, Exchange, RateLimiter, Requests
+from .transactional import Outcome, Outgoing, send_messages
+from .unrecorded import UnrecordedReport, send_unrecorded, test_readers
 
 if TYPE_CHECKING:
     from ..checks import CheckReport
@@ -66,7 +65,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _RESUME = "Nothing more was sent; run the same command again to resume."
-_ANSWER_LOST = "no answer from SendGrid ({}): the request may have been delivered"
+_ANSWER_LOST = "no answer ({}): the request may have been delivered"
 
 # -- planning ---------------------------------------------------------------------------------------
 
@@ -121,7 +120,7 @@ def plan_send(settings: Settings, day: date, list_name: str, *, resend_uncertain
             checks=None,
             counts=counts,
             recipients=counts[db.PENDING] + sum(counts[state] for state in again),
-            batch_size=settings.batch_size,
+            batch_size=batch_limit(settings),
             resend_uncertain=resend_uncertain,
         )
     content, report = render_and_check(settings, day)
@@ -133,7 +132,7 @@ def plan_send(settings: Settings, day: date, list_name: str, *, resend_uncertain
         checks=report,
         counts={},
         recipients=subscribed,
-        batch_size=settings.batch_size,
+        batch_size=batch_limit(settings),
         resend_uncertain=resend_uncertain,
     )
 
@@ -156,6 +155,65 @@ def render_and_check(settings: Settings, day: date) -> tuple[Content, CheckRepor
 
     issue = render_issue(load_digest(settings, day), settings)
     return Content(issue.subject, issue.html, issue.text), run_checks(issue)
+
+
+def require_checks(plan: SendPlan, *, force: bool) -> list[str]:
+    """CheckFailed if the fresh render failed its checks, unless `force`; the problems overridden."""
+    if plan.checks is None or plan.checks.ok:
+        return []
+    if not force:
+        raise CheckFailed(plan.checks.problems)
+    return [str(problem) for problem in plan.checks.problems]
+
+
+def open_provider(settings: Settings, *, dry_run: bool = False, outbox: Path | None = None) -> Provider:
+    """What a send goes through: the configured provider, or for a dry run an outbox (by default
+    <outbox_dir>/<date>/, see `default_outbox`) that keeps what that provider would be sent. Made
+    before anything is asked or stored: missing credentials stop here."""
+    if not dry_run:
+        return provider_for(settings)
+    if outbox is None:
+        raise ValueError("a dry run needs its outbox folder")
+    return Outbox(provider_for(settings, connect=False), outbox, settings.clock)
+
+
+def execute(
+    settings: Settings,
+    plan: SendPlan,
+    provider: Provider,
+    *,
+    to: Sequence[str] = (),
+    sandbox: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> SendReport | UnrecordedReport | list[Outcome]:
+    """Carry the plan out: the recorded send (or its resume); a test to the `to` addresses (each
+    a message of its own, recorded as such, never as the issue's delivery); or a send that records
+    nothing: a dry run (`provider` is an Outbox), the provider's sandbox mode."""
+    if to and not sandbox and not isinstance(provider, Outbox):
+        return send_test(settings, plan, provider, to)
+    if to or sandbox or isinstance(provider, Outbox):
+        return send_unrecorded(settings, plan, provider, to=to, sandbox=sandbox)
+    return send_campaign(settings, plan, provider=provider, on_progress=on_progress)
+
+
+def send_test(settings: Settings, plan: SendPlan, provider: Provider, to: Sequence[str]) -> list[Outcome]:
+    """The planned issue to the `to` addresses only, one message each, as a test: a subscriber's
+    copy carries their own links; nothing is counted as the issue's delivery."""
+    addressing = Addressing(
+        settings,
+        plan.content,
+        mailing_list=plan.mailing_list,
+        campaign_id=None,  # a test is no delivery of the issue: its events must not count
+        links=UnsubscribeLinks(settings),
+        provider=provider,
+    )
+    run = f"test:{plan.day.isoformat()}:{plan.mailing_list.id}:{secrets.token_hex(6)}"  # each test is new
+    readers = test_readers(db.engine_for(settings), to)
+    outgoing = [
+        Outgoing(f"{run}:{number}", addressing.message, addressing.recipient(reader))
+        for number, reader in enumerate(readers, start=1)
+    ]
+    return send_messages(settings, provider, outgoing)
 
 
 # -- the recorded send ------------------------------------------------------------------------------
@@ -188,18 +246,19 @@ def send_campaign(
     settings: Settings,
     plan: SendPlan,
     *,
-    delivery: Delivery | None = None,
+    provider: Provider | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> SendReport:
-    """Send (or resume) the planned campaign and record every recipient's outcome.
+    """Send (or resume) the planned campaign through `provider` (by default the configured one)
+    and record every recipient's outcome.
 
-    Raises SendInProgress when another process holds the campaign; other stops (bad API key,
-    SendGrid unavailable, a message SendGrid refuses, a lost answer) come back in `report.error`
-    with the counts.
+    Raises SendInProgress when another process holds the campaign; other stops (credentials
+    refused, the provider unavailable, a message it refuses, a lost answer) come back in
+    `report.error` with the counts.
     """
-    delivery = delivery or SendGridDelivery(settings)  # first: a missing key creates nothing
+    provider = provider or provider_for(settings)  # first: missing credentials create nothing
     campaign = plan.campaign or start_campaign(settings, plan.day, plan.mailing_list, plan.content)
-    run = _CampaignRun(settings, campaign, delivery, plan, on_progress)
+    run = _CampaignRun(settings, campaign, provider, plan, on_progress)
     return asyncio.run(run.run())
 
 
@@ -208,19 +267,26 @@ class _CampaignRun:
         self,
         settings: Settings,
         campaign: Campaign,
-        delivery: Delivery,
+        provider: Provider,
         plan: SendPlan,
         on_progress: Callable[[Progress], None] | None,
     ) -> None:
         self._settings = settings
         self._campaign = campaign
-        self._delivery = delivery
+        self._provider = provider
         self._resend_uncertain = plan.resend_uncertain
         self._on_progress = on_progress
         self._store = BatchStore(settings, campaign, Claim(settings, campaign.id, plan.describe))
-        self._bodies = Bodies(settings, campaign.content, list_id=campaign.list_id, campaign_id=str(campaign.id))
+        self._addressing = Addressing(
+            settings,
+            campaign.content,
+            mailing_list=plan.mailing_list,
+            campaign_id=campaign.id,
+            links=UnsubscribeLinks(settings),
+            provider=provider,
+        )
         self._limiter = RateLimiter(settings.send_rate_limit)
-        self._requests = Requests(delivery, self._limiter, settings, retry_lost=plan.resend_uncertain)
+        self._requests = Requests(provider, self._limiter, settings, retry_lost=plan.resend_uncertain)
         self._stop: SendError | None = None
         self._progress: Progress
         # Batches marked in flight and not settled yet: whatever stops the run settles these.
@@ -230,7 +296,7 @@ class _CampaignRun:
         try:
             return await self._run()
         finally:
-            await self._delivery.aclose()
+            await self._provider.aclose()
 
     async def _run(self) -> SendReport:
         counts = await self._db(self._store.open, self._resend_uncertain)
@@ -268,7 +334,7 @@ class _CampaignRun:
             maybe = sum(len(exchange.recipients) for exchange in left if exchange.maybe_delivered)
             raise DatabaseError(
                 f"{error}. The send stopped. {maybe:,} recipient(s) whose request may have reached "
-                f"SendGrid stay marked in flight: the next run, once the database answers, records them "
+                f"{self._provider.name} stay marked in flight: the next run, once the database answers, records them "
                 f"as uncertain, so nobody is sent the issue twice. {_RESUME}"
             ) from None
 
@@ -321,12 +387,12 @@ class _CampaignRun:
                 await self._limiter.wait()
                 if self._stop is not None:
                     return
-                batch = await self._db(self._mark, self._store.mark_next, self._settings.batch_size)
+                batch = await self._db(self._mark, self._store.mark_next, self._provider.batch_limit)
                 self._marked(batch, db.PENDING)
                 if batch.batch_id is None:
                     return
                 await self._send(self._live[batch.batch_id])
-        except SendError as error:  # the claim was lost, or a body broke SendGrid's limits
+        except SendError as error:  # the claim was lost, or a request broke the provider's limits
             self._halt(error)
         except DatabaseError as error:
             # A batch whose answer could not be recorded stays in _live with its answer: the clean-up
@@ -338,9 +404,9 @@ class _CampaignRun:
 
     def _mark(self, mark: Callable[..., Marked], *args: object) -> Marked:
         """In the worker thread: mark a batch and register it live at once, before any await."""
-        batch = mark(*args, self._bodies.body)
-        if batch.batch_id is not None and batch.body is not None:
-            self._live[batch.batch_id] = Exchange(batch.batch_id, batch.recipients, batch.body)
+        batch = mark(*args, self._addressing.prepare)
+        if batch.batch_id is not None and batch.request is not None:
+            self._live[batch.batch_id] = Exchange(batch.batch_id, batch.recipients, batch.request)
         return batch
 
     def _marked(self, batch: Marked, source: str) -> None:
@@ -348,13 +414,13 @@ class _CampaignRun:
 
     async def _refresh(self, exchange: Exchange) -> bool:
         """Before a retry: drop who left the list meanwhile; False when nobody is left."""
-        batch = await self._db(self._store.recheck, exchange, self._bodies.body)
+        batch = await self._db(self._store.recheck, exchange, self._addressing.prepare)
         self._marked(batch, db.IN_FLIGHT)
         if batch.batch_id is None:
             self._live.pop(exchange.batch_id, None)
             return False
         exchange.recipients = batch.recipients
-        exchange.body = batch.body or exchange.body
+        exchange.request = batch.request or exchange.request
         return True
 
     async def _close(self, exchange: Exchange, state: str, *, message_id: str | None = None, error: str | None = None) -> None:
@@ -365,23 +431,23 @@ class _CampaignRun:
         self._move({db.IN_FLIGHT: -size, target: size})
 
     async def _send(self, exchange: Exchange) -> None:
+        provider = self._provider.name
         try:
             answer = await self._requests.post(exchange, self._refresh)
         except AnswerLost as lost:
             await self._close(exchange, db.UNCERTAIN, error=_ANSWER_LOST.format(lost))
             self._halt(
                 SendError(
-                    f"SendGrid's answer to a request was lost ({lost}): its {len(exchange.recipients):,} "
+                    f"{provider}'s answer to a request was lost ({lost}): its {len(exchange.recipients):,} "
                     f"recipient(s) are uncertain and are resent only with --resend-uncertain. {_RESUME}"
                 )
             )
             return
         except RequestNotSent as error:
-            await self._give_back(exchange, f"could not reach SendGrid: {error}")
+            await self._give_back(exchange, f"could not reach {provider}: {error}")
             self._halt(
                 SendError(
-                    f"could not reach SendGrid at {self._settings.sendgrid_api_url} "
-                    f"({self._settings.max_retries} retries; last: {error}). {_RESUME}"
+                    f"could not reach {provider} ({self._settings.max_retries} retries; last: {error}). {_RESUME}"
                 )
             )
             return
@@ -392,26 +458,26 @@ class _CampaignRun:
         except Emptied:
             return  # everyone in it left the list before a retry; the recheck closed it
         recipients = exchange.recipients
-        named = _named_personalizations(answer, len(recipients))
-        if answer.accepted:
+        verdict = answer.verdict
+        if verdict is Verdict.ACCEPTED:
             await self._close(exchange, db.SENT, message_id=answer.message_id)
         elif exchange.lost:
             await self._give_back(exchange, answer.reason)  # uncertain: an earlier answer was lost
-        elif answer.status in (401, 403):
+        elif verdict is Verdict.AUTH_REFUSED:
             await self._give_back(exchange, answer.reason)
-            self._halt(SendGridAuthError(f"{auth_refused(answer.status)}. {_RESUME}"))
-        elif answer.retryable:
+            self._halt(ProviderAuthError(f"{answer.reason}. {_RESUME}"))
+        elif verdict is Verdict.RETRY_LATER:
             await self._give_back(exchange, answer.reason)
             self._halt(SendError(f"{answer.reason}, still after {self._settings.max_retries} retries. {_RESUME}"))
-        elif named and len(recipients) == 1:
+        elif verdict is Verdict.RECIPIENTS_REFUSED and len(recipients) == 1:
             await self._close(exchange, db.FAILED, error=answer.reason)
-        elif named or (answer.status == 413 and len(recipients) > 1):
-            await self._split(exchange, _parts(named, recipients))
+        elif verdict is Verdict.RECIPIENTS_REFUSED or (verdict is Verdict.TOO_LARGE and len(recipients) > 1):
+            await self._split(exchange, _parts(answer.refused, recipients))
         else:
             await self._give_back(exchange, answer.reason)
             self._halt(
                 SendError(
-                    f"SendGrid refused the message itself, not some of its recipients: "
+                    f"{provider} refused the message itself, not some of its recipients: "
                     f"{answer.reason}. Nothing more was sent and nobody was marked failed; fix the "
                     f"cause and run the same command again to resume."
                 )
@@ -425,7 +491,7 @@ class _CampaignRun:
         else:
             await self._close(exchange, db.RETURNED, error=error)
 
-    async def _split(self, exchange: Exchange, parts: list[list[Recipient]]) -> None:
+    async def _split(self, exchange: Exchange, parts: list[list[Reader]]) -> None:
         """Send the batch again in `parts`, each re-reading who is still subscribed."""
         await self._close(exchange, db.SPLIT, error=exchange.answer.reason if exchange.answer else None)
         for part in parts:
@@ -438,33 +504,13 @@ class _CampaignRun:
                 await self._send(self._live[batch.batch_id])
 
 
-def _named_personalizations(answer: Answer, size: int) -> set[int]:
-    """The personalizations (by index) a 400 blames, when it is about some recipients of the batch
-    rather than the request: every field it names is `personalizations.N…` with N in the batch, and
-    not every personalization of a batch of several is named. Anything else (an error about `from`
-    or `content`, one naming nothing, an index the batch does not have, or every recipient at once)
-    would fail every part alike: empty, and the send stops with everyone still pending."""
-    named = [f for f in answer.fields if f]
-    if answer.status != 400 or not named:
-        return set()
-    indices: set[int] = set()
-    for field_name in named:
-        parts = field_name.split(".")
-        if parts[0] != "personalizations" or len(parts) < 2 or not parts[1].isdecimal():
-            return set()
-        if int(parts[1]) >= size:
-            return set()
-        indices.add(int(parts[1]))
-    return indices if size == 1 or len(indices) < size else set()
-
-
-def _parts(named: set[int], recipients: list[Recipient]) -> list[list[Recipient]]:
-    """Where to cut a refused batch: around each personalization SendGrid named ("personalizations.
-    3.to.0.email": the 4th alone), else in halves (a 413 names none)."""
+def _parts(named: frozenset[int], recipients: list[Reader]) -> list[list[Reader]]:
+    """Where to cut a refused batch: around each recipient the provider named (the 4th alone for
+    a 400 naming "personalizations.3.to.0.email"), else in halves (a request too large names none)."""
     if not named:
         middle = len(recipients) // 2
         return [recipients[:middle], recipients[middle:]]
-    parts: list[list[Recipient]] = []
+    parts: list[list[Reader]] = []
     start = 0
     for index in sorted(named):
         parts += [recipients[start:index], recipients[index : index + 1]]
@@ -481,7 +527,7 @@ class CampaignStatus:
     campaign: Campaign
     mailing_list: MailingList
     counts: dict[str, int]
-    failures: list[tuple[str, str]]  # (address, SendGrid's reason)
+    failures: list[tuple[str, str]]  # (address, the provider's reason)
     skipped: dict[str, int]  # reason → recipients
     uncertain_batches: list[BatchInfo]  # answers lost, or left in flight by a sender that died
     in_flight_batches: list[BatchInfo]  # out right now, by the live sender

@@ -1,10 +1,10 @@
 """A campaign's records: the campaign row, its recipient snapshot (deliveries) and its batches.
-Every SQL statement of a send is here; newsletter/send.py drives them and holds none.
+Every SQL statement of a send is here; newsletter/send/__init__.py drives them and holds none.
 
 A delivery is one recipient of one campaign. Its states, each committed before the next step:
 
-    pending ──► in_flight ──► sent        SendGrid answered 202 (its X-Message-Id is kept)
-       │            │    ├──► failed      a 400 isolated to this one address (SendGrid's message kept)
+    pending ──► in_flight ──► sent        the provider accepted it (its message id is kept)
+       │            │    ├──► failed      refused for this one address (the provider's reason kept)
        │            │    ├──► uncertain   the request may have left but no answer was recorded
        │            │    ├──► skipped     left the list before a retry or a split half went out
        │            │    └──► pending     nothing accepted: a 400 whose parts go out again, or a
@@ -32,8 +32,9 @@ from sqlalchemy.exc import IntegrityError
 from .. import db
 from ..config import Settings
 from ..errors import SendError
+from ..membership import members_query, receives_issues
 from ..subscribers import MailingList
-from .bodies import Content, Recipient
+from .addressing import Content, Reader
 from .claim import SILENT_AFTER, STALE_AFTER, Claim, aware, holder_is_dead
 from .pacing import Exchange
 
@@ -45,8 +46,8 @@ _SKIP_REASONS = {
     db.COMPLAINED: "complained (spam report) before sending",
     None: "removed from the list before sending",
 }
-PROCESS_DIED = "the sending process stopped before SendGrid's answer was recorded: it may have been delivered"
-INTERRUPTED = "the send was interrupted before SendGrid's answer was recorded: it may have been delivered"
+PROCESS_DIED = "the sending process stopped before the provider's answer was recorded: it may have been delivered"
+INTERRUPTED = "the send was interrupted before the provider's answer was recorded: it may have been delivered"
 NOT_POSTED = "the send stopped before this batch's request left"
 EVERYONE_LEFT = "every recipient left the list before the request went out"
 
@@ -121,12 +122,9 @@ def start_campaign(settings: Settings, day: date, mailing_list: MailingList, con
                     created_at=now,
                 )
             ).inserted_primary_key[0]
-            m, s = db.memberships.c, db.subscribers.c
-            snapshot = (
-                select(literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS))
-                .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
-                .where(m.list_id == mailing_list.id, m.status == db.SUBSCRIBED)
-                .order_by(s.id)
+            s = db.subscribers.c
+            snapshot = members_query(
+                mailing_list.id, literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS)
             )
             conn.execute(
                 db.deliveries.insert().from_select(
@@ -158,10 +156,9 @@ def state_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
 
 
 def count_subscribed(conn: Connection, list_id: int) -> int:
-    m = db.memberships.c
-    return conn.execute(
-        select(func.count()).where(m.list_id == list_id, m.status == db.SUBSCRIBED)
-    ).scalar_one()
+    """How many the list's next issue goes to."""
+    audience = members_query(list_id, db.memberships.c.subscriber_id).order_by(None).subquery()
+    return conn.execute(select(func.count()).select_from(audience)).scalar_one()
 
 
 # -- the recipient selector -------------------------------------------------------------------------
@@ -207,13 +204,13 @@ def read_page(
     return _with_status(conn, campaign.list_id, where, limit, lock=lock)
 
 
-def sort_page(rows: Iterable[Found]) -> tuple[list[Recipient], dict[str, list[int]]]:
+def sort_page(rows: Iterable[Found]) -> tuple[list[Reader], dict[str, list[int]]]:
     """Who of a page gets the issue, and who left the list (skip reason → delivery ids)."""
-    recipients: list[Recipient] = []
+    recipients: list[Reader] = []
     leavers: dict[str, list[int]] = {}
     for row, status in rows:
-        if status == db.SUBSCRIBED:
-            recipients.append(Recipient(row.id, row.subscriber_id, row.email, row.name))
+        if receives_issues(status):
+            recipients.append(Reader(row.id, row.subscriber_id, row.email, row.name))
         else:
             leavers.setdefault(_SKIP_REASONS.get(status, _SKIP_REASONS[None]), []).append(row.id)
     return recipients, leavers
@@ -225,16 +222,17 @@ def sort_page(rows: Iterable[Found]) -> tuple[list[Recipient], dict[str, list[in
 @dataclass(frozen=True)
 class Marked:
     """What marking a batch did: `read` rows left their state, `skipped` of them as leavers, the
-    rest are `recipients` of batch `batch_id` (None: nobody left to send to) with its `body`."""
+    rest are `recipients` of batch `batch_id` (None: nobody left to send to) with its `request`."""
 
     batch_id: int | None
-    recipients: list[Recipient]
-    body: dict[str, Any] | None
+    recipients: list[Reader]
+    request: Any  # the provider's prepared request (None when batch_id is)
     read: int
     skipped: int
 
 
-Build = Callable[[list[Recipient]], dict[str, Any]]
+# Prepares the provider's request for a batch's readers.
+Build = Callable[[list[Reader]], Any]
 
 
 class BatchStore:
@@ -285,7 +283,7 @@ class BatchStore:
             self._claim.touch(conn)
 
     def mark_next(self, limit: int, build: Build) -> Marked:
-        """Mark the next batch in flight, skipping who left the list. The body is built before the
+        """Mark the next batch in flight, skipping who left the list. The request is built before the
         commit: if building fails, nothing is marked."""
         read = skipped = 0
         while True:
@@ -308,9 +306,9 @@ class BatchStore:
             read += marked.read
             skipped += marked.skipped
             if marked.batch_id is not None:
-                return Marked(marked.batch_id, marked.recipients, marked.body, read, skipped)
+                return Marked(marked.batch_id, marked.recipients, marked.request, read, skipped)
 
-    def mark_part(self, parent_id: int, part: Sequence[Recipient], build: Build) -> Marked:
+    def mark_part(self, parent_id: int, part: Sequence[Reader], build: Build) -> Marked:
         """Mark one part of a split batch in flight as a batch of its own, re-reading membership."""
         d = db.deliveries.c
         where = and_(d.batch_id == parent_id, d.state == db.PENDING, d.id.between(part[0].id, part[-1].id))
@@ -331,9 +329,9 @@ class BatchStore:
             if not recipients:
                 self._close(conn, exchange.batch_id, db.SKIPPED, error=EVERYONE_LEFT)
                 return Marked(None, [], None, len(rows), skipped)
-            body = build(recipients) if skipped else exchange.body
+            request = build(recipients) if skipped else exchange.request
             conn.execute(db.batches.update().where(b.id == exchange.batch_id).values(size=len(recipients)))
-            return Marked(exchange.batch_id, recipients, body, len(rows), skipped)
+            return Marked(exchange.batch_id, recipients, request, len(rows), skipped)
 
     def _mark(
         self, conn: Connection, rows: list[Found], where: ColumnElement[bool], build: Build
@@ -342,7 +340,7 @@ class BatchStore:
         skipped = self._skip(conn, leavers)
         if not recipients:
             return Marked(None, [], None, len(rows), skipped)
-        body = build(recipients)
+        request = build(recipients)
         now = self._clock()
         batch_id = conn.execute(
             db.batches.insert().values(
@@ -357,7 +355,7 @@ class BatchStore:
                 f"batch {batch_id}: expected {len(recipients)} pending recipients, found {marked}; "
                 f"another process is writing this campaign"
             )
-        return Marked(batch_id, recipients, body, len(rows), skipped)
+        return Marked(batch_id, recipients, request, len(rows), skipped)
 
     def _skip(self, conn: Connection, leavers: dict[str, list[int]]) -> int:
         d = db.deliveries.c
@@ -388,7 +386,7 @@ class BatchStore:
         )
         target = _DELIVERY_STATE[state]
         values: dict[str, Any] = {"state": target, "updated_at": now}
-        if target == state:  # a final state keeps SendGrid's word on it
+        if target == state:  # a final state keeps the provider's word on it
             values.update(message_id=message_id, error=error)
         if state == db.RETURNED:
             values["batch_id"] = None
@@ -396,7 +394,7 @@ class BatchStore:
 
     def finish(self, left: Iterable[Exchange]) -> tuple[dict[str, int], bool, list[BatchInfo]]:
         """End the run: batches `left` in flight are settled by the answer they got (when recording
-        it failed), else become uncertain if a request of them may have reached SendGrid, else go
+        it failed), else become uncertain if a request of them may have reached the provider, else go
         back; the campaign is finished if nobody is left, the claim released. Returns the counts,
         whether it finished, and the uncertain batches."""
         with self._engine.begin() as conn:

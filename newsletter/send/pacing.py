@@ -1,5 +1,5 @@
-"""Pacing and retrying mail/send requests: a rate limiter shared by every worker, and the retry loop
-that decides which failures may be repeated without risking a second delivery."""
+"""Pacing and retrying a provider's requests: a rate limiter shared by every worker, and the retry
+loop that decides which failures may be repeated without risking a second delivery."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..delivery import Answer, AnswerLost, Delivery, RequestImpossible, RequestNotSent
-from .bodies import Recipient
+from ..providers import Answer, AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
+from .addressing import Reader
 
-# Capped exponential backoff with jitter; a wait SendGrid asks for is honoured up to a cap.
+# Capped exponential backoff with jitter; a wait the provider asks for is honoured up to a cap.
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 MAX_SERVER_WAIT = 300.0
@@ -39,12 +39,13 @@ class RateLimiter:
 
 @dataclass
 class Exchange:
-    """One batch's dealings with SendGrid: who is in it, the body, and whether a request of it may
-    have reached SendGrid without its answer being recorded (then resending could deliver twice)."""
+    """One batch's dealings with the provider: who is in it, the prepared request, and whether a
+    request of it may have reached the provider without its answer being recorded (then resending
+    could deliver twice)."""
 
     batch_id: int  # 0 outside a campaign
-    recipients: list[Recipient]
-    body: dict[str, Any]
+    recipients: list[Reader]
+    request: Any  # what the provider prepared
     out: bool = False  # a request is on its way and not answered yet
     lost: bool = False  # a request's answer was lost
     # The last answer, until the database has recorded it: an accepted one still means delivered
@@ -65,12 +66,13 @@ Refresh = Callable[[Exchange], Awaitable[bool]]
 
 
 class Requests:
-    """One exchange's body to SendGrid, retrying 429, 5xx and requests that never left (and lost
-    answers only when `retry_lost`). Returns the last answer; raises RequestNotSent, AnswerLost,
-    RequestImpossible, or Emptied when a refresh left nobody to send to."""
+    """One exchange's request to the provider, retrying "retry later" answers (rate limits,
+    outages) and requests that never left (and lost answers only when `retry_lost`).
+    Returns the last answer; raises RequestNotSent, AnswerLost, RequestImpossible, or Emptied when a
+    refresh left nobody to send to."""
 
-    def __init__(self, delivery: Delivery, limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
-        self._delivery = delivery
+    def __init__(self, provider: Provider, limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
+        self._provider = provider
         self._limiter = limiter
         self._max_retries = settings.max_retries
         self._retry_lost = retry_lost
@@ -88,7 +90,7 @@ class Requests:
             asked: float | None = None
             exchange.out = True
             try:
-                answer = await self._delivery.send(exchange.body)
+                answer = await self._provider.send(exchange.request)
             except RequestImpossible:
                 exchange.out = False
                 raise
@@ -102,7 +104,7 @@ class Requests:
                     raise
             else:
                 exchange.out, exchange.answer = False, answer
-                if not answer.retryable or attempt >= self._max_retries:
+                if answer.verdict is not Verdict.RETRY_LATER or attempt >= self._max_retries:
                     return answer
                 asked = answer.retry_after
             attempt += 1
@@ -113,11 +115,3 @@ class Requests:
                 delay = min(asked, MAX_SERVER_WAIT) + self._random.uniform(0, 0.25)
                 self._limiter.hold(delay)
             await asyncio.sleep(delay)
-
-
-def auth_refused(status: int) -> str:
-    """What a 401/403 means, whoever met it."""
-    return (
-        f"SendGrid refused the API key ({status}): check SENDGRID_API_KEY and that the key has the "
-        f"Mail Send permission"
-    )

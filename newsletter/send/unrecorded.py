@@ -1,4 +1,4 @@
-"""Sends that record nothing: a dry run (into an outbox), SendGrid's sandbox mode, test addresses.
+"""Sends that record nothing: a dry run (into an outbox), a validate-only (sandbox) send, test addresses.
 
 A dry run or a sandbox send reaches exactly who the real send would: a new campaign's subscribed
 members in snapshot order, or a resumed campaign's recipients through the real run's own selector
@@ -8,6 +8,7 @@ members in snapshot order, or a resumed campaign's recipients through the real r
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -18,12 +19,13 @@ from sqlalchemy import Engine, select
 
 from .. import db
 from ..config import Settings
-from ..delivery import AnswerLost, Delivery, RequestImpossible, RequestNotSent
-from ..errors import SendError, SendGridAuthError
-from ..subscribers import email_key, normalise_email
-from .bodies import Bodies, Recipient
+from ..errors import ProviderAuthError, SendError
+from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
+from ..subscribers import email_key, iter_members, normalise_email
+from ..tokens import UnsubscribeLinks
+from .addressing import Addressing, Reader
 from .campaigns import Campaign, next_campaign_id, read_page, sort_page
-from .pacing import Exchange, RateLimiter, Requests, auth_refused
+from .pacing import Exchange, RateLimiter, Requests
 
 if TYPE_CHECKING:
     from . import SendPlan
@@ -35,7 +37,7 @@ class UnrecordedReport:
 
     requests: int = 0
     recipients: int = 0
-    accepted: int = 0  # recipients in requests SendGrid accepted
+    accepted: int = 0  # recipients in requests the provider accepted
     problems: list[str] = field(default_factory=list)  # "request N (first@address): reason"
 
 
@@ -46,34 +48,43 @@ def default_outbox(settings: Settings, day: date) -> Path:
 def send_unrecorded(
     settings: Settings,
     plan: SendPlan,
-    delivery: Delivery,
+    provider: Provider,
     *,
     to: Sequence[str] = (),
     sandbox: bool = False,
 ) -> UnrecordedReport:
     """Send the issue without recording any delivery: to the `to` addresses only (a test), or to
-    who the real send would reach, through an outbox (a dry run) or SendGrid's sandbox mode."""
+    who the real send would reach, through an outbox (a dry run) or the provider's sandbox mode."""
     engine = db.engine_for(settings)
-    campaign_id: str | None
+    size = provider.batch_limit
+    campaign_id: int | None
     if to:
-        batches: Iterator[list[Recipient]] = _test_recipients(engine, to, settings.batch_size)
+        batches: Iterator[list[Reader]] = _test_recipients(engine, to, size)
         campaign_id = None  # a test is no delivery of the issue: the webhook must not count it
     elif plan.campaign is not None:
-        batches = _campaign_recipients(engine, plan.campaign, settings.batch_size, plan.resend_uncertain)
-        campaign_id = str(plan.campaign.id)
+        batches = _campaign_recipients(engine, plan.campaign, size, plan.resend_uncertain)
+        campaign_id = plan.campaign.id
     else:
-        batches = _members(engine, plan.mailing_list.id, settings.batch_size)
+        batches = _members(engine, plan.mailing_list.id, size)
         with db.reading(engine) as conn:
-            campaign_id = str(next_campaign_id(conn))
-    bodies = Bodies(settings, plan.content, list_id=plan.mailing_list.id, campaign_id=campaign_id, sandbox=sandbox)
-    return asyncio.run(_push(settings, batches, bodies, delivery))
+            campaign_id = next_campaign_id(conn)
+    addressing = Addressing(
+        settings,
+        plan.content,
+        mailing_list=plan.mailing_list,
+        campaign_id=campaign_id,
+        links=UnsubscribeLinks(settings),
+        provider=provider,
+        validate_only=sandbox,
+    )
+    return asyncio.run(_push(settings, batches, addressing, provider))
 
 
 async def _push(
-    settings: Settings, batches: Iterator[list[Recipient]], bodies: Bodies, delivery: Delivery
+    settings: Settings, batches: Iterator[list[Reader]], addressing: Addressing, provider: Provider
 ) -> UnrecordedReport:
     limiter = RateLimiter(settings.send_rate_limit)
-    requests = Requests(delivery, limiter, settings, retry_lost=False)
+    requests = Requests(provider, limiter, settings, retry_lost=False)
     report = UnrecordedReport()
 
     async def worker() -> None:
@@ -84,14 +95,14 @@ async def _push(
             report.recipients += len(recipients)
             where = f"request {number} ({recipients[0].email}…)"
             try:
-                answer = await requests.post(Exchange(0, recipients, bodies.body(recipients)))
+                answer = await requests.post(Exchange(0, recipients, addressing.prepare(recipients)))
             except (AnswerLost, RequestNotSent) as error:
-                report.problems.append(f"{where}: no answer from SendGrid ({error})")
+                report.problems.append(f"{where}: no answer from {provider.name} ({error})")
                 continue
             except RequestImpossible as error:
                 raise SendError(str(error)) from None
-            if answer.status in (401, 403):
-                raise SendGridAuthError(auth_refused(answer.status))
+            if answer.verdict is Verdict.AUTH_REFUSED:
+                raise ProviderAuthError(answer.reason)
             if answer.accepted:
                 report.accepted += len(recipients)
             else:
@@ -100,33 +111,21 @@ async def _push(
     try:
         await asyncio.gather(*(worker() for _ in range(settings.send_concurrency)))
     finally:
-        await delivery.aclose()
+        await provider.aclose()
     return report
 
 
-def _members(engine: Engine, list_id: int, size: int) -> Iterator[list[Recipient]]:
-    """A new campaign's recipients: the list's subscribed members in the snapshot's order, in
-    pages (never all of them in memory)."""
-    m, s = db.memberships.c, db.subscribers.c
-    after = 0
-    while True:
-        with db.reading(engine) as conn:
-            rows = conn.execute(
-                select(s.id, s.email, s.name)
-                .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
-                .where(m.list_id == list_id, m.status == db.SUBSCRIBED, s.id > after)
-                .order_by(s.id)
-                .limit(size)
-            ).all()
-        if not rows:
-            return
-        after = rows[-1].id
-        yield [Recipient(0, row.id, row.email, row.name) for row in rows]
+def _members(engine: Engine, list_id: int, size: int) -> Iterator[list[Reader]]:
+    """A new campaign's recipients: who its snapshot would take, in its order, `size` at a time
+    (never all of them in memory)."""
+    members = iter_members(engine, list_id)
+    while page := list(itertools.islice(members, size)):
+        yield [Reader(0, member.subscriber_id, member.email, member.name) for member in page]
 
 
 def _campaign_recipients(
     engine: Engine, campaign: Campaign, size: int, with_uncertain: bool
-) -> Iterator[list[Recipient]]:
+) -> Iterator[list[Reader]]:
     """A resumed campaign's batches as the real run will build them: pages of `size` rows it would
     find pending (after recovery: uncertain and in-flight rows too with --resend-uncertain),
     without those who left the list."""
@@ -143,8 +142,8 @@ def _campaign_recipients(
             yield recipients
 
 
-def _test_recipients(engine: Engine, addresses: Sequence[str], size: int) -> Iterator[list[Recipient]]:
-    """Test addresses; one that belongs to a subscriber gets that subscriber's own links."""
+def test_readers(engine: Engine, addresses: Sequence[str]) -> list[Reader]:
+    """Test addresses, once each; one that belongs to a subscriber gets that subscriber's own links."""
     s = db.subscribers.c
     emails = list(dict.fromkeys(normalise_email(address) for address in addresses))
     with db.reading(engine) as conn:
@@ -153,6 +152,10 @@ def _test_recipients(engine: Engine, addresses: Sequence[str], size: int) -> Ite
                 select(s.email_key, s.id).where(s.email_key.in_([email_key(e) for e in emails]))
             ).all()
         )
-    recipients = [Recipient(0, known.get(email_key(email), 0), email, None) for email in emails]
-    for start in range(0, len(recipients), size):
-        yield recipients[start : start + size]
+    return [Reader(0, known.get(email_key(email), 0), email, None) for email in emails]
+
+
+def _test_recipients(engine: Engine, addresses: Sequence[str], size: int) -> Iterator[list[Reader]]:
+    readers = test_readers(engine, addresses)
+    for start in range(0, len(readers), size):
+        yield readers[start : start + size]

@@ -1,0 +1,303 @@
+"""Membership rules: how strongly each status keeps mail away, who may move a membership from what to
+what, the one compare-and-set every status change goes through, and the one query of who gets a
+list's issues.
+
+The statuses are stored values and are defined with the schema (db.py); this module gives them their
+meaning. Every change of a membership's status, whoever makes it (the CLI, a CSV import, the
+unsubscribe pages, the provider's webhook and suppression lists), goes through `compare_and_set`, or
+through `compare_and_set_many` for an import's rows, set-based. Either changes a status only if it
+still is the one the caller saw and TRANSITIONS lets the caller's source make that move, and logs
+each change in the append-only event log in the same transaction. A move that is refused, already
+made or lost to a concurrent change changes nothing and logs nothing, so a repeated unsubscribe, a
+webhook retry or a re-synced suppression is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, exists, literal, select
+from sqlalchemy.engine import Connection
+
+from . import db
+from .db import BOUNCED, COMPLAINED, SUBSCRIBED, UNCONFIRMED, UNSUBSCRIBED
+
+# How strongly a status keeps mail away. The provider's suppressions only ever move a membership up
+# this order: one address often sits on several suppression lists at once (an invalid address that
+# also bounced, a complainer who also unsubscribed), and the outcome must not depend on the order in
+# which the lists are read or the events arrive.
+STRENGTH: dict[str, int] = {UNCONFIRMED: 0, SUBSCRIBED: 0, UNSUBSCRIBED: 1, BOUNCED: 2, COMPLAINED: 3}
+
+# (from, to); from None: not a member of the list yet.
+Move = tuple[str | None, str]
+
+_TOWARDS_STRONGER = frozenset(
+    (old, new) for old in STRENGTH for new in STRENGTH if STRENGTH[old] < STRENGTH[new]
+)
+# What an operator's explicit --resubscribe lifts: they vouch that the reader asked to come back.
+_LIFTED = frozenset((old, SUBSCRIBED) for old in (UNSUBSCRIBED, BOUNCED, COMPLAINED))
+
+# Who may move a membership from what to what, by the source its event records. Any other move is
+# refused.
+TRANSITIONS: dict[str, frozenset[Move]] = {
+    # The reader on the unsubscribe page: leave, and undo their own leaving (the page shown right
+    # after, with tokens.py's ticket). Never a bounce or a complaint: a bounced mailbox still cannot
+    # receive, and a complaint is not undone by a click on a forwarded link.
+    "unsubscribe_page": frozenset({(SUBSCRIBED, UNSUBSCRIBED), (UNSUBSCRIBED, SUBSCRIBED)}),
+    # A mail client's RFC 8058 one-click POST only ever unsubscribes.
+    "one_click": frozenset({(SUBSCRIBED, UNSUBSCRIBED)}),
+    # The operator's commands: add an address, unsubscribe one on the reader's word, and, only when
+    # asked (subscribers add --resubscribe), re-subscribe whoever said no.
+    "command": frozenset(
+        {(None, SUBSCRIBED), *_LIFTED, *((old, UNSUBSCRIBED) for old in (SUBSCRIBED, BOUNCED, COMPLAINED))}
+    ),
+    # A CSV import adds, and re-subscribes only with --resubscribe.
+    "import": frozenset({(None, SUBSCRIBED), *_LIFTED}),
+    # The provider's events and suppression lists.
+    "webhook": _TOWARDS_STRONGER,
+    "sendgrid_sync": _TOWARDS_STRONGER,
+    # Double opt-in (issue 8), which nothing records yet: a reader who signs up waits unconfirmed,
+    # receiving no issue, until they follow the confirmation link.
+    "signup": frozenset({(None, UNCONFIRMED)}),
+    "confirmation": frozenset({(UNCONFIRMED, SUBSCRIBED)}),
+}
+
+
+def allowed(previous: str | None, status: str, source: str) -> bool:
+    """Whether `source` may move a membership from `previous` (None: not a member) to `status`."""
+    return (previous, status) in TRANSITIONS[source]
+
+
+def _check(status: str, source: str) -> None:
+    if status not in STRENGTH:
+        raise ValueError(f"unknown status {status!r}")
+    if source not in TRANSITIONS:
+        raise ValueError(f"unknown source {source!r}")
+
+
+# Built once: these run for every change (every one-click unsubscribe), and building a statement costs
+# more than running it.
+# FOR UPDATE: on PostgreSQL a concurrent change of this membership (a second one-click POST, a
+# webhook) waits here until this transaction ends, and then sees its status. SQLite's BEGIN IMMEDIATE
+# already serialises writers (and SQLAlchemy renders nothing there).
+_THIS = (
+    db.memberships.c.list_id == bindparam("list"),
+    db.memberships.c.subscriber_id == bindparam("subscriber"),
+)
+_LOCKED_STATUS = select(db.memberships.c.status).where(*_THIS).with_for_update()
+_SET = (
+    db.memberships.update()
+    .where(*_THIS, db.memberships.c.status == bindparam("expected"))
+    .values(status=bindparam("new"), updated_at=bindparam("now"))
+)
+_JOIN = db.memberships.insert().values(
+    list_id=bindparam("list"),
+    subscriber_id=bindparam("subscriber"),
+    status=bindparam("new"),
+    created_at=bindparam("now"),
+    updated_at=bindparam("now"),
+)
+_LOG = db.events.insert()
+_EVENT_COLUMNS = ["subscriber_id", "list_id", "status", "previous_status", "source", "detail", "created_at"]
+
+
+def status_of(conn: Connection, list_id: int, subscriber_id: int) -> str | None:
+    """A membership's status (None: not a member), locked until the transaction ends, so that a
+    compare_and_set from it is not beaten to the change."""
+    return conn.execute(_LOCKED_STATUS, {"list": list_id, "subscriber": subscriber_id}).scalar()
+
+
+def compare_and_set(
+    conn: Connection,
+    *,
+    list_id: int,
+    subscriber_id: int,
+    expected: str | None,
+    status: str,
+    source: str,
+    now: datetime,
+    detail: str = "",
+) -> bool:
+    """Move a membership from `expected` (None: not a member, who becomes one) to `status` and log
+    it, if its status still is `expected` and TRANSITIONS lets `source` make the move; True if it
+    changed. Runs in the caller's transaction.
+
+    A caller that read `expected` without a lock (the web server) may lose to a concurrent change:
+    then nothing changes, and the caller re-reads if it cares what won.
+    """
+    _check(status, source)
+    if expected == status or not allowed(expected, status, source):
+        return False
+    values = {"list": list_id, "subscriber": subscriber_id, "expected": expected, "new": status, "now": now}
+    if expected is None:
+        # Two processes adding the same member at once: the second one's insert breaks the primary
+        # key and its transaction fails, logging nothing.
+        conn.execute(_JOIN, values)
+    elif conn.execute(_SET, values).rowcount != 1:
+        return False
+    log_event(
+        conn,
+        subscriber_id=subscriber_id,
+        list_id=list_id,
+        status=status,
+        previous_status=expected,
+        source=source,
+        now=now,
+        detail=detail,
+    )
+    return True
+
+
+def set_status(
+    conn: Connection,
+    *,
+    list_id: int,
+    subscriber_id: int,
+    status: str,
+    source: str,
+    now: datetime,
+    detail: str = "",
+) -> bool:
+    """compare_and_set from the membership's status now, read under lock; True if it changed."""
+    return compare_and_set(
+        conn,
+        list_id=list_id,
+        subscriber_id=subscriber_id,
+        expected=status_of(conn, list_id, subscriber_id),
+        status=status,
+        source=source,
+        now=now,
+        detail=detail,
+    )
+
+
+def compare_and_set_many(
+    conn: Connection,
+    *,
+    list_id: int,
+    rows: Select[Any],
+    expected: Collection[str | None],
+    status: str,
+    source: str,
+    now: datetime,
+    unchanged_since: datetime | None = None,
+) -> int:
+    """compare_and_set for many members of one list in a few set-based statements, whatever their
+    number (a CSV import's million rows). Returns how many changed.
+
+    `rows` selects (subscriber_id, detail), each subscriber once. A subscriber's membership moves if
+    its status is one of `expected` (None: not on the list, who joins it) that TRANSITIONS lets
+    `source` move to `status`; with `unchanged_since`, only if its status was set no later than that.
+    Each change is logged with its row's detail. The statements read the statuses one after the
+    other: the caller keeps other writers out until it commits (SQLite's write lock; a lock on the
+    memberships table on PostgreSQL).
+    """
+    _check(status, source)
+    moving = [old for old in expected if old != status and allowed(old, status, source)]
+    found = rows.subquery()
+    m = db.memberships.c
+    stamp = literal(now, db.TS)
+    member = and_(m.list_id == list_id, m.subscriber_id == found.c.subscriber_id)
+    changed = 0
+    statuses = [old for old in moving if old is not None]
+    if statuses:
+        which = and_(m.status.in_(statuses), *([m.updated_at <= unchanged_since] if unchanged_since else []))
+        conn.execute(
+            db.events.insert().from_select(
+                _EVENT_COLUMNS,
+                select(
+                    found.c.subscriber_id,
+                    literal(list_id),
+                    literal(status),
+                    m.status,
+                    literal(source),
+                    found.c.detail,
+                    stamp,
+                )
+                .select_from(found.join(db.memberships, member))
+                .where(which),
+            )
+        )
+        changed += conn.execute(
+            db.memberships.update()
+            .where(m.list_id == list_id, which, m.subscriber_id.in_(select(found.c.subscriber_id)))
+            .values(status=status, updated_at=now)
+        ).rowcount
+    if None in moving:
+        joining = ~exists().where(member)
+        conn.execute(
+            db.events.insert().from_select(
+                _EVENT_COLUMNS,
+                select(
+                    found.c.subscriber_id,
+                    literal(list_id),
+                    literal(status),
+                    literal(None, String),
+                    literal(source),
+                    found.c.detail,
+                    stamp,
+                ).where(joining),
+            )
+        )
+        # preserve_rowcount: SQLAlchemy guarantees rowcount for UPDATE and DELETE only; without it an
+        # INSERT … SELECT on PostgreSQL (psycopg) reports -1.
+        changed += conn.execute(
+            db.memberships.insert().from_select(
+                ["list_id", "subscriber_id", "status", "created_at", "updated_at"],
+                select(literal(list_id), found.c.subscriber_id, literal(status), stamp, stamp).where(joining),
+            ),
+            execution_options={"preserve_rowcount": True},
+        ).rowcount
+    return changed
+
+
+def log_event(
+    conn: Connection,
+    *,
+    subscriber_id: int | None,
+    list_id: int | None,
+    status: str,
+    source: str,
+    now: datetime,
+    previous_status: str | None = None,
+    detail: str = "",
+) -> None:
+    """Append to the event log, which is only ever appended to: a status change (through the
+    compare-and-sets above) or an erasure (subscribers.erase_subscriber)."""
+    conn.execute(
+        _LOG,
+        {
+            "subscriber_id": subscriber_id,
+            "list_id": list_id,
+            "status": status,
+            "previous_status": previous_status,
+            "source": source,
+            "detail": detail,
+            "created_at": now,
+        },
+    )
+
+
+def receives_issues(status: str | None) -> bool:
+    """Whether a membership with this status (None: no longer a member) gets the list's issues: the
+    same rule as members_query's default, for a status read row by row (a send re-reads each batch's)."""
+    return status == SUBSCRIBED
+
+
+def members_query(list_id: int, *columns: ColumnElement[Any], status: str = SUBSCRIBED) -> Select[Any]:
+    """The list's members with this status, by subscriber id; by default the ones who get its issues
+    (subscribed: nobody unconfirmed, unsubscribed, bounced or complained). Selects `columns` of
+    memberships and subscribers, (subscriber_id, email, name) if none are given.
+
+    The one selection of a list's audience: a send's snapshot (as the SELECT of its INSERT … SELECT),
+    the dry run and the export use it. It walks ix_memberships_list_status.
+    """
+    m, s = db.memberships.c, db.subscribers.c
+    return (
+        select(*(columns or (s.id.label("subscriber_id"), s.email, s.name)))
+        .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
+        .where(m.list_id == list_id, m.status == status)
+        .order_by(s.id)
+    )

@@ -1,0 +1,69 @@
+"""One reader's message as it arrives: MIME, as the SMTP provider transmits it and as the dry run
+shows it (`first-recipient.eml`) whatever the provider."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.policy import EmailPolicy
+from email.utils import format_datetime, make_msgid
+
+from . import UNSUBSCRIBE_TAG, Message, Recipient
+
+# Headers whose value is a list of <URL>s (RFC 2369, RFC 2919): folded only between the entries,
+# never inside one, since no client follows a URL broken over two lines or made an encoded word.
+_URL_LIST_HEADERS = frozenset({"list-unsubscribe", "list-id", "list-archive", "list-help"})
+
+
+class _WirePolicy(EmailPolicy):
+    """SMTP's policy (CRLF) with body lines of at most 76 characters, as RFC 2045 asks of base64
+    and quoted-printable, and the URL-list headers folded at their commas."""
+
+    def fold(self, name: str, value: str) -> str:
+        if name.lower() in _URL_LIST_HEADERS:
+            return f"{name}: " + f",{self.linesep} ".join(_url_list(value)) + self.linesep
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() in _URL_LIST_HEADERS:
+            # ASCII by construction (URLs, the list's label); an encoded word would hide the URL.
+            return self.fold(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+def _url_list(value: str) -> list[str]:
+    """"<a>, <b>" → ["<a>", "<b>"]; anything outside angle brackets stays with its entry."""
+    return [entry.strip() for entry in re.split(r"(?<=>)\s*,\s*", str(value)) if entry.strip()]
+
+
+WIRE = _WirePolicy(linesep="\r\n", max_line_length=76)
+
+
+def mime_message(message: Message, recipient: Recipient, now: datetime) -> EmailMessage:
+    """The complete MIME message `recipient` gets: their unsubscribe URL filled in, their own
+    headers set, text and HTML as multipart/alternative."""
+
+    def fill(value: str) -> str:
+        return value.replace(UNSUBSCRIBE_TAG, recipient.unsubscribe_url or "")
+
+    mail = EmailMessage(policy=WIRE)
+    mail["From"] = Address(message.sender_name, addr_spec=message.sender_email)
+    mail["To"] = Address(recipient.name or "", addr_spec=recipient.email)
+    if message.reply_to:
+        mail["Reply-To"] = Address(addr_spec=message.reply_to)
+    mail["Subject"] = message.subject
+    mail["Date"] = format_datetime(now)
+    mail["Message-ID"] = make_msgid(domain=message.sender_email.rpartition("@")[2])
+    for name, value in {**message.headers, **recipient.headers}.items():
+        mail[name] = value
+    mail["MIME-Version"] = "1.0"
+    # Parts made as MIMEParts: EmailMessage.add_alternative would give the HTML part a MIME-Version
+    # header of its own, which belongs to the message alone.
+    mail.make_alternative()
+    for subtype, content in (("plain", message.text), ("html", message.html)):
+        alternative = MIMEPart(policy=WIRE)
+        alternative.set_content(fill(content), subtype=subtype, charset="utf-8", cte="base64")
+        mail.attach(alternative)
+    return mail

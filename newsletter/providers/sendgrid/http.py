@@ -1,0 +1,166 @@
+"""SendGrid's v3 HTTP API: the one client every SendGrid call goes through (its auth, timeouts and
+the reading of its answers), for mail/send and the suppression lists alike."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from ...config import Settings
+from ...errors import MissingAPIKey
+from .. import MAX_REASON, RequestImpossible, clip
+
+# SendGrid's error answers are a few hundred bytes. Of a bigger one (a proxy's page, a broken
+# server) only this much is read: a 50 MB answer must not fill memory.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HTTPAnswer:
+    """What SendGrid answered, read: its status, its error messages ("message (field)" each) and
+    the fields they name, the message id, and how long it asked us to wait."""
+
+    status: int
+    errors: tuple[str, ...] = ()
+    fields: tuple[str | None, ...] = ()
+    message_id: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+    @property
+    def reason(self) -> str:
+        detail = "; ".join(self.errors) if self.errors else "no error message"
+        return f"SendGrid answered {self.status}: {clip(detail, MAX_REASON)}"
+
+
+def auth_refused(status: int, needs: str = "the Mail Send permission") -> str:
+    """What a 401/403 means, whoever met it."""
+    return f"SendGrid refused the API key ({status}): check SENDGRID_API_KEY and that the key has {needs}"
+
+
+def client(settings: Settings, *, connections: int, accept: str = "application/json") -> httpx.AsyncClient:
+    """An HTTP client for SendGrid: the API key only in the Authorization header (never in a
+    message), explicit timeouts, a pool of `connections`."""
+    if settings.sendgrid_api_key is None:
+        raise MissingAPIKey(
+            "SENDGRID_API_KEY is not set, so SendGrid cannot be used. Set it to an API key with the "
+            "Mail Send permission (and read access to suppressions for `subscribers sync`), or preview "
+            "a send with --dry-run (it writes what would be sent to an outbox folder and sends nothing)."
+        )
+    return httpx.AsyncClient(
+        base_url=settings.sendgrid_api_url,
+        headers={
+            "Authorization": f"Bearer {settings.sendgrid_api_key.get_secret_value()}",
+            "Accept": accept,
+        },
+        timeout=httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.read_timeout,
+            pool=None,  # waiting for a free connection is our own queue, not SendGrid's
+        ),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+
+
+# Raised before a byte reaches SendGrid. Their text is not used: a LocalProtocolError quotes the
+# offending header, which may be the Authorization header with the key.
+IMPOSSIBLE: dict[type[Exception], str] = {
+    httpx.LocalProtocolError: (
+        "the request could not be written: a header value is malformed (check SENDGRID_API_KEY for a "
+        "stray line break, space or non-ASCII character)"
+    ),
+    httpx.UnsupportedProtocol: "sendgrid_api_url is not an http:// or https:// URL",
+    httpx.InvalidURL: "sendgrid_api_url is not a valid URL",
+    httpx.ProxyError: "the HTTP proxy refused to connect to SendGrid (check HTTPS_PROXY/HTTP_PROXY)",
+}
+
+
+def impossible(error: Exception) -> RequestImpossible:
+    return RequestImpossible(IMPOSSIBLE[type(error)])
+
+
+# Connection failures happen in the socket layer before any request byte is written, so their text
+# (an OS or TLS error) cannot hold a header; every other error is named by its kind only.
+_TEXT_IS_SAFE = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def describe(error: httpx.TransportError) -> str:
+    kind = type(error).__name__
+    return f"{kind}: {error}" if isinstance(error, _TEXT_IS_SAFE) and str(error) else kind
+
+
+async def read_capped(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """The start of a streamed answer's body, at most `limit` bytes: the rest is never read."""
+    content = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            content += chunk
+            if len(content) >= limit:
+                break
+    except httpx.TransportError:
+        pass  # the status line and headers came: they are SendGrid's answer
+    finally:
+        await response.aclose()
+    return bytes(content[:limit])
+
+
+def read_answer(response: httpx.Response, content: bytes) -> HTTPAnswer:
+    """SendGrid's answer (its status and headers, and `content`, the start of its body)."""
+    errors: list[str] = []
+    fields: list[str | None] = []
+    if response.status_code >= 400:
+        try:
+            items = json.loads(content).get("errors") or []
+        except (ValueError, AttributeError, RecursionError):  # not JSON, cut short, or not SendGrid's
+            items = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            field = item.get("field")
+            field = field[:200] if isinstance(field, str) and field not in ("", "null") else None
+            message = clip(str(item.get("message") or "error"), MAX_REASON)
+            errors.append(f"{message} ({field})" if field else message)
+            fields.append(field)
+        # Stoplight Prism puts the schema violation in a header (its body is a fixed example).
+        violations = response.headers.get("sl-violations")
+        if violations:
+            errors.append(violations[:1000])
+            fields.append(None)
+        if not errors and content:
+            errors.append(clip(content.decode("utf-8", "replace"), 500))
+            fields.append(None)
+    return HTTPAnswer(
+        status=response.status_code,
+        errors=tuple(errors),
+        fields=tuple(fields),
+        message_id=response.headers.get("X-Message-Id"),
+        retry_after=_retry_after(response.headers) if response.status_code >= 400 else None,
+    )
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            # SendGrid sends the Unix time at which the limit resets.
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            pass
+    return None

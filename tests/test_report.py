@@ -1,0 +1,292 @@
+"""`newsletter report`: issues sent through the fake SendGrid by the real `send` command, SendGrid's
+signed Event Webhook posted to the real `newsletter serve`, then the report read through the CLI.
+Also what every request says about tracking, and that unsubscribe links are never click-tracked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import httpx
+import lxml.html
+import pytest
+from sqlalchemy import func, select
+
+from newsletter import db
+from newsletter.config import Settings
+from newsletter.digest import load_digest
+from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.report import Selection, Tracking, issue_reports, papers_of, record_tracking, sparkline
+
+from .fake_sendgrid import FakeSendGrid
+from .send_helpers import API_KEY, cli, configure, seed
+from .support import EXAMPLE_DIGEST
+from .web import serving, signed_headers, webhook_key
+
+DAY, NEXT_DAY = "2026-01-23", "2026-01-24"
+TRACKING_ON = {
+    "subscription_tracking": {"enable": False},
+    "open_tracking": {"enable": True},
+    "click_tracking": {"enable": True, "enable_text": False},
+}
+
+
+def _digests(project: Path) -> None:
+    """The example digest, and the same papers again as the next day's issue."""
+    (project / "digests").mkdir()
+    shutil.copy(EXAMPLE_DIGEST, project / "digests" / f"{DAY}.md")
+    text = EXAMPLE_DIGEST.read_text(encoding="utf-8")
+    (project / "digests" / f"{NEXT_DAY}.md").write_text(text.replace(f"# {DAY}", f"# {NEXT_DAY}", 1), encoding="utf-8")
+
+
+def _send(project: Path, day: str) -> None:
+    result = cli(project, "send", "--date", day, "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _report(project: Path, *args: str) -> dict:
+    result = cli(project, "report", *args, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+@dataclass
+class Sent:
+    project: Path
+    settings: Settings
+    url: str
+    key: object
+    http: httpx.Client
+    bodies: list[dict]  # what the fake SendGrid received, in order
+    campaigns: dict[str, int]  # issue date → campaign id
+
+    def post(self, events: list[dict]) -> httpx.Response:
+        body = json.dumps(events).encode()
+        response = self.http.post(f"{self.url}/webhooks/sendgrid", content=body, headers=signed_headers(self.key, body))
+        assert response.status_code == 200, response.text
+        return response
+
+
+@pytest.fixture(scope="module")
+def sent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sent]:
+    """Six readers u1…u6: the 23rd's issue to all of them; u4 then leaves by one-click; the 24th's
+    issue to the five still subscribed."""
+    project = tmp_path_factory.mktemp("report")
+    _digests(project)
+    key, public_key = webhook_key()
+    with FakeSendGrid(api_key=API_KEY, keep_bodies=True) as fake:
+        settings = configure(
+            project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY, sendgrid_webhook_public_key=public_key
+        )
+        seed(settings, 6)
+        _send(project, DAY)
+        with serving(project / "newsletter.toml") as url, httpx.Client(timeout=30) as http:
+            # The one-click POST a mail client makes to u4's own List-Unsubscribe link.
+            [link] = [
+                p["substitutions"][UNSUBSCRIBE_TAG]
+                for p in fake.records[0].body["personalizations"]
+                if p["to"][0]["email"] == "u4@example.com"
+            ]
+            link = url + link.removeprefix(settings.base_url)
+            assert http.post(link, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+            _send(project, NEXT_DAY)
+            c = db.campaigns.c
+            with db.engine_for(settings).connect() as conn:
+                campaigns = dict(conn.execute(select(c.issue_date, c.id)).all())
+            yield Sent(project, settings, url, key, http, [r.body for r in fake.records], campaigns)
+
+
+def _event(sent: Sent, kind: str, reader: int, event_id: str, day: str = DAY, **extra: object) -> dict:
+    return {
+        "email": f"u{reader}@example.com",
+        "event": kind,
+        "sg_event_id": event_id,
+        "timestamp": 1769140800,
+        "campaign_id": str(sent.campaigns[day]),
+        "subscriber_id": str(reader),
+        "list_id": "1",
+        **extra,
+    }
+
+
+PAPER_1 = "https://huggingface.co/papers/2601.15876"
+PAPER_2 = "https://huggingface.co/papers/2601.15165"
+
+
+def _first_day_events(sent: Sent) -> list[dict]:
+    web = f"{sent.settings.base_url}/{DAY}/"
+    return [
+        *(_event(sent, "delivered", n, f"d{n}") for n in range(1, 6)),
+        _event(sent, "delivered", 1, "d1"),  # the same event twice in one request
+        _event(sent, "bounce", 6, "b6", type="bounce", reason="550 5.1.1 no such user"),
+        _event(sent, "open", 1, "o1a", sg_machine_open=False),
+        _event(sent, "open", 1, "o1b", sg_machine_open=False),  # opened again: one reader
+        _event(sent, "open", 2, "o2m", sg_machine_open=True),  # Apple's proxy only: not a reader's open
+        _event(sent, "open", 3, "o3m", sg_machine_open=True),
+        _event(sent, "open", 3, "o3r", sg_machine_open=False),
+        _event(sent, "click", 1, "c1a", url=PAPER_1),
+        _event(sent, "click", 1, "c1b", url=f"{web}#paper-1"),  # paper 1's "read the abstract": still paper 1
+        _event(sent, "click", 1, "c1c", url=PAPER_2),
+        _event(sent, "click", 3, "c3", url=PAPER_2),
+        _event(sent, "click", 4, "c4", url=web),  # the web version: a click, on no paper
+        _event(sent, "spamreport", 5, "s5"),
+        _event(sent, "group_unsubscribe", 2, "g2"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def reported(sent: Sent) -> Sent:
+    events = _first_day_events(sent)
+    sent.post(events)
+    sent.post(events)  # SendGrid's retry of the whole request
+    sent.post([events[7], events[12], _event(sent, "delivered", 1, "next-d1", NEXT_DAY)])  # two again, one new
+    return sent
+
+
+def test_the_report_counts_each_reader_once_without_machine_opens(reported: Sent) -> None:
+    issues = _report(reported.project, "--date", DAY)["issues"]
+    titles = {p.rank: p.title for p in load_digest(reported.settings, date(2026, 1, 23)).papers}
+    papers = [p for p in load_digest(reported.settings, date(2026, 1, 23)).papers]
+    assert issues == [
+        {
+            "date": DAY,
+            "list": "daily-papers",
+            "edition": "daily",
+            "sent": 6,
+            "delivered": 5,
+            "unique_opens": 2,  # u1 and u3; u2's only open was the machine's
+            "unique_clicks": 3,  # u1, u3, u4
+            "bounces": 1,
+            "spam_reports": 1,
+            "unsubscribes": 2,  # u4 by one-click after this issue, u2 through SendGrid
+            "papers": [
+                {"rank": p.rank, "title": titles[p.rank], "url": p.url, "unique_clicks": {1: 1, 2: 2}.get(p.rank, 0)}
+                for p in papers
+            ],
+        }
+    ]
+
+
+def test_every_event_is_stored_once_whatever_the_retries(reported: Sent) -> None:
+    e = db.campaign_events.c
+    with db.engine_for(reported.settings).connect() as conn:
+        rows = conn.execute(select(e.campaign_id, e.subscriber_id, e.kind, e.machine_open, e.url)).all()
+        event_ids = conn.execute(select(func.count()).select_from(db.webhook_events)).scalar_one()
+        stats = dict(
+            conn.execute(
+                select(db.campaign_stats.c.event, db.campaign_stats.c.count).where(
+                    db.campaign_stats.c.campaign_id == reported.campaigns[DAY]
+                )
+            ).all()
+        )
+    # 18 distinct events for the 23rd (the duplicate and both replays left out), 1 for the 24th;
+    # kept as 17 + 1 facts: u1's second open is no new fact.
+    assert event_ids == 19
+    assert len(rows) == 18
+    assert stats == {"delivered": 5, "bounce": 1, "open": 5, "click": 5, "spamreport": 1, "group_unsubscribe": 1}
+    assert sorted(r.subscriber_id for r in rows if r.kind == "open" and r.machine_open) == [2, 3]
+    assert (reported.campaigns[NEXT_DAY], 1, "delivered", False, "") in [tuple(r) for r in rows]
+    assert sorted(r.url for r in rows if r.kind == "click") == sorted(
+        [PAPER_1, f"{reported.settings.base_url}/{DAY}/#paper-1", PAPER_2, PAPER_2, f"{reported.settings.base_url}/{DAY}/"]
+    )
+
+
+def test_the_next_issue_has_its_own_counts(reported: Sent) -> None:
+    [issue] = _report(reported.project, "--date", NEXT_DAY)["issues"]
+    assert {k: v for k, v in issue.items() if k != "papers"} == {
+        "date": NEXT_DAY, "list": "daily-papers", "edition": "daily", "sent": 5, "delivered": 1,
+        "unique_opens": 0, "unique_clicks": 0, "bounces": 0, "spam_reports": 0, "unsubscribes": 0,
+    }  # fmt: skip
+    # u4 left after the 23rd's issue and was not sent the 24th's; the week has both.
+    week = _report(reported.project, "--week", "2026-W04")["issues"]
+    assert [(i["date"], i["sent"]) for i in week] == [(DAY, 6), (NEXT_DAY, 5)]
+    assert _report(reported.project)["issues"][0]["date"] == NEXT_DAY  # the latest by default
+
+
+def test_last_prints_one_line_per_issue_with_a_trend(reported: Sent) -> None:
+    result = cli(reported.project, "report", "--last", "14")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if DAY in line or NEXT_DAY in line][0].find(DAY) >= 0
+    assert sum(DAY in line for line in lines) == 1 and sum(NEXT_DAY in line for line in lines) == 1
+    # Open rates 40% then 0%, click rates 60% then 0%: highest to lowest.
+    assert "open rate  █▁" in result.stdout and "click rate █▁" in result.stdout
+    detail = cli(reported.project, "report", "--date", DAY)
+    assert detail.returncode == 0 and "unique opens" in detail.stdout and "40.0% of delivered" in detail.stdout
+
+
+def test_a_day_without_an_issue_or_an_unknown_list_is_an_error(reported: Sent) -> None:
+    missing = cli(reported.project, "report", "--date", "2026-01-25")
+    assert missing.returncode == 1
+    assert "error: no issue was sent on 2026-01-25" in missing.stderr
+    unknown = cli(reported.project, "report", "--list", "nope")
+    assert unknown.returncode == 1 and "no list named 'nope'" in unknown.stderr
+    both = cli(reported.project, "report", "--date", DAY, "--last", "3")
+    assert both.returncode == 2
+    bad_week = cli(reported.project, "report", "--week", "2026-W60")
+    assert bad_week.returncode == 2
+
+
+def test_every_request_sets_tracking_and_unsubscribe_links_are_never_click_tracked(reported: Sent) -> None:
+    assert [body["tracking_settings"] for body in reported.bodies] == [TRACKING_ON, TRACKING_ON]
+    with db.engine_for(reported.settings).connect() as conn:
+        stored = conn.execute(select(db.campaigns.c.html)).scalars().all()
+    for html in [*stored, *(body["content"][1]["value"] for body in reported.bodies)]:
+        links = lxml.html.fromstring(html).iter("a")
+        tracked = {a.get("href"): a.get("clicktracking") for a in links}
+        assert tracked[UNSUBSCRIBE_TAG] == "off"
+        assert tracked[PAPER_1] is None  # the papers' links are tracked
+    # The text part keeps the reader's signed link: SendGrid does not track its links at all.
+    assert all(UNSUBSCRIBE_TAG in body["content"][0]["value"] for body in reported.bodies)
+
+
+def test_with_tracking_off_the_report_says_so_instead_of_showing_zeros(project: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY, keep_bodies=True) as fake:
+        settings = configure(
+            project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY, track_opens=False, track_clicks=False
+        )
+        seed(settings, 2)
+        _send(project, DAY)
+    assert fake.records[0].body["tracking_settings"] == {
+        "subscription_tracking": {"enable": False},
+        "open_tracking": {"enable": False},
+        "click_tracking": {"enable": False, "enable_text": False},
+    }
+    [issue] = _report(project)["issues"]
+    assert (issue["sent"], issue["unique_opens"], issue["unique_clicks"]) == (2, None, None)
+    assert {p["unique_clicks"] for p in issue["papers"]} == {None}
+    text = cli(project, "report").stdout
+    assert "not tracked" in text and "Opens and clicks were not tracked for this issue" in text
+
+
+def test_a_campaign_keeps_the_tracking_it_was_sent_with(project: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
+        seed(settings, 1)
+        _send(project, DAY)
+    engine = db.engine_for(settings)
+    with engine.begin() as conn:
+        record_tracking(conn, conn.execute(select(func.max(db.campaigns.c.id))).scalar_one(), Tracking(False, True))
+    with engine.connect() as conn:
+        [issue] = issue_reports(conn, Selection(), Tracking(True, True))
+    assert (issue.unique_opens, issue.unique_clicks) == (None, 0)
+
+
+def test_papers_are_read_from_the_issue_as_sent(reported: Sent) -> None:
+    with db.engine_for(reported.settings).connect() as conn:
+        html = conn.execute(select(db.campaigns.c.html).where(db.campaigns.c.id == reported.campaigns[DAY])).scalar_one()
+    papers, links = papers_of(html)
+    digest = load_digest(reported.settings, date(2026, 1, 23))
+    assert papers == [(p.rank, p.title, p.url) for p in digest.papers]
+    assert links[f"{reported.settings.base_url}/{DAY}/#paper-3"] == 3
+    assert f"{reported.settings.base_url}/{DAY}/" not in links and UNSUBSCRIBE_TAG not in links
+    assert papers_of("") == ([], {}) and papers_of("<p>no cards</p>") == ([], {})
+
+
+def test_sparkline() -> None:
+    assert sparkline([0.1, 0.5, 0.3, None]) == "▁█▄ "
+    assert sparkline([0.2, 0.2]) == "▄▄" and sparkline([None]) == " "
