@@ -464,7 +464,7 @@ def _report_problems(
     `paged`: each page in its own transaction (after the merge committed); else inside the caller's.
     """
     rows = _problem_rows(conn, table, conn.begin if paged else nullcontext)
-    with _atomic_file(report.rejects) if report.rejects else nullcontext() as out:
+    with _csv_file(report.rejects) if report.rejects else nullcontext() as out:
         writer = csv.writer(out, delimiter=header.delimiter) if out else None
         if writer:
             writer.writerow(_spreadsheet_row(["line", "reason", *header.columns]))
@@ -550,6 +550,10 @@ def export_csv(engine: Engine, *, list_name: str, path: Path | None, status: str
     """write_export to a file (replaced only once complete), or to standard output for path None."""
     if path is None:
         return write_export(engine, list_name=list_name, out=sys.stdout, status=status)
-    # Owner-only: it holds people's addresses.
-    with atomic_file(path, "w", private=True, encoding="utf-8", newline="") as out:
+    with _csv_file(path) as out:
         return write_export(engine, list_name=list_name, out=out, status=status)
+
+
+def _csv_file(path: Path) -> AbstractContextManager[TextIO]:
+    """A CSV file written all or nothing, owner-only: it holds people's addresses."""
+    return atomic_file(path, "w", private=True, encoding="utf-8", newline="")

@@ -4,8 +4,11 @@ settings point at a fake or mock SendGrid, subscribers inserted in bulk, the CLI
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,41 @@ def cli(project: Path, *args: str, api_key: str | None = API_KEY, timeout: float
         [sys.executable, "-m", "newsletter", *args],
         cwd=project, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+SEND = ["send", "--date", "2026-01-23", "--yes"]
+
+
+def start_sender(project: Path, *extra: str, api_key: str | None = API_KEY) -> subprocess.Popen[str]:
+    """`newsletter send` of the 2026-01-23 issue as a process of its own, to be killed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_") and k != "SENDGRID_API_KEY"}
+    env["PYTHONPATH"] = str(ROOT)
+    if api_key is not None:
+        env["SENDGRID_API_KEY"] = api_key
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", *SEND, *extra],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def kill_at_random(
+    project: Path, rng: random.Random, pause: tuple[float, float], after_kill: Callable[[], None] = lambda: None,
+    *, most: int = 20, seconds: float = 120,
+) -> int:  # fmt: skip
+    """Start senders and SIGKILL each after a random pause until `most` kills, the time is up, or
+    one finishes first; `after_kill` runs after each kill. Returns how many were killed."""
+    kills = 0
+    deadline = time.monotonic() + seconds
+    while kills < most and time.monotonic() < deadline:
+        process = start_sender(project)
+        time.sleep(rng.uniform(*pause))
+        if process.poll() is not None:
+            break  # it finished before we struck
+        process.kill()
+        process.wait()
+        kills += 1
+        after_kill()
+    return kills
 
 
 def delivery_states(settings: Settings) -> dict[str, tuple[str, str | None, str | None]]:

@@ -65,10 +65,10 @@ def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids
     first, second = body["personalizations"]
     assert first["to"] == [{"email": "ann@example.com", "name": "Lee Ann Dr."}]
     assert second["to"] == [{"email": "bo@example.com"}]
-    for personalization, subscriber, email in ((first, 7, "ann@example.com"), (second, 9, "bo@example.com")):
+    for personalization, subscriber, address in ((first, 7, "ann@example.com"), (second, 9, "bo@example.com")):
         url = personalization["substitutions"][UNSUBSCRIBE_TAG]
         token = url.rsplit("/", 1)[1]
-        assert links.ids(token) == (3, subscriber) and links.signed_for(token, email)
+        assert links.ids(token) == (3, subscriber) and links.signed_for(token, address)
         assert personalization["headers"] == links.headers(url)
         assert personalization["custom_args"] == {"campaign_id": "12", "subscriber_id": str(subscriber), "list_id": "3"}
         assert len(json.dumps(personalization["substitutions"]).encode()) < 10_000

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from newsletter import db, send
-from newsletter.providers import Batch, Verdict
+from newsletter.providers import Verdict
 from newsletter.providers.sendgrid import SendGrid, encode_body
 from newsletter.send import addressing, unrecorded
 from newsletter.tokens import UnsubscribeLinks

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,19 +18,7 @@ from sqlalchemy import select
 from newsletter import db
 
 from .fake_sendgrid import FakeSendGrid
-from .send_helpers import API_KEY, cli, configure, delivery_states, seed
-from .support import ROOT
-
-SEND = ["send", "--date", "2026-01-23", "--yes"]
-
-
-def start_sender(project: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env.update(PYTHONPATH=str(ROOT), SENDGRID_API_KEY=API_KEY)
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", *SEND, *extra],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+from .send_helpers import API_KEY, SEND, cli, configure, delivery_states, kill_at_random, seed, start_sender
 
 
 def delivered_from_log(log: Path) -> Counter[str]:
@@ -98,17 +85,7 @@ def test_many_random_kills_never_deliver_twice_and_leave_every_recipient_recorde
         )
         addresses = seed(settings, 4000)
         lost: set[int] = set()
-        kills = 0
-        deadline = time.monotonic() + 120
-        while kills < 20 and time.monotonic() < deadline:
-            process = start_sender(project)
-            time.sleep(rng.uniform(0.2, 2.0))
-            if process.poll() is not None:
-                break  # it finished before we struck
-            process.kill()
-            process.wait()
-            kills += 1
-            lost |= batches_in(settings, "in_flight")
+        kills = kill_at_random(project, rng, (0.2, 2.0), lambda: lost.update(batches_in(settings, "in_flight")))
         print(f"CRASH_SEED={seed_value}: {kills} kills, {len(lost)} answer(s) lost")
         assert kills >= 15, f"only {kills} kills before the send finished"
 

@@ -11,7 +11,6 @@ import os
 import random
 import ssl
 import subprocess
-import sys
 import time
 from collections import Counter
 from email import message_from_bytes, policy
@@ -42,10 +41,9 @@ from newsletter.providers import (
 from newsletter.providers.smtp import SMTP
 
 from .fake_smtp import DROP, HANG, FakeSMTP, delivered_from_log
-from .send_helpers import cli, configure, delivery_states, plan_for, seed
-from .support import ROOT, free_port
+from .send_helpers import SEND, cli, configure, delivery_states, kill_at_random, plan_for, seed, start_sender
+from .support import free_port
 
-SEND = ["send", "--date", "2026-01-23", "--yes"]
 
 # The fake server logs in over plain connections on purpose (smtp_security = "none" with a login).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -486,15 +484,6 @@ def test_a_dry_run_writes_each_readers_message(project: Path) -> None:
 # -- killed senders ----------------------------------------------------------------------------
 
 
-def start_sender(project: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-    env.update(PYTHONPATH=str(ROOT))
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", *SEND, *extra],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
 def test_a_sender_killed_before_the_reply_to_data_resumes_without_resending_that_reader(project: Path) -> None:
     sender: dict[str, subprocess.Popen[str]] = {}
 
@@ -531,16 +520,7 @@ def test_many_random_kills_never_deliver_twice_and_leave_every_reader_recorded(p
     with FakeSMTP(log=log, reject={"u77@example.com"}, latency=0.005) as fake:
         settings = smtp_project(project, fake.port, send_concurrency=4, send_rate_limit=300.0)
         addresses = seed(settings, 2500)
-        kills = 0
-        deadline = time.monotonic() + 120
-        while kills < 20 and time.monotonic() < deadline:
-            process = start_sender(project)
-            time.sleep(rng.uniform(0.3, 1.5))
-            if process.poll() is not None:
-                break  # it finished before we struck
-            process.kill()
-            process.wait()
-            kills += 1
+        kills = kill_at_random(project, rng, (0.3, 1.5))
         print(f"CRASH_SEED={seed_value}: {kills} kills")
         assert kills >= 10, f"only {kills} kills before the send finished"
 
