@@ -182,8 +182,9 @@ campaign_events = Table(
     Column("url", Text, nullable=False),  # the link a click followed; "" for other kinds
     Column("at", TS, nullable=False),  # when it first happened, as the provider says
     # One row per fact, however often it is reported (a reader who opens five times is one open
-    # row), so that the report counts readers as index entries, from this index alone.
-    UniqueConstraint("campaign_id", "kind", "machine_open", "subscriber_id", "url", name="uq_campaign_events_fact"),
+    # row), so that the report counts readers as index entries, from this index alone; the link
+    # before the reader, so that a paper's clicks are found by its links.
+    UniqueConstraint("campaign_id", "kind", "machine_open", "url", "subscriber_id", name="uq_campaign_events_fact"),
 )
 
 # Whether a campaign's mail carried open and click tracking, recorded when it is created: without

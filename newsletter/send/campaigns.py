@@ -122,6 +122,12 @@ def start_campaign(settings: Settings, day: date, mailing_list: MailingList, con
                     created_at=now,
                 )
             ).inserted_primary_key[0]
+            # What its mail tracks, as the report must know it whatever the settings say later.
+            conn.execute(
+                db.campaign_tracking.insert().values(
+                    campaign_id=campaign_id, opens=settings.track_opens, clicks=settings.track_clicks
+                )
+            )
             s = db.subscribers.c
             snapshot = members_query(
                 mailing_list.id, literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS)
