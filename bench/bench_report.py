@@ -35,7 +35,7 @@ from newsletter.config import load_settings  # noqa: E402
 from newsletter.digest import load_digest  # noqa: E402
 from newsletter.render import render_issue  # noqa: E402
 from newsletter.report import papers_of  # noqa: E402
-from tests.web import write_config  # noqa: E402
+from testkit.projects import write_config  # noqa: E402
 
 FIRST_DAY = date(2026, 1, 1)
 

@@ -6,7 +6,7 @@
 2. The naive way: one request per recipient through the `sendgrid` package's SendGridAPIClient,
    against our batched sender, on 10,000 recipients with 5 ms of server latency. Target: ≥ 100×.
 3. SMTP: `newsletter send --yes` with provider = "smtp" to 10,000 readers, one message each, through
-   aiosmtpd on 127.0.0.1 (tests/fake_smtp.py, its own process; plain, no login): messages/s and the
+   aiosmtpd on 127.0.0.1 (testkit/fake_smtp.py, its own process; plain, no login): messages/s and the
    sender's peak RSS. Target: ≥ 200 messages/s. Run with the default settings (send_rate_limit paces
    batches, so it caps SMTP at that many messages/s) and with send_rate_limit raised out of the way.
 
@@ -38,12 +38,12 @@ from newsletter.config import Settings  # noqa: E402
 from newsletter.providers.sendgrid import SendGrid  # noqa: E402
 from newsletter.send import addressing  # noqa: E402
 from newsletter.tokens import UnsubscribeLinks  # noqa: E402
-from tests.send_helpers import API_KEY, LIST, configure  # noqa: E402
-from tests.support import free_port, running  # noqa: E402
+from testkit.projects import API_KEY, LIST, configure  # noqa: E402
+from testkit.servers import free_port, running  # noqa: E402
 
 DAY = date(2026, 1, 23)
 DIGEST = ROOT / "digests" / "2026-01-23.md"
-# The defaults, read from Settings and written out (tests.send_helpers.configure would otherwise
+# The defaults, read from Settings and written out (testkit.projects.configure would otherwise
 # raise the rate limit for tests): the figures are what a user gets.
 BENCH_SETTINGS = {
     name: Settings.model_fields[name].default for name in ("send_rate_limit", "send_concurrency", "batch_size")
@@ -82,7 +82,7 @@ def subscribe(settings: Settings, count: int) -> None:
 
 
 def fake_server(port: int, *extra: str):
-    return running([sys.executable, "-m", "tests.fake_sendgrid", "--port", str(port), "--api-key", API_KEY, *extra], port)
+    return running([sys.executable, "-m", "testkit.fake_sendgrid", "--port", str(port), "--api-key", API_KEY, *extra], port)
 
 
 def end_to_end(count: int) -> tuple[float, float]:
@@ -107,7 +107,7 @@ def smtp_end_to_end(count: int, **overrides: object) -> tuple[float, float]:
         }
         settings = configure(folder, **values)
         subscribe(settings, count)
-        with running([sys.executable, "-m", "tests.fake_smtp", "--port", str(port)], port):
+        with running([sys.executable, "-m", "testkit.fake_smtp", "--port", str(port)], port):
             return timed_send(folder, settings, count)
 
 

@@ -27,7 +27,8 @@ from sqlalchemy import func, select  # noqa: E402
 from newsletter import db  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
 from newsletter.tokens import UnsubscribeLinks  # noqa: E402
-from tests.web import add_list, add_subscribers, count_status, serving, write_config  # noqa: E402
+from testkit.projects import add_list, add_subscribers, count_status, write_config  # noqa: E402
+from testkit.servers import serving  # noqa: E402
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -34,8 +34,8 @@ from sqlalchemy import Integer, func, select  # noqa: E402
 from newsletter import db  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
 from newsletter.webhook import PER_READER  # noqa: E402
-from tests.send_helpers import seed  # noqa: E402
-from tests.web import serving, signed_headers, webhook_key, write_config  # noqa: E402
+from testkit.projects import seed, signed_headers, webhook_key, write_config  # noqa: E402
+from testkit.servers import serving  # noqa: E402
 
 PAPERS = [f"https://huggingface.co/papers/2601.{15000 + n}" for n in range(5)]
 

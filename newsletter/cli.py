@@ -15,10 +15,13 @@ from rich.markup import escape
 from .errors import NewsletterError
 
 if TYPE_CHECKING:
+    from datetime import date
+
     from rich.table import Table
 
     from .config import Settings
 
+    from .daily import StepResult
     from .providers import Provider
     from .report import IssueReport
     from .send import SendPlan, SendReport
@@ -1018,6 +1021,47 @@ def subscribers_export(
     )
     if out is not None:
         console.print(f"Exported {count:,} subscriber(s) to {escape(str(out))}", highlight=False)
+
+@app.command("run")
+def run_day(
+    ctx: typer.Context,
+    date: Annotated[
+        Optional[datetime],
+        typer.Option("--date", formats=["%Y-%m-%d"], help="The day to run, YYYY-MM-DD (default: today in the timezone setting)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Also print every step's outcome, counts and duration as one JSON object, the last line.")
+    ] = False,
+) -> None:
+    """For cron: publish and send the day's issue to every list, then sync suppressions, once.
+
+    Exit status 0 when done or nothing was left to do; 3 no digest for the day; 4 failed pre-send
+    checks (nothing sent); 5 another run holds the lock; 6 a batch's answer was lost (uncertain);
+    2 a date in the future; 1 any other failure. Logs one line per step on stderr."""
+    import json
+
+    from . import daily
+
+    day = date.date() if date else None
+    try:
+        settings = settings_from(ctx)
+        day = daily.run_date(settings, day)
+        report = daily.run_day(settings, day, on_step=lambda step: _print_step(day, step))
+    except NewsletterError as error:
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        report = daily.RunReport.refused(day, error)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
+    raise typer.Exit(report.status)
+
+
+def _print_step(day: date, step: StepResult) -> None:
+    from .daily import FAILED
+
+    failed = step.outcome == FAILED
+    head = f"[bold red]error:[/] run {day} " if failed else f"run {day} "
+    err_console.print(head + escape(str(step)), highlight=False, soft_wrap=True)
+
 
 def main() -> None:
     try:

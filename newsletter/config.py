@@ -42,6 +42,10 @@ _MAX_KEY_FILE = 64 * 1024
 # there are more, the number of papers, the digest's title and the sender's name.
 SUBJECT_FIELDS = ("date", "first", "more", "papers", "title", "from_name")
 
+# weekly_day's values (as datetime.date.weekday() numbers them, Monday first) and their full names.
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEKDAY_NAMES = dict(zip(WEEKDAYS, ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")))
+
 # What an HTTP header value can carry: printable ASCII. A key with a line break (a CRLF .env file, a
 # multi-line TOML string) or a non-ASCII character makes httpx fail with the header, key included,
 # in its message.
@@ -125,6 +129,12 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     secret_key_file: Path = Path("subscribers/secret.key")
+
+    # The daily run (`newsletter run`): the day it sends is today in `timezone`; the weekly edition
+    # goes out on `weekly_day`; `run_lists` names the lists it sends to (None: every list).
+    timezone: str = "Asia/Seoul"
+    weekly_day: str = "sun"
+    run_lists: Annotated[list[str] | None, NoDecode] = None
 
     # The clock, as a seam: tests pin it here instead of patching time.
     now: datetime | None = None
@@ -217,6 +227,42 @@ class Settings(BaseSettings):
                 "(a line break from a CRLF .env file or a multi-line TOML string?); set it to the key alone"
             )
         return SecretStr(key)
+
+    @field_validator("timezone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone this machine knows; use an IANA name such as 'Asia/Seoul' or 'UTC'") from None
+        return value.strip()
+
+    @field_validator("weekly_day")
+    @classmethod
+    def _weekday(cls, value: str) -> str:
+        day = value.strip().lower()
+        for name in WEEKDAYS:
+            if day in (name, _WEEKDAY_NAMES[name]):
+                return name
+        raise ValueError(f"{value!r} is not a weekday name; use one of {', '.join(WEEKDAYS)} (or the full English name)")
+
+    @field_validator("run_lists", mode="before")
+    @classmethod
+    def _list_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None  # NEWSLETTER_RUN_LISTS= (empty) means not set: every list
+            value = value.split(",")
+        if isinstance(value, list):
+            names = [name.strip() for name in value if isinstance(name, str)]
+            if len(names) == len(value) and not all(names):
+                raise ValueError("holds an empty list name")
+            if not value:
+                raise ValueError("is empty: name at least one list, or leave the setting out to send to every list")
+            return names if len(names) == len(value) else value
+        return value
 
     @field_validator("old_secret_keys", mode="before")
     @classmethod

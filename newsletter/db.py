@@ -264,6 +264,18 @@ messages = Table(
 )
 
 
+# The daily run's lock (newsletter/daily.py): one row per lock while a run holds it, taken and
+# renewed by compare-and-set, so that it holds across hosts sharing a PostgreSQL database.
+run_locks = Table(
+    "run_locks",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("holder", String(200), nullable=False),  # "pid@host#…", as send claims name their holder
+    Column("acquired_at", TS, nullable=False),
+    Column("heartbeat_at", TS, nullable=False),
+)
+
+
 def _create_all(conn: Connection) -> None:
     metadata.create_all(conn)
 
@@ -299,12 +311,17 @@ def _create_campaign_events(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _create_run_locks(conn: Connection) -> None:
+    run_locks.create(conn, checkfirst=True)  # a database made since has it already
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_all,
     _index_deliveries_by_id,
     _never_reuse_issued_ids,
     _create_messages,
     _create_campaign_events,
+    _create_run_locks,
 ]
 
 

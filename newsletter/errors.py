@@ -9,6 +9,8 @@
     ├── TokenError             a bad, forged or truncated unsubscribe token
     ├── DatabaseError          the database cannot be reached or stays locked (names it, no password)
     ├── NoIssueSent            a report asked about a day, week or list that no issue went to
+    ├── RunDateError           `newsletter run --date` in the future (exit status 2)
+    ├── RunLocked              another `newsletter run` holds the run lock (exit status 5)
     └── SendError              a send that cannot go on
         ├── MissingAPIKey      no credentials for a real send (SENDGRID_API_KEY)
         ├── ProviderAuthError  the provider refused the credentials: every later batch would fail too
@@ -62,6 +64,14 @@ class DatabaseError(NewsletterError):
 
 
 class NoIssueSent(NewsletterError):
+    pass
+
+
+class RunDateError(NewsletterError):
+    pass
+
+
+class RunLocked(NewsletterError):
     pass
 
 

@@ -1,5 +1,5 @@
-"""Helpers shared by the send tests (tests/test_send*.py) and bench/bench_send.py: a project whose
-settings point at a fake or mock SendGrid, subscribers inserted in bulk, the CLI as a subprocess."""
+"""Helpers shared by the send tests (tests/test_send*.py, test_smtp.py, …): settings pointing at a
+fake SendGrid, hand-made content and plans, the CLI as a subprocess (and killed at random)."""
 
 from __future__ import annotations
 
@@ -16,70 +16,17 @@ from typing import Any
 from sqlalchemy import select
 
 from newsletter import db, send
-from newsletter.config import Settings, load_settings
+from newsletter.config import Settings
 from newsletter.render import UNSUBSCRIBE_TAG
 from newsletter.send import addressing, campaigns
 from newsletter.subscribers import get_list
 
+from testkit.projects import API_KEY, LIST, configure
+
 from .support import ROOT
 
-API_KEY = "SG.test-key-never-printed"
-LIST = "daily-papers"
 DAY = date(2026, 1, 23)
 CONTENT = addressing.Content("Today's papers", f"<p>hi</p><a href='{UNSUBSCRIBE_TAG}'>unsubscribe</a>", f"hi {UNSUBSCRIBE_TAG}")
-
-
-def configure(project: Path, **overrides: Any) -> Settings:
-    """Write newsletter.toml for CLI subprocesses and return the same settings for library calls."""
-    values: dict[str, Any] = {
-        "database_url": "sqlite:///newsletter.db",
-        "secret_key": "test-signing-key",
-        "send_rate_limit": 1000.0,
-        **overrides,
-    }
-    lines = [f"{key} = {_toml(value)}" for key, value in values.items()]
-    (project / "newsletter.toml").write_text("\n".join(lines) + "\n")
-    return load_settings(project / "newsletter.toml")
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def seed(settings: Settings, count: int, *, unsubscribed: tuple[int, ...] = (), list_name: str = LIST) -> list[str]:
-    """A list with `count` members u1@example.com…; the numbers in `unsubscribed` have left it.
-    Returns the subscribed addresses in subscriber order."""
-    engine = db.engine_for(settings)
-    now = settings.clock()
-    with engine.begin() as conn:
-        list_id = conn.execute(
-            db.lists.insert().values(name=list_name, description="", created_at=now)
-        ).inserted_primary_key[0]
-        chunk = 50_000
-        for start in range(1, count + 1, chunk):
-            numbers = range(start, min(count, start + chunk - 1) + 1)
-            conn.execute(
-                db.subscribers.insert(),
-                [
-                    {"id": n, "email": f"u{n}@example.com", "email_key": f"u{n}@example.com",
-                     "name": f"Reader {n}", "attributes": {}, "created_at": now}
-                    for n in numbers
-                ],
-            )
-            conn.execute(
-                db.memberships.insert(),
-                [
-                    {"list_id": list_id, "subscriber_id": n,
-                     "status": db.UNSUBSCRIBED if n in unsubscribed else db.SUBSCRIBED,
-                     "created_at": now, "updated_at": now}
-                    for n in numbers
-                ],
-            )
-    return [f"u{n}@example.com" for n in range(1, count + 1) if n not in unsubscribed]
 
 
 def cli(project: Path, *args: str, api_key: str | None = API_KEY, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -22,17 +22,8 @@ from newsletter.config import load_settings
 from newsletter.digest import load_digest
 from newsletter.render import DARK, LIGHT, render_issue
 
-from .support import (
-    EXAMPLE_DIGEST,
-    NODE_BIN,
-    Chromium,
-    contrast,
-    free_port,
-    require_chromium,
-    require_node_tool,
-    running,
-    write_thumbnails,
-)
+from testkit.servers import free_port, running
+from .support import EXAMPLE_DIGEST, NODE_BIN, Chromium, contrast, require_chromium, require_node_tool, write_thumbnails
 
 PHONE, DESKTOP = 375, 640
 

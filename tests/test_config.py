@@ -12,7 +12,8 @@ from newsletter import db
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
 
-from .support import ROOT, free_port, run_newsletter
+from testkit.servers import free_port
+from .support import ROOT, run_newsletter
 
 
 def test_defaults_work_without_a_config_file(tmp_path: Path) -> None:

@@ -15,8 +15,10 @@ import pytest
 from newsletter import db, send
 from newsletter.send.claim import holder_of
 
-from .send_helpers import CONTENT, DAY, LIST, cli, configure, plan_for, seed
-from .support import free_port, run_newsletter
+from testkit.projects import LIST, configure, seed
+from .send_helpers import CONTENT, DAY, cli, plan_for
+from testkit.servers import free_port
+from .support import run_newsletter
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:

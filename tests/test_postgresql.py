@@ -49,9 +49,10 @@ from newsletter.suppressions import suppress
 from newsletter.providers.sendgrid.events import events_from, parse_events
 from newsletter.webhook import apply_events
 
-from .fake_sendgrid import FakeSendGrid
-from .send_helpers import API_KEY, configure
-from .support import ROOT, free_port, run_newsletter, wait_for_port
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.projects import API_KEY, configure
+from testkit.servers import free_port, wait_for_port
+from .support import ROOT, run_newsletter
 from .web import UNSTORABLE_BOUNCE_DETAIL, UNSTORABLE_COUNTS, UNSTORABLE_EVENT_IDS, batch_with_unstorable_text
 
 LIST = "daily-papers"
@@ -684,3 +685,25 @@ def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, datab
         assert {state for state, _, _ in states.values()} <= {db.SENT, db.UNCERTAIN, db.PENDING}
         resumed = send.send_campaign(settings, plan_for(settings))
         assert resumed.finished and max(Counter(fake.delivered()).values()) == 1
+
+
+def test_the_daily_runs_lock_holds_across_connections_and_is_released(pg_settings: Settings) -> None:
+    from newsletter.daily import RunLock
+    from newsletter.errors import RunLocked
+
+    engine = db.engine_for(pg_settings)
+    with RunLock(engine, pg_settings, "the first run") as first:
+        # Another host's run: its own engine, so nothing is shared but the database.
+        elsewhere = db._create_engine(pg_settings.resolved_database_url, pg_settings.database_timeout)
+        try:
+            with pytest.raises(RunLocked, match=r"another run holds the run lock: \d+@"):
+                RunLock(elsewhere, pg_settings, "the second run").acquire()
+        finally:
+            elsewhere.dispose()
+        with engine.connect() as conn:
+            assert conn.execute(select(db.run_locks.c.holder)).scalar_one() == first.holder
+    second = RunLock(engine, pg_settings, "a later run")
+    second.acquire()
+    second.release()
+    with engine.connect() as conn:
+        assert conn.execute(select(db.run_locks)).all() == []

@@ -21,7 +21,8 @@ from PIL import Image
 
 from newsletter.render import UNSUBSCRIBE_TAG
 
-from .support import ROOT, free_port, running, write_thumbnails
+from testkit.servers import free_port, running
+from .support import ROOT, write_thumbnails
 
 
 @pytest.fixture

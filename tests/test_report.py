@@ -28,10 +28,12 @@ from newsletter.report import (
     sparkline,
 )
 
-from .fake_sendgrid import FakeSendGrid
-from .send_helpers import API_KEY, cli, configure, seed
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.projects import API_KEY, configure, seed
+from .send_helpers import cli
 from .support import EXAMPLE_DIGEST
-from .web import serving, signed_headers, webhook_key
+from testkit.servers import serving
+from testkit.projects import signed_headers, webhook_key
 
 DAY, NEXT_DAY = "2026-01-23", "2026-01-24"
 TRACKING_ON = {

@@ -23,8 +23,9 @@ from newsletter.subscribers import MailingList
 from newsletter.membership import set_status
 from newsletter.tokens import UnsubscribeLinks
 
-from .fake_sendgrid import FakeSendGrid
-from .send_helpers import API_KEY, LIST, cli, configure, delivery_states, seed
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.projects import API_KEY, LIST, configure, seed
+from .send_helpers import cli, delivery_states
 from .support import ROOT
 
 DAY = date(2026, 1, 23)

@@ -18,7 +18,7 @@ from newsletter.providers.sendgrid import SendGrid, encode_body
 from newsletter.send import addressing, unrecorded
 from newsletter.tokens import UnsubscribeLinks
 
-from .send_helpers import API_KEY, LIST, configure, seed
+from testkit.projects import API_KEY, LIST, configure, seed
 from .support import prism
 
 DAY = date(2026, 1, 23)

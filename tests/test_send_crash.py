@@ -17,8 +17,9 @@ from sqlalchemy import select
 
 from newsletter import db
 
-from .fake_sendgrid import FakeSendGrid
-from .send_helpers import API_KEY, SEND, cli, configure, delivery_states, kill_at_random, seed, start_sender
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.projects import API_KEY, configure, seed
+from .send_helpers import SEND, cli, delivery_states, kill_at_random, start_sender
 
 
 def delivered_from_log(log: Path) -> Counter[str]:

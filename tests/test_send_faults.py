@@ -19,20 +19,10 @@ from newsletter.providers.sendgrid import SendGrid
 from newsletter.errors import SendError, ProviderAuthError, SendInProgress
 from newsletter.send import addressing, claim, unrecorded
 
-from .fake_sendgrid import FakeSendGrid
-from .send_helpers import (
-    API_KEY,
-    CONTENT,
-    DAY,
-    LIST,
-    cli,
-    configure,
-    delivery_states,
-    plan_for,
-    seed,
-    settings_for,
-)
-from .support import free_port
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.projects import API_KEY, LIST, configure, seed
+from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
+from testkit.servers import free_port
 
 
 def test_a_400_is_split_until_the_bad_addresses_are_alone(project: Path) -> None:

@@ -26,19 +26,9 @@ from newsletter.send import unrecorded
 from newsletter.membership import set_status
 from newsletter.subscribers import MailingList
 
-from .fake_sendgrid import FakeSendGrid
-from .send_helpers import (
-    API_KEY,
-    CONTENT,
-    DAY,
-    LIST,
-    cli,
-    configure,
-    delivery_states,
-    plan_for,
-    seed,
-    settings_for,
-)
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.projects import API_KEY, LIST, configure, seed
+from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
 from .support import ROOT
 
 

@@ -20,7 +20,9 @@ from newsletter.render import DARK, LIGHT
 from newsletter.tokens import UnsubscribeLinks
 
 from .support import CHROMIUM, require_chromium
-from .web import add_list, add_subscribers, serving, status_of, write_config
+from testkit.projects import add_list, add_subscribers, write_config
+from testkit.servers import serving
+from .web import status_of
 
 
 def _png(colour: str) -> bytes:

@@ -1,4 +1,4 @@
-"""SMTP as a provider, against real aiosmtpd servers on 127.0.0.1 (tests/fake_smtp.py): what each
+"""SMTP as a provider, against real aiosmtpd servers on 127.0.0.1 (testkit/fake_smtp.py): what each
 reader receives, the connection pool, TLS and login, and what every kind of reply or failure means
 (especially which failures may have delivered the message: AnswerLost, never RequestNotSent)."""
 
@@ -40,9 +40,10 @@ from newsletter.providers import (
 )
 from newsletter.providers.smtp import SMTP
 
-from .fake_smtp import DROP, HANG, FakeSMTP, delivered_from_log
-from .send_helpers import SEND, cli, configure, delivery_states, kill_at_random, plan_for, seed, start_sender
-from .support import free_port
+from testkit.fake_smtp import DROP, HANG, delivered_from_log, FakeSMTP
+from testkit.projects import configure, seed
+from .send_helpers import SEND, cli, delivery_states, kill_at_random, plan_for, start_sender
+from testkit.servers import free_port
 
 
 # The fake server logs in over plain connections on purpose (smtp_security = "none" with a login).

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
-from .web import write_config
+from testkit.projects import write_config
 
 SPAM_RULES_REFUSED = ("HTML_FONT_LOW_CONTRAST", "LONGLN_", "BASE64_LENGTH_", "MIME_QP_LONG_LINE")
 

@@ -20,8 +20,10 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import MissingAPIKey, SendError, ProviderAuthError
 from newsletter.suppressions import sync_suppressions
 
-from .support import free_port, prism, run_newsletter
-from .web import add_list, add_subscribers, events_of, status_of, write_config
+from testkit.servers import free_port
+from .support import prism, run_newsletter
+from testkit.projects import add_list, add_subscribers, write_config
+from .web import events_of, status_of
 
 API_KEY = "SG.test-key-that-must-never-be-printed"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z, the pinned clock of these tests

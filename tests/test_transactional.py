@@ -14,9 +14,10 @@ from newsletter import db
 from newsletter.providers import Message, Recipient, provider_for
 from newsletter.send.transactional import Outgoing, send_messages
 
-from .fake_sendgrid import DROP, FakeSendGrid
-from .send_helpers import API_KEY, cli, seed, settings_for
-from .support import free_port
+from testkit.fake_sendgrid import DROP, FakeSendGrid
+from testkit.projects import API_KEY, seed
+from .send_helpers import cli, settings_for
+from testkit.servers import free_port
 
 MESSAGE = Message("Please confirm", "<p>Confirm</p>", "Confirm", "papers@example.com", "Daily Papers")
 

@@ -25,16 +25,9 @@ from newsletter.tokens import UnsubscribeLinks
 
 from newsletter.subscribers import erase_subscriber
 
-from .web import (
-    add_list,
-    add_subscribers,
-    count_status,
-    events_of,
-    serving,
-    status_of,
-    version_2_database,
-    write_config,
-)
+from testkit.projects import add_list, add_subscribers, count_status, write_config
+from testkit.servers import serving
+from .web import events_of, status_of, version_2_database
 
 ONE_CLICK = {
     "content": b"List-Unsubscribe=One-Click",

@@ -6,43 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import sys
-from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from newsletter import db
 from newsletter.config import Settings
-from newsletter.subscribers import email_key
 
-from .support import ROOT, free_port, running
-
-
-def write_config(folder: Path, **values: object) -> Path:
-    """A newsletter.toml in `folder` with its own database, secret and public folder (plus `values`),
-    so that the server subprocess and the test read exactly the same settings."""
-    settings = {
-        "database_url": f"sqlite:///{folder / 'newsletter.db'}",
-        "secret_key": "test-signing-key",
-        "public_dir": str(folder / "public"),
-        **values,
-    }
-    config = folder / "newsletter.toml"
-    # JSON strings, numbers and flat lists are valid TOML values.
-    config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
-    return config
-
-
-@contextlib.contextmanager
-def serving(config: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`python -m newsletter serve` with this config (and `env` added to its environment); yields
-    its base URL."""
-    port = free_port()
-    command = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port)]
-    with running(command, port, env=env):
-        yield f"http://127.0.0.1:{port}"
+from .support import ROOT
 
 
 def version_2_database(path: Path, rows: str = "") -> str:
@@ -53,48 +24,6 @@ def version_2_database(path: Path, rows: str = "") -> str:
         conn.execute("INSERT INTO schema_version (version) VALUES (2)")
         conn.executescript(rows)
     return f"sqlite:///{path}"
-
-
-def add_list(settings: Settings, name: str, description: str = "") -> int:
-    with db.engine_for(settings).begin() as conn:
-        return conn.execute(
-            db.lists.insert().values(
-                name=name, description=description, created_at=datetime.now(timezone.utc)
-            )
-        ).inserted_primary_key[0]
-
-
-def add_subscribers(
-    settings: Settings, list_id: int, emails: list[str], status: str = db.SUBSCRIBED
-) -> list[int]:
-    """Members of the list (existing subscribers are reused); returns their ids in order."""
-    now = datetime.now(timezone.utc)
-    s = db.subscribers.c
-    with db.engine_for(settings).begin() as conn:
-        ids = []
-        for email in emails:
-            subscriber_id = conn.execute(select(s.id).where(s.email_key == email_key(email))).scalar()
-            if subscriber_id is None:
-                subscriber_id = conn.execute(
-                    db.subscribers.insert().values(
-                        email=email, email_key=email_key(email), attributes={}, created_at=now
-                    )
-                ).inserted_primary_key[0]
-            ids.append(subscriber_id)
-        conn.execute(
-            db.memberships.insert(),
-            [
-                {
-                    "list_id": list_id,
-                    "subscriber_id": i,
-                    "status": status,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for i in ids
-            ],
-        )
-    return ids
 
 
 def status_of(settings: Settings, list_id: int, subscriber_id: int) -> str | None:
@@ -115,12 +44,6 @@ def events_of(settings: Settings, subscriber_id: int) -> list[tuple[int | None, 
             .order_by(e.id)
         ).all()
     return [tuple(row) for row in rows]
-
-
-def count_status(settings: Settings, list_id: int, status: str) -> int:
-    m = db.memberships.c
-    with db.engine_for(settings).connect() as conn:
-        return conn.execute(select(func.count()).where(m.list_id == list_id, m.status == status)).scalar_one()
 
 
 def batch_with_unstorable_text(
@@ -152,34 +75,3 @@ UNSTORABLE_COUNTS = {"unsubscribe": 1, "spamreport": 1, "bounce": 1, "open\\u000
 UNSTORABLE_BOUNCE_DETAIL = "SendGrid bounce event: 550 5.1.1 <\\u0000> unknown \\ud800 user"
 
 
-def webhook_key() -> tuple[object, str]:
-    """A P-256 signing key and its verification key as SendGrid shows it (base64 DER)."""
-    import base64
-
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    der = private.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, base64.b64encode(der).decode("ascii")
-
-
-def signed_headers(private: object, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """The headers SendGrid signs an Event Webhook request with (ECDSA-SHA256 over timestamp + body)."""
-    import base64
-    import time
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from newsletter.providers.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER
-
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    signature = private.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))  # type: ignore[attr-defined]
-    return {
-        "Content-Type": "application/json",
-        SIGNATURE_HEADER: base64.b64encode(signature).decode("ascii"),
-        TIMESTAMP_HEADER: stamp,
-    }

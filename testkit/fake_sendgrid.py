@@ -1,4 +1,5 @@
-"""The project's own fake SendGrid v3 mail/send server, on 127.0.0.1, for tests and benchmarks.
+"""The project's own fake SendGrid v3 mail/send server, on 127.0.0.1, for tests and benchmarks
+(it also serves the suppression lists it is given, read-only).
 
 It answers like SendGrid (202 + X-Message-Id; errors as {"errors": [{"message", "field", "help"}]})
 and can be told to misbehave: 400 for chosen addresses, 401 for a wrong key, a scripted sequence of
@@ -8,7 +9,7 @@ log file, appended to it as one JSON line as soon as it is read, so that a test 
 each address received even across killed senders.
 
 In a test:     with FakeSendGrid(api_key="k", reject={"bad@example.com"}) as fake: fake.url
-As a process:  python -m tests.fake_sendgrid --port 8025 --api-key k --log requests.jsonl
+As a process:  python -m testkit.fake_sendgrid --port 8025 --api-key k --log requests.jsonl
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class Behaviour:
     log: Path | None = None
     keep_bodies: bool = False
     on_request: Callable[[Record], None] | None = None  # called once the request is recorded
+    # The suppression lists (kind, e.g. "bounces" → entries {"email", "created", …}), answered to
+    # GET /v3/suppression/<kind> as SendGrid does: start_time/end_time inclusive, newest first, paged.
+    suppressions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 class FakeSendGrid:
@@ -276,13 +280,35 @@ def _handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
                 time.sleep(fake.behaviour.latency)
             self._reply(int(status), headers, content)
 
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            from urllib.parse import parse_qsl, urlsplit
+
+            parts = urlsplit(self.path)
+            kind = parts.path.removeprefix("/v3/suppression/")
+            if not parts.path.startswith("/v3/suppression/"):
+                self._reply(404, {}, json.dumps(_errors(("not found", None))).encode())
+                return
+            if fake.behaviour.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.behaviour.api_key}":
+                self._reply(401, {}, json.dumps(_errors(("authorization required", None))).encode())
+                return
+            query = dict(parse_qsl(parts.query))
+            low, high = int(query.get("start_time", 0)), int(query.get("end_time", 2**62))
+            entries = [e for e in fake.behaviour.suppressions.get(kind, []) if low <= e["created"] <= high]
+            entries.sort(key=lambda e: e["created"], reverse=True)
+            offset, limit = int(query.get("offset", 0)), int(query.get("limit", 500))
+            content = json.dumps(entries[offset : offset + limit]).encode()
+            self._reply(200, {"Content-Type": "application/json"}, content)
+
         def _reply(self, status: int, headers: dict[str, str], content: bytes) -> None:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(content)))
             self.end_headers()
-            self.wfile.write(content)
+            try:
+                self.wfile.write(content)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a client that reads answers with a cap (HUGE) hangs up once it has enough
 
         def log_message(self, *_: Any) -> None:
             pass  # the JSONL log is the record

@@ -10,7 +10,7 @@ file, appended to it as one JSON line before the reply, so a test can count what
 received even across killed senders. Messages refused at the end of DATA are recorded as not delivered.
 
 In a test:     with FakeSMTP(reject={"bad@example.com"}) as fake: fake.port
-As a process:  python -m tests.fake_smtp --port 8025 --log messages.jsonl
+As a process:  python -m testkit.fake_smtp --port 8025 --log messages.jsonl
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class FakeSMTP:
     def __init__(
         self, port: int = 0, *, security: str = "none", tls: ssl.SSLContext | None = None, **behaviour: Any
     ) -> None:
-        from .support import free_port
+        from .servers import free_port
 
         self.behaviour = Behaviour(**behaviour)
         self.port = port or free_port()

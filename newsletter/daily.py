@@ -1,0 +1,446 @@
+"""The daily run (`newsletter run`, for cron or a systemd timer): everything a day needs, in order.
+
+    digest   digests/D.md exists and parses            else exit 3, nothing else runs
+    checks   the pre-send checks of each new send       failing: exit 4, nothing else runs
+    publish  the web version, the archive, the feed     failing: nothing is sent
+    send     D's issue to every list (or `run_lists`)   a lost answer (uncertain): exit 6
+    weekly   the weekly edition on `weekly_day`         arrives with issue 8
+    sync     SendGrid's suppression lists               with an API key only
+    purge    unconfirmed sign-ups older than 30 days    arrives with issue 8
+
+Every step is idempotent (a send is recorded per day and list, publishing rewrites the same files,
+a sync reads only what is new), so a second run of a day does nothing and exits 0. One run at a time,
+whatever the host: a row in `run_locks`, taken by compare-and-set and renewed by a heartbeat, as a
+send's claim is (send/claim.py). The lock is checked before every step, never held across hosts by a
+process that stopped renewing it for STALE_AFTER.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Self
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+
+from . import db
+from .config import WEEKDAYS, Settings
+from .errors import (
+    CheckFailed,
+    ConfigError,
+    DigestError,
+    NewsletterError,
+    RunDateError,
+    RunLocked,
+)
+from .send.claim import HEARTBEAT, STALE_AFTER, aware, holder_is_dead, holder_of
+
+if TYPE_CHECKING:
+    from .digest import Digest
+    from .send import SendPlan
+
+STEPS = ("digest", "checks", "publish", "send", "weekly", "sync", "purge")
+
+# A step's outcome.
+OK, SKIPPED, FAILED, NOTHING = "ok", "skipped", "failed", "nothing to do"
+
+# The run's exit statuses (README, "Errors and exit statuses").
+DONE, FAILURE, BAD_DATE, NO_DIGEST, CHECKS_FAILED, LOCKED, UNCERTAIN = 0, 1, 2, 3, 4, 5, 6
+# When several steps fail, the status the run exits with: the first of these that occurred.
+_PRECEDENCE = (NO_DIGEST, CHECKS_FAILED, LOCKED, UNCERTAIN, FAILURE)
+
+LOCK_NAME = "daily-run"
+_SHOWN_PROBLEMS = 3
+
+
+def exit_status(error: BaseException) -> int:
+    """The run's exit status for an error that stopped it or one of its steps."""
+    if isinstance(error, RunLocked):
+        return LOCKED
+    if isinstance(error, RunDateError):
+        return BAD_DATE
+    if isinstance(error, DigestError):
+        return NO_DIGEST
+    if isinstance(error, CheckFailed):
+        return CHECKS_FAILED
+    return FAILURE
+
+
+@dataclass
+class StepResult:
+    step: str
+    outcome: str  # OK, SKIPPED, FAILED or NOTHING
+    detail: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    status: int = DONE  # what this step makes the run exit with
+    lists: list[dict[str, Any]] | None = None  # the send step: one entry per list
+
+    def __str__(self) -> str:
+        detail = f": {self.detail}" if self.detail else ""
+        return f"{self.step}: {self.outcome}{detail} ({self.seconds:.1f} s)"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "step": self.step,
+            "outcome": self.outcome,
+            "seconds": round(self.seconds, 3),
+            "counts": self.counts,
+            "detail": self.detail,
+        }
+        if self.lists is not None:
+            data["lists"] = self.lists
+        return data
+
+
+@dataclass
+class RunReport:
+    day: date | None
+    steps: list[StepResult]
+    status: int
+    error: str | None = None  # why the run did not start (a bad setting or date, the lock)
+
+    @classmethod
+    def refused(cls, day: date | None, error: NewsletterError) -> RunReport:
+        """The report of a run that never started: every step not run."""
+        why = f"not run: {type(error).__name__}"
+        return cls(day, [StepResult(step, SKIPPED, why) for step in STEPS], exit_status(error), str(error))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "date": self.day.isoformat() if self.day else None,
+            "status": self.status,
+            "error": self.error,
+            "steps": [step.to_json() for step in self.steps],
+        }
+
+
+def run_date(settings: Settings, day: date | None) -> date:
+    """The day to run: `day`, or today in the `timezone` setting; RunDateError for a future day."""
+    today = settings.clock().astimezone(ZoneInfo(settings.timezone)).date()
+    if day is None:
+        return today
+    if day > today:
+        raise RunDateError(
+            f"--date {day.isoformat()} is in the future: today is {today.isoformat()} in "
+            f"{settings.timezone} (the 'timezone' setting); nothing was run"
+        )
+    return day
+
+
+def run_lists(engine: Engine, settings: Settings) -> list[str]:
+    """The lists the run sends to: `run_lists`, each checked to exist, or every list by name."""
+    with db.reading(engine) as conn:
+        known = list(conn.execute(select(db.lists.c.name).order_by(db.lists.c.id)).scalars())
+    if settings.run_lists is None:
+        return known
+    unknown = [name for name in settings.run_lists if name not in known]
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        have = ", ".join(known) or "none yet"
+        raise ConfigError(
+            f"bad setting 'run_lists' (NEWSLETTER_RUN_LISTS): no list named {names} "
+            f"(the lists are: {have}); nothing was run"
+        )
+    return list(dict.fromkeys(settings.run_lists))
+
+
+def run_day(settings: Settings, day: date, *, on_step: Callable[[StepResult], None] = lambda step: None) -> RunReport:
+    """Run every step for `day` under the run lock; `on_step` hears of each as it ends.
+
+    Raises ConfigError (an unknown list in run_lists) or RunLocked (another run holds the lock)
+    before anything is done; every later failure is in the report.
+    """
+    engine = db.engine_for(settings)
+    lists = run_lists(engine, settings)
+    with RunLock(engine, settings, f"the run of {day.isoformat()}") as lock:
+        return _Run(settings, day, lists, lock, on_step).run()
+
+
+# -- the steps --------------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(
+        self, settings: Settings, day: date, lists: list[str], lock: RunLock, on_step: Callable[[StepResult], None]
+    ) -> None:
+        self._settings = settings
+        self._day = day
+        self._lists = lists
+        self._lock = lock
+        self._on_step = on_step
+        self._loaded: Digest | None = None
+        self._plans: list[SendPlan] = []
+
+    def run(self) -> RunReport:
+        steps: list[StepResult] = []
+        stopped: str | None = None
+        for name in STEPS:
+            if stopped is not None:
+                steps.append(StepResult(name, SKIPPED, f"not run: {stopped}"))
+                continue
+            started = time.monotonic()
+            try:
+                self._lock.check()
+                result = getattr(self, f"_{name}")()
+            except (NewsletterError, OSError) as error:
+                result = StepResult(name, FAILED, _describe(error), status=exit_status(error))
+            result.seconds = time.monotonic() - started
+            if result.status != DONE:
+                result.outcome = FAILED
+            steps.append(result)
+            self._on_step(result)
+            if result.outcome == FAILED and name in ("digest", "checks", "publish"):
+                stopped = f"the {name} step failed"
+        statuses = {step.status for step in steps}
+        status = next((code for code in _PRECEDENCE if code in statuses), DONE)
+        return RunReport(self._day, steps, status)
+
+    def _digest(self) -> StepResult:
+        from .digest import digest_path, load_digest
+
+        self._loaded = load_digest(self._settings, self._day)
+        papers = len(self._loaded.papers)
+        where = digest_path(self._settings, self._day)
+        return StepResult("digest", OK, f"{where}, {papers} paper(s)", {"papers": papers})
+
+    def _checks(self) -> StepResult:
+        from .send import plan_send, require_checks
+
+        self._plans = [plan_send(self._settings, self._day, name) for name in self._lists]
+        fresh = [plan for plan in self._plans if plan.checks is not None]
+        if not fresh:
+            why = "no list to send to" if not self._plans else "every send had started: the checks ran then"
+            return StepResult("checks", NOTHING, why, {"problems": 0})
+        for plan in fresh:
+            require_checks(plan, force=False)
+        size = fresh[0].checks.html_bytes / 1024  # type: ignore[union-attr]
+        return StepResult("checks", OK, f"every check passed (HTML {size:.1f} KB)", {"problems": 0})
+
+    def _publish(self) -> StepResult:
+        from .publish import publish_issue, published_issues
+
+        assert self._loaded is not None
+        before = {issue.path: issue for issue in published_issues(self._settings)}
+        publication = publish_issue(self._loaded, self._settings)
+        unchanged = before.get(publication.issue.path) == publication.issue
+        counts = {"archived_issues": len(publication.issues)}
+        if unchanged:
+            return StepResult("publish", NOTHING, f"{publication.issue.url} was already up to date", counts)
+        return StepResult("publish", OK, f"{publication.issue.url}, archive and feed updated", counts)
+
+    def _send(self) -> StepResult:
+        from .send.campaigns import STATES
+
+        if not self._plans:
+            return StepResult(
+                "send", FAILED, "there is no list to send to (newsletter lists create NAME)", status=FAILURE
+            )
+        totals = dict.fromkeys(STATES, 0)
+        entries = [self._send_to(plan) for plan in self._plans]
+        for entry in entries:
+            for state, number in entry["counts"].items():
+                totals[state] = totals.get(state, 0) + number
+        counts = {"lists": len(entries), "requests": sum(entry["requests"] for entry in entries), **totals}
+        status = next((code for code in _PRECEDENCE if any(e["status"] == code for e in entries)), DONE)
+        outcome = FAILED if status else OK if any(e["outcome"] == OK for e in entries) else NOTHING
+        detail = "; ".join(f"list {entry['list']!r}: {entry['detail']}" for entry in entries)
+        for entry in entries:
+            entry.pop("status")
+        return StepResult("send", outcome, detail, counts, status=status, lists=entries)
+
+    def _send_to(self, plan: SendPlan) -> dict[str, Any]:
+        from .send import SendReport, execute, open_provider
+
+        name = plan.mailing_list.name
+        entry: dict[str, Any] = {"list": name, "requests": 0, "counts": dict(plan.counts)}
+        if plan.finished:
+            entry.update(outcome=NOTHING, detail=f"sent already ({_counts(plan.counts)})", status=DONE)
+            return self._uncertain(plan, entry, plan.counts)
+        try:
+            self._lock.check()
+            report = execute(self._settings, plan, open_provider(self._settings))
+        except NewsletterError as error:
+            entry.update(outcome=FAILED, detail=_describe(error), status=exit_status(error))
+            return entry
+        assert isinstance(report, SendReport)
+        entry.update(requests=report.requests, counts=dict(report.counts))
+        if report.error is not None and not report.counts.get(db.UNCERTAIN):
+            entry.update(outcome=FAILED, detail=_describe(report.error), status=FAILURE)
+            return entry
+        entry.update(outcome=OK, detail=f"{_counts(report.counts)} ({report.requests} request(s))", status=DONE)
+        return self._uncertain(plan, entry, report.counts)
+
+    def _uncertain(self, plan: SendPlan, entry: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+        """Exit 6 while any of the day's recipients of this list are uncertain: cron must tell someone."""
+        uncertain = counts.get(db.UNCERTAIN, 0) + counts.get(db.IN_FLIGHT, 0)
+        if not uncertain:
+            return entry
+        day, name = self._day.isoformat(), plan.mailing_list.name
+        pending = counts.get(db.PENDING, 0)
+        resume = f"; {pending:,} still pending: run again to send them" if pending else ""
+        entry.update(
+            outcome=FAILED,
+            status=UNCERTAIN,
+            detail=(
+                f"{_counts(counts)}: the answer to a request for {uncertain:,} recipient(s) was lost, so they "
+                f"may or may not have the issue (newsletter status --date {day} --list {name} shows them; "
+                f"newsletter send --date {day} --list {name} --resend-uncertain resends them, which may "
+                f"duplicate){resume}"
+            ),
+        )
+        return entry
+
+    def _weekly(self) -> StepResult:
+        if WEEKDAYS[self._day.weekday()] != self._settings.weekly_day:
+            why = f"{self._day:%Y-%m-%d} is a {self._day:%A}; the weekly edition goes out on weekly_day ({self._settings.weekly_day})"
+            return StepResult("weekly", SKIPPED, why)
+        return StepResult("weekly", SKIPPED, "the weekly edition arrives with issue 8")
+
+    def _sync(self) -> StepResult:
+        from .suppressions import sync_suppressions
+
+        if self._settings.provider != "sendgrid":
+            why = f"the provider is {self._settings.provider}: SendGrid's suppression lists do not apply"
+            return StepResult("sync", SKIPPED, why)
+        if self._settings.sendgrid_api_key is None:
+            return StepResult("sync", SKIPPED, "no SENDGRID_API_KEY: SendGrid's suppression lists were not read")
+        results = sync_suppressions(self._settings)
+        counts = {
+            "fetched": sum(result.fetched for result in results),
+            "changed": sum(result.changed for result in results),
+            "unknown": sum(result.unknown for result in results),
+        }
+        detail = f"{counts['fetched']:,} suppression(s) read, {counts['changed']:,} membership(s) changed"
+        # A sync re-reads the last second it saw (so that nothing made in it is missed): what it
+        # changed, not what it read, says whether it did anything.
+        return StepResult("sync", OK if counts["changed"] else NOTHING, detail, counts)
+
+    def _purge(self) -> StepResult:
+        return StepResult("purge", SKIPPED, "sign-ups arrive with issue 8")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{number:,} {state.replace('_', ' ')}" for state, number in counts.items() if number) or "no recipients"
+
+
+def _describe(error: BaseException) -> str:
+    """One line: a CheckFailed's problems are listed on lines of their own, the first few kept."""
+    if isinstance(error, CheckFailed):
+        shown = "; ".join(str(problem) for problem in error.problems[:_SHOWN_PROBLEMS])
+        more = len(error.problems) - _SHOWN_PROBLEMS
+        rest = f"; and {more} more (newsletter check --date … lists them all)" if more > 0 else ""
+        return f"{len(error.problems)} pre-send check(s) failed: {shown}{rest}; nothing was sent"
+    if isinstance(error, OSError) and not isinstance(error, NewsletterError):
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror or error}"
+    return " ".join(str(error).split())
+
+
+# -- the lock ---------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """One run at a time: the row LOCK_NAME of run_locks, taken by compare-and-set on what was read,
+    renewed every HEARTBEAT by a thread, taken over only when its holder has been silent for
+    STALE_AFTER or is a process of this machine that no longer exists, and deleted on release."""
+
+    def __init__(self, engine: Engine, settings: Settings, describe: str) -> None:
+        self._engine = engine
+        self._clock = settings.clock
+        self._timeout = settings.database_timeout
+        self._describe = describe
+        self.holder = holder_of(os.getpid())
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.release()
+
+    def acquire(self) -> None:
+        lock = db.run_locks.c
+        now = self._clock()
+        with self._engine.begin() as conn:
+            row = conn.execute(select(db.run_locks).where(lock.name == LOCK_NAME).with_for_update()).first()
+            if row is not None and row.holder != self.holder:
+                silent = now - aware(row.heartbeat_at)
+                if silent < STALE_AFTER and not holder_is_dead(row.holder):
+                    raise self._held(row.holder, row.acquired_at, silent)
+            if row is not None:
+                # Compare-and-set on what was read: of two runs that judged the same lock stale,
+                # exactly one takes it over.
+                taken = conn.execute(
+                    db.run_locks.update()
+                    .where(lock.name == LOCK_NAME, lock.holder == row.holder, lock.heartbeat_at == row.heartbeat_at)
+                    .values(holder=self.holder, acquired_at=now, heartbeat_at=now)
+                ).rowcount
+                if taken == 1:
+                    return
+        if row is None:
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        db.run_locks.insert().values(name=LOCK_NAME, holder=self.holder, acquired_at=now, heartbeat_at=now)
+                    )
+                return
+            except IntegrityError:
+                pass  # another run inserted it first
+        with db.reading(self._engine) as conn:
+            row = conn.execute(select(db.run_locks).where(lock.name == LOCK_NAME)).first()
+        if row is None:
+            raise RunLocked(f"another run took the run lock just now and released it; {self._describe} did not start")
+        raise self._held(row.holder, row.acquired_at, self._clock() - aware(row.heartbeat_at))
+
+    def check(self) -> None:
+        """RunLocked if another run has taken the lock over (this one was silent too long)."""
+        if self._lost is not None:
+            raise RunLocked(self._lost)
+
+    def release(self) -> None:
+        lock = db.run_locks.c
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(db.run_locks.delete().where(lock.name == LOCK_NAME, lock.holder == self.holder))
+        except NewsletterError:
+            pass  # the lock goes stale and is taken over; the run's own outcome is what matters
+
+    def _beat(self) -> None:
+        lock = db.run_locks.c
+        while not self._stop.wait(HEARTBEAT.total_seconds()):
+            try:
+                with self._engine.begin() as conn:
+                    kept = conn.execute(
+                        db.run_locks.update()
+                        .where(lock.name == LOCK_NAME, lock.holder == self.holder)
+                        .values(heartbeat_at=self._clock())
+                    ).rowcount
+            except Exception:  # noqa: BLE001, S112 - a database that fails now may answer at the next beat
+                continue
+            if kept != 1:
+                self._lost = (
+                    f"another run took the run lock over (this one was silent for over "
+                    f"{int(STALE_AFTER.total_seconds())} s); {self._describe} stopped"
+                )
+                return
+
+    def _held(self, holder: str, since: datetime, silent: Any) -> RunLocked:
+        who = holder.split("#")[0]
+        return RunLocked(
+            f"another run holds the run lock: {who}, since {aware(since):%Y-%m-%d %H:%M:%S} UTC (last "
+            f"heartbeat {max(0, int(silent.total_seconds()))} s ago); {self._describe} did not start. A "
+            f"lock with no heartbeat for {int(STALE_AFTER.total_seconds())} s is taken over."
+        )

@@ -1,0 +1,309 @@
+"""`newsletter run`, the daily command for cron: every step through the real CLI against the fake
+SendGrid (mail/send and the suppression lists), its exit statuses, its lock, its --json line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from newsletter import daily, db
+from newsletter.config import Settings, load_settings
+from newsletter.errors import RunLocked
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.projects import (
+    API_KEY,
+    LIST,
+    add_list,
+    add_subscribers,
+    configure,
+    seed,
+    write_config,
+)
+
+from .send_helpers import cli, delivery_states
+from .support import ROOT
+
+# 20:00 UTC on the 22nd is 05:00 on the 23rd in Seoul: the run's day is the digest's, 2026-01-23.
+NOW = "2026-01-22T20:00:00Z"
+CREATED = int(datetime(2026, 1, 20, tzinfo=UTC).timestamp())  # a suppression, days before
+
+
+@pytest.fixture
+def fake():
+    with FakeSendGrid(api_key=API_KEY, suppressions={"bounces": [{"email": "u3@example.com", "created": CREATED, "reason": "550 no such user"}]}) as server:
+        yield server
+
+
+def project_settings(project: Path, fake: FakeSendGrid, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"sendgrid_api_url": fake.url, "now": NOW, **overrides}
+    return configure(project, **values)
+
+
+def run(project: Path, *args: str, api_key: str | None = API_KEY) -> subprocess.CompletedProcess[str]:
+    return cli(project, "run", "--json", *args, api_key=api_key)
+
+
+def report_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The --json object: the last line of stdout."""
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def steps_of(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    report = report_of(done)
+    assert [step["step"] for step in report["steps"]] == list(daily.STEPS)
+    return {step["step"]: step for step in report["steps"]}
+
+
+def errors_in(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.startswith("error:")]
+
+
+def campaigns(settings: Settings) -> list[Any]:
+    with db.engine_for(settings).connect() as conn:
+        return conn.execute(select(db.campaigns)).all()
+
+
+def membership_status(settings: Settings, email: str) -> str:
+    s, m = db.subscribers.c, db.memberships.c
+    with db.engine_for(settings).connect() as conn:
+        return conn.execute(select(m.status).join(db.subscribers, s.id == m.subscriber_id).where(s.email == email)).scalar_one()
+
+
+def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(project: Path, fake: FakeSendGrid) -> None:
+    # 2026-01-23 is a Friday: the weekly step says why it does nothing yet.
+    settings = project_settings(project, fake, weekly_day="Friday")
+    subscribed = seed(settings, 3)
+
+    first = run(project)  # no --date: today in Asia/Seoul
+
+    assert first.returncode == 0, first.stderr
+    assert sorted(fake.delivered()) == subscribed
+    assert (project / "public" / "2026-01-23" / "index.html").is_file()
+    assert "2026-01-23" in (project / "public" / "feed.xml").read_text(encoding="utf-8")
+    assert membership_status(settings, "u3@example.com") == db.BOUNCED  # the sync ran after the send
+    steps = steps_of(first)
+    assert report_of(first)["status"] == 0 and report_of(first)["date"] == "2026-01-23"
+    assert {name: step["outcome"] for name, step in steps.items()} == {
+        "digest": "ok", "checks": "ok", "publish": "ok", "send": "ok",
+        "weekly": "skipped", "sync": "ok", "purge": "skipped",
+    }  # fmt: skip
+    assert steps["digest"]["counts"] == {"papers": 5}
+    assert steps["send"]["counts"]["sent"] == 3 and steps["send"]["counts"]["requests"] == 1
+    assert steps["send"]["lists"][0]["list"] == LIST
+    assert steps["sync"]["counts"] == {"fetched": 1, "changed": 1, "unknown": 0}
+    assert steps["weekly"]["detail"] == "the weekly edition arrives with issue 8"
+    assert steps["purge"]["detail"] == "sign-ups arrive with issue 8"
+    assert all(isinstance(step["seconds"], float) for step in steps.values())
+    # Logs: one line per step on stderr, no key, no reader's link.
+    lines = first.stderr.strip().splitlines()
+    assert [line.split()[2] for line in lines] == [f"{name}:" for name in daily.STEPS]
+    assert API_KEY not in first.stderr + first.stdout and "/unsubscribe/" not in first.stderr + first.stdout
+
+    again = run(project)
+
+    assert again.returncode == 0, again.stderr
+    assert len(fake.records) == 1  # nothing sent again
+    assert {name: step["outcome"] for name, step in steps_of(again).items()} == {
+        "digest": "ok", "checks": "nothing to do", "publish": "nothing to do", "send": "nothing to do",
+        "weekly": "skipped", "sync": "nothing to do", "purge": "skipped",
+    }  # fmt: skip
+    assert len(campaigns(settings)) == 1
+
+
+def test_a_missing_digest_exits_3_with_one_line_naming_the_file(project: Path, fake: FakeSendGrid) -> None:
+    settings = project_settings(project, fake, now="2026-01-24T01:00:00Z")
+    seed(settings, 2)
+
+    done = run(project)
+
+    assert done.returncode == 3
+    [error] = errors_in(done)
+    assert str(project / "digests" / "2026-01-24.md") in error
+    assert fake.records == [] and not (project / "public").exists()
+    steps = steps_of(done)
+    assert steps["digest"]["outcome"] == "failed" and report_of(done)["status"] == 3
+    assert all(steps[name]["outcome"] == "skipped" for name in daily.STEPS[1:])
+
+
+def test_a_digest_for_another_date_exits_3_naming_the_file(project: Path, fake: FakeSendGrid) -> None:
+    digest = project / "digests" / "2026-01-23.md"
+    digest.write_text(digest.read_text(encoding="utf-8").replace("# 2026-01-23", "# 2026-01-22", 1), encoding="utf-8")
+    seed(project_settings(project, fake), 2)
+
+    done = run(project)
+
+    assert done.returncode == 3
+    [error] = errors_in(done)
+    assert f"{digest}:1:" in error and "does not match" in error
+    assert fake.records == []
+
+
+def test_failing_checks_exit_4_and_nothing_is_sent_or_published(project: Path, fake: FakeSendGrid) -> None:
+    # A summary so long that the email would be clipped by Gmail: the size check fails.
+    digest = project / "digests" / "2026-01-23.md"
+    text = digest.read_text(encoding="utf-8")
+    summary = "정적인 데이터 모방의 한계를 극복하고"
+    digest.write_text(text.replace(summary, summary * 1500, 1), encoding="utf-8")
+    settings = project_settings(project, fake)
+    seed(settings, 2)
+
+    done = run(project)
+
+    assert done.returncode == 4, done.stderr
+    [error] = errors_in(done)
+    assert "pre-send check(s) failed" in error and "90 KB" in error
+    assert fake.records == [] and campaigns(settings) == []
+    assert not (project / "public" / "2026-01-23").exists()
+    steps = steps_of(done)
+    assert steps["checks"]["outcome"] == "failed" and steps["send"]["outcome"] == "skipped"
+
+
+def test_two_runs_at_once_one_works_and_the_other_exits_5_at_once(project: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY, latency=1.5) as fake:
+        settings = project_settings(project, fake, batch_size=1, send_concurrency=1)
+        subscribed = seed(settings, 3)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+        first = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "run"], cwd=project, text=True,
+            env={**env, "PYTHONPATH": str(ROOT), "SENDGRID_API_KEY": API_KEY},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not fake.records:  # the first run holds the lock and is sending
+                assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+                time.sleep(0.05)
+
+            started = time.monotonic()
+            second = run(project)
+            took = time.monotonic() - started
+
+            assert first.poll() is None  # still at work: the second run met its lock
+            assert second.returncode == 5
+            assert took < 10
+            [error] = errors_in(second)
+            assert "another run holds the run lock" in error and f"{first.pid}@" in error and "since 2026-01-22" in error
+            assert report_of(second)["status"] == 5
+        finally:
+            _out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        assert sorted(fake.delivered()) == subscribed  # once each
+    with db.engine_for(settings).connect() as conn:
+        assert conn.execute(select(db.run_locks)).all() == []  # released
+
+
+def test_an_uncertain_batch_lets_the_other_steps_finish_and_exits_6(project: Path) -> None:
+    suppressions = {"bounces": [{"email": "u3@example.com", "created": CREATED, "reason": "550"}]}
+    with FakeSendGrid(api_key=API_KEY, script=["drop"], suppressions=suppressions) as fake:
+        settings = project_settings(project, fake, batch_size=1, send_concurrency=1)
+        seed(settings, 3)
+
+        done = run(project)
+
+        assert done.returncode == 6, done.stderr
+        steps = steps_of(done)
+        assert steps["send"]["outcome"] == "failed" and steps["send"]["counts"]["uncertain"] == 1
+        assert steps["publish"]["outcome"] == "ok" and steps["sync"]["outcome"] == "ok"
+        assert membership_status(settings, "u3@example.com") == db.BOUNCED
+        [error] = errors_in(done)
+        assert "--resend-uncertain" in error and "still pending" in error
+
+        # Run again: the rest is sent (u3 bounced meanwhile), the uncertain reader is not resent,
+        # and the run still says so.
+        again = run(project)
+
+        assert again.returncode == 6, again.stderr
+        states = {email: state for email, (state, _, _) in delivery_states(settings).items()}
+        assert states == {"u1@example.com": "uncertain", "u2@example.com": "sent", "u3@example.com": "skipped"}
+        assert fake.delivered().count("u1@example.com") == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        ("timezone", "Mars/Olympus_Mons", "'timezone'"),
+        ("weekly_day", "someday", "'weekly_day'"),
+        ("run_lists", ["daily-papers", "no-such-list"], "'run_lists'"),
+    ],
+)
+def test_a_bad_setting_exits_1_with_one_line_naming_it_and_sends_nothing(
+    project: Path, fake: FakeSendGrid, setting: str, value: object, named: str
+) -> None:
+    seed(project_settings(project, fake), 2)
+    write_config(project, sendgrid_api_url=fake.url, now=NOW, **{setting: value})
+
+    done = run(project)
+
+    assert done.returncode == 1
+    [error] = errors_in(done)
+    assert named in error and len(done.stderr.strip().splitlines()) == 1
+    assert fake.records == [] and not (project / "public").exists()
+    assert report_of(done)["status"] == 1
+
+
+def test_a_date_in_the_future_exits_2_naming_the_timezone(project: Path, fake: FakeSendGrid) -> None:
+    seed(project_settings(project, fake, timezone="UTC"), 2)  # 2026-01-22 in UTC
+
+    done = run(project, "--date", "2026-01-23")
+
+    assert done.returncode == 2
+    [error] = errors_in(done)
+    assert "2026-01-23 is in the future" in error and "UTC" in error and "'timezone'" in error
+    assert fake.records == []
+
+
+def test_run_lists_limits_the_send_to_those_lists(project: Path, fake: FakeSendGrid) -> None:
+    settings = project_settings(project, fake, run_lists=[LIST])
+    subscribed = seed(settings, 2)
+    add_subscribers(settings, add_list(settings, "other"), ["elsewhere@example.com"])
+
+    done = run(project)
+
+    assert done.returncode == 0, done.stderr
+    assert sorted(fake.delivered()) == subscribed
+    assert [entry["list"] for entry in steps_of(done)["send"]["lists"]] == [LIST]
+
+
+def test_without_an_api_key_the_sync_is_skipped_and_said_so(project: Path, fake: FakeSendGrid) -> None:
+    seed(project_settings(project, fake), 1)
+
+    done = run(project, api_key=None)
+
+    assert done.returncode == 1  # the send cannot go without a key
+    steps = steps_of(done)
+    assert steps["sync"]["outcome"] == "skipped" and "no SENDGRID_API_KEY" in steps["sync"]["detail"]
+    assert "SENDGRID_API_KEY is not set" in steps["send"]["detail"]
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_at_once(project: Path, fake: FakeSendGrid) -> None:
+    settings = project_settings(project, fake)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    from newsletter.send.claim import holder_of
+
+    engine = db.engine_for(settings)
+    with engine.begin() as conn:
+        now = settings.clock()
+        conn.execute(db.run_locks.insert().values(
+            name=daily.LOCK_NAME, holder=holder_of(int(gone.stdout)), acquired_at=now, heartbeat_at=now))  # fmt: skip
+
+    with daily.RunLock(engine, settings, "this run") as lock:
+        with pytest.raises(RunLocked, match="another run holds the run lock"):
+            daily.RunLock(engine, settings, "a second run").acquire()
+        with engine.connect() as conn:
+            assert conn.execute(select(db.run_locks.c.holder)).scalar_one() == lock.holder
+
+
+def test_the_default_day_is_today_in_the_timezone_setting(project: Path) -> None:
+    settings = load_settings(config_dir=project, now=datetime(2026, 1, 22, 20, tzinfo=UTC))
+    assert daily.run_date(settings, None).isoformat() == "2026-01-23"  # Asia/Seoul
+    utc = load_settings(config_dir=project, now=settings.now, timezone="UTC")
+    assert daily.run_date(utc, None).isoformat() == "2026-01-22"
