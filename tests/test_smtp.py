@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from newsletter import send
+from newsletter import db, send
 from newsletter.config import Settings, load_settings
 from newsletter.errors import ConfigError
 from newsletter.providers import (
@@ -41,7 +41,7 @@ from newsletter.providers import (
 from newsletter.providers.smtp import SMTP
 
 from testkit.fake_smtp import DROP, HANG, delivered_from_log, FakeSMTP
-from testkit.projects import configure, seed
+from testkit.projects import LIST, add_list, add_subscribers, configure, seed
 from .send_helpers import SEND, cli, delivery_states, kill_at_random, plan_for, start_sender
 from testkit.servers import free_port
 
@@ -398,6 +398,28 @@ def test_a_campaign_records_each_reader_and_a_refused_address_fails_with_the_ser
     assert Counter(fake.delivered()) == Counter(a for a in addresses if a != "u3@example.com")
     message_ids = {r.recipients[0]: r.message()["Message-ID"] for r in fake.received}
     assert all(states[a][1] == message_ids[a] for a in message_ids)  # the Message-ID, per reader
+
+
+def test_readers_with_unusual_names_and_addresses_get_their_message(project: Path) -> None:
+    """A line break in a name (a CSV cell may hold one), a non-ASCII local part, an
+    internationalised domain: each reader gets a well-formed message, and nobody blocks the send."""
+    readers = {"josé@example.com": "José", "kim@예시.kr": "Kim\nBcc: evil@example.org", "u1@example.com": "Ann"}
+    with FakeSMTP() as fake:
+        settings = smtp_project(project, fake.port)
+        list_id = add_list(settings, LIST)
+        add_subscribers(settings, list_id, list(readers))
+        with db.engine_for(settings).begin() as conn:
+            for address, name in readers.items():
+                conn.execute(db.subscribers.update().where(db.subscribers.c.email == address).values(name=name))
+        report = send.send_campaign(settings, plan_for(settings))
+    # The domain goes as IDNA, which every server takes; a non-ASCII local part needs SMTPUTF8, which
+    # this server does not offer: that reader alone is recorded failed, saying why.
+    assert report.finished and (report.counts["sent"], report.counts["failed"]) == (2, 1)
+    received = {r.recipients[0]: r.message() for r in fake.received}
+    assert set(received) == {"kim@xn--vv4b11d.kr", "u1@example.com"}
+    assert str(received["kim@xn--vv4b11d.kr"]["To"]) == '"Kim Bcc: evil@example.org" <kim@xn--vv4b11d.kr>'
+    assert all(message["Bcc"] is None for message in received.values())
+    assert "does not offer SMTPUTF8" in (delivery_states(settings)["josé@example.com"][2] or "")
 
 
 def test_temporary_refusals_are_retried_then_sent(project: Path) -> None:

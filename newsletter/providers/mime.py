@@ -40,18 +40,32 @@ def _url_list(value: str) -> list[str]:
 
 
 WIRE = _WirePolicy(linesep="\r\n", max_line_length=76)
+UTF8_WIRE = WIRE.clone(utf8=True)
+
+
+def wire_address(email: str) -> str:
+    """The address as it goes on the wire: an internationalised domain in its ASCII (IDNA) form,
+    which every server takes; only a non-ASCII local part then still needs SMTPUTF8."""
+    local, _, domain = email.rpartition("@")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass  # not a name IDNA can spell: sent as it is, with SMTPUTF8
+    return f"{local}@{domain}"
 
 
 def mime_message(message: Message, recipient: Recipient, now: datetime) -> EmailMessage:
     """The complete MIME message `recipient` gets: their unsubscribe URL filled in, their own
-    headers set, text and HTML as multipart/alternative."""
+    headers set, text and HTML as multipart/alternative. A reader's name is one line (a line break
+    in it would forge a header); a non-ASCII address makes the headers UTF-8 (RFC 6532)."""
 
     def fill(value: str) -> str:
         return value.replace(UNSUBSCRIBE_TAG, recipient.unsubscribe_url or "")
 
-    mail = EmailMessage(policy=WIRE)
+    local, _, domain = wire_address(recipient.email).rpartition("@")
+    mail = EmailMessage(policy=WIRE if (local + domain).isascii() else UTF8_WIRE)
     mail["From"] = Address(message.sender_name, addr_spec=message.sender_email)
-    mail["To"] = Address(recipient.name or "", addr_spec=recipient.email)
+    mail["To"] = Address(" ".join((recipient.name or "").split()), username=local, domain=domain)
     if message.reply_to:
         mail["Reply-To"] = Address(addr_spec=message.reply_to)
     mail["Subject"] = message.subject

@@ -28,7 +28,7 @@ import aiosmtplib
 
 from ..errors import ConfigError, SendError
 from . import MAX_REASON, Answer, AnswerLost, Batch, RequestImpossible, RequestNotSent, Verdict, clip
-from .mime import mime_message
+from .mime import mime_message, wire_address
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -109,7 +109,7 @@ class SMTP:
         mail = mime_message(batch.message, recipient, self._clock())
         return Envelope(
             sender=batch.message.sender_email,
-            recipient=recipient.email,
+            recipient=wire_address(recipient.email),
             message=bytes(mail),
             message_id=str(mail["Message-ID"]),
         )

@@ -375,8 +375,9 @@ class _CampaignRun:
         if self._on_progress is not None:
             self._on_progress(self._progress)
 
-    def _move(self, counts: dict[str, int]) -> None:
-        for state, change in counts.items():
+    def _move(self, *changes: tuple[str, int]) -> None:
+        # Pairs, not a dict: a batch rechecked before a retry leaves and re-enters in_flight.
+        for state, change in changes:
             self._progress.counts[state] += change
         self._report()
 
@@ -410,7 +411,7 @@ class _CampaignRun:
         return batch
 
     def _marked(self, batch: Marked, source: str) -> None:
-        self._move({source: -batch.read, db.SKIPPED: batch.skipped, db.IN_FLIGHT: len(batch.recipients)})
+        self._move((source, -batch.read), (db.SKIPPED, batch.skipped), (db.IN_FLIGHT, len(batch.recipients)))
 
     async def _refresh(self, exchange: Exchange) -> bool:
         """Before a retry: drop who left the list meanwhile; False when nobody is left."""
@@ -428,7 +429,7 @@ class _CampaignRun:
         self._live.pop(exchange.batch_id, None)
         size = len(exchange.recipients)
         target = db.PENDING if state in (db.SPLIT, db.RETURNED) else state
-        self._move({db.IN_FLIGHT: -size, target: size})
+        self._move((db.IN_FLIGHT, -size), (target, size))
 
     async def _send(self, exchange: Exchange) -> None:
         provider = self._provider.name
