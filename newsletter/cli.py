@@ -809,6 +809,22 @@ def subscribers_remove(
     )
 
 
+@subscribers_app.command("purge-unconfirmed")
+def subscribers_purge_unconfirmed(ctx: typer.Context) -> None:
+    """Delete sign-ups left unconfirmed for over 30 days (and the people who had nothing else)."""
+    from .db import engine_for
+    from .subscribers import UNCONFIRMED_KEPT_FOR, purge_unconfirmed
+
+    settings = settings_from(ctx)
+    with engine_for(settings).begin() as conn:
+        purge = purge_unconfirmed(conn, now=settings.clock())
+    console.print(
+        f"Deleted {purge.memberships:,} sign-up(s) unconfirmed for over {UNCONFIRMED_KEPT_FOR.days} days; "
+        f"{purge.subscribers:,} person(s) had nothing else and were deleted whole.",
+        highlight=False,
+    )
+
+
 @subscribers_app.command("list")
 def subscribers_list(
     ctx: typer.Context,

@@ -6,7 +6,7 @@
     send     D's issue to every list (or `run_lists`)   a lost answer (uncertain): exit 6
     weekly   the weekly edition on `weekly_day`         arrives with issue 8
     sync     SendGrid's suppression lists               with an API key only
-    purge    unconfirmed sign-ups older than 30 days    arrives with issue 8
+    purge    sign-ups unconfirmed for over 30 days      deleted (issue 8 makes them)
 
 Every step is idempotent (a send is recorded per day and list, publishing rewrites the same files,
 a sync reads only what is new), so a second run of a day does nothing and exits 0. One run at a time,
@@ -323,7 +323,16 @@ class _Run:
         return StepResult("sync", OK if counts["changed"] else NOTHING, detail, counts)
 
     def _purge(self) -> StepResult:
-        return StepResult("purge", SKIPPED, "sign-ups arrive with issue 8")
+        from .subscribers import UNCONFIRMED_KEPT_FOR, purge_unconfirmed
+
+        with db.engine_for(self._settings).begin() as conn:
+            purge = purge_unconfirmed(conn, now=self._settings.clock())
+        counts = {"memberships": purge.memberships, "subscribers": purge.subscribers}
+        detail = (
+            f"{purge.memberships:,} sign-up(s) unconfirmed for over {UNCONFIRMED_KEPT_FOR.days} days deleted "
+            f"({purge.subscribers:,} person(s) whole)"
+        )
+        return StepResult("purge", OK if purge.memberships else NOTHING, detail, counts)
 
 
 def _counts(counts: dict[str, int]) -> str:

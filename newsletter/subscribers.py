@@ -14,11 +14,11 @@ import importlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import ColumnElement, Row, Select, and_, delete, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Row, Select, and_, delete, exists, func, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
@@ -365,6 +365,37 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
     conn.execute(delete(db.subscribers).where(db.subscribers.c.id == subscriber.id))
     log_event(conn, subscriber_id=None, list_id=None, status=ERASED, source="command", now=now)
     return Erasure(subscriber.email, memberships, events, deliveries, lists)
+
+
+# A sign-up that was never confirmed (issue 8's double opt-in) is no consent to keep an address:
+# after this long it is deleted.
+UNCONFIRMED_KEPT_FOR = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Purge:
+    memberships: int  # unconfirmed memberships deleted
+    subscribers: int  # people deleted whole: they had nothing but those
+
+
+def purge_unconfirmed(conn: Connection, *, now: datetime, kept_for: timedelta = UNCONFIRMED_KEPT_FOR) -> Purge:
+    """Delete the memberships left unconfirmed for longer than `kept_for`, with their events, and
+    the people who had nothing else (their record and log: nothing of them is kept)."""
+    m, e, s = db.memberships.c, db.events.c, db.subscribers.c
+    stale = and_(m.status == db.UNCONFIRMED, m.updated_at < now - kept_for)
+    ids = list(conn.execute(select(m.subscriber_id).where(stale)).scalars())
+    memberships = people = 0
+    # In chunks: a statement takes a bounded number of parameters.
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        their_stale = select(m.list_id).where(stale, m.subscriber_id == e.subscriber_id)
+        conn.execute(delete(db.events).where(e.subscriber_id.in_(chunk), e.list_id.in_(their_stale)))
+        memberships += conn.execute(delete(db.memberships).where(stale, m.subscriber_id.in_(chunk))).rowcount
+        alone = select(s.id).where(s.id.in_(chunk), ~exists().where(m.subscriber_id == s.id))
+        orphans = list(conn.execute(alone).scalars())
+        conn.execute(delete(db.events).where(e.subscriber_id.in_(orphans)))
+        people += conn.execute(delete(db.subscribers).where(s.id.in_(orphans))).rowcount
+    return Purge(memberships, people)
 
 
 def subscriber_details(conn: Connection, email: str) -> SubscriberDetails:

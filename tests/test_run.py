@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,13 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     # 2026-01-23 is a Friday: the weekly step says why it does nothing yet.
     settings = project_settings(project, fake, weekly_day="Friday")
     subscribed = seed(settings, 3)
+    # Two sign-ups never confirmed: one for 40 days (deleted, person and all), one for 5 (kept).
+    stale, recent = add_subscribers(settings, 1, ["stale@example.com", "recent@example.com"], status=db.UNCONFIRMED)
+    with db.engine_for(settings).begin() as conn:
+        for subscriber_id, days in ((stale, 40), (recent, 5)):
+            when = settings.clock() - timedelta(days=days)
+            m = db.memberships.c
+            conn.execute(db.memberships.update().where(m.subscriber_id == subscriber_id).values(updated_at=when))
 
     first = run(project)  # no --date: today in Asia/Seoul
 
@@ -94,14 +101,17 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     assert report_of(first)["status"] == 0 and report_of(first)["date"] == "2026-01-23"
     assert {name: step["outcome"] for name, step in steps.items()} == {
         "digest": "ok", "checks": "ok", "publish": "ok", "send": "ok",
-        "weekly": "skipped", "sync": "ok", "purge": "skipped",
+        "weekly": "skipped", "sync": "ok", "purge": "ok",
     }  # fmt: skip
     assert steps["digest"]["counts"] == {"papers": 5}
     assert steps["send"]["counts"]["sent"] == 3 and steps["send"]["counts"]["requests"] == 1
     assert steps["send"]["lists"][0]["list"] == LIST
     assert steps["sync"]["counts"] == {"fetched": 1, "changed": 1, "unknown": 0}
     assert steps["weekly"]["detail"] == "the weekly edition arrives with issue 8"
-    assert steps["purge"]["detail"] == "sign-ups arrive with issue 8"
+    assert steps["purge"]["counts"] == {"memberships": 1, "subscribers": 1}
+    with db.engine_for(settings).connect() as conn:
+        left = set(conn.execute(select(db.subscribers.c.email)).scalars())
+    assert "stale@example.com" not in left and "recent@example.com" in left
     assert all(isinstance(step["seconds"], float) for step in steps.values())
     # Logs: one line per step on stderr, no key, no reader's link.
     lines = first.stderr.strip().splitlines()
@@ -114,7 +124,7 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     assert len(fake.records) == 1  # nothing sent again
     assert {name: step["outcome"] for name, step in steps_of(again).items()} == {
         "digest": "ok", "checks": "nothing to do", "publish": "nothing to do", "send": "nothing to do",
-        "weekly": "skipped", "sync": "nothing to do", "purge": "skipped",
+        "weekly": "skipped", "sync": "nothing to do", "purge": "nothing to do",
     }  # fmt: skip
     assert len(campaigns(settings)) == 1
 

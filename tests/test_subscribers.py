@@ -451,3 +451,41 @@ def test_a_version_2_database_is_migrated_keeping_every_row_and_reference(tmp_pa
         erase_subscriber(conn, "c@example.com", now=now)
         assert subscribe(conn, list_id=1, email="newer@example.com", now=now).subscriber.id == 11
     assert db.migrate(engine) == len(db.MIGRATIONS)  # and migrating again changes nothing
+
+
+def test_purging_unconfirmed_sign_ups_keeps_the_recent_ones_and_anyone_with_another_list(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from newsletter.subscribers import purge_unconfirmed
+
+    engine = db.engine_for(settings)
+    now = settings.clock()
+    m = db.memberships.c
+    with engine.begin() as conn:
+        daily = create_list(conn, "daily", now=now).id
+        weekly = create_list(conn, "weekly", now=now).id
+        kept = subscribe(conn, list_id=weekly, email="kept@example.com", now=now).subscriber.id
+        both, alone, recent = (
+            conn.execute(db.subscribers.insert().values(email=address, email_key=address, attributes={}, created_at=now))
+            .inserted_primary_key[0]
+            for address in ("both@example.com", "alone@example.com", "recent@example.com")
+        )  # fmt: skip
+        for subscriber_id, days in ((kept, 40), (both, 40), (alone, 40), (recent, 5)):
+            conn.execute(db.memberships.insert().values(
+                list_id=daily, subscriber_id=subscriber_id, status=db.UNCONFIRMED,
+                created_at=now - timedelta(days=days), updated_at=now - timedelta(days=days)))  # fmt: skip
+        conn.execute(db.memberships.insert().values(
+            list_id=weekly, subscriber_id=both, status=db.UNSUBSCRIBED, created_at=now, updated_at=now))  # fmt: skip
+
+    with engine.begin() as conn:
+        purged = purge_unconfirmed(conn, now=now)
+    with engine.begin() as conn:
+        again = purge_unconfirmed(conn, now=now)
+
+    assert (purged.memberships, purged.subscribers, again.memberships) == (3, 1, 0)
+    with engine.connect() as conn:
+        people = set(conn.execute(select(db.subscribers.c.email)).scalars())
+        daily_members = set(conn.execute(select(m.subscriber_id).where(m.list_id == daily)).scalars())
+    # Whoever is on another list keeps their record (even one who left it: that "no" is kept).
+    assert people == {"kept@example.com", "both@example.com", "recent@example.com"}
+    assert daily_members == {recent}
