@@ -200,26 +200,19 @@ def compare_and_set_many(
     m = db.memberships.c
     stamp = literal(now, db.TS)
     member = and_(m.list_id == list_id, m.subscriber_id == found.c.subscriber_id)
+
+    def moves(previous: ColumnElement[Any]) -> Select[Any]:
+        """Each row's event (its move from `previous`), for the caller's FROM and WHERE."""
+        return select(
+            found.c.subscriber_id, literal(list_id), literal(status), previous, literal(source), found.c.detail, stamp
+        )
+
     changed = 0
     statuses = [old for old in moving if old is not None]
     if statuses:
         which = and_(m.status.in_(statuses), *([m.updated_at <= unchanged_since] if unchanged_since else []))
-        conn.execute(
-            db.events.insert().from_select(
-                _EVENT_COLUMNS,
-                select(
-                    found.c.subscriber_id,
-                    literal(list_id),
-                    literal(status),
-                    m.status,
-                    literal(source),
-                    found.c.detail,
-                    stamp,
-                )
-                .select_from(found.join(db.memberships, member))
-                .where(which),
-            )
-        )
+        logged = moves(m.status).select_from(found.join(db.memberships, member)).where(which)
+        conn.execute(db.events.insert().from_select(_EVENT_COLUMNS, logged))
         changed += conn.execute(
             db.memberships.update()
             .where(m.list_id == list_id, which, m.subscriber_id.in_(select(found.c.subscriber_id)))
@@ -227,20 +220,7 @@ def compare_and_set_many(
         ).rowcount
     if None in moving:
         joining = ~exists().where(member)
-        conn.execute(
-            db.events.insert().from_select(
-                _EVENT_COLUMNS,
-                select(
-                    found.c.subscriber_id,
-                    literal(list_id),
-                    literal(status),
-                    literal(None, String),
-                    literal(source),
-                    found.c.detail,
-                    stamp,
-                ).where(joining),
-            )
-        )
+        conn.execute(db.events.insert().from_select(_EVENT_COLUMNS, moves(literal(None, String)).where(joining)))
         # preserve_rowcount: SQLAlchemy guarantees rowcount for UPDATE and DELETE only; without it an
         # INSERT … SELECT on PostgreSQL (psycopg) reports -1.
         changed += conn.execute(

@@ -21,11 +21,11 @@ import json
 import ssl
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.controller import Controller

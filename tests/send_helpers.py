@@ -20,7 +20,6 @@ from newsletter.config import Settings
 from newsletter.render import UNSUBSCRIBE_TAG
 from newsletter.send import addressing, campaigns
 from newsletter.subscribers import get_list
-
 from testkit.projects import API_KEY, LIST, configure
 
 from .support import ROOT

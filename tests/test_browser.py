@@ -21,8 +21,8 @@ from PIL import Image, ImageFilter
 from newsletter.config import load_settings
 from newsletter.digest import load_digest
 from newsletter.render import DARK, LIGHT, render_issue
-
 from testkit.servers import free_port, running
+
 from .support import EXAMPLE_DIGEST, NODE_BIN, Chromium, contrast, require_chromium, require_node_tool, write_thumbnails
 
 PHONE, DESKTOP = 375, 640

@@ -11,8 +11,8 @@ from sqlalchemy import create_engine, inspect
 from newsletter import db
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
-
 from testkit.servers import free_port
+
 from .support import ROOT, run_newsletter
 
 

@@ -20,8 +20,8 @@ from newsletter import db
 from newsletter.cli import app
 from newsletter.config import Settings, load_settings
 from newsletter.errors import SubscriberError
-from newsletter.subscriber_csv import PROBLEM_LIMIT, export_csv, import_csv
 from newsletter.membership import set_status
+from newsletter.subscriber_csv import PROBLEM_LIMIT, export_csv, import_csv
 from newsletter.subscribers import create_list, find_subscriber, get_list, subscribe
 
 from .support import ROOT

@@ -14,10 +14,10 @@ import pytest
 
 from newsletter import db, send
 from newsletter.send.claim import holder_of
-
 from testkit.projects import LIST, configure, seed
-from .send_helpers import CONTENT, DAY, cli, plan_for
 from testkit.servers import free_port
+
+from .send_helpers import CONTENT, DAY, cli, plan_for
 from .support import run_newsletter
 
 

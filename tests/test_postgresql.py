@@ -35,8 +35,9 @@ from sqlalchemy.engine import Connection, Engine
 from newsletter import db, send
 from newsletter.config import Settings, load_settings
 from newsletter.errors import SendError
-from newsletter.subscriber_csv import export_csv, import_csv
 from newsletter.membership import compare_and_set, set_status
+from newsletter.providers.sendgrid.events import events_from, parse_events
+from newsletter.subscriber_csv import export_csv, import_csv
 from newsletter.subscribers import (
     create_list,
     erase_subscriber,
@@ -46,12 +47,11 @@ from newsletter.subscribers import (
     unsubscribe,
 )
 from newsletter.suppressions import suppress
-from newsletter.providers.sendgrid.events import events_from, parse_events
 from newsletter.webhook import apply_events
-
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, configure
 from testkit.servers import free_port, wait_for_port
+
 from .support import ROOT, run_newsletter
 from .web import UNSTORABLE_BOUNCE_DETAIL, UNSTORABLE_COUNTS, UNSTORABLE_EVENT_IDS, batch_with_unstorable_text
 

@@ -20,8 +20,8 @@ from lxml import html as lxml_html
 from PIL import Image
 
 from newsletter.render import UNSUBSCRIBE_TAG
-
 from testkit.servers import free_port, running
+
 from .support import ROOT, write_thumbnails
 
 

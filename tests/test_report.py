@@ -27,13 +27,12 @@ from newsletter.report import (
     papers_of,
     sparkline,
 )
-
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, configure, seed
+from testkit.projects import API_KEY, configure, seed, signed_headers, webhook_key
+from testkit.servers import serving
+
 from .send_helpers import cli
 from .support import EXAMPLE_DIGEST
-from testkit.servers import serving
-from testkit.projects import signed_headers, webhook_key
 
 DAY, NEXT_DAY = "2026-01-23", "2026-01-24"
 TRACKING_ON = {

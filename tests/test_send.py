@@ -16,15 +16,15 @@ from sqlalchemy import select
 
 from newsletter import db, send
 from newsletter.errors import SendError
-from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.membership import set_status
 from newsletter.providers.sendgrid import SendGrid
+from newsletter.render import UNSUBSCRIBE_TAG
 from newsletter.send import addressing, campaigns
 from newsletter.subscribers import MailingList
-from newsletter.membership import set_status
 from newsletter.tokens import UnsubscribeLinks
-
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, seed
+
 from .send_helpers import cli, delivery_states
 from .support import ROOT
 

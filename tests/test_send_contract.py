@@ -17,8 +17,8 @@ from newsletter.providers import Verdict
 from newsletter.providers.sendgrid import SendGrid, encode_body
 from newsletter.send import addressing, unrecorded
 from newsletter.tokens import UnsubscribeLinks
-
 from testkit.projects import API_KEY, LIST, configure, seed
+
 from .support import prism
 
 DAY = date(2026, 1, 23)

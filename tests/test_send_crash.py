@@ -16,9 +16,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from newsletter import db
-
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, configure, seed
+
 from .send_helpers import SEND, cli, delivery_states, kill_at_random, start_sender
 
 

@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from newsletter import db, send
 from newsletter.errors import SendError
-
 from testkit.fake_sendgrid import EVERY, HUGE, OUTSIDE, FakeSendGrid
 from testkit.projects import API_KEY, LIST, seed
+
 from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
 from .support import ROOT
 

@@ -15,14 +15,14 @@ import pytest
 from sqlalchemy import select
 
 from newsletter import db, send
+from newsletter.errors import ProviderAuthError, SendError, SendInProgress
 from newsletter.providers.sendgrid import SendGrid
-from newsletter.errors import SendError, ProviderAuthError, SendInProgress
 from newsletter.send import addressing, claim, unrecorded
-
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, seed
-from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
 from testkit.servers import free_port
+
+from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
 
 
 def test_a_400_is_split_until_the_bad_addresses_are_alone(project: Path) -> None:

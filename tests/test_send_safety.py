@@ -22,12 +22,12 @@ from sqlalchemy import inspect, select
 
 from newsletter import db, send
 from newsletter.errors import SendError
-from newsletter.send import unrecorded
 from newsletter.membership import set_status
+from newsletter.send import unrecorded
 from newsletter.subscribers import MailingList
-
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, seed
+
 from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
 from .support import ROOT
 

@@ -18,10 +18,10 @@ from newsletter import db
 from newsletter.config import load_settings
 from newsletter.render import DARK, LIGHT
 from newsletter.tokens import UnsubscribeLinks
-
-from .support import CHROMIUM, require_chromium
 from testkit.projects import add_list, add_subscribers, write_config
 from testkit.servers import serving
+
+from .support import CHROMIUM, require_chromium
 from .web import status_of
 
 

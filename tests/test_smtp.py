@@ -39,12 +39,11 @@ from newsletter.providers import (
     provider_for,
 )
 from newsletter.providers.smtp import SMTP
-
-from testkit.fake_smtp import DROP, HANG, delivered_from_log, FakeSMTP
+from testkit.fake_smtp import DROP, HANG, FakeSMTP, delivered_from_log
 from testkit.projects import LIST, add_list, add_subscribers, configure, seed
-from .send_helpers import SEND, cli, delivery_states, kill_at_random, plan_for, start_sender
 from testkit.servers import free_port
 
+from .send_helpers import SEND, cli, delivery_states, kill_at_random, plan_for, start_sender
 
 # The fake server logs in over plain connections on purpose (smtp_security = "none" with a login).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")

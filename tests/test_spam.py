@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
 from testkit.projects import write_config
+
+from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
 
 SPAM_RULES_REFUSED = ("HTML_FONT_LOW_CONTRAST", "LONGLN_", "BASE64_LENGTH_", "MIME_QP_LONG_LINE")
 

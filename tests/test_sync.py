@@ -17,12 +17,12 @@ from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
-from newsletter.errors import MissingAPIKey, SendError, ProviderAuthError
+from newsletter.errors import MissingAPIKey, ProviderAuthError, SendError
 from newsletter.suppressions import sync_suppressions
-
-from testkit.servers import free_port
-from .support import prism, run_newsletter
 from testkit.projects import add_list, add_subscribers, write_config
+from testkit.servers import free_port
+
+from .support import prism, run_newsletter
 from .web import events_of, status_of
 
 API_KEY = "SG.test-key-that-must-never-be-printed"

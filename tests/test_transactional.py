@@ -13,11 +13,11 @@ from sqlalchemy import select
 from newsletter import db
 from newsletter.providers import Message, Recipient, provider_for
 from newsletter.send.transactional import Outgoing, send_messages
-
 from testkit.fake_sendgrid import DROP, FakeSendGrid
 from testkit.projects import API_KEY, seed
-from .send_helpers import cli, settings_for
 from testkit.servers import free_port
+
+from .send_helpers import cli, settings_for
 
 MESSAGE = Message("Please confirm", "<p>Confirm</p>", "Confirm", "papers@example.com", "Daily Papers")
 

@@ -21,12 +21,11 @@ from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
-from newsletter.tokens import UnsubscribeLinks
-
 from newsletter.subscribers import erase_subscriber
-
+from newsletter.tokens import UnsubscribeLinks
 from testkit.projects import add_list, add_subscribers, count_status, write_config
 from testkit.servers import serving
+
 from .web import events_of, status_of, version_2_database
 
 ONE_CLICK = {

@@ -22,12 +22,18 @@ from sqlalchemy import func, select, text
 from newsletter import db
 from newsletter.config import Settings, load_settings
 from newsletter.providers.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER
-
-from testkit.servers import free_port
-from .support import run_newsletter
 from testkit.projects import add_list, add_subscribers, write_config
-from testkit.servers import serving
-from .web import UNSTORABLE_BOUNCE_DETAIL, UNSTORABLE_COUNTS, UNSTORABLE_EVENT_IDS, batch_with_unstorable_text, events_of, status_of
+from testkit.servers import free_port, serving
+
+from .support import run_newsletter
+from .web import (
+    UNSTORABLE_BOUNCE_DETAIL,
+    UNSTORABLE_COUNTS,
+    UNSTORABLE_EVENT_IDS,
+    batch_with_unstorable_text,
+    events_of,
+    status_of,
+)
 
 
 def _public_key(private: ec.EllipticCurvePrivateKey) -> str:
