@@ -14,10 +14,10 @@ from lxml import etree
 
 from .digest import absolute_url, safe_url
 from .errors import CheckFailed
-from .render import GMAIL_CLIP_BYTES, UNSUBSCRIBE_TAG, RenderedIssue
+from .render import GMAIL_CLIP_BYTES, PREFERENCES_TAG, UNSUBSCRIBE_TAG, RenderedIssue
 
-# The size check counts every unsubscribe placeholder at this length, since each recipient's own
-# link (base URL + /unsubscribe/ + a ~50 character token) is longer than the placeholder.
+# The size check counts every personal placeholder at this length, since each recipient's own link
+# (base URL + /unsubscribe/ + a ~50 character token) is longer than the placeholder.
 PERSONAL_URL_BYTES = 256
 # The most HTML an issue may have: Gmail clips at 102 KB, and click tracking, if it is ever turned
 # on, rewrites every link into a longer one.
@@ -27,6 +27,8 @@ _SHOWN = 60  # characters of a URL or label quoted in a problem
 # footer's unsubscribe link would hand it to whatever surrounds it. Counted in any case, as the
 # digest parser refuses it.
 _TAG = re.compile(re.escape(UNSUBSCRIBE_TAG), re.IGNORECASE)
+# Likewise the preferences link's, which the footer may hold once in each part.
+_PREFERENCES = re.compile(re.escape(PREFERENCES_TAG), re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,10 @@ class CheckReport:
 
 def run_checks(issue: RenderedIssue) -> CheckReport:
     """Every rule, each problem reported once with where it is."""
-    html_bytes = len(issue.html.encode("utf-8")) + len(_TAG.findall(issue.html)) * (
-        PERSONAL_URL_BYTES - len(UNSUBSCRIBE_TAG)
+    html_bytes = (
+        len(issue.html.encode("utf-8"))
+        + len(_TAG.findall(issue.html)) * (PERSONAL_URL_BYTES - len(UNSUBSCRIBE_TAG))
+        + len(_PREFERENCES.findall(issue.html)) * (PERSONAL_URL_BYTES - len(PREFERENCES_TAG))
     )
     report = CheckReport(html_bytes=html_bytes, card_bytes=card_sizes(issue.html))
     problems = report.problems
@@ -87,6 +91,10 @@ def run_checks(issue: RenderedIssue) -> CheckReport:
     for name in ("subject", "preheader"):
         if found := len(_TAG.findall(parts[name])):
             problems.append(Problem(name, _misplaced_tag(found)))
+        if found := len(_PREFERENCES.findall(parts[name])):
+            problems.append(Problem(name, _misplaced_tag(found, tag=PREFERENCES_TAG)))
+    if (found := len(_PREFERENCES.findall(issue.text))) > 1:
+        problems.append(Problem("text part", _misplaced_tag(found - 1, " besides its one preferences link", PREFERENCES_TAG)))
     if not issue.text.strip():
         problems.append(Problem("text part", "is missing: mail without a text part is more often taken for spam"))
     elif not (found := len(_TAG.findall(issue.text))):
@@ -112,11 +120,12 @@ def card_sizes(html: str) -> dict[str, int]:
     return sizes
 
 
-def _misplaced_tag(count: int, qualifier: str = "") -> str:
+def _misplaced_tag(count: int, qualifier: str = "", tag: str = UNSUBSCRIBE_TAG) -> str:
     times = "once" if count == 1 else f"{count} times"
+    kind = "unsubscribe" if tag == UNSUBSCRIBE_TAG else "preferences"
     return (
-        f"holds the unsubscribe placeholder {UNSUBSCRIBE_TAG} {times}{qualifier}: "
-        "the provider would put each reader's personal unsubscribe link there"
+        f"holds the {kind} placeholder {tag} {times}{qualifier}: "
+        f"the provider would put each reader's personal {kind} link there"
     )
 
 
@@ -132,11 +141,14 @@ def _check_html(html: str) -> list[Problem]:
         problems.append(Problem(f"<script> on line {script.sourceline}", "scripts are not allowed in email"))
     for number, image in enumerate(document.iter("img"), start=1):
         problems.extend(_check_image(number, image))
-    unsubscribe_links = 0
+    unsubscribe_links = preferences_links = 0
     for link in document.iter("a"):
         href = (link.get("href") or "").strip()
         if href == UNSUBSCRIBE_TAG:
             unsubscribe_links += 1
+            continue
+        if href == PREFERENCES_TAG:
+            preferences_links += 1
             continue
         problem = _link_problem(href)
         if problem:
@@ -158,6 +170,9 @@ def _check_html(html: str) -> list[Problem]:
                 "references, which the provider does not replace",
             )
         )
+    if (preferences := len(_PREFERENCES.findall(html))) > preferences_links:
+        misplaced = _misplaced_tag(preferences - preferences_links, " outside its preferences links", PREFERENCES_TAG)
+        problems.append(Problem("HTML part", misplaced))
     return problems
 
 

@@ -49,6 +49,15 @@ TS = DateTime(timezone=True)
 # new row, and an old link or a late webhook event would act on whoever got it. PostgreSQL's SERIAL
 # sequences never hand out an id twice already.
 
+# A list's opt-in mode: "double" (the default) makes a sign-up confirm by mail before anything is
+# sent; "single" subscribes at once.
+DOUBLE_OPTIN, SINGLE_OPTIN = "double", "single"
+OPT_IN = (DOUBLE_OPTIN, SINGLE_OPTIN)
+
+# How often a member gets the list's issues: every daily issue, or the weekly edition instead.
+DAILY, WEEKLY = "daily", "weekly"
+FREQUENCIES = (DAILY, WEEKLY)
+
 schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
 
 lists = Table(
@@ -58,6 +67,8 @@ lists = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("description", Text, nullable=False, default=""),
     Column("created_at", TS, nullable=False),
+    # How readers who sign up themselves join (OPT_IN): after confirming by mail, or at once.
+    Column("optin", String(10), nullable=False, server_default=DOUBLE_OPTIN),
     sqlite_autoincrement=True,
 )
 
@@ -81,11 +92,10 @@ legacy_links = Table(
 )
 
 # Membership statuses, as stored; what they mean and who may change them is in membership.py. Only
-# "subscribed" receives mail. STATUSES are the ones in use (counted by `lists`, accepted by --status);
-# "unconfirmed", a sign-up waiting for its confirmation, joins them with issue 8's double opt-in.
+# "subscribed" receives mail; "unconfirmed" is a sign-up waiting for its confirmation.
 SUBSCRIBED, UNSUBSCRIBED, BOUNCED, COMPLAINED = "subscribed", "unsubscribed", "bounced", "complained"
 UNCONFIRMED = "unconfirmed"
-STATUSES = (SUBSCRIBED, UNSUBSCRIBED, BOUNCED, COMPLAINED)
+STATUSES = (SUBSCRIBED, UNCONFIRMED, UNSUBSCRIBED, BOUNCED, COMPLAINED)
 
 memberships = Table(
     "memberships",
@@ -97,6 +107,12 @@ memberships = Table(
     Column("status", String(20), nullable=False),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
+    Column("frequency", String(10), nullable=False, server_default=DAILY),
+    # The reader's consent, when they gave it themselves (a confirmed or single opt-in sign-up): when,
+    # how, and from which address only if record_consent_ip is set.
+    Column("consent_at", TS),
+    Column("consent_source", String(40)),
+    Column("consent_ip", String(45)),
     PrimaryKeyConstraint("list_id", "subscriber_id"),
     Index("ix_memberships_list_status", "list_id", "status"),
 )
@@ -151,6 +167,8 @@ campaigns = Table(
     # The atomic claim that keeps two send processes from sending the same campaign.
     Column("claimed_by", String(100)),
     Column("claimed_at", TS),
+    # "daily": issue_date is the digest's date (2026-01-23); "weekly": the ISO week (2026-W04).
+    Column("edition", String(10), nullable=False, server_default=DAILY),
     UniqueConstraint("issue_date", "list_id"),
     sqlite_autoincrement=True,
 )
@@ -276,6 +294,18 @@ run_locks = Table(
 )
 
 
+# Sign-ups per client, for signup_rate_per_hour: the address is kept as a keyed hash, never as typed,
+# and rows older than an hour are pruned as new ones come.
+signup_attempts = Table(
+    "signup_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client", String(64), nullable=False),
+    Column("at", TS, nullable=False),
+    Index("ix_signup_attempts_client_at", "client", "at"),
+)
+
+
 def _create_all(conn: Connection) -> None:
     metadata.create_all(conn)
 
@@ -315,6 +345,21 @@ def _create_run_locks(conn: Connection) -> None:
     run_locks.create(conn, checkfirst=True)  # a database made since has it already
 
 
+def _add_signup(conn: Connection) -> None:
+    # Columns with defaults, so that every existing list is double opt-in, every member daily and
+    # every campaign a daily issue; a database made since has them already.
+    for table, names in ((lists, ["optin"]), (campaigns, ["edition"]), (memberships, ["frequency", "consent_at", "consent_source", "consent_ip"])):
+        present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+        for name in names:
+            if name not in present:
+                column = table.c[name]
+                kind = column.type.compile(conn.dialect)
+                default = f" DEFAULT '{column.server_default.arg}'" if column.server_default is not None else ""
+                null = "" if column.nullable else " NOT NULL"
+                conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{name}" {kind}{null}{default}')
+    signup_attempts.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_all,
     _index_deliveries_by_id,
@@ -322,6 +367,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_messages,
     _create_campaign_events,
     _create_run_locks,
+    _add_signup,
 ]
 
 
@@ -342,7 +388,10 @@ def _autoincrement(conn: Connection, table: Table, *also_issued: Column[int]) ->
             each.to_metadata(scratch)
         rebuilt = table.to_metadata(scratch, name=f"{table.name}_rebuilt")
         rebuilt.create(conn)
-        conn.execute(rebuilt.insert().from_select(list(table.c.keys()), select(*table.c)))
+        # Only the columns it has: a later migration adds the others (the rebuilt table's defaults fill them).
+        present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+        kept = [column for column in table.c if column.name in present]
+        conn.execute(rebuilt.insert().from_select([c.name for c in kept], select(*kept)))
         table.drop(conn)
         conn.exec_driver_sql(f'ALTER TABLE "{rebuilt.name}" RENAME TO "{table.name}"')
         for index in table.indexes:

@@ -64,14 +64,16 @@ _RANK = re.compile(r"\d+")
 # past 4300 digits Python refuses to convert it at all).
 MAX_DIGITS = 9
 
-# The placeholder for each reader's personal unsubscribe URL. The sender replaces it wherever it
-# stands (HTML, text), so digest text holding it would carry every reader's unsubscribe token into
-# a link or a title of the digest author's choosing: the digest may not.
+# The placeholders for each reader's personal unsubscribe and preferences URLs. The sender replaces
+# them wherever they stand (HTML, text), so digest text holding one would carry every reader's token
+# into a link or a title of the digest author's choosing: the digest may not.
 UNSUBSCRIBE_TAG = "-unsubscribe_url-"
-_UNSUBSCRIBE_TAG = re.compile(re.escape(UNSUBSCRIBE_TAG), re.IGNORECASE)
+PREFERENCES_TAG = "-preferences_url-"
+PERSONAL_TAGS = (UNSUBSCRIBE_TAG, PREFERENCES_TAG)
+_UNSUBSCRIBE_TAG = re.compile("|".join(re.escape(tag) for tag in PERSONAL_TAGS), re.IGNORECASE)
 _TAG_MESSAGE = (
-    f"the digest may not contain {UNSUBSCRIBE_TAG!r} (in any case): the sender replaces it with each "
-    "reader's personal unsubscribe link"
+    f"the digest may not contain {UNSUBSCRIBE_TAG!r} or {PREFERENCES_TAG!r} (in any case): the sender "
+    "replaces them with each reader's personal links"
 )
 
 # A section heading names its section in Korean or English, after any emoji (or a broken one).
@@ -292,7 +294,7 @@ def _number(digits: str, name: str, path: Path, line: int) -> int:
 
 
 def _refuse_unsubscribe_tag(text: str, path: Path) -> None:
-    """DigestError naming the first line that holds UNSUBSCRIBE_TAG as written."""
+    """DigestError naming the first line that holds a personal tag as written."""
     # Lines as Markdown counts them (str.splitlines would also break at U+2028 and others).
     for number, line in enumerate(re.split(r"\r\n?|\n", text), start=1):
         if _UNSUBSCRIBE_TAG.search(line):

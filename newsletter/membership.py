@@ -266,10 +266,14 @@ def receives_issues(status: str | None) -> bool:
     return status == SUBSCRIBED
 
 
-def members_query(list_id: int, *columns: ColumnElement[Any], status: str = SUBSCRIBED) -> Select[Any]:
+def members_query(
+    list_id: int, *columns: ColumnElement[Any], status: str = SUBSCRIBED, frequency: str | None = None
+) -> Select[Any]:
     """The list's members with this status, by subscriber id; by default the ones who get its issues
-    (subscribed: nobody unconfirmed, unsubscribed, bounced or complained). Selects `columns` of
-    memberships and subscribers, (subscriber_id, email, name) if none are given.
+    (subscribed: nobody unconfirmed, unsubscribed, bounced or complained); with `frequency`, only
+    those who chose it (a daily issue goes to the daily members, the weekly edition to the weekly
+    ones). Selects `columns` of memberships and subscribers, (subscriber_id, email, name) if none are
+    given.
 
     The one selection of a list's audience: a send's snapshot (as the SELECT of its INSERT … SELECT),
     the dry run and the export use it. It walks ix_memberships_list_status.
@@ -278,6 +282,6 @@ def members_query(list_id: int, *columns: ColumnElement[Any], status: str = SUBS
     return (
         select(*(columns or (s.id.label("subscriber_id"), s.email, s.name)))
         .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
-        .where(m.list_id == list_id, m.status == status)
+        .where(m.list_id == list_id, m.status == status, *([m.frequency == frequency] if frequency else []))
         .order_by(s.id)
     )

@@ -48,6 +48,10 @@ class Preview:
     def unsubscribe_url(self) -> str:
         return f"{self.origin}/unsubscribe-preview"
 
+    @property
+    def preferences_url(self) -> str:
+        return f"{self.origin}/preferences-preview"
+
     def render(self) -> RenderedIssue:
         return render_issue(load_digest(self.settings, self.day), self.settings)
 
@@ -92,14 +96,14 @@ def preview_app(preview: Preview) -> Starlette:
 
     def email(request: Request) -> Response:
         try:
-            html, _ = preview.render().personalised(preview.unsubscribe_url)
+            html, _ = preview.render().personalised(preview.unsubscribe_url, preview.preferences_url)
         except NewsletterError as error:
             return PlainTextResponse(str(error), status_code=500)
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     def email_text(request: Request) -> Response:
         try:
-            _, text = preview.render().personalised(preview.unsubscribe_url)
+            _, text = preview.render().personalised(preview.unsubscribe_url, preview.preferences_url)
         except NewsletterError as error:
             return PlainTextResponse(str(error), status_code=500)
         return PlainTextResponse(text, headers={"Cache-Control": "no-store"})
@@ -114,10 +118,9 @@ def preview_app(preview: Preview) -> Starlette:
             return PlainTextResponse("not found", status_code=404)
         return FileResponse(path)
 
-    def unsubscribe(request: Request) -> Response:
-        return PlainTextResponse(
-            "Preview: in a sent issue this link is the recipient's own unsubscribe link.\n"
-        )
+    def personal_link(request: Request) -> Response:
+        kind = request.url.path.strip("/").removesuffix("-preview")
+        return PlainTextResponse(f"Preview: in a sent issue this link is the recipient's own {kind} link.\n")
 
     return Starlette(
         routes=[
@@ -126,7 +129,8 @@ def preview_app(preview: Preview) -> Starlette:
             Route("/email.txt", email_text),
             Route("/version", version),
             Route("/assets/{name}", asset),
-            Route("/unsubscribe-preview", unsubscribe),
+            Route("/unsubscribe-preview", personal_link),
+            Route("/preferences-preview", personal_link),
         ]
     )
 

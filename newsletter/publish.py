@@ -157,8 +157,9 @@ def public_unsubscribe_url(settings: Settings) -> str:
 
 
 def web_version(issue: RenderedIssue, settings: Settings) -> str:
-    """The issue's HTML as the public page shows it: no personal placeholder left in it."""
-    html, _ = issue.personalised(public_unsubscribe_url(settings))
+    """The issue's HTML as the public page shows it: no personal placeholder left in it (a public
+    page has no reader whose preferences it could show: that link leads to the archive)."""
+    html, _ = issue.personalised(public_unsubscribe_url(settings), f"{settings.base_url}/")
     return html
 
 

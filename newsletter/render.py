@@ -23,13 +23,13 @@ from mjml import mjml2html
 
 from .assets import Thumbnail, resolve_thumbnail
 from .config import Settings
-from .digest import UNSUBSCRIBE_TAG, Digest, Paper
+from .digest import PREFERENCES_TAG, UNSUBSCRIBE_TAG, Digest, Paper
 from .errors import RenderError
 
-# UNSUBSCRIBE_TAG (defined beside the parser that keeps it out of digests; the sender and the checks
-# import it from here) is the placeholder that each recipient's personal unsubscribe URL replaces,
-# in both parts. One render serves every recipient: the sender fills it per
-# personalization, and only the footer holds it.
+# UNSUBSCRIBE_TAG and PREFERENCES_TAG (defined beside the parser that keeps them out of digests; the
+# sender and the checks import them from here) are the placeholders that each recipient's personal
+# unsubscribe and preferences URLs replace, in both parts. One render serves every recipient: the
+# sender fills them per personalization, and only the footer holds them.
 
 # Gmail hides everything after the first ~102 KB of a message's HTML behind "[Message clipped]",
 # footer and unsubscribe link included.
@@ -126,6 +126,7 @@ class Wording:
     and_more: str  # "{n}": the subject's {more} when there is more than one paper
     why: str  # "{name}"
     view_in_browser: str
+    preferences: str  # the reader's page: daily or weekly, or leave
     unsubscribe: str
     readable_date: Callable[[date], str]  # with the weekday, for the header
     short_date: Callable[[date], str]  # the subject's {date}
@@ -149,6 +150,7 @@ WORDING: dict[str, Wording] = {
         and_more=" 외 {n}편",
         why="{name} 뉴스레터를 구독하셔서 받으신 메일입니다.",
         view_in_browser="웹에서 보기",
+        preferences="수신 설정",
         unsubscribe="구독 해지",
         readable_date=lambda d: f"{d.year}년 {d.month}월 {d.day}일 {_KO_WEEKDAYS[d.weekday()]}요일",
         short_date=lambda d: f"{d.year}년 {d.month}월 {d.day}일",
@@ -165,6 +167,7 @@ WORDING: dict[str, Wording] = {
         and_more=" and {n} more",
         why="You are receiving this because you subscribed to {name}.",
         view_in_browser="View in browser",
+        preferences="Preferences",
         unsubscribe="Unsubscribe",
         readable_date=lambda d: f"{_EN_WEEKDAYS[d.weekday()]}, {_EN_MONTHS[d.month - 1]} {d.day}, {d.year}",
         short_date=lambda d: f"{_EN_MONTHS[d.month - 1]} {d.day}, {d.year}",
@@ -182,7 +185,7 @@ class RenderedIssue:
     date: date
     subject: str
     preheader: str
-    html: str  # holds UNSUBSCRIBE_TAG where the recipient's unsubscribe URL goes
+    html: str  # holds UNSUBSCRIBE_TAG and PREFERENCES_TAG where the recipient's own URLs go
     text: str  # likewise
     language: str
     web_url: str  # the "view in browser" page of this issue
@@ -192,12 +195,12 @@ class RenderedIssue:
         """The HTML's size as sent (UTF-8): Gmail clips past GMAIL_CLIP_BYTES."""
         return len(self.html.encode("utf-8"))
 
-    def personalised(self, unsubscribe_url: str) -> tuple[str, str]:
+    def personalised(self, unsubscribe_url: str, preferences_url: str) -> tuple[str, str]:
         """(html, text) as one recipient receives them."""
-        return (
-            self.html.replace(UNSUBSCRIBE_TAG, unsubscribe_url),
-            self.text.replace(UNSUBSCRIBE_TAG, unsubscribe_url),
-        )
+        def fill(part: str) -> str:
+            return part.replace(UNSUBSCRIBE_TAG, unsubscribe_url).replace(PREFERENCES_TAG, preferences_url)
+
+        return fill(self.html), fill(self.text)
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,7 @@ def _context(digest: Digest, settings: Settings, abstract: AbstractShown) -> dic
         "keep_words_whole": language == "ko",
         "web_url": web_url(settings, digest.date),
         "unsubscribe_url": UNSUBSCRIBE_TAG,
+        "preferences_url": PREFERENCES_TAG,
         "settings": settings,
         "light": LIGHT,
         "dark": DARK,

@@ -114,6 +114,11 @@ class UnsubscribeLinks:
     def url(self, list_id: int, subscriber_id: int, email: str) -> str:
         return f"{self._base_url}/unsubscribe/{self.token(list_id, subscriber_id, email)}"
 
+    def preferences_url(self, list_id: int, subscriber_id: int, email: str) -> str:
+        """The reader's preferences page (daily or weekly, or leave): the same token as their
+        unsubscribe link, so the same rules hold for it."""
+        return f"{self._base_url}/preferences/{self.token(list_id, subscriber_id, email)}"
+
     def headers(self, unsubscribe_url: str) -> dict[str, str]:
         """The RFC 2369 / RFC 8058 headers for one recipient."""
         targets = [f"<{unsubscribe_url}>"]

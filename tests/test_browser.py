@@ -124,7 +124,7 @@ def issue_url(tmp_path_factory: pytest.TempPathFactory):
         asset_base_url=f"http://127.0.0.1:{port}/assets",
     )
     issue = render_issue(load_digest(settings), settings)
-    html, _ = issue.personalised(f"http://127.0.0.1:{port}/unsubscribe")
+    html, _ = issue.personalised(f"http://127.0.0.1:{port}/unsubscribe", f"http://127.0.0.1:{port}/preferences")
     (project / "public" / "issue.html").write_text(html, encoding="utf-8")
     server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(project / "public")]
     with running(server, port):
@@ -177,9 +177,9 @@ def test_the_issue_in_chromium(browser: Chromium, issue_url: str, screenshots: P
         ratio = contrast(hex_of(text["colour"]), hex_of(text["background"]))
         assert ratio >= 4.5, f"{text['text']!r}: {ratio:.2f}:1 ({text['colour']} on {text['background']})"
     # Every link at least 24 px tall; the footer's links and the buttons 44 px, for a thumb.
-    assert len(seen["links"]) >= 5 * 4 + 5 + 2
+    assert len(seen["links"]) >= 5 * 4 + 5 + 3
     assert [link for link in seen["links"] if link["height"] < 24] == []
-    assert len(seen["targets"]) == 5 + 2
+    assert len(seen["targets"]) == 5 + 3
     assert [target for target in seen["targets"] if target["height"] < 44] == []
 
     # The pixels agree: the page behind the cards is light or dark as the scheme asks, and dark

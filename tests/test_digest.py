@@ -316,7 +316,7 @@ def test_the_unsubscribe_placeholder_is_refused_naming_its_line(where: str, writ
     text = digest_text(paper()).replace("A short summary.", f"A short summary.\n{written}")
     line = text.splitlines().index(written) + 1
 
-    with pytest.raises(DigestError, match=rf"^digests/2026-01-23\.md:{line}: .*'-unsubscribe_url-'.*personal unsubscribe link"):
+    with pytest.raises(DigestError, match=rf"^digests/2026-01-23\.md:{line}: .*'-unsubscribe_url-'.*personal links"):
         parse(text)
 
 

@@ -58,7 +58,7 @@ def test_create_show_and_list(engine: Engine, settings: Settings, cli) -> None:
         "Top papers of the day",
         3,
     )
-    assert detail["counts"] == {"subscribed": 2, "unsubscribed": 0, "bounced": 1, "complained": 0}
+    assert detail["counts"] == {"subscribed": 2, "unconfirmed": 0, "unsubscribed": 0, "bounced": 1, "complained": 0}
     assert [(item["name"], item["counts"]["subscribed"]) for item in json.loads(listed.stdout)] == [
         ("daily-papers", 2),
         ("weekly", 0),

@@ -17,7 +17,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.digest import load_digest
 from newsletter.errors import NewsletterError, RenderError
 from newsletter.publish import PublishedIssue, page_folder, publish_issue, published_issues
-from newsletter.render import UNSUBSCRIBE_TAG, RenderedIssue, render_issue
+from newsletter.render import PREFERENCES_TAG, UNSUBSCRIBE_TAG, RenderedIssue, render_issue
 
 from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
 
@@ -69,9 +69,10 @@ def test_publish_writes_the_web_version_archive_and_feed(project: Path) -> None:
     assert publication.page == page
     assert issue.web_url == "https://papers.example.com/2026-01-23/"
     html = page.read_text()
-    assert UNSUBSCRIBE_TAG not in html
+    assert UNSUBSCRIBE_TAG not in html and PREFERENCES_TAG not in html
     full = render_issue(digest, settings, abstract="full")
-    assert html == full.html.replace(UNSUBSCRIBE_TAG, "https://papers.example.com/")
+    archive = "https://papers.example.com/"
+    assert html == full.html.replace(UNSUBSCRIBE_TAG, archive).replace(PREFERENCES_TAG, archive)
     # Every abstract in full, on the card the email's "read the abstract" link lands on.
     document = lxml.html.document_fromstring(html)
     for paper in digest.papers:

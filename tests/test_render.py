@@ -21,6 +21,7 @@ from newsletter.render import (
     DARK,
     FONT_STACK,
     LIGHT,
+    PREFERENCES_TAG,
     TEXT_WIDTH,
     UNSUBSCRIBE_TAG,
     Palette,
@@ -144,7 +145,7 @@ def test_the_header_preheader_and_footer(example, settings: Settings) -> None:
 
     footer = page.find_class("foot")[0]
     links = {a.text_content().strip(): a.get("href") for a in footer.iter("a")}
-    assert links == {"웹에서 보기": issue.web_url, "구독 해지": UNSUBSCRIBE_TAG}
+    assert links == {"웹에서 보기": issue.web_url, "수신 설정": PREFERENCES_TAG, "구독 해지": UNSUBSCRIBE_TAG}
     assert settings.postal_address in footer.text_content()
     assert "구독하셔서 받으신 메일" in footer.text_content()
 
@@ -307,7 +308,7 @@ def test_the_text_part_is_made_from_the_digest(example, settings: Settings) -> N
         assert display_width(line) <= TEXT_WIDTH or len(line.split()) == 1, line
     assert max(display_width(line) for line in text.splitlines()) > 60  # lines are filled, not chopped
 
-    html, personal = issue.personalised("https://papers.example.com/u/abc")
+    html, personal = issue.personalised("https://papers.example.com/u/abc", "https://papers.example.com/p/abc")
     assert UNSUBSCRIBE_TAG not in html + personal
     assert "구독 해지:\nhttps://papers.example.com/u/abc" in personal
     assert 'href="https://papers.example.com/u/abc"' in html

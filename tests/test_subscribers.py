@@ -406,11 +406,18 @@ _VERSION_2_ROWS = """
 _VERSION_2_TABLES = re.findall(r"CREATE TABLE (\w+)", (ROOT / "tests" / "schema_v2.sql").read_text())
 
 
+# The columns version 2 had (later migrations add some, with their defaults).
+_VERSION_2_COLUMNS = {
+    table: re.findall(r"^\s+([a-z_]+) ", body, re.MULTILINE)
+    for table, body in re.findall(r"CREATE TABLE (\w+) \((.*?)\n\);", (ROOT / "tests" / "schema_v2.sql").read_text(), re.DOTALL)
+}
+
+
 def _dump(path: Path) -> dict[str, list[tuple]]:
-    """Every row of the tables version 2 had, read with sqlite3 alone."""
+    """Every row of the tables version 2 had, in the columns it had, read with sqlite3 alone."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return {
-            name: conn.execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall()
+            name: conn.execute(f"SELECT {', '.join(_VERSION_2_COLUMNS[name])} FROM {name} ORDER BY 1, 2").fetchall()
             for name in _VERSION_2_TABLES
             if name != "schema_version"
         }

@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 
     from ..config import Settings
 
-# Where each reader's own unsubscribe URL goes in a message's HTML and text (defined beside the
-# digest parser, which keeps digests from containing it).
-from ..digest import UNSUBSCRIBE_TAG
+# Where each reader's own unsubscribe and preferences URLs go in a message's HTML and text (defined
+# beside the digest parser, which keeps digests from containing them).
+from ..digest import PERSONAL_TAGS, PREFERENCES_TAG, UNSUBSCRIBE_TAG
 
 __all__ = [
+    "PERSONAL_TAGS",
+    "PREFERENCES_TAG",
     "UNSUBSCRIBE_TAG",
     "Answer",
     "AnswerLost",
@@ -63,6 +65,13 @@ class Recipient:
     headers: Mapping[str, str] = field(default_factory=dict)  # their own (List-Unsubscribe, -Post)
     # Ids the provider echoes back with its events (campaign, list, subscriber), as strings.
     tags: Mapping[str, str] = field(default_factory=dict)
+    preferences_url: str | None = None  # fills PREFERENCES_TAG
+
+    @property
+    def substitutions(self) -> dict[str, str]:
+        """What each personal tag in the message becomes for this reader."""
+        urls = {UNSUBSCRIBE_TAG: self.unsubscribe_url, PREFERENCES_TAG: self.preferences_url}
+        return {tag: url for tag, url in urls.items() if url is not None}
 
 
 @dataclass(frozen=True)

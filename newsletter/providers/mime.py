@@ -11,7 +11,7 @@ from email.message import EmailMessage, MIMEPart
 from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid
 
-from . import UNSUBSCRIBE_TAG, Message, Recipient
+from . import PERSONAL_TAGS, Message, Recipient
 
 # Headers whose value is a list of <URL>s (RFC 2369, RFC 2919): folded only between the entries,
 # never inside one, since no client follows a URL broken over two lines or made an encoded word.
@@ -55,12 +55,15 @@ def wire_address(email: str) -> str:
 
 
 def mime_message(message: Message, recipient: Recipient, now: datetime) -> EmailMessage:
-    """The complete MIME message `recipient` gets: their unsubscribe URL filled in, their own
+    """The complete MIME message `recipient` gets: their own links filled in, their own
     headers set, text and HTML as multipart/alternative. A reader's name is one line (a line break
     in it would forge a header); a non-ASCII address makes the headers UTF-8 (RFC 6532)."""
+    urls = recipient.substitutions
 
     def fill(value: str) -> str:
-        return value.replace(UNSUBSCRIBE_TAG, recipient.unsubscribe_url or "")
+        for tag in PERSONAL_TAGS:
+            value = value.replace(tag, urls.get(tag, ""))
+        return value
 
     local, _, domain = wire_address(recipient.email).rpartition("@")
     mail = EmailMessage(policy=WIRE if (local + domain).isascii() else UTF8_WIRE)

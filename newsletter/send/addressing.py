@@ -74,7 +74,8 @@ class Addressing:
             if self._campaign_id is not None
             else {}
         )
-        return Recipient(reader.email, reader.name, url, self._links.headers(url), tags)
+        preferences = self._links.preferences_url(self._list_id, reader.subscriber_id, reader.email)
+        return Recipient(reader.email, reader.name, url, self._links.headers(url), tags, preferences)
 
 
 def list_id_header(list_name: str, from_email: str) -> str:

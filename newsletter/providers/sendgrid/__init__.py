@@ -15,7 +15,7 @@ import httpx
 
 from ...config import Settings
 from ...errors import SendError
-from .. import UNSUBSCRIBE_TAG, Answer, AnswerLost, Batch, Recipient, RequestNotSent, Verdict
+from .. import Answer, AnswerLost, Batch, Recipient, RequestNotSent, Verdict
 from . import http
 
 MAIL_SEND = "/v3/mail/send"
@@ -113,8 +113,8 @@ def _personalization(recipient: Recipient) -> dict[str, Any]:
     if name:
         to["name"] = name
     personalization: dict[str, Any] = {"to": [to]}
-    if recipient.unsubscribe_url is not None:
-        personalization["substitutions"] = {UNSUBSCRIBE_TAG: recipient.unsubscribe_url}
+    if recipient.substitutions:
+        personalization["substitutions"] = recipient.substitutions
     if recipient.headers:
         personalization["headers"] = dict(recipient.headers)
     if recipient.tags:
