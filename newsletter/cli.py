@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
     from .daily import StepResult
+    from .edition import Edition
     from .providers import Provider
     from .report import IssueReport
     from .send import SendPlan, SendReport
@@ -110,37 +111,60 @@ IssueDate = Annotated[
     Optional[datetime],
     typer.Option("--date", formats=["%Y-%m-%d"], help="Digest date, YYYY-MM-DD (default: the latest digest)."),
 ]
+# Instead of a day's issue, the weekly edition made from an ISO week's digests.
+IssueWeek = Annotated[
+    Optional[str],
+    typer.Option("--week", metavar="YYYY-Www", help="The weekly edition of this ISO week, e.g. 2026-W04 (instead of --date)."),
+]
+
+
+def _edition(date: datetime | None, week: str | None) -> Edition | None:
+    """The issue --date or --week names (None: neither was given); a usage error for both, or for a
+    week that is not one."""
+    from .edition import Edition
+
+    if date is not None and week is not None:
+        raise typer.BadParameter("give --date or --week, not both", param_hint="'--date' / '--week'")
+    if week is not None:
+        try:
+            return Edition.parse_week(week)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="'--week'") from None
+    return Edition.daily(date.date()) if date is not None else None
 
 
 @app.command()
-def check(ctx: typer.Context, date: IssueDate = None) -> None:
+def check(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None) -> None:
     """Run the pre-send checks on an issue: size, images, links, unsubscribe link, text part."""
     from .checks import run_checks
-    from .digest import load_digest
+    from .digest import load_issue
     from .render import render_issue
 
+    edition = _edition(date, week)
     settings = settings_from(ctx)
-    issue = render_issue(load_digest(settings, date.date() if date else None), settings)
-    report = run_checks(issue)
+    source = load_issue(settings, edition)
+    report = run_checks(render_issue(source, settings))
     for problem in report.problems:
         err_console.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
     console.print(report.size_line(), highlight=False)
     if not report.ok:
-        err_console.print(f"[bold red]{len(report.problems)} problem(s):[/] the {issue.date} issue is not ready to send")
+        err_console.print(f"[bold red]{len(report.problems)} problem(s):[/] {source.edition.describe} is not ready to send")
         raise typer.Exit(1)
-    console.print(f"[green]✓[/] the {issue.date} issue passes every check", highlight=False)
+    console.print(f"[green]✓[/] {source.edition.describe} passes every check", highlight=False)
 
 
 @app.command()
-def publish(ctx: typer.Context, date: IssueDate = None) -> None:
+def publish(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None) -> None:
     """Write an issue's web version to the public folder and update the archive and the Atom feed."""
-    from .digest import load_digest
+    from .digest import load_issue
     from .publish import publish_issue
 
+    edition = _edition(date, week)
     settings = settings_from(ctx)
-    publication = publish_issue(load_digest(settings, date.date() if date else None), settings)
+    source = load_issue(settings, edition)
+    publication = publish_issue(source, settings)
     issue = publication.issue
-    console.print(f"Published the {issue.date} issue: {issue.url}", highlight=False)
+    console.print(f"Published {source.edition.describe}: {issue.url}", highlight=False)
     console.print(f"  page     {publication.page}", highlight=False)
     console.print(f"  archive  {publication.archive} ({len(publication.issues)} issue(s))", highlight=False)
     console.print(f"  feed     {publication.feed}", highlight=False)
@@ -150,16 +174,18 @@ def publish(ctx: typer.Context, date: IssueDate = None) -> None:
 def render(
     ctx: typer.Context,
     date: IssueDate = None,
+    week: IssueWeek = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the HTML part to this file.")] = None,
     text: Annotated[Optional[Path], typer.Option("--text", help="Write the plain-text part to this file.")] = None,
 ) -> None:
     """Render an issue's email: the HTML (--out) and the plain-text part (--text); else HTML to stdout."""
-    from .digest import load_digest
+    from .digest import load_issue
     from .files import write_atomic
     from .render import GMAIL_CLIP_BYTES, render_issue
 
+    edition = _edition(date, week)
     settings = settings_from(ctx)
-    issue = render_issue(load_digest(settings, date.date() if date else None), settings)
+    issue = render_issue(load_issue(settings, edition), settings)
     if out is None and text is None:
         sys.stdout.write(issue.html)
         return
@@ -204,6 +230,7 @@ ListName = Annotated[Optional[str], typer.Option("--list", help="List name (defa
 def send(
     ctx: typer.Context,
     date: IssueDate = None,
+    week: IssueWeek = None,
     list_name: ListName = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Send even if pre-send checks fail.")] = False,
@@ -211,7 +238,7 @@ def send(
         bool, typer.Option("--dry-run", help="Write the requests to an outbox folder; send nothing, record nothing.")
     ] = False,
     outbox: Annotated[
-        Optional[Path], typer.Option(help="Dry-run folder (default: <outbox_dir>/<date>/).")
+        Optional[Path], typer.Option(help="Dry-run folder (default: <outbox_dir>/<date or week>/).")
     ] = None,
     to: Annotated[
         Optional[list[str]], typer.Option("--to", help="Send a test to this address only (repeatable); not recorded.")
@@ -228,16 +255,19 @@ def send(
         ),
     ] = False,
 ) -> None:
-    """Send an issue to a list through the configured provider, once: batched, resumable, never twice."""
+    """Send an issue to a list through the configured provider, once: batched, resumable, never twice.
+
+    A day's issue goes to the list's daily members; the weekly edition (--week) to its weekly members."""
     from rich.table import Table
 
     from . import send as sending
     from .send.unrecorded import UnrecordedReport, default_outbox
 
+    edition = _edition(date, week)
     settings = settings_from(ctx)
-    day = sending.issue_day(settings, date.date() if date else None)
+    issue = sending.issue_to_send(settings, edition)
     plan = sending.plan_send(
-        settings, day, list_name or settings.default_list, resend_uncertain=resend_uncertain
+        settings, issue, list_name or settings.default_list, resend_uncertain=resend_uncertain
     )
     if plan.finished and not to:
         console.print(
@@ -252,7 +282,8 @@ def send(
     if to:
         summary.add_row("Test to", escape(", ".join(to)) + " (not recorded)")
     else:
-        summary.add_row("Recipients", f"{plan.recipients:,}" + ("" if plan.campaign is None else " still to send"))
+        audience = f" {plan.issue.kind} member(s)" if plan.campaign is None else " still to send"
+        summary.add_row("Recipients", f"{plan.recipients:,}{audience}")
         summary.add_row("Requests", f"{plan.batches:,} of up to {plan.batch_size}")
     summary.add_row("HTML size", f"{plan.html_bytes / 1024:.1f} KB")
     if plan.campaign is not None:
@@ -280,7 +311,7 @@ def send(
     if overridden:
         err_console.print(f"[yellow]warning:[/] sending despite {len(overridden)} failed check(s) (--force)")
     # Made before asking: missing credentials stop here, before anything is asked or stored.
-    provider = sending.open_provider(settings, dry_run=dry_run, outbox=outbox or default_outbox(settings, day))
+    provider = sending.open_provider(settings, dry_run=dry_run, outbox=outbox or default_outbox(settings, issue))
     if not yes:
         typer.confirm("Write the dry run?" if dry_run else "Send?", abort=True)
     if to or dry_run or sandbox:
@@ -392,7 +423,8 @@ def _print_unrecorded(
         elif plan.campaign is None:
             console.print(
                 f"A real send would record a campaign for {plan.describe}, snapshot its {plan.recipients:,} "
-                f"subscribed member(s) and send them {copies.requests:,} request(s) to {outbox.provider.name}.",
+                f"subscribed {plan.issue.kind} member(s) and send them {copies.requests:,} request(s) to "
+                f"{outbox.provider.name}.",
                 highlight=False,
             )
         else:
@@ -428,17 +460,18 @@ def _print_unrecorded(
 
 
 @app.command()
-def status(ctx: typer.Context, date: IssueDate = None, list_name: ListName = None) -> None:
+def status(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None, list_name: ListName = None) -> None:
     """Show how the send of an issue stands: counts by state, each failure, batches in flight or uncertain."""
     from rich.table import Table
 
     from . import send as sending
 
+    edition = _edition(date, week)
     settings = settings_from(ctx)
     name = list_name or settings.default_list
-    state = sending.campaign_status(settings, date.date() if date else None, name)
+    state = sending.campaign_status(settings, edition, name)
     if state is None:
-        console.print(f"No send to list {name!r} has started{' for ' + date.date().isoformat() if date else ''}.")
+        console.print(f"No send to list {name!r} has started{' for ' + edition.describe if edition else ''}.")
         return
     campaign = state.campaign
     sender = state.sender
@@ -451,7 +484,7 @@ def status(ctx: typer.Context, date: IssueDate = None, list_name: ListName = Non
     else:
         where = "interrupted: `newsletter send` resumes it"
     console.print(
-        f"Campaign #{campaign.id}: the {campaign.issue_date} issue to list {escape(name)!r}, "
+        f"Campaign #{campaign.id}: {campaign.issue.describe} to list {escape(name)!r}, "
         f"started {campaign.created_at:%Y-%m-%d %H:%M} UTC, {where}",
         highlight=False,
     )
@@ -501,23 +534,30 @@ def report(
     date: Annotated[
         Optional[datetime], typer.Option("--date", formats=["%Y-%m-%d"], help="The issue of this day, YYYY-MM-DD.")
     ] = None,
-    week: Annotated[Optional[str], typer.Option("--week", help="The issues of this ISO week, e.g. 2026-W04.")] = None,
+    week: Annotated[
+        Optional[str],
+        typer.Option(
+            "--week", metavar="YYYY-Www", help="The issues of this ISO week (its daily issues and its weekly edition), e.g. 2026-W04."
+        ),
+    ] = None,
     last: Annotated[Optional[int], typer.Option("--last", min=1, help="The last N issues of each list.")] = None,
     list_name: Annotated[Optional[str], typer.Option("--list", help="Only this list (default: every list).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What readers did with each issue: delivered, unique opens and clicks (per paper), bounces, spam reports, unsubscribes."""
     from .db import engine_for, reading
-    from .report import Selection, Tracking, issue_reports, parse_week
+    from .report import Selection, Tracking, issue_reports
 
     if sum(option is not None for option in (date, week, last)) > 1:
         raise typer.BadParameter("give one of --date, --week and --last", param_hint="--date/--week/--last")
-    try:
-        iso_week = parse_week(week) if week is not None else None
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--week") from None
+    edition = _edition(date, week)
     settings = settings_from(ctx)
-    selection = Selection(day=date.date() if date else None, week=iso_week, last=last, list_name=list_name)
+    selection = Selection(
+        day=date.date() if date else None,
+        week=edition if edition is not None and edition.weekly else None,
+        last=last,
+        list_name=list_name,
+    )
     with reading(engine_for(settings)) as conn:
         reports = issue_reports(conn, selection, Tracking(settings.track_opens, settings.track_clicks))
     if as_json:
@@ -636,6 +676,13 @@ def lists_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="List name: letters, digits, '.', '_' or '-'.")],
     description: Annotated[str, typer.Option(help="What readers of this list receive.")] = "",
+    optin: Annotated[
+        str,
+        typer.Option(
+            "--optin",
+            help="How readers who sign up join: double (confirm by mail first) or single (at once).",
+        ),
+    ] = "double",
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Succeed if the list already exists.")
     ] = False,
@@ -646,8 +693,13 @@ def lists_create(
 
     settings = settings_from(ctx)
     with engine_for(settings).begin() as conn:
-        created = create_list(conn, name, now=settings.clock(), description=description, exist_ok=if_missing)
-    console.print(f"List {escape(created.name)!r} (created {_when(created.created_at)} UTC)", highlight=False)
+        created = create_list(
+            conn, name, now=settings.clock(), description=description, optin=optin, exist_ok=if_missing
+        )
+    console.print(
+        f"List {escape(created.name)!r} ({created.optin} opt-in, created {_when(created.created_at)} UTC)",
+        highlight=False,
+    )
 
 
 @lists_app.command("list")
@@ -666,12 +718,14 @@ def lists_list(ctx: typer.Context, as_json: JsonOutput = False) -> None:
     table = Table()
     # Names and counts never shrink; the description takes what width is left.
     table.add_column("list", no_wrap=True, min_width=max((len(s.list.name) for s in summaries), default=4))
+    table.add_column("opt-in", no_wrap=True)
     for status in STATUSES:
         table.add_column(status, justify="right", no_wrap=True, min_width=len(status))
     table.add_column("description")
     for summary in summaries:
         table.add_row(
             escape(summary.list.name),
+            summary.list.optin,
             *(f"{summary.counts[status]:,}" for status in STATUSES),
             escape(summary.list.description),
         )
@@ -694,7 +748,7 @@ def lists_show(
     console.print(
         f"[bold]{escape(summary.list.name)}[/]  {escape(summary.list.description)}", highlight=False
     )
-    console.print(f"created {_when(summary.list.created_at)} UTC", highlight=False)
+    console.print(f"{summary.list.optin} opt-in, created {_when(summary.list.created_at)} UTC", highlight=False)
     for status, count in summary.counts.items():
         console.print(f"  {status:<13}{count:>10,}", highlight=False)
     console.print(f"  {'total':<13}{summary.total:>10,}", highlight=False)
@@ -937,6 +991,13 @@ def subscribers_import(
             "--resubscribe", help="Re-subscribe addresses that had unsubscribed, bounced or complained."
         ),
     ] = False,
+    require_confirmation: Annotated[
+        bool,
+        typer.Option(
+            "--require-confirmation",
+            help="Add new rows unconfirmed and send each a confirmation mail, instead of vouching for them.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and count everything; write nothing.")
     ] = False,
@@ -946,10 +1007,13 @@ def subscribers_import(
 
     Exits with status 2 if any row was invalid: the valid rows are imported all the same."""
     from .db import engine_for
+    from .providers import provider_for
     from .subscriber_csv import import_csv
 
     settings = settings_from(ctx)
     list_name = list_name or settings.default_list
+    # Made first: missing credentials stop the import before anything is stored.
+    provider = provider_for(settings) if require_confirmation and not dry_run else None
     with err_console.status(f"Reading {escape(str(file))}…") as spinner:
 
         def progress(phase: str, count: int) -> None:
@@ -961,10 +1025,24 @@ def subscribers_import(
             list_name=list_name,
             clock=settings.clock,
             resubscribe=resubscribe,
+            require_confirmation=require_confirmation,
             rejects=rejects,
             dry_run=dry_run,
             progress=progress,
         )
+    if provider is not None:
+        from .signup import send_confirmations
+        from .subscribers import get_list
+
+        with engine_for(settings).connect() as conn:
+            mailing_list = get_list(conn, list_name)
+        with err_console.status(f"Sending {len(report.to_confirm):,} confirmation mail(s)…"):
+            outcomes = send_confirmations(settings, engine_for(settings), mailing_list, report.to_confirm, provider)
+        sent = sum(outcome.sent_now for outcome in outcomes)
+        err_console.print(f"Confirmation mails sent: {sent:,} of {len(report.to_confirm):,} unconfirmed", highlight=False)
+        for outcome in outcomes:
+            if outcome.state != "sent":
+                err_console.print(escape(f"  {outcome.email}: {outcome.state} {outcome.error or ''}"), highlight=False)
     if as_json:
         _print_json({**vars(report), "problem_count": report.problem_count})
         _fail_on_invalid_rows(report)
@@ -1049,7 +1127,7 @@ def run_day(
         bool, typer.Option("--json", help="Also print every step's outcome, counts and duration as one JSON object, the last line.")
     ] = False,
 ) -> None:
-    """For cron: publish and send the day's issue to every list, then sync suppressions, once.
+    """For cron: publish and send the day's issue to every list (on weekly_day the week's edition too), then sync suppressions, once.
 
     Exit status 0 when done or nothing was left to do; 3 no digest for the day; 4 failed pre-send
     checks (nothing sent); 5 another run holds the lock; 6 a batch's answer was lost (uncertain);

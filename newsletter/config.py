@@ -13,7 +13,7 @@ import re
 import secrets
 import stat
 import tempfile
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -130,10 +130,19 @@ class Settings(BaseSettings):
     old_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     secret_key_file: Path = Path("subscribers/secret.key")
 
+    # Readers who sign up themselves (`newsletter serve`'s /subscribe/<list>): sign-ups accepted per
+    # client address per hour, beyond which the form answers the same and nothing is stored or sent;
+    # whether a confirmation records the reader's IP address with their consent (personal data:
+    # off unless the law you answer to asks for it).
+    signup_rate_per_hour: int = Field(default=20, ge=1)
+    record_consent_ip: bool = False
+
     # The daily run (`newsletter run`): the day it sends is today in `timezone`; the weekly edition
     # goes out on `weekly_day`; `run_lists` names the lists it sends to (None: every list).
     timezone: str = "Asia/Seoul"
     weekly_day: str = "sun"
+    # How many papers the weekly edition shows: its week's most upvoted.
+    weekly_top: int = Field(default=10, ge=1)
     run_lists: Annotated[list[str] | None, NoDecode] = None
 
     # The clock, as a seam: tests pin it here instead of patching time.
@@ -315,6 +324,12 @@ class Settings(BaseSettings):
         if self.now is not None:
             return self.now if self.now.tzinfo else self.now.replace(tzinfo=timezone.utc)
         return datetime.now(timezone.utc)
+
+    def local_date(self, moment: datetime) -> date:
+        """The calendar day `moment` falls on in the configured timezone (the newsletter's day)."""
+        from zoneinfo import ZoneInfo
+
+        return moment.astimezone(ZoneInfo(self.timezone)).date()
 
     def signing_keys(self) -> list[str]:
         """The secret that signs new links first, then every older key still accepted."""

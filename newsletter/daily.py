@@ -3,12 +3,14 @@
     digest   digests/D.md exists and parses            else exit 3, nothing else runs
     checks   the pre-send checks of each new send       failing: exit 4, nothing else runs
     publish  the web version, the archive, the feed     failing: nothing is sent
-    send     D's issue to every list (or `run_lists`)   a lost answer (uncertain): exit 6
-    weekly   the weekly edition on `weekly_day`         arrives with issue 8
+    send     D's issue to the daily members of every    a lost answer (uncertain): exit 6
+             list (or `run_lists`)
+    weekly   on `weekly_day`, the weekly edition of     failing checks: exit 4, it is neither
+             D's ISO week to the weekly members         published nor sent
     sync     SendGrid's suppression lists               with an API key only
     purge    sign-ups unconfirmed for over 30 days      deleted (issue 8 makes them)
 
-Every step is idempotent (a send is recorded per day and list, publishing rewrites the same files,
+Every step is idempotent (a send is recorded per issue and list, publishing rewrites the same files,
 a sync reads only what is new), so a second run of a day does nothing and exits 0. One run at a time,
 whatever the host: a row in `run_locks`, taken by compare-and-set and renewed by a heartbeat, as a
 send's claim is (send/claim.py). The lock is checked before every step, never held across hosts by a
@@ -31,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import db
 from .config import WEEKDAYS, Settings
+from .edition import Edition
 from .errors import (
     CheckFailed,
     ConfigError,
@@ -80,7 +83,7 @@ class StepResult:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     status: int = DONE  # what this step makes the run exit with
-    lists: list[dict[str, Any]] | None = None  # the send step: one entry per list
+    lists: list[dict[str, Any]] | None = None  # the send and weekly steps: one entry per list
 
     def __str__(self) -> str:
         detail = f": {self.detail}" if self.detail else ""
@@ -213,7 +216,7 @@ class _Run:
     def _checks(self) -> StepResult:
         from .send import plan_send, require_checks
 
-        self._plans = [plan_send(self._settings, self._day, name) for name in self._lists]
+        self._plans = [plan_send(self._settings, Edition.daily(self._day), name) for name in self._lists]
         fresh = [plan for plan in self._plans if plan.checks is not None]
         if not fresh:
             why = "no list to send to" if not self._plans else "every send had started: the checks ran then"
@@ -236,24 +239,11 @@ class _Run:
         return StepResult("publish", OK, f"{publication.issue.url}, archive and feed updated", counts)
 
     def _send(self) -> StepResult:
-        from .send.campaigns import STATES
-
         if not self._plans:
             return StepResult(
                 "send", FAILED, "there is no list to send to (newsletter lists create NAME)", status=FAILURE
             )
-        totals = dict.fromkeys(STATES, 0)
-        entries = [self._send_to(plan) for plan in self._plans]
-        for entry in entries:
-            for state, number in entry["counts"].items():
-                totals[state] = totals.get(state, 0) + number
-        counts = {"lists": len(entries), "requests": sum(entry["requests"] for entry in entries), **totals}
-        status = next((code for code in _PRECEDENCE if any(e["status"] == code for e in entries)), DONE)
-        outcome = FAILED if status else OK if any(e["outcome"] == OK for e in entries) else NOTHING
-        detail = "; ".join(f"list {entry['list']!r}: {entry['detail']}" for entry in entries)
-        for entry in entries:
-            entry.pop("status")
-        return StepResult("send", outcome, detail, counts, status=status, lists=entries)
+        return _sent("send", [self._send_to(plan) for plan in self._plans])
 
     def _send_to(self, plan: SendPlan) -> dict[str, Any]:
         from .send import SendReport, execute, open_provider
@@ -278,11 +268,11 @@ class _Run:
         return self._uncertain(plan, entry, report.counts)
 
     def _uncertain(self, plan: SendPlan, entry: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
-        """Exit 6 while any of the day's recipients of this list are uncertain: cron must tell someone."""
+        """Exit 6 while any of the issue's recipients of this list are uncertain: cron must tell someone."""
         uncertain = counts.get(db.UNCERTAIN, 0) + counts.get(db.IN_FLIGHT, 0)
         if not uncertain:
             return entry
-        day, name = self._day.isoformat(), plan.mailing_list.name
+        issue, name = plan.issue.option, plan.mailing_list.name
         pending = counts.get(db.PENDING, 0)
         resume = f"; {pending:,} still pending: run again to send them" if pending else ""
         entry.update(
@@ -290,18 +280,46 @@ class _Run:
             status=UNCERTAIN,
             detail=(
                 f"{_counts(counts)}: the answer to a request for {uncertain:,} recipient(s) was lost, so they "
-                f"may or may not have the issue (newsletter status --date {day} --list {name} shows them; "
-                f"newsletter send --date {day} --list {name} --resend-uncertain resends them, which may "
+                f"may or may not have the issue (newsletter status {issue} --list {name} shows them; "
+                f"newsletter send {issue} --list {name} --resend-uncertain resends them, which may "
                 f"duplicate){resume}"
             ),
         )
         return entry
 
     def _weekly(self) -> StepResult:
+        """On weekly_day, the weekly edition of the day's ISO week: checked, published and sent to
+        each list's weekly members, once. A list without weekly members (and no campaign of the
+        edition yet) is left alone, so that a reader who switches to weekly later that day still gets
+        it from the next run."""
+        from .digest import load_week
+        from .publish import publish_issue
+        from .send import plan_send, require_checks
+
         if WEEKDAYS[self._day.weekday()] != self._settings.weekly_day:
             why = f"{self._day:%Y-%m-%d} is a {self._day:%A}; the weekly edition goes out on weekly_day ({self._settings.weekly_day})"
             return StepResult("weekly", SKIPPED, why)
-        return StepResult("weekly", SKIPPED, "the weekly edition arrives with issue 8")
+        # The week holds the day, whose digest the digest step read: it has an edition to send.
+        edition = Edition.week_of(self._day)
+        if not self._lists:
+            return StepResult("weekly", NOTHING, "there is no list to send to")
+        try:
+            plans = [plan_send(self._settings, edition, name) for name in self._lists]
+        except DigestError as error:
+            # Another day's digest of the week: the day's own issue went out, so this is no exit 3.
+            return StepResult("weekly", FAILED, _describe(error), status=FAILURE)
+        sending = [plan for plan in plans if plan.campaign is not None or plan.recipients]
+        for plan in sending:
+            require_checks(plan, force=False)
+        if any(not plan.finished for plan in sending):
+            publish_issue(load_week(self._settings, edition), self._settings)
+        entries = [
+            self._send_to(plan) if plan.campaign is not None or plan.recipients else
+            {"list": plan.mailing_list.name, "requests": 0, "counts": {}, "outcome": NOTHING,
+             "detail": "no weekly members", "status": DONE}
+            for plan in plans
+        ]  # fmt: skip
+        return _sent("weekly", entries, edition.describe)
 
     def _sync(self) -> StepResult:
         from .suppressions import sync_suppressions
@@ -335,6 +353,23 @@ class _Run:
         return StepResult("purge", OK if purge.memberships else NOTHING, detail, counts)
 
 
+def _sent(step: str, entries: list[dict[str, Any]], issue: str = "") -> StepResult:
+    """The result of a step that sent an issue to lists, from each list's entry."""
+    from .send.campaigns import STATES
+
+    totals = dict.fromkeys(STATES, 0)
+    for entry in entries:
+        for state, number in entry["counts"].items():
+            totals[state] = totals.get(state, 0) + number
+    counts = {"lists": len(entries), "requests": sum(entry["requests"] for entry in entries), **totals}
+    status = next((code for code in _PRECEDENCE if any(e["status"] == code for e in entries)), DONE)
+    outcome = FAILED if status else OK if any(e["outcome"] == OK for e in entries) else NOTHING
+    detail = "; ".join(f"list {entry['list']!r}: {entry['detail']}" for entry in entries)
+    for entry in entries:
+        entry.pop("status")
+    return StepResult(step, outcome, f"{issue}: {detail}" if issue else detail, counts, status=status, lists=entries)
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{number:,} {state.replace('_', ' ')}" for state, number in counts.items() if number) or "no recipients"
 
@@ -344,7 +379,7 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, CheckFailed):
         shown = "; ".join(str(problem) for problem in error.problems[:_SHOWN_PROBLEMS])
         more = len(error.problems) - _SHOWN_PROBLEMS
-        rest = f"; and {more} more (newsletter check --date … lists them all)" if more > 0 else ""
+        rest = f"; and {more} more (newsletter check --date … or --week … lists them all)" if more > 0 else ""
         return f"{len(error.problems)} pre-send check(s) failed: {shown}{rest}; nothing was sent"
     if isinstance(error, OSError) and not isinstance(error, NewsletterError):
         where = f"{error.filename}: " if error.filename else ""

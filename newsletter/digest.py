@@ -1,11 +1,13 @@
-"""A day's digest: the Markdown file parsed into typed objects that every later stage reads."""
+"""A day's digest: the Markdown file parsed into typed objects that every later stage reads; and a
+week's digests, from which the weekly edition takes its most upvoted papers."""
 
 from __future__ import annotations
 
 import html
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +16,7 @@ from urllib.parse import urlsplit
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from .edition import Edition
 from .errors import DigestError
 
 if TYPE_CHECKING:
@@ -49,6 +52,11 @@ class Digest:
     papers: list[Paper]
     language: str  # BCP 47 tag of the body text ("ko" for the example)
     path: Path
+
+    @property
+    def edition(self) -> Edition:
+        """The daily issue it makes."""
+        return Edition.daily(self.date)
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -448,3 +456,81 @@ def load_digest(settings: Settings, day: date | None = None) -> Digest:
         raise DigestError(f"cannot read the digest: {error.strerror}", path=path) from None
     # Undecodable bytes become U+FFFD, which parse_digest strips like a broken emoji.
     return parse_digest(raw.decode("utf-8", errors="replace"), path)
+
+
+def load_issue(settings: Settings, edition: Edition | None = None) -> Digest | Week:
+    """What `edition`'s issue is made from: its day's digest, or its week's; by default the latest
+    digest."""
+    if edition is not None and edition.weekly:
+        return load_week(settings, edition)
+    return load_digest(settings, edition.days[0] if edition is not None else None)
+
+
+# -- the week ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeeklyPaper:
+    """A paper of a weekly edition, as the day it first appeared on gave it."""
+
+    paper: Paper  # ranked within the week, with the most upvotes any day gave it
+    day: date
+    digest: Digest  # that day's: a thumbnail named in it is beside it
+
+
+@dataclass(frozen=True)
+class Week:
+    """An ISO week's daily digests and the papers its weekly edition shows."""
+
+    edition: Edition
+    digests: list[Digest]  # the days of the week that have one, oldest first
+    papers: list[WeeklyPaper]  # the most upvoted, most first
+
+    @property
+    def language(self) -> str:
+        """The language most of its papers are written in."""
+        return Counter(found.digest.language for found in self.papers).most_common(1)[0][0]
+
+
+def week_days(settings: Settings, edition: Edition) -> list[date]:
+    """The days of the edition's week that have a digest file."""
+    return [day for day in edition.days if digest_path(settings, day).is_file()]
+
+
+def load_week(settings: Settings, edition: Edition) -> Week:
+    """The week's digests and its `weekly_top` most upvoted papers; DigestError when no day of the
+    week has a digest, or one of them cannot make an issue."""
+    days = week_days(settings, edition)
+    if not days:
+        first, last = edition.days[0].isoformat(), edition.last_day.isoformat()
+        folder = settings.path(settings.digests_dir)
+        raise DigestError(
+            f"no digest for week {edition.key} ({first} to {last}): expected at least one of "
+            f"{first}.md … {last}.md in {folder}"
+        )
+    digests = [load_digest(settings, day) for day in days]
+    return Week(edition, digests, most_upvoted(digests, settings.weekly_top))
+
+
+def most_upvoted(digests: list[Digest], count: int) -> list[WeeklyPaper]:
+    """The `count` most upvoted distinct papers of `digests` (oldest first), ranked 1, 2, …. A paper
+    on several days counts once, as its first day gave it, with the most upvotes any day gave it.
+    Ties go to the earlier day, then the higher rank on it; papers without upvotes come last."""
+    first: dict[str, WeeklyPaper] = {}
+    upvotes: dict[str, int | None] = {}
+    for digest in digests:
+        for paper in digest.papers:
+            # The same paper under another of Hugging Face's hosts is still the same paper.
+            key = paper.paper_id or paper.url
+            first.setdefault(key, WeeklyPaper(paper, digest.date, digest))
+            known = [votes for votes in (upvotes.get(key), paper.upvotes) if votes is not None]
+            upvotes[key] = max(known) if known else None
+
+    def order(key: str) -> tuple[bool, int, date, int]:
+        return upvotes[key] is None, -(upvotes[key] or 0), first[key].day, first[key].paper.rank
+
+    ranked = sorted(first, key=order)
+    return [
+        replace(first[key], paper=replace(first[key].paper, rank=rank, upvotes=upvotes[key]))
+        for rank, key in enumerate(ranked[:count], start=1)
+    ]

@@ -18,7 +18,16 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, and_, bindparam, exists, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    exists,
+    literal,
+    select,
+)
 from sqlalchemy.engine import Connection
 
 from . import db
@@ -48,20 +57,32 @@ TRANSITIONS: dict[str, frozenset[Move]] = {
     "unsubscribe_page": frozenset({(SUBSCRIBED, UNSUBSCRIBED), (UNSUBSCRIBED, SUBSCRIBED)}),
     # A mail client's RFC 8058 one-click POST only ever unsubscribes.
     "one_click": frozenset({(SUBSCRIBED, UNSUBSCRIBED)}),
-    # The operator's commands: add an address, unsubscribe one on the reader's word, and, only when
-    # asked (subscribers add --resubscribe), re-subscribe whoever said no.
+    # The reader on their preferences page (which also changes their frequency, with set_frequency):
+    # leave.
+    "preferences_page": frozenset({(SUBSCRIBED, UNSUBSCRIBED)}),
+    # The operator's commands: add an address (vouching for a sign-up still unconfirmed), unsubscribe
+    # one on the reader's word, and, only when asked (subscribers add --resubscribe), re-subscribe
+    # whoever said no.
     "command": frozenset(
-        {(None, SUBSCRIBED), *_LIFTED, *((old, UNSUBSCRIBED) for old in (SUBSCRIBED, BOUNCED, COMPLAINED))}
+        {
+            (None, SUBSCRIBED),
+            (UNCONFIRMED, SUBSCRIBED),
+            *_LIFTED,
+            *((old, UNSUBSCRIBED) for old in (SUBSCRIBED, UNCONFIRMED, BOUNCED, COMPLAINED)),
+        }
     ),
-    # A CSV import adds, and re-subscribes only with --resubscribe.
-    "import": frozenset({(None, SUBSCRIBED), *_LIFTED}),
+    # A CSV import adds (vouching for unconfirmed sign-ups), and re-subscribes only with
+    # --resubscribe; with --require-confirmation it adds its rows unconfirmed instead.
+    "import": frozenset({(None, SUBSCRIBED), (UNCONFIRMED, SUBSCRIBED), (None, UNCONFIRMED), *_LIFTED}),
     # The provider's events and suppression lists.
     "webhook": _TOWARDS_STRONGER,
     "sendgrid_sync": _TOWARDS_STRONGER,
-    # Double opt-in (issue 8), which nothing records yet: a reader who signs up waits unconfirmed,
-    # receiving no issue, until they follow the confirmation link.
-    "signup": frozenset({(None, UNCONFIRMED)}),
-    "confirmation": frozenset({(UNCONFIRMED, SUBSCRIBED)}),
+    # A reader who signs up (signup.py) on a double opt-in list waits unconfirmed, receiving no issue,
+    # until they follow the confirmation link; on a single opt-in list a new address is subscribed at
+    # once. Whoever left or bounced confirms by mail whatever the list's mode: anyone can type an
+    # address into a form, and only its owner may undo their own "no".
+    "signup": frozenset({(None, UNCONFIRMED), (None, SUBSCRIBED)}),
+    "confirmation": frozenset({(UNCONFIRMED, SUBSCRIBED), *_LIFTED}),
 }
 
 
@@ -231,6 +252,38 @@ def compare_and_set_many(
             execution_options={"preserve_rowcount": True},
         ).rowcount
     return changed
+
+
+def set_frequency(
+    conn: Connection, *, list_id: int, subscriber_id: int, frequency: str, source: str, now: datetime
+) -> bool:
+    """Switch a subscribed member between the daily issues and the weekly edition, logged like a
+    status change (the status stays); True if it changed."""
+    if frequency not in db.FREQUENCIES:
+        raise ValueError(f"unknown frequency {frequency!r}")
+    m = db.memberships.c
+    status = conn.execute(
+        select(m.status).where(*_THIS, m.frequency != frequency).with_for_update(),
+        {"list": list_id, "subscriber": subscriber_id},
+    ).scalar()
+    if status != SUBSCRIBED:
+        return False
+    conn.execute(
+        # updated_at stays: it says when the status last changed (purges and confirmations read it).
+        db.memberships.update().where(*_THIS).values(frequency=frequency),
+        {"list": list_id, "subscriber": subscriber_id},
+    )
+    log_event(
+        conn,
+        subscriber_id=subscriber_id,
+        list_id=list_id,
+        status=status,
+        previous_status=status,
+        source=source,
+        now=now,
+        detail=f"frequency: {frequency}",
+    )
+    return True
 
 
 def log_event(

@@ -1,7 +1,9 @@
 """Publishing: the issue's web version ("view in browser"), the archive page and the Atom feed.
 
 The public folder is served at settings.base_url, so an issue whose web_url is
-`<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`. The web version is the
+`<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`, and a weekly edition's
+(`<base_url>/2026-W04/`) to `public/2026-W04/index.html`; the archive and the feed list it dated by its
+week's Sunday. The web version is the
 email's template with every abstract in full: the email's cards link to their abstracts there. Beside each page an
 `issue.json` records what the archive and the feed show of it; the archive and the feed are rebuilt
 from every such record found, so publishing one date keeps all the others. Every file is written
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import Settings
-from .digest import Digest
+from .digest import Digest, Week
 from .errors import NewsletterError, RenderError
 from .files import write_atomic
 from .render import RenderedIssue, render_issue, render_template
@@ -87,9 +89,10 @@ class Publication:
     issues: list[PublishedIssue]  # everything the archive now lists, newest first
 
 
-def publish_issue(digest: Digest, settings: Settings) -> Publication:
-    """Write the digest's web version, then rebuild the archive and the feed from every issue."""
-    issue = render_issue(digest, settings, abstract="full")
+def publish_issue(source: Digest | Week, settings: Settings) -> Publication:
+    """Write the web version of a day's issue or a week's edition, then rebuild the archive and the
+    feed from every issue."""
+    issue = render_issue(source, settings, abstract="full")
     public = settings.path(settings.public_dir)
     folder = page_folder(issue.web_url, settings)
     page, record_file = folder / PAGE, folder / RECORD

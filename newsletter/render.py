@@ -1,5 +1,6 @@
-"""Render a digest into the issue's email: Jinja2 + MJML → HTML, CSS inlined by premailer, and a
-plain-text part made from the same Digest objects, wrapped at 76 columns.
+"""Render an issue's email: Jinja2 + MJML → HTML, CSS inlined by premailer, and a plain-text part made
+from the same objects, wrapped at 76 columns. The issue is a day's digest, or a week's most upvoted
+papers (the weekly edition), each of whose cards names the day it appeared on.
 
 One render serves every recipient: the unsubscribe link is UNSUBSCRIBE_TAG, which the sender
 replaces per recipient. The Jinja environment is built once per templates folder and per process;
@@ -23,7 +24,8 @@ from mjml import mjml2html
 
 from .assets import Thumbnail, resolve_thumbnail
 from .config import Settings
-from .digest import PREFERENCES_TAG, UNSUBSCRIBE_TAG, Digest, Paper
+from .digest import PREFERENCES_TAG, UNSUBSCRIBE_TAG, Digest, Paper, Week
+from .edition import Edition
 from .errors import RenderError
 
 # UNSUBSCRIBE_TAG and PREFERENCES_TAG (defined beside the parser that keeps them out of digests; the
@@ -116,6 +118,9 @@ class Wording:
     """The email's own words (labels, footer), in the digest's language."""
 
     contents: str  # the heading of the list of the issue's papers
+    weekly_contents: str  # likewise, in the weekly edition
+    weekly_title: str  # "{range}": the weekly edition's title (and its subject's {date})
+    weekly_line: str  # under the weekly edition's title, before the number of papers
     key_points: str
     abstract: str
     read_abstract: str  # the link to a paper's abstract on the web version
@@ -130,6 +135,8 @@ class Wording:
     unsubscribe: str
     readable_date: Callable[[date], str]  # with the weekday, for the header
     short_date: Callable[[date], str]  # the subject's {date}
+    day: Callable[[date], str]  # a weekly card's day, short, with the weekday
+    date_range: Callable[[date, date], str]  # a week, its year and month said once when they are
 
 
 _KO_WEEKDAYS = "월화수목금토일"
@@ -137,9 +144,33 @@ _EN_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturda
 _EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
               "September", "October", "November", "December")  # fmt: skip
 
+
+def _ko_range(first: date, last: date) -> str:
+    """"2026년 1월 19일–25일", "2026년 1월 26일–2월 1일", "2025년 12월 29일–2026년 1월 4일"."""
+    end = f"{last.day}일"
+    if (first.year, first.month) != (last.year, last.month):
+        end = f"{last.month}월 {end}"
+    if first.year != last.year:
+        end = f"{last.year}년 {end}"
+    return f"{first.year}년 {first.month}월 {first.day}일–{end}"
+
+
+def _en_range(first: date, last: date) -> str:
+    """"January 19–25, 2026", "January 26 – February 1, 2026", "December 29, 2025 – January 4, 2026"."""
+    start, end = f"{_EN_MONTHS[first.month - 1]} {first.day}", f"{_EN_MONTHS[last.month - 1]} {last.day}"
+    if first.year != last.year:
+        return f"{start}, {first.year} – {end}, {last.year}"
+    if first.month != last.month:
+        return f"{start} – {end}, {last.year}"
+    return f"{start}–{last.day}, {last.year}"
+
+
 WORDING: dict[str, Wording] = {
     "ko": Wording(
         contents="오늘의 논문",
+        weekly_contents="이번 주의 논문",
+        weekly_title="주간 논문 {range}",
+        weekly_line="한 주 동안 추천을 가장 많이 받은 논문",
         key_points="핵심 포인트",
         abstract="초록",
         read_abstract="초록 읽기",
@@ -154,9 +185,14 @@ WORDING: dict[str, Wording] = {
         unsubscribe="구독 해지",
         readable_date=lambda d: f"{d.year}년 {d.month}월 {d.day}일 {_KO_WEEKDAYS[d.weekday()]}요일",
         short_date=lambda d: f"{d.year}년 {d.month}월 {d.day}일",
+        day=lambda d: f"{d.month}월 {d.day}일 ({_KO_WEEKDAYS[d.weekday()]})",
+        date_range=_ko_range,
     ),
     "en": Wording(
         contents="In this issue",
+        weekly_contents="This week's papers",
+        weekly_title="Weekly papers, {range}",
+        weekly_line="The week's most upvoted papers",
         key_points="Key points",
         abstract="Abstract",
         read_abstract="Read the abstract",
@@ -171,6 +207,8 @@ WORDING: dict[str, Wording] = {
         unsubscribe="Unsubscribe",
         readable_date=lambda d: f"{_EN_WEEKDAYS[d.weekday()]}, {_EN_MONTHS[d.month - 1]} {d.day}, {d.year}",
         short_date=lambda d: f"{_EN_MONTHS[d.month - 1]} {d.day}, {d.year}",
+        day=lambda d: f"{_EN_WEEKDAYS[d.weekday()][:3]}, {_EN_MONTHS[d.month - 1][:3]} {d.day}",
+        date_range=_en_range,
     ),
 }
 
@@ -182,7 +220,7 @@ def wording_for(language: str) -> Wording:
 
 @dataclass(frozen=True)
 class RenderedIssue:
-    date: date
+    date: date  # the digest's; a weekly edition's is its week's Sunday (Edition.last_day)
     subject: str
     preheader: str
     html: str  # holds UNSUBSCRIBE_TAG and PREFERENCES_TAG where the recipient's own URLs go
@@ -209,6 +247,7 @@ class Card:
 
     paper: Paper
     thumbnail: Thumbnail | None
+    day: date | None = None  # the day a weekly edition's paper appeared on
 
     @property
     def anchor(self) -> str:
@@ -216,49 +255,98 @@ class Card:
         return f"paper-{self.paper.rank}"
 
 
-def render_issue(digest: Digest, settings: Settings, *, abstract: AbstractShown | None = None) -> RenderedIssue:
-    """The issue's email: compiled, CSS-inlined HTML and the plain-text part. `abstract` overrides
-    settings.email_abstract (the web version shows every abstract in full). Never touches the
-    network."""
-    context = _context(digest, settings, abstract or settings.email_abstract)
+def render_issue(
+    source: Digest | Week, settings: Settings, *, abstract: AbstractShown | None = None
+) -> RenderedIssue:
+    """The issue's email, from a day's digest or a week's (the weekly edition): compiled,
+    CSS-inlined HTML and the plain-text part. `abstract` overrides settings.email_abstract (the web
+    version shows every abstract in full). Never touches the network."""
+    issue = _issue(source, settings)
+    context = _context(issue, settings, abstract or settings.email_abstract)
     mjml_source = render_template(settings, MJML_TEMPLATE, context)
     html = _inline_css(*_compile_mjml(mjml_source))
     text = render_template(settings, TEXT_TEMPLATE, context)
     return RenderedIssue(
-        date=digest.date,
+        date=issue.date,
         subject=context["subject"],
         preheader=context["preheader"],
         html=html,
         text=text,
-        language=digest.language,
+        language=issue.language,
         web_url=context["web_url"],
     )
 
 
-def render_mjml(digest: Digest, settings: Settings) -> str:
+def render_mjml(source: Digest | Week, settings: Settings) -> str:
     """The Jinja-expanded MJML of an issue, before compilation (what the reference MJML compiler
     validates and compiles in the tests)."""
-    return render_template(settings, MJML_TEMPLATE, _context(digest, settings, settings.email_abstract))
+    context = _context(_issue(source, settings), settings, settings.email_abstract)
+    return render_template(settings, MJML_TEMPLATE, context)
 
 
-def web_url(settings: Settings, day: date) -> str:
-    """The issue's "view in browser" page."""
-    return f"{settings.base_url}/{day.isoformat()}/"
+def web_url(settings: Settings, edition: Edition) -> str:
+    """The issue's "view in browser" page: <base_url>/2026-01-23/, or /2026-W04/ for a week's."""
+    return f"{settings.base_url}/{edition.key}/"
 
 
-def subject_line(digest: Digest, settings: Settings) -> str:
-    """settings.subject_template filled in: by default "2026년 1월 23일 — EvoCUA 외 4편", the date
-    and the first paper by its short name (the part of its title before a colon), which is what a
-    reader recognises and what fits a phone's inbox row. The From name is not repeated: the inbox
-    shows it beside the subject."""
-    words = wording_for(digest.language)
-    papers = digest.papers
+@dataclass(frozen=True)
+class _Issue:
+    """What the templates show of a day's digest or of a week's, in the words of its language."""
+
+    edition: Edition
+    date: date  # RenderedIssue.date
+    title: str
+    dated: str  # the header's line under the title, before the number of papers
+    when: str  # the subject's {date}
+    contents: str  # the heading of the list of its papers
+    cards: list[Card]
+    language: str
+
+
+def _issue(source: Digest | Week, settings: Settings) -> _Issue:
+    words = wording_for(source.language)
+    if isinstance(source, Week):
+        edition = source.edition
+        title = words.weekly_title.format(range=words.date_range(edition.days[0], edition.last_day))
+        return _Issue(
+            edition=edition,
+            date=edition.last_day,
+            title=title,
+            dated=words.weekly_line,
+            # The subject names the week, which a reader tells apart from a daily issue's date.
+            when=title,
+            contents=words.weekly_contents,
+            cards=[
+                Card(found.paper, resolve_thumbnail(found.paper, found.digest, settings), found.day)
+                for found in source.papers
+            ],
+            language=source.language,
+        )
+    return _Issue(
+        edition=source.edition,
+        date=source.date,
+        title=source.title,
+        dated=words.readable_date(source.date),
+        when=words.short_date(source.date),
+        contents=words.contents,
+        cards=[Card(paper, resolve_thumbnail(paper, source, settings)) for paper in source.papers],
+        language=source.language,
+    )
+
+
+def _subject(issue: _Issue, settings: Settings) -> str:
+    """settings.subject_template filled in: by default "2026년 1월 23일 — EvoCUA 외 4편" (or "주간 논문
+    2026년 1월 19일–25일 — EvoCUA 외 9편"), the date and the first paper by its short name (the part
+    of its title before a colon), which is what a reader recognises and what fits a phone's inbox
+    row. The From name is not repeated: the inbox shows it beside the subject."""
+    words = wording_for(issue.language)
+    papers = [card.paper for card in issue.cards]
     return settings.subject_template.format(
-        date=words.short_date(digest.date),
-        first=short_title(papers[0].title) if papers else digest.title,
+        date=issue.when,
+        first=short_title(papers[0].title) if papers else issue.title,
         more=words.and_more.format(n=len(papers) - 1) if len(papers) > 1 else "",
         papers=len(papers),
-        title=digest.title,
+        title=issue.title,
         from_name=settings.from_name,
     ).strip()
 
@@ -273,30 +361,30 @@ def short_title(title: str, limit: int = 60) -> str:
     return title[:limit].rsplit(" ", 1)[0].rstrip(" ,;:-") + "…"
 
 
-def _preheader(digest: Digest) -> str:
-    for paper in digest.papers:
-        if paper.summary is not None:
-            return paper.summary.text
-    return digest.title
+def _preheader(issue: _Issue) -> str:
+    for card in issue.cards:
+        if card.paper.summary is not None:
+            return card.paper.summary.text
+    return issue.title
 
 
-def _context(digest: Digest, settings: Settings, abstract: AbstractShown) -> dict:
-    words = wording_for(digest.language)
-    language = digest.language.split("-")[0].lower()
+def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict:
+    language = issue.language.split("-")[0].lower()
     return {
-        "digest": digest,
-        "cards": [Card(paper, resolve_thumbnail(paper, digest, settings)) for paper in digest.papers],
+        "title": issue.title,
+        "cards": issue.cards,
         "abstract": abstract,
-        "subject": subject_line(digest, settings),
-        "preheader": _preheader(digest),
+        "subject": _subject(issue, settings),
+        "preheader": _preheader(issue),
         "preheader_filler": PREHEADER_FILLER,
-        "readable_date": words.readable_date(digest.date),
-        "words": words,
-        "lang": digest.language,
+        "readable_date": issue.dated,
+        "contents": issue.contents,
+        "words": wording_for(issue.language),
+        "lang": issue.language,
         # Korean reads best broken between words, never inside one; Chinese and Japanese have no
         # spaces to break at, so only Korean gets it.
         "keep_words_whole": language == "ko",
-        "web_url": web_url(settings, digest.date),
+        "web_url": web_url(settings, issue.edition),
         "unsubscribe_url": UNSUBSCRIBE_TAG,
         "preferences_url": PREFERENCES_TAG,
         "settings": settings,

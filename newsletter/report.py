@@ -17,7 +17,10 @@ events kept per reader (campaign_events, written once per event id by webhook.py
 - opens and clicks that were not tracked are None, never 0: a campaign's tracking is read from
   campaign_tracking, else taken to be the current settings'.
 
-Issues are daily now; a weekly edition (issue 8) would be another Edition, keyed by ISO week.
+An issue is a day's daily issue or a week's weekly edition (edition.Edition), keyed by its date or its
+ISO week; the two go to different readers of a list (its daily and its weekly members), so an issue's
+unsubscribes are bounded by the list's next issue of the same edition. A list's issues are ordered by
+their last day, a week's edition after the daily issue of its Sunday.
 """
 
 from __future__ import annotations
@@ -32,15 +35,15 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 
 from . import db
+from .edition import DAILY, Edition
 from .errors import NoIssueSent
 from .subscribers import get_list
 from .webhook import BOUNCE, CLICK, DELIVERED, OPEN, SPAM_REPORT, UNSUBSCRIBES
 
-DAILY = "daily"
-
-# The membership sources through which a reader leaves a list by their own hand (membership.py) and
-# that name no campaign; the provider's unsubscribe events name theirs (campaign_events).
-_LEAVING_SOURCES = ("unsubscribe_page", "one_click")
+# The membership sources through which a reader leaves a list by their own hand (membership.py), from
+# an issue's unsubscribe link or its preferences link, and that name no campaign; the provider's
+# unsubscribe events name theirs (campaign_events).
+_LEAVING_SOURCES = ("unsubscribe_page", "one_click", "preferences_page")
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,8 @@ class PaperClicks:
 
 @dataclass(frozen=True)
 class IssueReport:
-    edition: str  # "daily" (a weekly edition would be keyed by its ISO week, "2026-W04")
-    issue: str  # the issue's date, YYYY-MM-DD, for a daily issue
+    edition: str  # "daily" or "weekly"
+    issue: str  # a daily issue's date (2026-01-23), a weekly edition's ISO week (2026-W04)
     list: str
     sent: int
     delivered: int
@@ -98,11 +101,12 @@ class IssueReport:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which issues: the one of `day`, those of ISO `week` ((year, week)), or the `last` N of each
-    list; with none of these, the latest issue of each list. `list_name` None: every list."""
+    """Which issues: the one of `day`, those of `week` (a weekly Edition: its daily issues and the
+    weekly edition itself), or the `last` N of each list; with none of these, the latest issue of
+    each list. `list_name` None: every list."""
 
     day: date | None = None
-    week: tuple[int, int] | None = None
+    week: Edition | None = None
     last: int | None = None
     list_name: str | None = None
 
@@ -111,7 +115,7 @@ class Selection:
         if self.day is not None:
             return f"no issue was sent on {self.day.isoformat()}{where}"
         if self.week is not None:
-            return f"no issue was sent in week {self.week[0]}-W{self.week[1]:02d}{where}"
+            return f"no issue was sent in week {self.week.key}{where}"
         return f"no issue has been sent{where} yet"
 
 
@@ -136,8 +140,8 @@ def issue_reports(conn: Connection, selection: Selection, tracking: Tracking) ->
         clickers, by_rank = _clicks(conn, campaign.id, links)
         reports.append(
             IssueReport(
-                edition=DAILY,
-                issue=campaign.issue_date,
+                edition=campaign.issue.kind,
+                issue=campaign.issue.key,
                 list=campaign.list_name,
                 sent=sent.get(campaign.id, 0),
                 delivered=counts[DELIVERED],
@@ -161,43 +165,52 @@ def issue_reports(conn: Connection, selection: Selection, tracking: Tracking) ->
 @dataclass(frozen=True)
 class _Campaign:
     id: int
-    issue_date: str
+    issue: Edition
     list_id: int
     list_name: str
     html: str
     created_at: datetime
-    until: datetime | None  # when the list's next campaign was created
+    until: datetime | None  # when the list's next campaign of the same edition was created
+
+
+def _selected(issue: Edition, selection: Selection) -> bool:
+    if selection.day is not None:
+        return issue == Edition.daily(selection.day)
+    assert selection.week is not None
+    return issue == selection.week or (not issue.weekly and issue.days[0] in selection.week.days)
 
 
 def _campaigns(conn: Connection, selection: Selection) -> list[_Campaign]:
     c, lists = db.campaigns.c, db.lists.c
-    query = select(c.id, c.issue_date, c.list_id, lists.name, c.created_at).join(
+    query = select(c.id, c.edition, c.issue_date, c.list_id, lists.name, c.created_at).join(
         db.lists, lists.id == c.list_id
     )
     if selection.list_name is not None:
         query = query.where(lists.name == selection.list_name)
-    # Every campaign of the lists, newest first: the next one bounds each one's unsubscribes.
-    rows = conn.execute(query.order_by(c.list_id, c.issue_date.desc())).all()
-    by_list: dict[int, list[Any]] = defaultdict(list)
-    for row in rows:
-        by_list[row.list_id].append(row)
-    chosen: list[tuple[Any, datetime | None]] = []
-    for list_rows in by_list.values():
-        following = [None, *(row.created_at for row in list_rows[:-1])]
-        pairs = list(zip(list_rows, following))
-        if selection.day is not None:
-            pairs = [p for p in pairs if p[0].issue_date == selection.day.isoformat()]
-        elif selection.week is not None:
-            pairs = [p for p in pairs if date.fromisoformat(p[0].issue_date).isocalendar()[:2] == selection.week]
+    # Every campaign of the lists, each list's newest first: the next one of the same edition bounds
+    # each one's unsubscribes.
+    by_list: dict[int, list[tuple[Edition, Any]]] = defaultdict(list)
+    for row in conn.execute(query.order_by(c.list_id)):
+        by_list[row.list_id].append((Edition(row.edition, row.issue_date), row))
+    chosen: list[tuple[Edition, Any, datetime | None]] = []
+    for issues in by_list.values():
+        issues.sort(key=lambda found: found[0].sort_key, reverse=True)
+        later: dict[str, datetime] = {}
+        bounded = []
+        for issue, row in issues:
+            bounded.append((issue, row, later.get(issue.kind)))
+            later[issue.kind] = row.created_at
+        if selection.day is not None or selection.week is not None:
+            bounded = [found for found in bounded if _selected(found[0], selection)]
         else:
-            pairs = pairs[: selection.last or 1]
-        chosen.extend(reversed(pairs))
+            bounded = bounded[: selection.last or 1]
+        chosen.extend(reversed(bounded))
     html = dict(
-        conn.execute(select(c.id, c.html).where(c.id.in_([row.id for row, _ in chosen]))).all()
+        conn.execute(select(c.id, c.html).where(c.id.in_([row.id for _, row, _ in chosen]))).all()
     ) if chosen else {}
     return [
-        _Campaign(row.id, row.issue_date, row.list_id, row.name, html[row.id], row.created_at, until)
-        for row, until in chosen
+        _Campaign(row.id, issue, row.list_id, row.name, html[row.id], row.created_at, until)
+        for issue, row, until in chosen
     ]
 
 
@@ -336,17 +349,3 @@ def sparkline(values: Iterable[float | None]) -> str:
         " " if v is None else SPARKS[top // 2 if high == low else round((v - low) / (high - low) * top)]
         for v in values
     )
-
-
-def parse_week(text: str) -> tuple[int, int]:
-    """An ISO week, "2026-W04" (or "2026W04"); ValueError otherwise."""
-    cleaned = text.strip().upper().replace("W", "-W").replace("--", "-")
-    year, _, week = cleaned.partition("-W")
-    if not (year.isdecimal() and week.isdecimal() and len(year) == 4):
-        raise ValueError(f"expected an ISO week such as 2026-W04, got {text!r}")
-    value = (int(year), int(week))
-    try:
-        date.fromisocalendar(value[0], value[1], 1)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a week of {year}") from None
-    return value

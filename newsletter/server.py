@@ -1,6 +1,10 @@
-"""The web server (`newsletter serve`): unsubscribe pages and RFC 8058 one-click unsubscribe, the
-SendGrid Event Webhook, and the public folder (archive pages, thumbnails), so that one process hosts
-everything an email links to.
+"""The web server (`newsletter serve`): sign-up, confirmation and preferences pages, unsubscribe pages
+and RFC 8058 one-click unsubscribe, the SendGrid Event Webhook, and the public folder (archive pages,
+thumbnails), so that one process hosts everything an email links to.
+
+The sign-up form answers every address alike (signup.py decides, unseen, which mail is due), and the
+mail goes out after the answer (a background task), so that neither the page nor its timing tells
+whether an address is on the list.
 
 GET on an unsubscribe link changes nothing (mail scanners and link previews follow links); only a
 POST does, and it answers once the change is committed. Links that are not ours, and ours for a
@@ -14,9 +18,13 @@ is answered 404 before its body is read at all unless the link is good.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -24,6 +32,7 @@ import uvicorn
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData, Headers, MutableHeaders
@@ -34,15 +43,26 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import db
+from . import db, signup
 from .config import Settings
-from .errors import TokenError
-from .membership import compare_and_set
+from .errors import NewsletterError, SubscriberError, TokenError
+from .membership import compare_and_set, set_frequency
+from .providers import Event, Provider, provider_for
+from .providers.sendgrid.events import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookVerifier,
+    parse_events,
+)
+from .publish import PublishedIssue, published_issues
 from .render import DARK, FONT_STACK, LIGHT, environment
-from .tokens import RESUBSCRIBE_WINDOW, UnsubscribeLinks
-from .providers.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookVerifier, parse_events
-from .providers import Event
+from .send.pacing import Requests
+from .send.transactional import requests_for, send_message
+from .subscribers import MailingList, get_list
+from .tokens import CONFIRM_WINDOW, RESUBSCRIBE_WINDOW, ConfirmLinks, UnsubscribeLinks
 from .webhook import apply_events
+
+log = logging.getLogger(__name__)
 
 # SendGrid's batches are far smaller; anything bigger is not SendGrid.
 MAX_WEBHOOK_BODY = 10 * 1024 * 1024
@@ -83,6 +103,7 @@ class Membership:
     list_name: str
     list_description: str
     status: str
+    frequency: str
 
 
 def mask_email(email: str) -> str:
@@ -91,13 +112,16 @@ def mask_email(email: str) -> str:
     return f"{local[:1]}•••@{domain}"
 
 
-class _UnsubscribeService:
-    """The database side of the pages: find a token's membership, change its status."""
+class _Service:
+    """The database side of the pages: find a token's membership, change its status or frequency;
+    record sign-ups and confirmations."""
 
-    def __init__(self, settings: Settings, engine: Engine, links: UnsubscribeLinks) -> None:
+    def __init__(self, settings: Settings, engine: Engine, links: UnsubscribeLinks, confirmations: ConfirmLinks) -> None:
         self._settings = settings
         self._engine = engine
         self._links = links
+        self._confirmations = confirmations
+        self._lists: dict[str, tuple[float, MailingList | None]] = {}
         # SQLite has one writer at a time. Queueing this process's writers on a lock is much
         # faster than letting threads meet in SQLite's busy handler, which sleeps and retries;
         # other processes (a send, an import) still wait through the busy timeout.
@@ -107,7 +131,8 @@ class _UnsubscribeService:
         )
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction, queued behind this process's other writers."""
         with self._write_lock, self._engine.begin() as conn:
             yield conn
 
@@ -146,7 +171,7 @@ class _UnsubscribeService:
         ids = self._ids(token)
         if ids is None:
             return None, False
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             membership = self._verified(conn, ids, token)
             if membership is None:
                 return None, False
@@ -164,14 +189,94 @@ class _UnsubscribeService:
             # Refused, or another writer got there first (PostgreSQL reads do not lock): as it is now.
             return _membership(conn, *ids), False
 
+    def set_frequency(self, token: str, frequency: str) -> Membership | None:
+        """The membership after switching it to `frequency` (if it is subscribed)."""
+        ids = self._ids(token)
+        if ids is None:
+            return None
+        with self.transaction() as conn:
+            membership = self._verified(conn, ids, token)
+            if membership is None:
+                return None
+            set_frequency(
+                conn,
+                list_id=membership.list_id,
+                subscriber_id=membership.subscriber_id,
+                frequency=frequency,
+                source="preferences_page",
+                now=self._settings.clock(),
+            )
+            return _membership(conn, *ids)
+
     def apply_webhook(self, events: list[Event | None]) -> None:
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             apply_events(conn, events, self._settings.clock())
+
+    # -- sign-up ------------------------------------------------------------------------------------
+
+    # Every sign-up reads its list; lists change seldom, and a change (a new list, a deleted one)
+    # reaches the form within this many seconds.
+    LISTS_FOR = 10.0
+
+    def find_list(self, name: str) -> MailingList | None:
+        read_at, found = self._lists.get(name, (-self.LISTS_FOR, None))
+        if time.monotonic() - read_at < self.LISTS_FOR:
+            return found
+        with db.reading(self._engine) as conn:
+            try:
+                found = get_list(conn, name)
+            except SubscriberError:
+                found = None
+        if len(self._lists) > 1000:  # names that are no list are remembered too: a bounded number
+            self._lists.clear()
+        self._lists[name] = (time.monotonic(), found)
+        return found
+
+    def sign_up(self, mailing_list: MailingList, form: signup.SignUpForm, client: str) -> signup.Due | None:
+        now = self._settings.clock()
+        with self.transaction() as conn:
+            return signup.sign_up(
+                conn,
+                mailing_list,
+                form,
+                client=signup.client_key(self._settings, client),
+                now=now,
+                today=self._settings.local_date(now),
+                rate_per_hour=self._settings.signup_rate_per_hour,
+                newsletter=self._settings.from_name,
+            )
+
+    def inspect_confirmation(self, token: str) -> signup.Confirmation | None:
+        with db.reading(self._engine) as conn:
+            return signup.inspect_link(conn, self._confirmations, token, self._settings.clock())
+
+    def confirm(self, token: str, client: str) -> signup.Confirmation | None:
+        ip = client if self._settings.record_consent_ip else None
+        with self.transaction() as conn:
+            return signup.confirm(
+                conn, self._confirmations, token, now=self._settings.clock(), ip=ip, newsletter=self._settings.from_name
+            )
+
+    def fresh_confirmation(self, token: str) -> tuple[signup.Confirmation | None, signup.Due | None]:
+        """For an expired link: the next confirmation mail, within the day's limit."""
+        now = self._settings.clock()
+        with self.transaction() as conn:
+            found = signup.inspect_link(conn, self._confirmations, token, now)
+            if found is None or found.state == "subscribed":
+                return found, None
+            due = signup.confirmation_due(conn, found.member, self._settings.local_date(now), self._settings.from_name)
+            return found, signup.claimed(conn, due, now)
 
 
 # Built once: it runs for every click, and building a statement costs more than running it.
 _FIND_MEMBERSHIP = (
-    select(db.subscribers.c.email, db.lists.c.name, db.lists.c.description, db.memberships.c.status)
+    select(
+        db.subscribers.c.email,
+        db.lists.c.name,
+        db.lists.c.description,
+        db.memberships.c.status,
+        db.memberships.c.frequency,
+    )
     .select_from(db.memberships.join(db.subscribers).join(db.lists))
     .where(
         db.memberships.c.list_id == bindparam("list"),
@@ -184,7 +289,7 @@ def _membership(conn: Connection, list_id: int, subscriber_id: int) -> Membershi
     row = conn.execute(_FIND_MEMBERSHIP, {"list": list_id, "subscriber": subscriber_id}).first()
     if row is None:
         return None
-    return Membership(list_id, subscriber_id, row.email, row.name, row.description, row.status)
+    return Membership(list_id, subscriber_id, row.email, row.name, row.description, row.status, row.frequency)
 
 
 class _Pages:
@@ -195,17 +300,18 @@ class _Pages:
     def render(
         self, template: str, status_code: int = 200, membership: Membership | None = None, **context: object
     ) -> HTMLResponse:
-        html = self._env.get_template(template).render(
-            newsletter=self._settings.from_name,
-            postal_address=self._settings.postal_address,
-            archive_url=f"{self._settings.base_url}/",
-            light=LIGHT,
-            dark=DARK,
-            fonts=FONT_STACK,
-            membership=membership,
-            masked_email=mask_email(membership.email) if membership else "",
+        values = {
+            "newsletter": self._settings.from_name,
+            "postal_address": self._settings.postal_address,
+            "archive_url": f"{self._settings.base_url}/",
+            "light": LIGHT,
+            "dark": DARK,
+            "fonts": FONT_STACK,
+            "membership": membership,
+            "masked_email": mask_email(membership.email) if membership else "",
             **context,
-        )
+        }
+        html = self._env.get_template(template).render(values)
         return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
     def invalid(self) -> HTMLResponse:
@@ -303,6 +409,72 @@ class _BodyLimit:
         await self._app(scope, limited_receive, closing_send)
 
 
+class _Mailer:
+    """Sends the sign-up mails, claimed by the transaction that called for them, through the
+    configured provider (send/transactional.py), from the server's own event loop. The provider is
+    made at the first mail: a server that hosts only unsubscribe pages needs no credentials."""
+
+    # How long the latest published issue (which the welcome links) is taken as known: reading the
+    # public folder's records for every welcome would cost more than the rest of the mail.
+    LATEST_FOR = 60.0
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        writing: Callable[[], AbstractContextManager[Connection]],
+        unsubscribe: UnsubscribeLinks,
+        confirmations: ConfirmLinks,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._writing = writing
+        self._unsubscribe = unsubscribe
+        self._confirmations = confirmations
+        self._provider: Provider | None = None
+        self._requests: Requests | None = None
+        # As many mails out at once as the provider has connections: the HTTP client's own queue
+        # costs CPU with every request waiting in it.
+        self._out = asyncio.Semaphore(settings.send_concurrency)
+        self._latest: tuple[float, PublishedIssue | None] = (-self.LATEST_FOR, None)
+
+    def _latest_issue(self) -> PublishedIssue | None:
+        read_at, latest = self._latest
+        if time.monotonic() - read_at >= self.LATEST_FOR:
+            latest = next(iter(published_issues(self._settings)), None)
+            self._latest = (time.monotonic(), latest)
+        return latest
+
+    async def send(self, due: signup.Due) -> None:
+        settings = self._settings
+        try:
+            if self._provider is None or self._requests is None:
+                self._provider = provider_for(settings)
+                self._requests = requests_for(settings, self._provider)
+            outgoing = signup.compose(
+                settings,
+                due,
+                unsubscribe=self._unsubscribe,
+                confirmations=self._confirmations,
+                now=settings.clock(),
+                latest=await run_in_threadpool(self._latest_issue),
+            )
+            async with self._out:
+                outcome = await send_message(
+                    settings, self._engine, self._provider, self._requests, outgoing, writing=self._writing, claimed=True
+                )
+        except NewsletterError as error:
+            # Keys and ids only: an address or a token is not for the log.
+            log.error("the %s mail %s was not sent: %s", due.kind, due.key, error)
+            return
+        if outcome.state not in (db.SENT, db.PENDING) or outcome.error:
+            log.warning("the %s mail %s is %s: %s", due.kind, due.key, outcome.state, outcome.error or "")
+
+    async def aclose(self) -> None:
+        if self._provider is not None:
+            await self._provider.aclose()
+
+
 async def _form(request: Request) -> FormData:
     """A page's or a mail client's form (RFC 8058 allows urlencoded and multipart), read whole within
     the body limit before it is parsed; a file is refused (400), so nothing is ever spooled to disk."""
@@ -316,7 +488,9 @@ def create_app(settings: Settings) -> ASGIApp:
     with db.reading(engine) as conn:
         legacy_up_to = conn.execute(select(db.legacy_links.c.max_subscriber_id)).scalar_one()
     links = UnsubscribeLinks(settings, legacy_up_to=legacy_up_to)
-    service = _UnsubscribeService(settings, engine, links)
+    confirmations = ConfirmLinks(settings)
+    service = _Service(settings, engine, links, confirmations)
+    mailer = _Mailer(settings, engine, service.transaction, links, confirmations)
     pages = _Pages(settings)
     verifier = (
         WebhookVerifier(settings.sendgrid_webhook_public_key)
@@ -326,7 +500,7 @@ def create_app(settings: Settings) -> ASGIApp:
     public_dir = settings.path(settings.public_dir)
     public_dir.mkdir(parents=True, exist_ok=True)
 
-    async def confirm(request: Request) -> Response:
+    async def unsubscribe_page(request: Request) -> Response:
         token = request.path_params["token"]
         membership = await run_in_threadpool(service.find, token)
         if membership is None:
@@ -364,6 +538,99 @@ def create_app(settings: Settings) -> ASGIApp:
         hours = int(RESUBSCRIBE_WINDOW.total_seconds() // 3600)
         return pages.render("unsubscribe_expired.html.j2", 403, membership=membership, hours=hours)
 
+    def client_of(request: Request) -> str:
+        # Behind a reverse proxy, uvicorn puts the client's address from X-Forwarded-For here
+        # (for the proxies in --forwarded-allow-ips).
+        return request.client.host if request.client else ""
+
+    def signup_page(mailing_list: MailingList, status_code: int = 200, **fields: str) -> HTMLResponse:
+        values = {"email": "", "name": "", "frequency": db.DAILY, "error": "", "sent_to": "", **fields}
+        title = mailing_list.description or mailing_list.name
+        return pages.render("subscribe.html.j2", status_code, list_title=title, optin=mailing_list.optin, **values)
+
+    async def subscribe_form(request: Request) -> Response:
+        mailing_list = await run_in_threadpool(service.find_list, request.path_params["list"])
+        return pages.invalid() if mailing_list is None else signup_page(mailing_list)
+
+    async def subscribe(request: Request) -> Response:
+        mailing_list = await run_in_threadpool(service.find_list, request.path_params["list"])
+        if mailing_list is None:
+            return pages.invalid()
+        form = await _form(request)
+        email, name, frequency, honeypot = (str(form.get(field) or "") for field in ("email", "name", "frequency", "website"))
+        if honeypot:
+            # A bot: the page a person would get, and nothing stored or sent.
+            return signup_page(mailing_list, sent_to=email.strip())
+        try:
+            reader = signup.read_form(email, name, frequency or db.DAILY)
+        except SubscriberError as error:
+            message = f"올바른 이메일 주소를 입력해 주세요 · Please enter a valid email address ({error})"
+            return signup_page(mailing_list, 400, email=email, name=name, frequency=frequency, error=message)
+        due = await run_in_threadpool(service.sign_up, mailing_list, reader, client_of(request))
+        answer = signup_page(mailing_list, sent_to=reader.email)
+        if due is not None:
+            answer.background = BackgroundTask(mailer.send, due)
+        return answer
+
+    def confirmation_page(found: signup.Confirmation, token: str, state: str | None = None) -> HTMLResponse:
+        member = found.member
+        return pages.render(
+            "confirm.html.j2",
+            state=state or found.state,
+            masked_email=mask_email(member.email),
+            list_title=member.mailing_list.description or member.mailing_list.name,
+            frequency=member.frequency,
+            confirm_days=CONFIRM_WINDOW.days,
+            preferences_url=links.preferences_url(member.mailing_list.id, member.subscriber_id, member.email),
+        )
+
+    async def confirmation(request: Request) -> Response:
+        token = request.path_params["token"]
+        found = await run_in_threadpool(service.inspect_confirmation, token)
+        return pages.invalid() if found is None else confirmation_page(found, token)
+
+    async def confirm(request: Request) -> Response:
+        token = request.path_params["token"]
+        if await run_in_threadpool(service.inspect_confirmation, token) is None:
+            return pages.invalid()  # body unread
+        form = await _form(request)
+        due: signup.Due | None
+        if form.get("resend"):
+            found, due = await run_in_threadpool(service.fresh_confirmation, token)
+            state = "resent" if found is not None and found.state != "subscribed" else None
+        else:
+            found = await run_in_threadpool(service.confirm, token, client_of(request))
+            due, state = (found.welcome if found else None), None
+        if found is None:
+            return pages.invalid()
+        answer = confirmation_page(found, token, state)
+        if due is not None:
+            answer.background = BackgroundTask(mailer.send, due)
+        return answer
+
+    async def preferences_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        membership = await run_in_threadpool(service.find, token)
+        if membership is None:
+            return pages.invalid()
+        return pages.render("preferences.html.j2", membership=membership, token=token, saved=False)
+
+    async def preferences(request: Request) -> Response:
+        token = request.path_params["token"]
+        if await run_in_threadpool(service.find, token) is None:
+            return pages.invalid()  # body unread
+        frequency = (await _form(request)).get("frequency")
+        if frequency not in db.FREQUENCIES:
+            membership = await run_in_threadpool(service.find, token)
+            return pages.invalid() if membership is None else pages.render(
+                "preferences.html.j2", 400, membership=membership, token=token, saved=False
+            )
+        membership = await run_in_threadpool(service.set_frequency, token, frequency)
+        if membership is None:
+            return pages.invalid()
+        saved = membership.status == db.SUBSCRIBED
+        return pages.render("preferences.html.j2", membership=membership, token=token, saved=saved)
+
     async def sendgrid_events(request: Request) -> Response:
         if verifier is None:
             # Never accept unsigned events: anyone could unsubscribe anyone.
@@ -387,13 +654,26 @@ def create_app(settings: Settings) -> ASGIApp:
 
     # A link with anything appended (a slash, a newline) is a bad link, and gets the same page.
     routes = [
-        Route("/unsubscribe/{token:whole_rest}", confirm, methods=["GET"]),
+        Route("/subscribe/{list}", subscribe_form, methods=["GET"]),
+        Route("/subscribe/{list}", subscribe, methods=["POST"]),
+        Route("/confirm/{token:whole_rest}", confirmation, methods=["GET"]),
+        Route("/confirm/{token:whole_rest}", confirm, methods=["POST"]),
+        Route("/preferences/{token:whole_rest}", preferences_page, methods=["GET"]),
+        Route("/preferences/{token:whole_rest}", preferences, methods=["POST"]),
+        Route("/unsubscribe/{token:whole_rest}", unsubscribe_page, methods=["GET"]),
         Route("/unsubscribe/{token:whole_rest}", unsubscribe, methods=["POST"]),
         Route("/resubscribe/{token:whole_rest}", resubscribe, methods=["POST"]),
         Route("/webhooks/sendgrid", sendgrid_events, methods=["POST"]),
         Mount("/", StaticFiles(directory=public_dir, html=True)),
     ]
-    site = _BodyLimit(Starlette(routes=routes), {"/webhooks/sendgrid": MAX_WEBHOOK_BODY}, MAX_FORM_BODY)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        await mailer.aclose()
+
+    site = _BodyLimit(
+        Starlette(routes=routes, lifespan=lifespan), {"/webhooks/sendgrid": MAX_WEBHOOK_BODY}, MAX_FORM_BODY
+    )
     return _SecurityHeaders(site, _public_csp(settings))
 
 

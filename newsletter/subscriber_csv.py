@@ -102,6 +102,8 @@ class ImportReport:
     problems: list[Problem] = field(default_factory=list)  # the first PROBLEM_LIMIT, by line
     dry_run: bool = False
     rejects: Path | None = None
+    # With require_confirmation: the rows' subscribers now waiting for their confirmation mail.
+    to_confirm: list[int] = field(default_factory=list)
 
     @property
     def problem_count(self) -> int:
@@ -268,17 +270,26 @@ def import_csv(
     list_name: str,
     clock: Callable[[], datetime],
     resubscribe: bool = False,
+    require_confirmation: bool = False,
     rejects: Path | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> ImportReport:
     """Import a CSV file of subscribers into a list; see the module docstring.
 
+    The operator vouches for the rows: they are subscribed (sign-ups still unconfirmed too), unless
+    `require_confirmation`, which adds new ones unconfirmed and lists in `report.to_confirm` whoever
+    of the file waits for a confirmation mail (signup.send_confirmations sends them).
     `resubscribe` re-subscribes addresses that unsubscribed, bounced or complained before the import
     began (never one that said no while it ran). `dry_run` does everything but commit. `progress`
     is called with ("reading", lines read) after each chunk and ("merging", rows read) once inside the
     merge transaction. A file that cannot be read as CSV raises SubscriberError with nothing written.
     """
+    if resubscribe and require_confirmation:
+        raise SubscriberError(
+            "--resubscribe and --require-confirmation do not go together: whoever left confirms by "
+            "signing up again"
+        )
     report = ImportReport(path, list_name, dry_run=dry_run, rejects=rejects)
     with _open(path) as handle, engine.connect() as conn:
         header = _read_header(path, handle)
@@ -304,6 +315,7 @@ def import_csv(
                     started=started,
                     now=clock(),
                     resubscribe=resubscribe,
+                    require_confirmation=require_confirmation,
                     source=path.name,
                     report=report,
                 )
@@ -396,6 +408,7 @@ def _merge(
     started: datetime,
     now: datetime,
     resubscribe: bool,
+    require_confirmation: bool,
     source: str,
     report: ImportReport,
 ) -> None:
@@ -431,17 +444,29 @@ def _merge(
         # Whatever "no" the rules let an import lift, if said before the import began: one said while
         # it ran is the newer word.
         report.resubscribed = subscribe_staged(expected=db.STATUSES, unchanged_since=started)
+    elif not require_confirmation:
+        report.added = subscribe_staged(expected=[db.UNCONFIRMED])
 
     # With resubscribe, whoever is still not subscribed said no while the import ran.
     skipped_because = m.status + literal(" during the import") if resubscribe else m.status
     member = and_(m.list_id == list_id, m.subscriber_id == s.id)
+    waiting = (db.SUBSCRIBED, db.UNCONFIRMED) if require_confirmation else (db.SUBSCRIBED,)
     report.skipped = conn.execute(
         update(table)
-        .where(pending, t.key == s.email_key, member, m.status != db.SUBSCRIBED)
+        .where(pending, t.key == s.email_key, member, m.status.not_in(waiting))
         .values(outcome=SKIPPED, reason=skipped_because)
     ).rowcount
 
-    report.added = subscribe_staged(expected=[None])
+    joined = db.UNCONFIRMED if require_confirmation else db.SUBSCRIBED
+    report.added += compare_and_set_many(
+        conn, list_id=list_id, rows=rows, expected=[None], status=joined, source="import", now=now
+    )
+    if require_confirmation:
+        report.to_confirm = list(
+            conn.execute(
+                select(s.id).select_from(staged.join(db.memberships, member)).where(pending, m.status == db.UNCONFIRMED).order_by(t.line)
+            ).scalars()
+        )
 
 
 def _count(conn: Connection, table: Table, report: ImportReport) -> None:

@@ -18,7 +18,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import ColumnElement, Row, Select, and_, delete, exists, func, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    and_,
+    delete,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
@@ -38,6 +49,7 @@ class MailingList:
     name: str
     description: str
     created_at: datetime
+    optin: str = db.DOUBLE_OPTIN  # how readers who sign up themselves join (db.OPT_IN)
 
 
 @dataclass(frozen=True)
@@ -168,13 +180,25 @@ def get_list(conn: Connection, name: str) -> MailingList:
     row = conn.execute(select(db.lists).where(db.lists.c.name == name)).first()
     if row is None:
         raise SubscriberError(f"no list named {name!r} (create it with: newsletter lists create {name})")
-    return MailingList(row.id, row.name, row.description, row.created_at)
+    return _mailing_list(row)
+
+
+def _mailing_list(row: Any) -> MailingList:
+    return MailingList(row.id, row.name, row.description, row.created_at, row.optin)
 
 
 def create_list(
-    conn: Connection, name: str, *, now: datetime, description: str = "", exist_ok: bool = False
+    conn: Connection,
+    name: str,
+    *,
+    now: datetime,
+    description: str = "",
+    optin: str = db.DOUBLE_OPTIN,
+    exist_ok: bool = False,
 ) -> MailingList:
     """A new list; with exist_ok, an existing list of that name is returned unchanged."""
+    if optin not in db.OPT_IN:
+        raise SubscriberError(f"bad opt-in mode {optin!r}: one of {', '.join(db.OPT_IN)}")
     if not LIST_NAME.fullmatch(name):
         raise SubscriberError(
             f"bad list name {name!r}: use up to 200 letters, digits, '.', '_' or '-', "
@@ -185,7 +209,7 @@ def create_list(
         if exist_ok:
             return get_list(conn, name)
         raise SubscriberError(f"a list named {name!r} already exists")
-    conn.execute(db.lists.insert().values(name=name, description=description, created_at=now))
+    conn.execute(db.lists.insert().values(name=name, description=description, created_at=now, optin=optin))
     return get_list(conn, name)
 
 
@@ -195,7 +219,7 @@ def list_summaries(conn: Connection, name: str | None = None) -> list[ListSummar
     query = select(db.lists).order_by(lists.name)
     if name is not None:
         query = query.where(lists.name == name)
-    found = [MailingList(r.id, r.name, r.description, r.created_at) for r in conn.execute(query)]
+    found = [_mailing_list(row) for row in conn.execute(query)]
     if name is not None and not found:
         get_list(conn, name)  # raises the standard "no list named" error
     m = db.memberships.c
@@ -370,6 +394,8 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
 # A sign-up that was never confirmed (issue 8's double opt-in) is no consent to keep an address:
 # after this long it is deleted.
 UNCONFIRMED_KEPT_FOR = timedelta(days=30)
+# Sign-ups per client are counted over this window (signup.py), and forgotten after it.
+SIGNUP_RATE_WINDOW = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -380,7 +406,8 @@ class Purge:
 
 def purge_unconfirmed(conn: Connection, *, now: datetime, kept_for: timedelta = UNCONFIRMED_KEPT_FOR) -> Purge:
     """Delete the memberships left unconfirmed for longer than `kept_for`, with their events, and
-    the people who had nothing else (their record and log: nothing of them is kept)."""
+    the people who had nothing else (their record, log and mails: nothing of them is kept); and
+    forget the sign-up attempts older than the rate limit's window."""
     m, e, s = db.memberships.c, db.events.c, db.subscribers.c
     stale = and_(m.status == db.UNCONFIRMED, m.updated_at < now - kept_for)
     ids = list(conn.execute(select(m.subscriber_id).where(stale)).scalars())
@@ -394,7 +421,11 @@ def purge_unconfirmed(conn: Connection, *, now: datetime, kept_for: timedelta = 
         alone = select(s.id).where(s.id.in_(chunk), ~exists().where(m.subscriber_id == s.id))
         orphans = list(conn.execute(alone).scalars())
         conn.execute(delete(db.events).where(e.subscriber_id.in_(orphans)))
+        # Their confirmation mails' records name them too.
+        addresses = select(s.email).where(s.id.in_(orphans))
+        conn.execute(delete(db.messages).where(db.messages.c.email.in_(addresses)))
         people += conn.execute(delete(db.subscribers).where(s.id.in_(orphans))).rowcount
+    conn.execute(delete(db.signup_attempts).where(db.signup_attempts.c.at <= now - SIGNUP_RATE_WINDOW))
     return Purge(memberships, people)
 
 

@@ -1,4 +1,5 @@
-"""Signed, non-expiring, per-recipient unsubscribe links (and the RFC 8058 headers that carry them).
+"""Signed, non-expiring, per-recipient unsubscribe links (and the RFC 8058 headers that carry them),
+which also open the reader's preferences page; and the sign-up confirmation links, which expire.
 
 A token is `<list id>.<subscriber id>.<HMAC-SHA256>`, the ids in base 36 and the signature in
 unpadded base64url, about 50 characters: short enough for a List-Unsubscribe header. It names a
@@ -14,6 +15,10 @@ non-canonical base64 ending, leading zeros) is not a token, whatever a lenient d
 Undoing an unsubscribe takes more than the link: a resubscribe ticket, a signed timestamp that only
 the page shown right after an unsubscribe carries, valid for RESUBSCRIBE_WINDOW. Whoever holds a
 forwarded link can unsubscribe its owner, but cannot re-subscribe someone who said no.
+
+A confirmation link (ConfirmLinks) is `<list id>.<subscriber id>.<issued at>.<HMAC-SHA256>`, the
+time in base 36 seconds, signed with its own salt over the ids, the time and the address: it confirms
+that one sign-up for CONFIRM_WINDOW, read as strictly.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import binascii
 import hashlib
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 from itsdangerous import BadSignature, Signer, TimestampSigner
@@ -42,6 +48,11 @@ _TOKEN = re.compile(r"([1-9a-z][0-9a-z]{0,12})\.([1-9a-z][0-9a-z]{0,12})\.([A-Za
 MAX_ID = 2**63 - 1
 
 RESUBSCRIBE_WINDOW = timedelta(days=1)
+CONFIRM_WINDOW = timedelta(days=7)
+
+_ID = r"([1-9a-z][0-9a-z]{0,12})"
+_SIGNATURE = r"([A-Za-z0-9_-]{43})"
+_CONFIRM_TOKEN = re.compile(rf"{_ID}\.{_ID}\.{_ID}\.{_SIGNATURE}")
 
 
 def _to_base36(number: int) -> str:
@@ -129,6 +140,49 @@ class UnsubscribeLinks:
             "List-Unsubscribe": ", ".join(targets),
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What a well-formed confirmation token names, before its signature is checked."""
+
+    list_id: int
+    subscriber_id: int
+    issued_at: datetime
+
+
+class ConfirmLinks:
+    """Makes and reads sign-up confirmation tokens with the project's signing keys."""
+
+    def __init__(self, settings: Settings) -> None:
+        keys = list(reversed(settings.signing_keys()))
+        self._signer = Signer(keys, salt="newsletter.confirm", sep=".", digest_method=hashlib.sha256)
+        self._base_url = settings.base_url
+
+    def token(self, list_id: int, subscriber_id: int, email: str, issued_at: datetime) -> str:
+        payload = ".".join(_to_base36(number) for number in (list_id, subscriber_id, int(issued_at.timestamp())))
+        return f"{payload}.{self._signer.get_signature(_signed_text(payload, email)).decode('ascii')}"
+
+    def url(self, list_id: int, subscriber_id: int, email: str, issued_at: datetime) -> str:
+        return f"{self._base_url}/confirm/{self.token(list_id, subscriber_id, email, issued_at)}"
+
+    @staticmethod
+    def read(token: str) -> Confirmation:
+        """The sign-up a well-formed token names; TokenError if it is not exactly a token."""
+        match = _CONFIRM_TOKEN.fullmatch(token)
+        numbers = [int(match[group], 36) for group in (1, 2, 3)] if match else []
+        if match is None or not _canonical_base64(match[4]) or max(numbers) > MAX_ID:
+            raise TokenError("this confirmation link is not valid")
+        try:
+            issued_at = datetime.fromtimestamp(numbers[2], timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise TokenError("this confirmation link is not valid") from None
+        return Confirmation(numbers[0], numbers[1], issued_at)
+
+    def signed_for(self, token: str, email: str) -> bool:
+        """Whether `token` is exactly one we signed for this address."""
+        payload, _, signature = token.rpartition(".")
+        return self._signer.verify_signature(_signed_text(payload, email), signature)
 
 
 def _signed_text(payload: str, email: str) -> str:

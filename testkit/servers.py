@@ -60,10 +60,10 @@ def running(command: list[str], port: int, *, env: dict[str, str] | None = None,
 
 
 @contextlib.contextmanager
-def serving(config: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`python -m newsletter serve` with this config (and `env` added to its environment); yields
-    its base URL."""
-    port = free_port()
+def serving(config: Path, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+    """`python -m newsletter serve` with this config (and `env` added to its environment), on `port`
+    (by default a free one: give it to set base_url to the server's own address); yields its URL."""
+    port = port or free_port()
     command = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port)]
     with running(command, port, env=env):
         yield f"http://127.0.0.1:{port}"

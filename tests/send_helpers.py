@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from newsletter import db, send
 from newsletter.config import Settings
+from newsletter.edition import Edition
 from newsletter.render import UNSUBSCRIBE_TAG
 from newsletter.send import addressing, campaigns
 from newsletter.subscribers import get_list
@@ -96,7 +97,7 @@ def plan_for(settings: Settings, content: addressing.Content = CONTENT, *, resen
         counts = campaigns.state_counts(conn, campaign.id) if campaign else {}
     again = counts.get("pending", 0) + (counts.get("uncertain", 0) if resend_uncertain else 0)
     return send.SendPlan(
-        day=DAY, mailing_list=mailing_list, content=campaign.content if campaign else content,
+        issue=Edition.daily(DAY), mailing_list=mailing_list, content=campaign.content if campaign else content,
         campaign=campaign, checks=None, counts=counts, recipients=again if campaign else 0,
         batch_size=settings.batch_size, resend_uncertain=resend_uncertain,
     )

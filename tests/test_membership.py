@@ -115,9 +115,10 @@ def test_strength_orders_the_statuses_and_providers_only_strengthen() -> None:
             (old, new) for old in STRENGTH for new in STRENGTH if STRENGTH[old] < STRENGTH[new]
         }
     # Nobody but an operator or the reader moves a membership back to subscribed.
-    assert {source for source, moves in TRANSITIONS.items() if any(new == db.SUBSCRIBED for _, new in moves)} == {
-        "unsubscribe_page", "command", "import", "confirmation"
-    }  # fmt: skip
+    back = {source for source, moves in TRANSITIONS.items() if any(old and new == db.SUBSCRIBED for old, new in moves)}
+    assert back == {"unsubscribe_page", "command", "import", "confirmation"}
+    # A sign-up subscribes at once only an address new to the list (a single opt-in list's).
+    assert {move for move in TRANSITIONS["signup"] if move[1] == db.SUBSCRIBED} == {(None, db.SUBSCRIBED)}
 
 
 def test_a_sign_up_waits_unconfirmed_receiving_nothing_until_confirmed(engine: Engine, settings: Settings) -> None:

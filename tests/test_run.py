@@ -78,10 +78,20 @@ def membership_status(settings: Settings, email: str) -> str:
         return conn.execute(select(m.status).join(db.subscribers, s.id == m.subscriber_id).where(s.email == email)).scalar_one()
 
 
+def make_weekly(settings: Settings, emails: list[str]) -> None:
+    """These addresses as members of the list who chose the weekly edition."""
+    ids = add_subscribers(settings, 1, emails)
+    m = db.memberships.c
+    with db.engine_for(settings).begin() as conn:
+        conn.execute(db.memberships.update().where(m.subscriber_id.in_(ids)).values(frequency=db.WEEKLY))
+
+
 def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(project: Path, fake: FakeSendGrid) -> None:
-    # 2026-01-23 is a Friday: the weekly step says why it does nothing yet.
+    # 2026-01-23 is a Friday, made the weekly day: the run also sends week 2026-W04's edition (of
+    # the one digest of the week so far) to the weekly member.
     settings = project_settings(project, fake, weekly_day="Friday")
     subscribed = seed(settings, 3)
+    make_weekly(settings, ["weekly@example.com"])
     # Two sign-ups never confirmed: one for 40 days (deleted, person and all), one for 5 (kept).
     stale, recent = add_subscribers(settings, 1, ["stale@example.com", "recent@example.com"], status=db.UNCONFIRMED)
     with db.engine_for(settings).begin() as conn:
@@ -93,21 +103,24 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     first = run(project)  # no --date: today in Asia/Seoul
 
     assert first.returncode == 0, first.stderr
-    assert sorted(fake.delivered()) == subscribed
+    assert sorted(fake.delivered()) == [*subscribed, "weekly@example.com"]
+    assert [record.emails for record in fake.records][1] == ["weekly@example.com"]
     assert (project / "public" / "2026-01-23" / "index.html").is_file()
+    assert (project / "public" / "2026-W04" / "index.html").is_file()
     assert "2026-01-23" in (project / "public" / "feed.xml").read_text(encoding="utf-8")
     assert membership_status(settings, "u3@example.com") == db.BOUNCED  # the sync ran after the send
     steps = steps_of(first)
     assert report_of(first)["status"] == 0 and report_of(first)["date"] == "2026-01-23"
     assert {name: step["outcome"] for name, step in steps.items()} == {
         "digest": "ok", "checks": "ok", "publish": "ok", "send": "ok",
-        "weekly": "skipped", "sync": "ok", "purge": "ok",
+        "weekly": "ok", "sync": "ok", "purge": "ok",
     }  # fmt: skip
     assert steps["digest"]["counts"] == {"papers": 5}
     assert steps["send"]["counts"]["sent"] == 3 and steps["send"]["counts"]["requests"] == 1
     assert steps["send"]["lists"][0]["list"] == LIST
     assert steps["sync"]["counts"] == {"fetched": 1, "changed": 1, "unknown": 0}
-    assert steps["weekly"]["detail"] == "the weekly edition arrives with issue 8"
+    assert steps["weekly"]["counts"]["sent"] == 1 and steps["weekly"]["lists"][0]["list"] == LIST
+    assert steps["weekly"]["detail"].startswith("the 2026-W04 weekly edition: list 'daily-papers': 1 sent")
     assert steps["purge"]["counts"] == {"memberships": 1, "subscribers": 1}
     with db.engine_for(settings).connect() as conn:
         left = set(conn.execute(select(db.subscribers.c.email)).scalars())
@@ -121,12 +134,60 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     again = run(project)
 
     assert again.returncode == 0, again.stderr
-    assert len(fake.records) == 1  # nothing sent again
+    assert len(fake.records) == 2  # nothing sent again
     assert {name: step["outcome"] for name, step in steps_of(again).items()} == {
         "digest": "ok", "checks": "nothing to do", "publish": "nothing to do", "send": "nothing to do",
-        "weekly": "skipped", "sync": "nothing to do", "purge": "nothing to do",
+        "weekly": "nothing to do", "sync": "nothing to do", "purge": "nothing to do",
     }  # fmt: skip
-    assert len(campaigns(settings)) == 1
+    assert [(row.edition, row.issue_date) for row in campaigns(settings)] == [("daily", "2026-01-23"), ("weekly", "2026-W04")]
+
+
+def test_the_weekly_step_waits_for_weekly_day_and_leaves_a_list_without_weekly_members_alone(
+    project: Path, fake: FakeSendGrid
+) -> None:
+    seed(project_settings(project, fake), 2)  # weekly_day: sun
+
+    friday = run(project)
+
+    assert friday.returncode == 0, friday.stderr
+    weekly = steps_of(friday)["weekly"]
+    assert weekly["outcome"] == "skipped"
+    assert weekly["detail"] == "2026-01-23 is a Friday; the weekly edition goes out on weekly_day (sun)"
+
+    settings = project_settings(project, fake, weekly_day="fri")
+    again = run(project)
+
+    assert again.returncode == 0, again.stderr
+    weekly = steps_of(again)["weekly"]
+    assert weekly["outcome"] == "nothing to do"
+    assert weekly["lists"] == [{"list": LIST, "requests": 0, "counts": {}, "outcome": "nothing to do", "detail": "no weekly members"}]
+    assert [row.edition for row in campaigns(settings)] == ["daily"]  # nothing recorded for the week
+    assert len(fake.records) == 1 and not (project / "public" / "2026-W04").exists()
+
+
+def test_a_weekly_edition_that_fails_its_checks_exits_4_after_the_days_issue_went_out(
+    project: Path, fake: FakeSendGrid
+) -> None:
+    # Thursday's digest has the week's most upvoted paper, with a summary that would get the
+    # weekly email clipped by Gmail; Friday's issue is fine.
+    example = (project / "digests" / "2026-01-23.md").read_text(encoding="utf-8")
+    summary = "정적인 데이터 모방의 한계를 극복하고"
+    thursday = example.replace("# 2026-01-23", "# 2026-01-22", 1).replace("**Upvotes**: 62", "**Upvotes**: 99", 1)
+    (project / "digests" / "2026-01-22.md").write_text(thursday.replace(summary, summary * 1500, 1), encoding="utf-8")
+    settings = project_settings(project, fake, weekly_day="fri")
+    subscribed = seed(settings, 2)
+    make_weekly(settings, ["weekly@example.com"])
+
+    done = run(project)
+
+    assert done.returncode == 4, done.stderr
+    steps = steps_of(done)
+    assert steps["send"]["outcome"] == "ok" and steps["weekly"]["outcome"] == "failed"
+    assert "pre-send check(s) failed" in steps["weekly"]["detail"] and "90 KB" in steps["weekly"]["detail"]
+    assert "skipped" not in (steps["sync"]["outcome"], steps["purge"]["outcome"])  # the steps after it ran
+    assert sorted(fake.delivered()) == subscribed
+    assert [row.edition for row in campaigns(settings)] == ["daily"]
+    assert not (project / "public" / "2026-W04").exists()
 
 
 def test_a_missing_digest_exits_3_with_one_line_naming_the_file(project: Path, fake: FakeSendGrid) -> None:
@@ -317,3 +378,19 @@ def test_the_default_day_is_today_in_the_timezone_setting(project: Path) -> None
     assert daily.run_date(settings, None).isoformat() == "2026-01-23"  # Asia/Seoul
     utc = load_settings(config_dir=project, now=settings.now, timezone="UTC")
     assert daily.run_date(utc, None).isoformat() == "2026-01-22"
+
+
+def test_another_days_broken_digest_fails_the_weekly_step_alone_with_exit_1(project: Path, fake: FakeSendGrid) -> None:
+    broken = project / "digests" / "2026-01-21.md"
+    broken.write_text("# 2026-01-21 Daily Papers\n\n## 1. A title without its link\n", encoding="utf-8")
+    settings = project_settings(project, fake, weekly_day="fri")
+    subscribed = seed(settings, 2)
+    make_weekly(settings, ["weekly@example.com"])
+
+    done = run(project)
+
+    assert done.returncode == 1, done.stderr
+    steps = steps_of(done)
+    assert steps["send"]["outcome"] == "ok" and steps["weekly"]["outcome"] == "failed"
+    assert f"{broken}:3:" in steps["weekly"]["detail"] and "no linked title" in steps["weekly"]["detail"]
+    assert sorted(fake.delivered()) == subscribed

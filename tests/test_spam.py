@@ -92,18 +92,24 @@ def require_spamassassin() -> str:
     return binary
 
 
-def test_spamassassin_finds_nothing_to_hold_against_the_issue(eml: bytes, tmp_path: Path, capsys) -> None:
-    # -L: local tests only (no DNS blocklists, no network); HOME: its per-user files stay here.
+def spamassassin(eml: bytes, home: Path) -> tuple[float, list[str], str]:
+    """SpamAssassin's score of a message, the rules that hit, and its whole report."""
+    # -L: local tests only (no DNS blocklists, no network); HOME: its per-user files stay there.
     result = subprocess.run(
         [require_spamassassin(), "-L", "-t"],
         input=eml,
         capture_output=True,
         timeout=180,
-        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
     )
     report = result.stdout.decode("utf-8", "replace")
     score = float(re.search(r"Content analysis details:\s+\((-?[\d.]+) points", report).group(1))
     rules = re.findall(r"^\s*-?[\d.]+ ([A-Z][A-Z0-9_]+)\s", report[report.index("---- ----") :], re.MULTILINE)
+    return score, rules, report
+
+
+def test_spamassassin_finds_nothing_to_hold_against_the_issue(eml: bytes, tmp_path: Path, capsys) -> None:
+    score, rules, report = spamassassin(eml, tmp_path)
     with capsys.disabled():
         print(f"\n  SpamAssassin: {score} points ({', '.join(rules)})")
     assert rules, report  # the report was read

@@ -1,4 +1,6 @@
-"""Sending an issue to a list, once: planning, the send loop, and where a send stands.
+"""Sending an issue to a list, once: planning, the send loop, and where a send stands. An issue is an
+Edition: a day's daily issue, which goes to the list's daily members, or a week's weekly edition, which
+goes to its weekly members.
 
 The pieces, in this package: addressing.py gives each reader their own link and prepares the
 provider's requests (newsletter/providers/ moves them), pacing.py paces and retries them, claim.py
@@ -35,6 +37,7 @@ from sqlalchemy import func, select
 
 from .. import db
 from ..config import Settings
+from ..edition import Edition
 from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict, batch_limit, provider_for
 from ..providers.outbox import Outbox
 from ..errors import CheckFailed, DatabaseError, ProviderAuthError, SendError, SendInProgress
@@ -48,7 +51,7 @@ from .campaigns import (
     Marked,
     Sender,
     batch_infos,
-    count_subscribed,
+    count_audience,
     find_campaign,
     sender_of,
     start_campaign,
@@ -74,7 +77,7 @@ _ANSWER_LOST = "no answer ({}): the request may have been delivered"
 class SendPlan:
     """What `newsletter send` is about to do, for the summary the user confirms."""
 
-    day: date
+    issue: Edition
     mailing_list: MailingList
     content: Content  # the stored content when resuming, else the fresh render
     campaign: Campaign | None  # None: nothing has started for this issue and list
@@ -98,22 +101,26 @@ class SendPlan:
 
     @property
     def describe(self) -> str:
-        return f"the {self.day.isoformat()} issue to list {self.mailing_list.name!r}"
+        return f"{self.issue.describe} to list {self.mailing_list.name!r}"
 
 
-def plan_send(settings: Settings, day: date, list_name: str, *, resend_uncertain: bool = False) -> SendPlan:
-    """Look at the list and any earlier run; render and check the issue if the send is new."""
+def plan_send(
+    settings: Settings, issue: Edition | date, list_name: str, *, resend_uncertain: bool = False
+) -> SendPlan:
+    """Look at the list and any earlier run; render and check the issue if the send is new.
+    `issue`: an Edition, or a day's daily issue."""
+    edition = Edition.of(issue)
     with db.reading(db.engine_for(settings)) as conn:
         mailing_list = get_list(conn, list_name)
-        campaign = find_campaign(conn, day, mailing_list.id)
+        campaign = find_campaign(conn, edition, mailing_list.id)
         if campaign is not None:
             counts = state_counts(conn, campaign.id)
         else:
-            subscribed = count_subscribed(conn, mailing_list.id)
+            audience = count_audience(conn, mailing_list.id, edition)
     if campaign is not None:
         again = (db.UNCERTAIN, db.IN_FLIGHT) if resend_uncertain else ()
         return SendPlan(
-            day=day,
+            issue=edition,
             mailing_list=mailing_list,
             content=campaign.content,
             campaign=campaign,
@@ -123,37 +130,37 @@ def plan_send(settings: Settings, day: date, list_name: str, *, resend_uncertain
             batch_size=batch_limit(settings),
             resend_uncertain=resend_uncertain,
         )
-    content, report = render_and_check(settings, day)
+    content, report = render_and_check(settings, edition)
     return SendPlan(
-        day=day,
+        issue=edition,
         mailing_list=mailing_list,
         content=content,
         campaign=None,
         checks=report,
         counts={},
-        recipients=subscribed,
+        recipients=audience,
         batch_size=batch_limit(settings),
         resend_uncertain=resend_uncertain,
     )
 
 
-def issue_day(settings: Settings, day: date | None) -> date:
-    """The issue to send: `day`, or by default the latest digest's."""
-    if day is not None:
-        return day
+def issue_to_send(settings: Settings, edition: Edition | None) -> Edition:
+    """The issue to send: `edition`, or by default the latest digest's daily issue."""
+    if edition is not None:
+        return edition
     from ..digest import load_digest
 
-    return load_digest(settings).date
+    return Edition.daily(load_digest(settings).date)
 
 
-def render_and_check(settings: Settings, day: date) -> tuple[Content, CheckReport]:
-    """Render the day's issue once and run the pre-send checks on it."""
+def render_and_check(settings: Settings, edition: Edition) -> tuple[Content, CheckReport]:
+    """Render the issue once and run the pre-send checks on it."""
     # Imported here: rendering pulls in MJML and premailer, which status and resumes never need.
     from ..checks import run_checks
-    from ..digest import load_digest
+    from ..digest import load_issue
     from ..render import render_issue
 
-    issue = render_issue(load_digest(settings, day), settings)
+    issue = render_issue(load_issue(settings, edition), settings)
     return Content(issue.subject, issue.html, issue.text), run_checks(issue)
 
 
@@ -168,7 +175,7 @@ def require_checks(plan: SendPlan, *, force: bool) -> list[str]:
 
 def open_provider(settings: Settings, *, dry_run: bool = False, outbox: Path | None = None) -> Provider:
     """What a send goes through: the configured provider, or for a dry run an outbox (by default
-    <outbox_dir>/<date>/, see `default_outbox`) that keeps what that provider would be sent. Made
+    <outbox_dir>/<date or week>/, see `default_outbox`) that keeps what that provider would be sent. Made
     before anything is asked or stored: missing credentials stop here."""
     if not dry_run:
         return provider_for(settings)
@@ -207,7 +214,7 @@ def send_test(settings: Settings, plan: SendPlan, provider: Provider, to: Sequen
         links=UnsubscribeLinks(settings),
         provider=provider,
     )
-    run = f"test:{plan.day.isoformat()}:{plan.mailing_list.id}:{secrets.token_hex(6)}"  # each test is new
+    run = f"test:{plan.issue.key}:{plan.mailing_list.id}:{secrets.token_hex(6)}"  # each test is new
     readers = test_readers(db.engine_for(settings), to)
     outgoing = [
         Outgoing(f"{run}:{number}", addressing.message, addressing.recipient(reader))
@@ -257,7 +264,7 @@ def send_campaign(
     `report.error` with the counts.
     """
     provider = provider or provider_for(settings)  # first: missing credentials create nothing
-    campaign = plan.campaign or start_campaign(settings, plan.day, plan.mailing_list, plan.content)
+    campaign = plan.campaign or start_campaign(settings, plan.issue, plan.mailing_list, plan.content)
     run = _CampaignRun(settings, campaign, provider, plan, on_progress)
     return asyncio.run(run.run())
 
@@ -539,18 +546,16 @@ class CampaignStatus:
         return sum(self.counts.values())
 
 
-def campaign_status(settings: Settings, day: date | None, list_name: str) -> CampaignStatus | None:
-    """Where the send of `day`'s issue (by default the list's latest send) to the list stands;
-    None if it never started."""
+def campaign_status(settings: Settings, issue: Edition | date | None, list_name: str) -> CampaignStatus | None:
+    """Where the send of `issue` (an Edition, or a day's daily issue; by default the list's latest
+    issue, a week's edition counting as of its Sunday) to the list stands; None if it never started."""
     d, c = db.deliveries.c, db.campaigns.c
     with db.reading(db.engine_for(settings)) as conn:
         mailing_list = get_list(conn, list_name)
-        if day is None:
-            latest = conn.execute(
-                select(func.max(c.issue_date)).where(c.list_id == mailing_list.id)
-            ).scalar()
-            day = date.fromisoformat(latest) if latest else None
-        campaign = find_campaign(conn, day, mailing_list.id) if day else None
+        if issue is None:
+            started = conn.execute(select(c.edition, c.issue_date).where(c.list_id == mailing_list.id))
+            issue = max((Edition(*row) for row in started), key=lambda edition: edition.sort_key, default=None)
+        campaign = find_campaign(conn, issue, mailing_list.id) if issue else None
         if campaign is None:
             return None
         mine = d.campaign_id == campaign.id

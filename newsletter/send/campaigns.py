@@ -10,8 +10,13 @@ A delivery is one recipient of one campaign. Its states, each committed before t
        │            │    └──► pending     nothing accepted: a 400 whose parts go out again, or a
        │            │                     401/403/outage/interruption that stops the send
        │            └──► uncertain        found by the next run: the process died mid-request
-       └──► skipped                       no longer subscribed when its batch was built
+       └──► skipped                       no longer subscribed when its batch was built (or
+                                          switched between the daily issues and the weekly edition)
     uncertain ──► pending                 only with --resend-uncertain
+
+A campaign is one Edition (a day's issue or a week's edition) to one list; its snapshot takes the
+list's subscribed members of the edition's frequency (memberships.frequency), so a daily issue never
+reaches a weekly member, nor the weekly edition a daily one.
 
 Membership is read in the same transaction that marks a batch (FOR SHARE on PostgreSQL, under
 SQLite's write lock otherwise), so an unsubscribe commits either before (the reader is skipped) or
@@ -31,6 +36,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import db
 from ..config import Settings
+from ..edition import DAILY, WEEKLY, Edition
 from ..errors import SendError
 from ..membership import members_query, receives_issues
 from ..subscribers import MailingList
@@ -46,6 +52,8 @@ _SKIP_REASONS = {
     db.COMPLAINED: "complained (spam report) before sending",
     None: "removed from the list before sending",
 }
+# A member who switched frequency after the snapshot was taken gets the other edition instead.
+_SWITCHED = {DAILY: "switched to the weekly edition before sending", WEEKLY: "switched to the daily issues before sending"}
 PROCESS_DIED = "the sending process stopped before the provider's answer was recorded: it may have been delivered"
 INTERRUPTED = "the send was interrupted before the provider's answer was recorded: it may have been delivered"
 NOT_POSTED = "the send stopped before this batch's request left"
@@ -65,7 +73,7 @@ _DELIVERY_STATE = {
 @dataclass(frozen=True)
 class Campaign:
     id: int
-    issue_date: str
+    issue: Edition
     list_id: int
     content: Content
     created_at: datetime
@@ -80,16 +88,18 @@ class BatchInfo:
     error: str | None
 
 
-def find_campaign(conn: Connection, day: date, list_id: int) -> Campaign | None:
+def find_campaign(conn: Connection, issue: Edition | date, list_id: int) -> Campaign | None:
+    """The campaign of `issue` (an Edition, or a day's daily issue) to the list, if it started."""
+    edition = Edition.of(issue)
     c = db.campaigns.c
     row = conn.execute(
-        select(db.campaigns).where(c.issue_date == day.isoformat(), c.list_id == list_id)
+        select(db.campaigns).where(c.issue_date == edition.key, c.edition == edition.kind, c.list_id == list_id)
     ).first()
     if row is None:
         return None
     return Campaign(
         id=row.id,
-        issue_date=row.issue_date,
+        issue=edition,
         list_id=row.list_id,
         content=Content(row.subject, row.html, row.text),
         created_at=row.created_at,
@@ -102,19 +112,22 @@ def next_campaign_id(conn: Connection) -> int:
     return conn.execute(select(func.coalesce(func.max(db.campaigns.c.id), 0) + 1)).scalar_one()
 
 
-def start_campaign(settings: Settings, day: date, mailing_list: MailingList, content: Content) -> Campaign:
-    """The campaign for (day, list), created with its content and recipient snapshot in one
-    transaction if it does not exist yet (an existing one is returned unchanged)."""
+def start_campaign(settings: Settings, issue: Edition | date, mailing_list: MailingList, content: Content) -> Campaign:
+    """The campaign for (issue, list), created with its content and the snapshot of the members of
+    its frequency in one transaction if it does not exist yet (an existing one is returned
+    unchanged). `issue`: an Edition, or a day's daily issue."""
+    edition = Edition.of(issue)
     engine = db.engine_for(settings)
     try:
         with engine.begin() as conn:
-            existing = find_campaign(conn, day, mailing_list.id)
+            existing = find_campaign(conn, edition, mailing_list.id)
             if existing is not None:
                 return existing
             now = settings.clock()
             campaign_id = conn.execute(
                 db.campaigns.insert().values(
-                    issue_date=day.isoformat(),
+                    issue_date=edition.key,
+                    edition=edition.kind,
                     list_id=mailing_list.id,
                     subject=content.subject,
                     html=content.html,
@@ -130,7 +143,13 @@ def start_campaign(settings: Settings, day: date, mailing_list: MailingList, con
             )
             s = db.subscribers.c
             snapshot = members_query(
-                mailing_list.id, literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS)
+                mailing_list.id,
+                literal(campaign_id),
+                s.id,
+                s.email,
+                literal(db.PENDING),
+                literal(now, db.TS),
+                frequency=edition.kind,
             )
             conn.execute(
                 db.deliveries.insert().from_select(
@@ -141,14 +160,14 @@ def start_campaign(settings: Settings, day: date, mailing_list: MailingList, con
         # The one expected cause: another process created the same campaign between our look and
         # our insert (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two).
         with db.reading(engine) as conn:
-            raced = find_campaign(conn, day, mailing_list.id)
+            raced = find_campaign(conn, edition, mailing_list.id)
         if raced is None:
             raise SendError(
-                f"could not record the {day.isoformat()} campaign for list {mailing_list.name!r}: the "
+                f"could not record the campaign of {edition.describe} for list {mailing_list.name!r}: the "
                 f"database refused it ({type(error.orig).__name__}); nothing was sent"
             ) from None
         return raced
-    return Campaign(campaign_id, day.isoformat(), mailing_list.id, content, now, None)
+    return Campaign(campaign_id, edition, mailing_list.id, content, now, None)
 
 
 def state_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
@@ -161,24 +180,27 @@ def state_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
     return counts
 
 
-def count_subscribed(conn: Connection, list_id: int) -> int:
-    """How many the list's next issue goes to."""
-    audience = members_query(list_id, db.memberships.c.subscriber_id).order_by(None).subquery()
+def count_audience(conn: Connection, list_id: int, edition: Edition) -> int:
+    """How many a new campaign of `edition` to the list would go to: its members of that frequency."""
+    members = members_query(list_id, db.memberships.c.subscriber_id, frequency=edition.kind)
+    audience = members.order_by(None).subquery()
     return conn.execute(select(func.count()).select_from(audience)).scalar_one()
 
 
 # -- the recipient selector -------------------------------------------------------------------------
 
-# A delivery row (id, subscriber_id, email, name) and its subscriber's membership status now.
-Found = tuple[Any, str | None]
+# A delivery row (id, subscriber_id, email, name) and its subscriber's membership now: its status
+# and frequency (both None once removed).
+Found = tuple[Any, str | None, str | None]
 
 
 def _with_status(
     conn: Connection, list_id: int, where: ColumnElement[bool], limit: int | None, *, lock: bool
 ) -> list[Found]:
-    """Deliveries matching `where`, by id, each with its subscriber's membership status now (None
-    once removed). With `lock`, the memberships stay locked until the transaction ends (PostgreSQL's
-    FOR SHARE; SQLite's write lock already covers them), so no unsubscribe commits in between."""
+    """Deliveries matching `where`, by id, each with its subscriber's membership status and
+    frequency now (None once removed). With `lock`, the memberships stay locked until the
+    transaction ends (PostgreSQL's FOR SHARE; SQLite's write lock already covers them), so no
+    unsubscribe or switch of frequency commits in between."""
     d, m, s = db.deliveries.c, db.memberships.c, db.subscribers.c
     query = (
         select(d.id, d.subscriber_id, d.email, s.name)
@@ -190,11 +212,12 @@ def _with_status(
     if not rows:
         return []
     # A separate query: FOR SHARE cannot lock the nullable side of an outer join.
-    statuses = select(m.subscriber_id, m.status).where(
+    statuses = select(m.subscriber_id, m.status, m.frequency).where(
         m.list_id == list_id, m.subscriber_id.in_([row.subscriber_id for row in rows])
     )
-    status = dict(conn.execute(statuses.with_for_update(read=True) if lock else statuses).all())
-    return [(row, status.get(row.subscriber_id)) for row in rows]
+    found = conn.execute(statuses.with_for_update(read=True) if lock else statuses)
+    current = {member.subscriber_id: (member.status, member.frequency) for member in found}
+    return [(row, *current.get(row.subscriber_id, (None, None))) for row in rows]
 
 
 def read_page(
@@ -210,15 +233,18 @@ def read_page(
     return _with_status(conn, campaign.list_id, where, limit, lock=lock)
 
 
-def sort_page(rows: Iterable[Found]) -> tuple[list[Reader], dict[str, list[int]]]:
-    """Who of a page gets the issue, and who left the list (skip reason → delivery ids)."""
+def sort_page(rows: Iterable[Found], edition: Edition) -> tuple[list[Reader], dict[str, list[int]]]:
+    """Who of a page gets `edition`'s issue, and who left the list or switched to the other edition
+    since the snapshot (skip reason → delivery ids)."""
     recipients: list[Reader] = []
     leavers: dict[str, list[int]] = {}
-    for row, status in rows:
-        if receives_issues(status):
-            recipients.append(Reader(row.id, row.subscriber_id, row.email, row.name))
-        else:
+    for row, status, frequency in rows:
+        if not receives_issues(status):
             leavers.setdefault(_SKIP_REASONS.get(status, _SKIP_REASONS[None]), []).append(row.id)
+        elif frequency != edition.kind:
+            leavers.setdefault(_SWITCHED[edition.kind], []).append(row.id)
+        else:
+            recipients.append(Reader(row.id, row.subscriber_id, row.email, row.name))
     return recipients, leavers
 
 
@@ -330,7 +356,7 @@ class BatchStore:
         with self._engine.begin() as conn:
             self._claim.check(conn)
             rows = _with_status(conn, self._campaign.list_id, where, None, lock=True)
-            recipients, leavers = sort_page(rows)
+            recipients, leavers = sort_page(rows, self._campaign.issue)
             skipped = self._skip(conn, leavers)
             if not recipients:
                 self._close(conn, exchange.batch_id, db.SKIPPED, error=EVERYONE_LEFT)
@@ -342,7 +368,7 @@ class BatchStore:
     def _mark(
         self, conn: Connection, rows: list[Found], where: ColumnElement[bool], build: Build
     ) -> Marked:
-        recipients, leavers = sort_page(rows)
+        recipients, leavers = sort_page(rows, self._campaign.issue)
         skipped = self._skip(conn, leavers)
         if not recipients:
             return Marked(None, [], None, len(rows), skipped)

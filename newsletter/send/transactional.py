@@ -12,16 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .. import db
 from ..config import Settings
-from ..providers import AnswerLost, Batch, Message, Provider, Recipient, RequestImpossible, RequestNotSent, Verdict
+from ..errors import SendError
+from ..providers import (
+    AnswerLost,
+    Batch,
+    Message,
+    Provider,
+    Recipient,
+    RequestImpossible,
+    RequestNotSent,
+    Verdict,
+)
 from .pacing import Exchange, RateLimiter, Requests
 
 # The states of a message, as a delivery's.
@@ -52,49 +64,84 @@ def send_messages(settings: Settings, provider: Provider, outgoing: Sequence[Out
     engine = db.engine_for(settings)
 
     async def each() -> list[Outcome]:
-        requests = Requests(provider, RateLimiter(settings.send_rate_limit), settings, retry_lost=False)
+        requests = requests_for(settings, provider)
         try:
-            return [await _one(settings, engine, provider, requests, item) for item in outgoing]
+            return [await send_message(settings, engine, provider, requests, item) for item in outgoing]
         finally:
             await provider.aclose()
 
     return asyncio.run(each())
 
 
-async def _one(settings: Settings, engine: Engine, provider: Provider, requests: Requests, item: Outgoing) -> Outcome:
-    # Prepared first: a message the provider could never take is refused before anything is recorded.
-    request = provider.prepare(Batch(item.message, [item.recipient]))
+def requests_for(settings: Settings, provider: Provider) -> Requests:
+    """The pacing and retries of one-off messages through `provider`: within its rate limit, and a
+    lost answer never repeated (the message is uncertain instead)."""
+    return Requests(provider, RateLimiter(settings.send_rate_limit), settings, retry_lost=False)
+
+
+async def send_message(
+    settings: Settings,
+    engine: Engine,
+    provider: Provider,
+    requests: Requests,
+    item: Outgoing,
+    *,
+    writing: Callable[[], AbstractContextManager[Connection]] | None = None,
+    claimed: bool = False,
+) -> Outcome:
+    """One message, unless the one recorded under its key went out (or may have) already: what
+    send_messages does for each, for a caller with its own event loop (the web server). `writing`
+    opens its write transactions (by default engine.begin): the web server queues them behind its
+    other writers. `claimed`: the caller's own transaction claimed it already (`claim`), so that
+    recording the reason for the mail and claiming it take one commit."""
+    begin = writing or engine.begin
     timeout = settings.database_timeout
-    claim = functools.partial(_claim, engine, settings, item.key, item.recipient.email, item.message.subject)
-    claimed = await asyncio.to_thread(db.retrying, claim, timeout)
-    if claimed is not None:
-        return claimed
+    try:
+        request = provider.prepare(Batch(item.message, [item.recipient]))
+    except SendError as error:  # the provider could never take it (too large for its limits)
+        if claimed:  # recorded in flight: nothing left, and a later try may send it
+            settle = functools.partial(_settle, begin, settings, item.key, PENDING, None, f"not sent: {error}")
+            await asyncio.to_thread(db.retrying, settle, timeout)
+        raise
+    if not claimed:
+        # After preparing: a message the provider could never take is refused before anything is recorded.
+        own_claim = functools.partial(_claim, begin, settings, item.key, item.recipient.email, item.message.subject)
+        already = await asyncio.to_thread(db.retrying, own_claim, timeout)
+        if already is not None:
+            return already
     state, message_id, error = await _send(provider, requests, request)
-    settle = functools.partial(_settle, engine, settings, item.key, state, message_id, error)
+    settle = functools.partial(_settle, begin, settings, item.key, state, message_id, error)
     await asyncio.to_thread(db.retrying, settle, timeout)
     return Outcome(item.key, item.recipient.email, state, state == SENT, message_id, error)
 
 
-def _claim(engine: Engine, settings: Settings, key: str, email: str, subject: str) -> Outcome | None:
-    """Mark the message in flight and return None, or return how it stands if it is not ours to send."""
+def _claim(
+    begin: Callable[[], AbstractContextManager[Connection]], settings: Settings, key: str, email: str, subject: str
+) -> Outcome | None:
+    with begin() as conn:
+        return claim(conn, key=key, email=email, subject=subject, now=settings.clock())
+
+
+def claim(conn: Connection, *, key: str, email: str, subject: str, now: datetime) -> Outcome | None:
+    """In the caller's transaction: mark the message in flight and return None (it is the caller's
+    to send, once committed), or return how it stands if it is not the caller's to send."""
     m = db.messages.c
-    now = settings.clock()
-    try:
-        with engine.begin() as conn:
-            row = conn.execute(select(m.state, m.message_id, m.error).where(m.key == key).with_for_update()).first()
-            if row is None:
+    found = select(m.state, m.message_id, m.error).where(m.key == key)
+    row = conn.execute(found.with_for_update()).first()
+    if row is None:
+        try:
+            with conn.begin_nested():
                 conn.execute(
                     db.messages.insert().values(
                         key=key, email=email, subject=subject, state=IN_FLIGHT, created_at=now, updated_at=now
                     )
                 )
-                return None
-            if row.state == PENDING:
-                conn.execute(db.messages.update().where(m.key == key).values(state=IN_FLIGHT, updated_at=now))
-                return None
-    except IntegrityError:  # another caller inserted the same key between our read and our insert
-        with db.reading(engine) as conn:
-            row = conn.execute(select(m.state, m.message_id, m.error).where(m.key == key)).one()
+            return None
+        except IntegrityError:  # another caller inserted it after our read (PostgreSQL: SQLite serialises writers)
+            row = conn.execute(found).one()
+    elif row.state == PENDING:
+        conn.execute(db.messages.update().where(m.key == key).values(state=IN_FLIGHT, updated_at=now))
+        return None
     # In flight: another caller is sending it now, or died with its answer unrecorded. Either way
     # it may arrive: not ours to send again.
     state = UNCERTAIN if row.state == IN_FLIGHT else row.state
@@ -115,9 +162,16 @@ async def _send(provider: Provider, requests: Requests, request: object) -> tupl
     return PENDING, None, f"not sent: {answer.reason}"
 
 
-def _settle(engine: Engine, settings: Settings, key: str, state: str, message_id: str | None, error: str | None) -> None:
+def _settle(
+    begin: Callable[[], AbstractContextManager[Connection]],
+    settings: Settings,
+    key: str,
+    state: str,
+    message_id: str | None,
+    error: str | None,
+) -> None:
     m = db.messages.c
-    with engine.begin() as conn:
+    with begin() as conn:
         conn.execute(
             db.messages.update()
             .where(m.key == key, m.state == IN_FLIGHT)

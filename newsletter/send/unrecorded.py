@@ -1,7 +1,7 @@
 """Sends that record nothing: a dry run (into an outbox), a validate-only (sandbox) send, test addresses.
 
 A dry run or a sandbox send reaches exactly who the real send would: a new campaign's subscribed
-members in snapshot order, or a resumed campaign's recipients through the real run's own selector
+members of its edition's frequency in snapshot order, or a resumed campaign's recipients through the real run's own selector
 (campaigns.read_page), batch for batch, with the campaign id the real send uses.
 """
 
@@ -11,7 +11,6 @@ import asyncio
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,9 +18,11 @@ from sqlalchemy import Engine, select
 
 from .. import db
 from ..config import Settings
+from ..edition import Edition
 from ..errors import ProviderAuthError, SendError
 from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
-from ..subscribers import email_key, iter_members, normalise_email
+from ..membership import members_query
+from ..subscribers import email_key, normalise_email, read_pages
 from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Reader
 from .campaigns import Campaign, next_campaign_id, read_page, sort_page
@@ -41,8 +42,9 @@ class UnrecordedReport:
     problems: list[str] = field(default_factory=list)  # "request N (first@address): reason"
 
 
-def default_outbox(settings: Settings, day: date) -> Path:
-    return settings.path(settings.outbox_dir) / day.isoformat()
+def default_outbox(settings: Settings, edition: Edition) -> Path:
+    """<outbox_dir>/2026-01-23/, or <outbox_dir>/2026-W04/ for a weekly edition."""
+    return settings.path(settings.outbox_dir) / edition.key
 
 
 def send_unrecorded(
@@ -65,7 +67,7 @@ def send_unrecorded(
         batches = _campaign_recipients(engine, plan.campaign, size, plan.resend_uncertain)
         campaign_id = plan.campaign.id
     else:
-        batches = _members(engine, plan.mailing_list.id, size)
+        batches = _members(engine, plan.mailing_list.id, plan.issue, size)
         with db.reading(engine) as conn:
             campaign_id = next_campaign_id(conn)
     addressing = Addressing(
@@ -115,10 +117,10 @@ async def _push(
     return report
 
 
-def _members(engine: Engine, list_id: int, size: int) -> Iterator[list[Reader]]:
+def _members(engine: Engine, list_id: int, edition: Edition, size: int) -> Iterator[list[Reader]]:
     """A new campaign's recipients: who its snapshot would take, in its order, `size` at a time
     (never all of them in memory)."""
-    members = iter_members(engine, list_id)
+    members = read_pages(engine, members_query(list_id, frequency=edition.kind), db.subscribers.c.id)
     while page := list(itertools.islice(members, size)):
         yield [Reader(0, member.subscriber_id, member.email, member.name) for member in page]
 
@@ -137,7 +139,7 @@ def _campaign_recipients(
         if not rows:
             return
         after = rows[-1][0].id
-        recipients, _ = sort_page(rows)
+        recipients, _ = sort_page(rows, campaign.issue)
         if recipients:
             yield recipients
 

@@ -1,0 +1,371 @@
+"""Readers who join by themselves: sign-up, confirmation (double opt-in), the mails they get (the
+confirmation, the welcome, the "already subscribed" notice) and the frequency they choose.
+
+The database side runs in the caller's transaction and says which mail is due (a Due, with the
+idempotency key it goes out under), claimed for sending in that same transaction (one commit records
+the sign-up and the mail it calls for); `compose` turns a Due into the message, which
+send/transactional.py sends at most once. The keys carry the limits: at most CONFIRMATIONS_PER_DAY
+confirmation mails per address, list and day, one notice a day, one welcome ever.
+
+Nobody learns from the form who is on a list: every address gets the same answer, whatever its
+state, and whether a mail goes out is decided here, never shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from typing import Literal
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection, Engine
+
+from . import db
+from .config import Settings
+from .errors import SubscriberError, TokenError
+from .membership import compare_and_set
+from .providers import Message, Provider, Recipient
+from .publish import PublishedIssue, published_issues
+from .render import DARK, FONT_STACK, LIGHT, render_template
+from .send.claim import aware
+from .send.transactional import Outcome, Outgoing, claim, send_messages
+from .subscribers import SIGNUP_RATE_WINDOW, MailingList, email_key, normalise_email
+from .tokens import CONFIRM_WINDOW, ConfirmLinks, UnsubscribeLinks
+
+CONFIRMATIONS_PER_DAY = 3
+
+CONFIRM, WELCOME, ALREADY = "confirm", "welcome", "already"
+MailKind = Literal["confirm", "welcome", "already"]
+
+
+@dataclass(frozen=True)
+class SignUpForm:
+    """What the sign-up form sent, checked (`read_form`)."""
+
+    email: str
+    name: str | None
+    frequency: str
+
+
+def read_form(email: str, name: str, frequency: str) -> SignUpForm:
+    """The form's fields as a sign-up; SubscriberError with a message for the reader if the address
+    is not one, or the frequency not offered."""
+    if frequency not in db.FREQUENCIES:
+        raise SubscriberError(f"choose how often: {' or '.join(db.FREQUENCIES)}")
+    name = " ".join(name.split())[:200] or None
+    return SignUpForm(normalise_email(email.strip()), name, frequency)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A membership as the sign-up pages and mails show it."""
+
+    mailing_list: MailingList
+    subscriber_id: int
+    email: str
+    name: str | None
+    status: str
+    frequency: str
+    status_since: datetime
+
+
+@dataclass(frozen=True)
+class Due:
+    """A mail a sign-up or a confirmation calls for, under the key it goes out at most once by."""
+
+    kind: MailKind
+    key: str
+    member: Member
+    newsletter: str  # the sender's name, for the subject
+
+    @property
+    def subject(self) -> str:
+        return _SUBJECTS[self.kind].format(name=self.newsletter)
+
+
+def claimed(conn: Connection, due: Due | None, now: datetime) -> Due | None:
+    """`due`, claimed for sending in the caller's transaction; None if it went out (or may have)
+    already, or is being sent."""
+    if due is None:
+        return None
+    taken = claim(conn, key=due.key, email=due.member.email, subject=due.subject, now=now)
+    return due if taken is None else None
+
+
+def client_key(settings: Settings, address: str) -> str:
+    """The client's address as the rate limit keeps it: a keyed hash, so that the database holds no
+    reader's IP address unless record_consent_ip asks for it."""
+    secret = settings.signing_keys()[-1].encode()
+    return hmac.new(secret, f"signup-client:{address}".encode(), hashlib.sha256).hexdigest()
+
+
+def sign_up(
+    conn: Connection,
+    mailing_list: MailingList,
+    form: SignUpForm,
+    *,
+    client: str,
+    now: datetime,
+    today: date,
+    rate_per_hour: int,
+    newsletter: str,
+) -> Due | None:
+    """Record a sign-up from the form and say which mail it calls for (None: none, or the client
+    is over its rate). A new address joins unconfirmed on a double opt-in list and subscribed on a
+    single opt-in one; an unconfirmed one, or one that left, is sent a confirmation; a subscribed one
+    at most a daily notice. Runs in the caller's (write) transaction."""
+    a = db.signup_attempts.c
+    recent = select(func.count()).where(a.client == client, a.at > now - SIGNUP_RATE_WINDOW)
+    if conn.execute(recent).scalar_one() >= rate_per_hour:
+        return None
+    conn.execute(insert(db.signup_attempts).values(client=client, at=now))
+
+    subscriber_id, email, name = _subscriber_for(conn, form, now)
+    row = _membership_row(conn, mailing_list.id, subscriber_id, lock=True)
+    status = row.status if row is not None else None  # type: ignore[attr-defined]
+    if status is None:
+        joined = db.SUBSCRIBED if mailing_list.optin == db.SINGLE_OPTIN else db.UNCONFIRMED
+        compare_and_set(
+            conn,
+            list_id=mailing_list.id,
+            subscriber_id=subscriber_id,
+            expected=None,
+            status=joined,
+            source="signup",
+            now=now,
+            detail=f"signed up on the form ({mailing_list.optin} opt-in)",
+        )
+        values: dict[str, object] = {"frequency": form.frequency}
+        if joined == db.SUBSCRIBED:
+            values.update(_consent(mailing_list, now=now, ip=None))
+        _update_membership(conn, mailing_list.id, subscriber_id, **values)
+        member = Member(mailing_list, subscriber_id, email, name, joined, form.frequency, now)
+        if joined == db.SUBSCRIBED:
+            return claimed(conn, _welcome(member, newsletter), now)
+    elif status == db.SUBSCRIBED:
+        # Their frequency stays: only their own preferences link may change it.
+        notice = Due(ALREADY, f"already:{mailing_list.id}:{subscriber_id}:{today.isoformat()}", _member_of(row), newsletter)
+        return claimed(conn, notice, now)
+    else:
+        # Unconfirmed, or left: the choice is kept for when they confirm.
+        _update_membership(conn, mailing_list.id, subscriber_id, frequency=form.frequency)
+        member = replace(_member_of(row), frequency=form.frequency)
+    return claimed(conn, confirmation_due(conn, member, today, newsletter), now)
+
+
+def confirmation_due(conn: Connection, member: Member, today: date, newsletter: str) -> Due | None:
+    """The next confirmation mail for `member` today, or None when today's are used up. A try that
+    sent nothing (the provider unreachable) is tried again under its own key."""
+    prefix = f"confirm:{member.mailing_list.id}:{member.subscriber_id}:{today.isoformat()}:"
+    m = db.messages.c
+    sent = conn.execute(select(m.key, m.state).where(m.key.startswith(prefix, autoescape=True))).all()
+    unsent = sorted(row.key for row in sent if row.state == db.PENDING)
+    if unsent:
+        return Due(CONFIRM, unsent[0], member, newsletter)
+    if len(sent) >= CONFIRMATIONS_PER_DAY:
+        return None
+    return Due(CONFIRM, f"{prefix}{len(sent) + 1}", member, newsletter)
+
+
+ConfirmState = Literal["confirmable", "subscribed", "expired"]
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    state: ConfirmState  # what the link does now: confirm, nothing more (done), or nothing (too old)
+    member: Member
+    welcome: Due | None = None  # the welcome, after a POST that found the member subscribed
+
+
+def inspect_link(conn: Connection, links: ConfirmLinks, token: str, now: datetime) -> Confirmation | None:
+    """What a confirmation link would do, changing nothing (GET); None if it is not one of ours for
+    a membership that exists."""
+    try:
+        ticket = links.read(token)
+    except TokenError:
+        return None
+    row = _membership_row(conn, ticket.list_id, ticket.subscriber_id)
+    if row is None or not links.signed_for(token, row.email):
+        return None
+    member = _member_of(row)
+    if member.status == db.SUBSCRIBED:
+        return Confirmation("subscribed", member)
+    # A link issued before its owner last left (an old mail) does not undo their leaving.
+    too_old = now - ticket.issued_at > CONFIRM_WINDOW
+    if too_old or (member.status != db.UNCONFIRMED and ticket.issued_at < member.status_since.replace(microsecond=0)):
+        return Confirmation("expired", member)
+    return Confirmation("confirmable", member)
+
+
+def confirm(
+    conn: Connection, links: ConfirmLinks, token: str, *, now: datetime, ip: str | None, newsletter: str
+) -> Confirmation | None:
+    """Confirm the sign-up a link names (POST): the member becomes subscribed with their consent
+    recorded, and the welcome is due, claimed, unless it went out before (its key is once ever).
+    None for a bad link."""
+    found = inspect_link(conn, links, token, now)
+    if found is None or found.state == "expired":
+        return found
+    member = found.member
+    if found.state == "confirmable":
+        changed = compare_and_set(
+            conn,
+            list_id=member.mailing_list.id,
+            subscriber_id=member.subscriber_id,
+            expected=member.status,
+            status=db.SUBSCRIBED,
+            source="confirmation",
+            now=now,
+            detail="confirmed by the link in the confirmation mail",
+        )
+        if changed:
+            consent = _consent(member.mailing_list, now=now, ip=ip)
+            _update_membership(conn, member.mailing_list.id, member.subscriber_id, **consent)
+        member = _member(conn, member.mailing_list, member.subscriber_id)
+        if member.status != db.SUBSCRIBED:  # lost to a concurrent change (a bounce): as it is now
+            return Confirmation("expired", member)
+    return Confirmation("subscribed", member, claimed(conn, _welcome(member, newsletter), now))
+
+
+def _welcome(member: Member, newsletter: str) -> Due:
+    return Due(WELCOME, f"welcome:{member.mailing_list.id}:{member.subscriber_id}", member, newsletter)
+
+
+def _subscriber_for(conn: Connection, form: SignUpForm, now: datetime) -> tuple[int, str, str | None]:
+    """(id, address, name) of the subscriber with the form's address, added if new. An existing
+    subscriber's name is kept: anyone can type anyone's address into a form."""
+    s = db.subscribers.c
+    key = email_key(form.email)
+    found = conn.execute(select(s.id, s.email, s.name).where(s.email_key == key)).first()
+    if found is not None:
+        return found.id, found.email, found.name
+    added = conn.execute(
+        insert(db.subscribers)
+        .values(email=form.email, email_key=key, name=form.name, attributes={}, created_at=now)
+        .returning(s.id)
+    ).scalar_one()
+    return added, form.email, form.name
+
+
+def _update_membership(conn: Connection, list_id: int, subscriber_id: int, **values: object) -> None:
+    m = db.memberships.c
+    conn.execute(
+        db.memberships.update().where(m.list_id == list_id, m.subscriber_id == subscriber_id).values(**values)
+    )
+
+
+def _consent(mailing_list: MailingList, *, now: datetime, ip: str | None) -> dict[str, object]:
+    return {"consent_at": now, "consent_source": f"signup form, {mailing_list.optin} opt-in", "consent_ip": ip}
+
+
+def _membership_row(conn: Connection, list_id: int, subscriber_id: int, *, lock: bool = False) -> object | None:
+    """The membership with its list and subscriber; with `lock`, locked until the transaction ends
+    (PostgreSQL: a concurrent sign-up of the same address waits; SQLite serialises writers)."""
+    m, s, lists = db.memberships.c, db.subscribers.c, db.lists
+    query = (
+        select(lists, s.email, s.name.label("subscriber_name"), m.subscriber_id, m.status, m.frequency, m.updated_at)
+        .select_from(db.memberships.join(db.subscribers).join(lists))
+        .where(m.list_id == list_id, m.subscriber_id == subscriber_id)
+    )
+    return conn.execute(query.with_for_update(of=db.memberships) if lock else query).first()
+
+
+def _member_of(row: object) -> Member:
+    mailing_list = MailingList(row.id, row.name, row.description, row.created_at, row.optin)  # type: ignore[attr-defined]
+    return Member(
+        mailing_list,
+        row.subscriber_id,  # type: ignore[attr-defined]
+        row.email,  # type: ignore[attr-defined]
+        row.subscriber_name,  # type: ignore[attr-defined]
+        row.status,  # type: ignore[attr-defined]
+        row.frequency,  # type: ignore[attr-defined]
+        aware(row.updated_at),  # type: ignore[attr-defined]
+    )
+
+
+def _member(conn: Connection, mailing_list: MailingList, subscriber_id: int) -> Member:
+    row = _membership_row(conn, mailing_list.id, subscriber_id)
+    assert row is not None, "the membership was just read or written in this transaction"
+    return _member_of(row)
+
+
+def send_confirmations(
+    settings: Settings, engine: Engine, mailing_list: MailingList, subscriber_ids: list[int], provider: Provider
+) -> list[Outcome]:
+    """A confirmation mail to each of these unconfirmed members (an import's, with
+    --require-confirmation), within today's limit per address, paced within the provider's rate
+    limit; then `provider` is closed."""
+    now = settings.clock()
+    with db.reading(engine) as conn:
+        dues = [
+            due
+            for subscriber_id in subscriber_ids
+            if (
+                due := confirmation_due(
+                    conn, _member(conn, mailing_list, subscriber_id), settings.local_date(now), settings.from_name
+                )
+            )
+        ]
+    unsubscribe, confirmations = UnsubscribeLinks(settings), ConfirmLinks(settings)
+    latest = next(iter(published_issues(settings)), None)
+    outgoing = [
+        compose(settings, due, unsubscribe=unsubscribe, confirmations=confirmations, now=now, latest=latest)
+        for due in dues
+    ]
+    return send_messages(settings, provider, outgoing)
+
+
+# -- the mails ----------------------------------------------------------------------------------------
+
+_SUBJECTS: dict[MailKind, str] = {
+    CONFIRM: "구독 확인 · Confirm your subscription to {name}",
+    WELCOME: "{name} 구독을 환영합니다 · Welcome to {name}",
+    ALREADY: "이미 구독 중입니다 · You are already subscribed to {name}",
+}
+
+
+def compose(
+    settings: Settings,
+    due: Due,
+    *,
+    unsubscribe: UnsubscribeLinks,
+    confirmations: ConfirmLinks,
+    now: datetime,
+    latest: PublishedIssue | None,
+) -> Outgoing:
+    """The message `due` calls for, from its templates (templates/mail/<kind>.html.j2 and .txt.j2):
+    the confirmation carries its link; the welcome and the notice the reader's own preferences and
+    unsubscribe links (and the welcome the RFC 8058 headers, as an issue does), and the welcome the
+    `latest` issue's web version."""
+    member = due.member
+    list_id, subscriber_id, email = member.mailing_list.id, member.subscriber_id, member.email
+    unsubscribe_url = unsubscribe.url(list_id, subscriber_id, email)
+    context = {
+        "newsletter": settings.from_name,
+        "postal_address": settings.postal_address,
+        "archive_url": f"{settings.base_url}/",
+        "list_title": member.mailing_list.description or member.mailing_list.name,
+        "frequency": member.frequency,
+        "confirm_url": confirmations.url(list_id, subscriber_id, email, now) if due.kind == CONFIRM else "",
+        "confirm_days": CONFIRM_WINDOW.days,
+        "preferences_url": unsubscribe.preferences_url(list_id, subscriber_id, email),
+        "unsubscribe_url": unsubscribe_url,
+        "latest_url": latest.url if latest else "",
+        "latest_subject": latest.subject if latest else "",
+        "light": LIGHT,
+        "dark": DARK,
+        "fonts": FONT_STACK,
+    }
+    message = Message(
+        subject=due.subject,
+        html=render_template(settings, f"mail/{due.kind}.html.j2", context),
+        text=render_template(settings, f"mail/{due.kind}.txt.j2", context),
+        sender_email=settings.from_email,
+        sender_name=settings.from_name,
+        reply_to=settings.reply_to,
+    )
+    # A confirmation goes to whoever typed the address, who is no member yet: nothing to leave.
+    headers = unsubscribe.headers(unsubscribe_url) if due.kind == WELCOME else {}
+    return Outgoing(due.key, message, Recipient(email, member.name, None, headers))
