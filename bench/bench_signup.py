@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from newsletter.config import load_settings  # noqa: E402
 from newsletter.subscribers import create_list  # noqa: E402
 from newsletter.tokens import ConfirmLinks  # noqa: E402
 from testkit.projects import API_KEY, write_config  # noqa: E402
-from testkit.servers import free_port, running, serving  # noqa: E402
+from testkit.servers import free_port, running  # noqa: E402
 
 
 async def post_all(requests: list[tuple[str, dict[str, str], dict[str, str]]], clients: int, concurrency: int) -> list[int]:
@@ -56,6 +57,12 @@ async def post_all(requests: list[tuple[str, dict[str, str], dict[str, str]]], c
 
     results = await asyncio.gather(*(client_worker(requests[n::clients]) for n in range(clients)))
     return [status for statuses in results for status in statuses]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used so far (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def delivered(log: Path) -> Counter[str]:
@@ -80,7 +87,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight per client")
     args = parser.parse_args()
 
-    signups, confirmations = [], []
+    signups, confirmations, cpu = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-signup-") as folder:
         port, fake_port, log = free_port(), free_port(), Path(folder) / "sendgrid.jsonl"
         config = write_config(
@@ -95,7 +102,9 @@ def main() -> None:
         with db.engine_for(settings).begin() as conn:
             list_ids = [create_list(conn, f"run-{run}", now=settings.clock()).id for run in range(args.runs)]
         fake = [sys.executable, "-m", "testkit.fake_sendgrid", "--port", str(fake_port), "--api-key", API_KEY, "--log", str(log)]
-        with running(fake, fake_port), serving(config, port=port) as url:
+        serve = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port)]
+        url = f"http://127.0.0.1:{port}"
+        with running(fake, fake_port), running(serve, port) as server:
             for run, list_id in enumerate(list_ids):
                 before = sum(delivered(log).values())
                 emails = [f"run{run}.reader{n}@example.com" for n in range(args.readers)]
@@ -104,10 +113,11 @@ def main() -> None:
                      {"X-Forwarded-For": f"10.{run}.{n // 250}.{n % 250}"})
                     for n, email in enumerate(emails)
                 ]  # fmt: skip
-                start = time.perf_counter()
+                start, used = time.perf_counter(), cpu_seconds(server.pid)
                 statuses = asyncio.run(post_all(forms, args.clients, args.concurrency))
                 answered = time.perf_counter() - start
                 mailed = answered + wait_for_mails(log, before + len(emails))
+                signup_cpu = (cpu_seconds(server.pid) - used) / len(emails)
                 once = delivered(log)
                 with db.engine_for(settings).connect() as conn:
                     members = conn.execute(
@@ -117,10 +127,12 @@ def main() -> None:
                     ).all()
                 now = settings.clock()
                 confirm = [(f"{url}/confirm/{links.token(list_id, sid, email, now)}", {"confirm": "yes"}, {}) for sid, email in members]
-                start = time.perf_counter()
+                start, used = time.perf_counter(), cpu_seconds(server.pid)
                 confirmed = asyncio.run(post_all(confirm, args.clients, args.concurrency))
                 confirming = time.perf_counter() - start
                 welcomed = confirming + wait_for_mails(log, before + 2 * len(emails))
+                confirm_cpu = (cpu_seconds(server.pid) - used) / len(confirm)
+                cpu.append((signup_cpu, confirm_cpu))
                 twice = delivered(log)
                 signups.append(len(emails) / answered)
                 confirmations.append(len(confirm) / confirming)
@@ -133,12 +145,17 @@ def main() -> None:
                     f"run {run + 1}: {len(emails)} sign-ups answered in {answered:.2f}s = {signups[-1]:.0f}/s "
                     f"(last confirmation mail at {mailed:.2f}s); {len(confirm)} confirmations answered in "
                     f"{confirming:.2f}s = {confirmations[-1]:.0f}/s (last welcome at {welcomed:.2f}s); "
-                    f"one confirmation, then one welcome, per address: {'yes' if exact else 'NO  <-- LOST OR DUPLICATED'}"
+                    f"one confirmation, then one welcome, per address: {'yes' if exact else 'NO  <-- LOST OR DUPLICATED'}; "
+                    f"the server's CPU per sign-up {signup_cpu * 1000:.1f} ms, per confirmation {confirm_cpu * 1000:.1f} ms "
+                    "(its mail included)"
                 )
     print(
         f"median of {args.runs} runs: {statistics.median(signups):.0f} sign-ups/s, "
         f"{statistics.median(confirmations):.0f} confirmations/s "
-        f"({args.clients} clients x {args.concurrency} in flight, {args.readers} readers each)"
+        f"({args.clients} clients x {args.concurrency} in flight, {args.readers} readers each); the server's "
+        f"CPU {statistics.median(c[0] for c in cpu) * 1000:.1f} ms per sign-up and "
+        f"{statistics.median(c[1] for c in cpu) * 1000:.1f} ms per confirmation, mails included: the client, "
+        "the fake provider and the server share this machine's cores"
     )
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Literal
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
@@ -116,11 +116,9 @@ def sign_up(
     is over its rate). A new address joins unconfirmed on a double opt-in list and subscribed on a
     single opt-in one; an unconfirmed one, or one that left, is sent a confirmation; a subscribed one
     at most a daily notice. Runs in the caller's (write) transaction."""
-    a = db.signup_attempts.c
-    recent = select(func.count()).where(a.client == client, a.at > now - SIGNUP_RATE_WINDOW)
-    if conn.execute(recent).scalar_one() >= rate_per_hour:
+    if conn.execute(_RECENT_ATTEMPTS, {"client": client, "since": now - SIGNUP_RATE_WINDOW}).scalar_one() >= rate_per_hour:
         return None
-    conn.execute(insert(db.signup_attempts).values(client=client, at=now))
+    conn.execute(_ATTEMPT, {"client": client, "at": now})
 
     subscriber_id, email, name = _subscriber_for(conn, form, now)
     row = _membership_row(conn, mailing_list.id, subscriber_id, lock=True)
@@ -137,10 +135,9 @@ def sign_up(
             now=now,
             detail=f"signed up on the form ({mailing_list.optin} opt-in)",
         )
-        values: dict[str, object] = {"frequency": form.frequency}
+        _set_frequency(conn, mailing_list.id, subscriber_id, form.frequency)
         if joined == db.SUBSCRIBED:
-            values.update(_consent(mailing_list, now=now, ip=None))
-        _update_membership(conn, mailing_list.id, subscriber_id, **values)
+            _record_consent(conn, mailing_list, subscriber_id, now=now, ip=None)
         member = Member(mailing_list, subscriber_id, email, name, joined, form.frequency, now)
         if joined == db.SUBSCRIBED:
             return claimed(conn, _welcome(member, newsletter), now)
@@ -150,7 +147,7 @@ def sign_up(
         return claimed(conn, notice, now)
     else:
         # Unconfirmed, or left: the choice is kept for when they confirm.
-        _update_membership(conn, mailing_list.id, subscriber_id, frequency=form.frequency)
+        _set_frequency(conn, mailing_list.id, subscriber_id, form.frequency)
         member = replace(_member_of(row), frequency=form.frequency)
     return claimed(conn, confirmation_due(conn, member, today, newsletter), now)
 
@@ -159,8 +156,7 @@ def confirmation_due(conn: Connection, member: Member, today: date, newsletter: 
     """The next confirmation mail for `member` today, or None when today's are used up. A try that
     sent nothing (the provider unreachable) is tried again under its own key."""
     prefix = f"confirm:{member.mailing_list.id}:{member.subscriber_id}:{today.isoformat()}:"
-    m = db.messages.c
-    sent = conn.execute(select(m.key, m.state).where(m.key.startswith(prefix, autoescape=True))).all()
+    sent = conn.execute(_SENT_TODAY, {"pattern": f"{prefix}%"}).all()
     unsent = sorted(row.key for row in sent if row.state == db.PENDING)
     if unsent:
         return Due(CONFIRM, unsent[0], member, newsletter)
@@ -221,8 +217,7 @@ def confirm(
             detail="confirmed by the link in the confirmation mail",
         )
         if changed:
-            consent = _consent(member.mailing_list, now=now, ip=ip)
-            _update_membership(conn, member.mailing_list.id, member.subscriber_id, **consent)
+            _record_consent(conn, member.mailing_list, member.subscriber_id, now=now, ip=ip)
         member = _member(conn, member.mailing_list, member.subscriber_id)
         if member.status != db.SUBSCRIBED:  # lost to a concurrent change (a bounce): as it is now
             return Confirmation("expired", member)
@@ -233,43 +228,56 @@ def _welcome(member: Member, newsletter: str) -> Due:
     return Due(WELCOME, f"welcome:{member.mailing_list.id}:{member.subscriber_id}", member, newsletter)
 
 
+# Built once: they run for every sign-up, and building a statement costs more than running it.
+_a, _m, _s = db.signup_attempts.c, db.memberships.c, db.subscribers.c
+_RECENT_ATTEMPTS = select(func.count()).where(_a.client == bindparam("client"), _a.at > bindparam("since"))
+_ATTEMPT = insert(db.signup_attempts)
+# The prefix is made of ids, a date and colons: nothing LIKE reads as a wildcard.
+_SENT_TODAY = select(db.messages.c.key, db.messages.c.state).where(db.messages.c.key.like(bindparam("pattern")))
+_FIND_SUBSCRIBER = select(_s.id, _s.email, _s.name).where(_s.email_key == bindparam("key"))
+_ADD_SUBSCRIBER = insert(db.subscribers).returning(_s.id)
+_MEMBERSHIP = (
+    select(db.lists, _s.email, _s.name.label("subscriber_name"), _m.subscriber_id, _m.status, _m.frequency, _m.updated_at)
+    .select_from(db.memberships.join(db.subscribers).join(db.lists))
+    .where(_m.list_id == bindparam("list"), _m.subscriber_id == bindparam("subscriber"))
+)
+_LOCKED_MEMBERSHIP = _MEMBERSHIP.with_for_update(of=db.memberships)
+_THIS_MEMBERSHIP = db.memberships.update().where(
+    _m.list_id == bindparam("list"), _m.subscriber_id == bindparam("subscriber")
+)
+_SET_FREQUENCY = _THIS_MEMBERSHIP.values(frequency=bindparam("b_frequency"))
+_SET_CONSENT = _THIS_MEMBERSHIP.values(
+    consent_at=bindparam("b_at"), consent_source=bindparam("b_source"), consent_ip=bindparam("b_ip")
+)
+
+
 def _subscriber_for(conn: Connection, form: SignUpForm, now: datetime) -> tuple[int, str, str | None]:
     """(id, address, name) of the subscriber with the form's address, added if new. An existing
     subscriber's name is kept: anyone can type anyone's address into a form."""
-    s = db.subscribers.c
     key = email_key(form.email)
-    found = conn.execute(select(s.id, s.email, s.name).where(s.email_key == key)).first()
+    found = conn.execute(_FIND_SUBSCRIBER, {"key": key}).first()
     if found is not None:
         return found.id, found.email, found.name
-    added = conn.execute(
-        insert(db.subscribers)
-        .values(email=form.email, email_key=key, name=form.name, attributes={}, created_at=now)
-        .returning(s.id)
-    ).scalar_one()
+    values = {"email": form.email, "email_key": key, "name": form.name, "attributes": {}, "created_at": now}
+    added = conn.execute(_ADD_SUBSCRIBER, values).scalar_one()
     return added, form.email, form.name
 
 
-def _update_membership(conn: Connection, list_id: int, subscriber_id: int, **values: object) -> None:
-    m = db.memberships.c
-    conn.execute(
-        db.memberships.update().where(m.list_id == list_id, m.subscriber_id == subscriber_id).values(**values)
-    )
+def _set_frequency(conn: Connection, list_id: int, subscriber_id: int, frequency: str) -> None:
+    conn.execute(_SET_FREQUENCY, {"list": list_id, "subscriber": subscriber_id, "b_frequency": frequency})
 
 
-def _consent(mailing_list: MailingList, *, now: datetime, ip: str | None) -> dict[str, object]:
-    return {"consent_at": now, "consent_source": f"signup form, {mailing_list.optin} opt-in", "consent_ip": ip}
+def _record_consent(conn: Connection, mailing_list: MailingList, subscriber_id: int, *, now: datetime, ip: str | None) -> None:
+    source = f"signup form, {mailing_list.optin} opt-in"
+    values = {"list": mailing_list.id, "subscriber": subscriber_id, "b_at": now, "b_source": source, "b_ip": ip}
+    conn.execute(_SET_CONSENT, values)
 
 
 def _membership_row(conn: Connection, list_id: int, subscriber_id: int, *, lock: bool = False) -> object | None:
     """The membership with its list and subscriber; with `lock`, locked until the transaction ends
     (PostgreSQL: a concurrent sign-up of the same address waits; SQLite serialises writers)."""
-    m, s, lists = db.memberships.c, db.subscribers.c, db.lists
-    query = (
-        select(lists, s.email, s.name.label("subscriber_name"), m.subscriber_id, m.status, m.frequency, m.updated_at)
-        .select_from(db.memberships.join(db.subscribers).join(lists))
-        .where(m.list_id == list_id, m.subscriber_id == subscriber_id)
-    )
-    return conn.execute(query.with_for_update(of=db.memberships) if lock else query).first()
+    ids = {"list": list_id, "subscriber": subscriber_id}
+    return conn.execute(_LOCKED_MEMBERSHIP if lock else _MEMBERSHIP, ids).first()
 
 
 def _member_of(row: object) -> Member:

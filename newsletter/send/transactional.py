@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -122,25 +122,37 @@ def _claim(
         return claim(conn, key=key, email=email, subject=subject, now=settings.clock())
 
 
+# Built once: a sign-up claims its mail in its own transaction, and building a statement costs more
+# than running it.
+_MESSAGE = select(db.messages.c.state, db.messages.c.message_id, db.messages.c.error).where(
+    db.messages.c.key == bindparam("key")
+)
+_LOCKED_MESSAGE = _MESSAGE.with_for_update()
+_ADD_MESSAGE = db.messages.insert()
+_TAKE_MESSAGE = (
+    db.messages.update()
+    .where(db.messages.c.key == bindparam("message_key"))
+    .values(state=IN_FLIGHT, updated_at=bindparam("now"))
+)
+
+
 def claim(conn: Connection, *, key: str, email: str, subject: str, now: datetime) -> Outcome | None:
     """In the caller's transaction: mark the message in flight and return None (it is the caller's
     to send, once committed), or return how it stands if it is not the caller's to send."""
-    m = db.messages.c
-    found = select(m.state, m.message_id, m.error).where(m.key == key)
-    row = conn.execute(found.with_for_update()).first()
+    row = conn.execute(_LOCKED_MESSAGE, {"key": key}).first()
     if row is None:
+        values = {"key": key, "email": email, "subject": subject, "state": IN_FLIGHT, "created_at": now, "updated_at": now}
+        if conn.dialect.name == "sqlite":  # writers are serialised: nobody inserts it after our read
+            conn.execute(_ADD_MESSAGE, values)
+            return None
         try:
             with conn.begin_nested():
-                conn.execute(
-                    db.messages.insert().values(
-                        key=key, email=email, subject=subject, state=IN_FLIGHT, created_at=now, updated_at=now
-                    )
-                )
+                conn.execute(_ADD_MESSAGE, values)
             return None
-        except IntegrityError:  # another caller inserted it after our read (PostgreSQL: SQLite serialises writers)
-            row = conn.execute(found).one()
+        except IntegrityError:  # another caller inserted it after our read, and committed
+            row = conn.execute(_MESSAGE, {"key": key}).one()
     elif row.state == PENDING:
-        conn.execute(db.messages.update().where(m.key == key).values(state=IN_FLIGHT, updated_at=now))
+        conn.execute(_TAKE_MESSAGE, {"message_key": key, "now": now})
         return None
     # In flight: another caller is sending it now, or died with its answer unrecorded. Either way
     # it may arrive: not ours to send again.
