@@ -38,7 +38,7 @@ from newsletter.config import Settings  # noqa: E402
 from newsletter.providers.sendgrid import SendGrid  # noqa: E402
 from newsletter.send import addressing  # noqa: E402
 from newsletter.tokens import UnsubscribeLinks  # noqa: E402
-from testkit.projects import API_KEY, LIST, configure  # noqa: E402
+from testkit.projects import API_KEY, LIST, configure, engine_of  # noqa: E402
 from testkit.servers import free_port, running  # noqa: E402
 
 DAY = date(2026, 1, 23)
@@ -59,7 +59,7 @@ def project(folder: Path, fake_url: str) -> Settings:
 def subscribe(settings: Settings, count: int) -> None:
     """`count` subscribed members, generated inside SQLite: nothing held in Python."""
     now = settings.clock().strftime("%Y-%m-%d %H:%M:%S.%f")
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         conn.execute(db.lists.insert().values(id=1, name=LIST, description="", created_at=settings.clock()))
         numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
         conn.execute(
@@ -125,7 +125,7 @@ def timed_send(folder: Path, settings: Settings, count: int) -> tuple[float, flo
     sender.returncode = os.waitstatus_to_exitcode(status)
     if sender.returncode != 0:
         raise SystemExit(f"the send failed: {sender.stderr.read().decode()[-2000:]}")
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         sent = conn.execute(text("SELECT count(*) FROM deliveries WHERE state = 'sent'")).scalar()
     assert sent == count, f"{sent} of {count} sent"
     return seconds, usage.ru_maxrss / 1024
@@ -155,7 +155,7 @@ def naive_versus_batched(count: int, latency: float) -> tuple[float, float]:
         url = f"http://127.0.0.1:{port}"
         settings = project(Path(tmp), url)
         subscribe(settings, count)
-        plan = send.plan_send(settings, DAY, LIST)  # rendered once, outside both timings
+        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)  # rendered once, outside both timings
         builder = addressing.Addressing(
             settings, plan.content, mailing_list=plan.mailing_list, campaign_id=1,
             links=UnsubscribeLinks(settings), provider=SendGrid(settings, connect=False),
@@ -169,7 +169,7 @@ def naive_versus_batched(count: int, latency: float) -> tuple[float, float]:
             naive = time.perf_counter() - started
 
             started = time.perf_counter()
-            report = send.send_campaign(settings, plan)
+            report = send.send_campaign(engine_of(settings), settings, plan)
             batched = time.perf_counter() - started
         assert report.counts["sent"] == count and report.finished
         return naive, batched

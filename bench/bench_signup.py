@@ -35,7 +35,7 @@ from newsletter import db  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
 from newsletter.subscribers import create_list  # noqa: E402
 from newsletter.tokens import ConfirmLinks  # noqa: E402
-from testkit.projects import API_KEY, write_config  # noqa: E402
+from testkit.projects import API_KEY, engine_of, write_config  # noqa: E402
 from testkit.servers import free_port, running  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def main() -> None:
         )
         settings = load_settings(config)
         links = ConfirmLinks(settings)
-        with db.engine_for(settings).begin() as conn:
+        with engine_of(settings).begin() as conn:
             list_ids = [create_list(conn, f"run-{run}", now=settings.clock()).id for run in range(args.runs)]
         fake = [sys.executable, "-m", "testkit.fake_sendgrid", "--port", str(fake_port), "--api-key", API_KEY, "--log", str(log)]
         serve = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port)]
@@ -119,7 +119,7 @@ def main() -> None:
                 mailed = answered + wait_for_mails(log, before + len(emails))
                 signup_cpu = (cpu_seconds(server.pid) - used) / len(emails)
                 once = delivered(log)
-                with db.engine_for(settings).connect() as conn:
+                with engine_of(settings).connect() as conn:
                     members = conn.execute(
                         select(db.subscribers.c.id, db.subscribers.c.email)
                         .join(db.memberships)

@@ -27,7 +27,13 @@ from sqlalchemy import func, select  # noqa: E402
 from newsletter import db  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
 from newsletter.tokens import UnsubscribeLinks  # noqa: E402
-from testkit.projects import add_list, add_subscribers, count_status, write_config  # noqa: E402
+from testkit.projects import (  # noqa: E402
+    add_list,
+    add_subscribers,
+    count_status,
+    engine_of,
+    write_config,
+)
 from testkit.servers import serving  # noqa: E402
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
@@ -57,7 +63,7 @@ async def post_all(urls: list[str], clients: int, concurrency: int) -> list[int]
 
 def logged_one_clicks(settings: Settings, list_id: int) -> int:
     e = db.events.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return conn.execute(
             select(func.count()).where(e.list_id == list_id, e.source == "one_click")
         ).scalar_one()

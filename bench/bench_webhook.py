@@ -34,7 +34,7 @@ from sqlalchemy import Integer, func, select  # noqa: E402
 from newsletter import db  # noqa: E402
 from newsletter.config import Settings, load_settings  # noqa: E402
 from newsletter.webhook import PER_READER  # noqa: E402
-from testkit.projects import seed, signed_headers, webhook_key, write_config  # noqa: E402
+from testkit.projects import engine_of, seed, signed_headers, webhook_key, write_config  # noqa: E402
 from testkit.servers import serving  # noqa: E402
 
 PAPERS = [f"https://huggingface.co/papers/2601.{15000 + n}" for n in range(5)]
@@ -117,7 +117,7 @@ async def post_all(url: str, key: object, events: list, per_post: int, concurren
 def state(settings: Settings, campaign_id: int) -> tuple[int, int, int, tuple]:
     """(event ids kept, sum of per-campaign counts, campaign_events rows, a digest of those rows)."""
     e = db.campaign_events.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         ids = conn.execute(select(func.count()).select_from(db.webhook_events)).scalar_one()
         counted = conn.execute(
             select(func.coalesce(func.sum(db.campaign_stats.c.count), 0)).where(db.campaign_stats.c.campaign_id == campaign_id)
@@ -144,7 +144,7 @@ def main() -> None:
         config = write_config(Path(folder), sendgrid_webhook_public_key=public_key)
         settings = load_settings(config)
         seed(settings, args.readers)
-        with db.engine_for(settings).begin() as conn:
+        with engine_of(settings).begin() as conn:
             list_id = conn.execute(select(db.lists.c.id)).scalar_one()
             campaign_id = conn.execute(
                 db.campaigns.insert().values(

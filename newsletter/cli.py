@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from datetime import date
 
     from rich.table import Table
+    from sqlalchemy import Engine
 
     from .config import Settings
-
     from .daily import StepResult
     from .edition import Edition
     from .providers import Provider
@@ -73,6 +73,14 @@ def settings_from(ctx: typer.Context) -> Settings:
     return root.obj
 
 
+def engine_from(ctx: typer.Context) -> Engine:
+    """The database for this command, its schema up to date: made once per command (call this once)
+    and handed to every library function that needs it; disposed of when the command ends."""
+    from .db import connected
+
+    return ctx.with_resource(connected(settings_from(ctx)))
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -92,7 +100,7 @@ def subscribers_sync(ctx: typer.Context) -> None:
 
     from .suppressions import sync_suppressions
 
-    for result in sync_suppressions(settings_from(ctx)):
+    for result in sync_suppressions(engine_from(ctx), settings_from(ctx)):
         since = (
             "the whole list"
             if result.since is None
@@ -266,8 +274,9 @@ def send(
     edition = _edition(date, week)
     settings = settings_from(ctx)
     issue = sending.issue_to_send(settings, edition)
+    engine = engine_from(ctx)
     plan = sending.plan_send(
-        settings, issue, list_name or settings.default_list, resend_uncertain=resend_uncertain
+        engine, settings, issue, list_name or settings.default_list, resend_uncertain=resend_uncertain
     )
     if plan.finished and not to:
         console.print(
@@ -315,13 +324,13 @@ def send(
     if not yes:
         typer.confirm("Write the dry run?" if dry_run else "Send?", abort=True)
     if to or dry_run or sandbox:
-        done = sending.execute(settings, plan, provider, to=to or (), sandbox=sandbox)
+        done = sending.execute(engine, settings, plan, provider, to=to or (), sandbox=sandbox)
         if isinstance(done, UnrecordedReport):
             _print_unrecorded(done, provider, plan, to)
         else:
             _print_tests(done, provider.name)
         return
-    report = _send_with_progress(settings, plan, provider)
+    report = _send_with_progress(engine, settings, plan, provider)
     _print_report(report, provider.name)
     if report.error is not None:
         raise report.error
@@ -344,7 +353,7 @@ def _counts_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{number:,} {state.replace('_', ' ')}" for state, number in counts.items() if number) or "no recipients"
 
 
-def _send_with_progress(settings: Settings, plan: SendPlan, provider: Provider) -> SendReport:
+def _send_with_progress(engine: Engine, settings: Settings, plan: SendPlan, provider: Provider) -> SendReport:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -384,7 +393,7 @@ def _send_with_progress(settings: Settings, plan: SendPlan, provider: Provider) 
                 failed=progress.counts["failed"] - first["failed"],
             )
 
-        return sending.send_campaign(settings, plan, provider=provider, on_progress=show)
+        return sending.send_campaign(engine, settings, plan, provider=provider, on_progress=show)
 
 
 def _print_report(report: SendReport, provider: str) -> None:
@@ -469,7 +478,7 @@ def status(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None, l
     edition = _edition(date, week)
     settings = settings_from(ctx)
     name = list_name or settings.default_list
-    state = sending.campaign_status(settings, edition, name)
+    state = sending.campaign_status(engine_from(ctx), edition, name, now=settings.clock())
     if state is None:
         console.print(f"No send to list {name!r} has started{' for ' + edition.describe if edition else ''}.")
         return
@@ -545,7 +554,7 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What readers did with each issue: delivered, unique opens and clicks (per paper), bounces, spam reports, unsubscribes."""
-    from .db import engine_for, reading
+    from .db import reading
     from .report import Selection, Tracking, issue_reports
 
     if sum(option is not None for option in (date, week, last)) > 1:
@@ -558,7 +567,7 @@ def report(
         last=last,
         list_name=list_name,
     )
-    with reading(engine_for(settings)) as conn:
+    with reading(engine_from(ctx)) as conn:
         reports = issue_reports(conn, selection, Tracking(settings.track_opens, settings.track_clicks))
     if as_json:
         import json
@@ -688,11 +697,10 @@ def lists_create(
     ] = False,
 ) -> None:
     """Create a mailing list."""
-    from .db import engine_for
     from .subscribers import create_list
 
     settings = settings_from(ctx)
-    with engine_for(settings).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         created = create_list(
             conn, name, now=settings.clock(), description=description, optin=optin, exist_ok=if_missing
         )
@@ -707,10 +715,10 @@ def lists_list(ctx: typer.Context, as_json: JsonOutput = False) -> None:
     """Show every list with its members counted by status."""
     from rich.table import Table
 
-    from .db import STATUSES, engine_for
+    from .db import STATUSES
     from .subscribers import list_summaries
 
-    with engine_for(settings_from(ctx)).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         summaries = list_summaries(conn)
     if as_json:
         _print_json([{**vars(s.list), "counts": s.counts} for s in summaries])
@@ -737,10 +745,9 @@ def lists_show(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="List name.")], as_json: JsonOutput = False
 ) -> None:
     """Show a list and its members counted by status."""
-    from .db import engine_for
     from .subscribers import list_summaries
 
-    with engine_for(settings_from(ctx)).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         summary = list_summaries(conn, name)[0]
     if as_json:
         _print_json({**vars(summary.list), "counts": summary.counts, "total": summary.total})
@@ -759,10 +766,9 @@ def lists_delete(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="List name.")], yes: Yes = False
 ) -> None:
     """Delete a list and its memberships (subscribers stay; `subscribers remove` erases a person)."""
-    from .db import engine_for
     from .subscribers import delete_list, list_summaries
 
-    engine = engine_for(settings_from(ctx))
+    engine = engine_from(ctx)
     if not yes:
         with engine.begin() as conn:
             members = list_summaries(conn, name)[0].total
@@ -789,7 +795,6 @@ def subscribers_add(
     ] = False,
 ) -> None:
     """Subscribe an address to a list (its name and attributes, if given, are updated)."""
-    from .db import engine_for
     from .errors import SubscriberError
     from .subscribers import get_list, subscribe
 
@@ -801,7 +806,7 @@ def subscribers_add(
         pairs[key.strip()] = value.strip()
     settings = settings_from(ctx)
     list_name = list_name or settings.default_list
-    with engine_for(settings).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         done = subscribe(
             conn,
             list_id=get_list(conn, list_name).id,
@@ -829,12 +834,11 @@ def subscribers_unsubscribe(
     list_name: ListName = None,
 ) -> None:
     """Unsubscribe an address from a list (the record that they said no is kept)."""
-    from .db import engine_for
     from .subscribers import get_list, unsubscribe
 
     settings = settings_from(ctx)
     list_name = list_name or settings.default_list
-    with engine_for(settings).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         changed = unsubscribe(conn, list_id=get_list(conn, list_name).id, email=email, now=settings.clock())
     verb = "Unsubscribed" if changed else "Already unsubscribed:"
     console.print(f"{verb} {escape(email.strip())} from {escape(list_name)}.", highlight=False)
@@ -848,13 +852,12 @@ def subscribers_remove(
 
     Unlike `unsubscribe`, which stops mail but keeps the record that they said no.
     """
-    from .db import engine_for
     from .subscribers import erase_subscriber
 
     settings = settings_from(ctx)
     if not yes:
         typer.confirm(f"Erase everything about {email.strip()} (this cannot be undone)?", abort=True)
-    with engine_for(settings).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         erased = erase_subscriber(conn, email, now=settings.clock())
     console.print(
         f"Erased {escape(erased.email)}: {erased.memberships} membership(s), {erased.events} event(s); "
@@ -866,11 +869,10 @@ def subscribers_remove(
 @subscribers_app.command("purge-unconfirmed")
 def subscribers_purge_unconfirmed(ctx: typer.Context) -> None:
     """Delete sign-ups left unconfirmed for over 30 days (and the people who had nothing else)."""
-    from .db import engine_for
     from .subscribers import UNCONFIRMED_KEPT_FOR, purge_unconfirmed
 
     settings = settings_from(ctx)
-    with engine_for(settings).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         purge = purge_unconfirmed(conn, now=settings.clock())
     console.print(
         f"Deleted {purge.memberships:,} sign-up(s) unconfirmed for over {UNCONFIRMED_KEPT_FOR.days} days; "
@@ -890,10 +892,9 @@ def subscribers_list(
     """List subscribers with their memberships, by subscriber."""
     from rich.table import Table
 
-    from .db import engine_for
     from .subscribers import count_subscribers, get_list, iter_memberships
 
-    engine = engine_for(settings_from(ctx))
+    engine = engine_from(ctx)
     with engine.begin() as conn:
         list_id = get_list(conn, list_name).id if list_name else None
         total = count_subscribers(conn, list_id=list_id, status=status)
@@ -931,10 +932,9 @@ def subscribers_show(
     """Show a subscriber: details, memberships and the log of every status change."""
     from rich.table import Table
 
-    from .db import engine_for
     from .subscribers import subscriber_details
 
-    with engine_for(settings_from(ctx)).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         details = subscriber_details(conn, email)
     if as_json:
         _print_json(details)
@@ -966,10 +966,9 @@ def subscribers_count(
     status: StatusFilter = None,
 ) -> None:
     """Print how many subscribers match (everyone, without filters)."""
-    from .db import engine_for
     from .subscribers import count_subscribers, get_list
 
-    with engine_for(settings_from(ctx)).begin() as conn:
+    with engine_from(ctx).begin() as conn:
         list_id = get_list(conn, list_name).id if list_name else None
         console.print(count_subscribers(conn, list_id=list_id, status=status), highlight=False)
 
@@ -1006,7 +1005,6 @@ def subscribers_import(
     """Import subscribers from CSV (UTF-8, comma or semicolon separated) into a list.
 
     Exits with status 2 if any row was invalid: the valid rows are imported all the same."""
-    from .db import engine_for
     from .providers import provider_for
     from .subscriber_csv import import_csv
 
@@ -1014,13 +1012,14 @@ def subscribers_import(
     list_name = list_name or settings.default_list
     # Made first: missing credentials stop the import before anything is stored.
     provider = provider_for(settings) if require_confirmation and not dry_run else None
+    engine = engine_from(ctx)
     with err_console.status(f"Reading {escape(str(file))}…") as spinner:
 
         def progress(phase: str, count: int) -> None:
             spinner.update(f"Read {count:,} lines" if phase == "reading" else f"Merging {count:,} rows…")
 
         report = import_csv(
-            engine_for(settings),
+            engine,
             file,
             list_name=list_name,
             clock=settings.clock,
@@ -1034,10 +1033,10 @@ def subscribers_import(
         from .signup import send_confirmations
         from .subscribers import get_list
 
-        with engine_for(settings).connect() as conn:
+        with engine.connect() as conn:
             mailing_list = get_list(conn, list_name)
         with err_console.status(f"Sending {len(report.to_confirm):,} confirmation mail(s)…"):
-            outcomes = send_confirmations(settings, engine_for(settings), mailing_list, report.to_confirm, provider)
+            outcomes = send_confirmations(engine, settings, mailing_list, report.to_confirm, provider)
         sent = sum(outcome.sent_now for outcome in outcomes)
         err_console.print(f"Confirmation mails sent: {sent:,} of {len(report.to_confirm):,} unconfirmed", highlight=False)
         for outcome in outcomes:
@@ -1103,7 +1102,7 @@ def subscribers_export(
     """Export a list's members as CSV (email, name, attributes) that `subscribers import` reads back.
 
     A cell a spreadsheet would run as a formula (= + - @) gets a leading apostrophe; import removes it."""
-    from .db import STATUSES, engine_for
+    from .db import STATUSES
     from .errors import SubscriberError
     from .subscriber_csv import export_csv
 
@@ -1111,7 +1110,7 @@ def subscribers_export(
         raise SubscriberError(f"unknown status {status!r} (one of: {', '.join(STATUSES)})")
     settings = settings_from(ctx)
     count = export_csv(
-        engine_for(settings), list_name=list_name or settings.default_list, path=out, status=status
+        engine_from(ctx), list_name=list_name or settings.default_list, path=out, status=status
     )
     if out is not None:
         console.print(f"Exported {count:,} subscriber(s) to {escape(str(out))}", highlight=False)
@@ -1140,7 +1139,7 @@ def run_day(
     try:
         settings = settings_from(ctx)
         day = daily.run_date(settings, day)
-        report = daily.run_day(settings, day, on_step=lambda step: _print_step(day, step))
+        report = daily.run_day(engine_from(ctx), settings, day, on_step=lambda step: _print_step(day, step))
     except NewsletterError as error:
         err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         report = daily.RunReport.refused(day, error)

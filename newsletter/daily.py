@@ -154,16 +154,18 @@ def run_lists(engine: Engine, settings: Settings) -> list[str]:
     return list(dict.fromkeys(settings.run_lists))
 
 
-def run_day(settings: Settings, day: date, *, on_step: Callable[[StepResult], None] = lambda step: None) -> RunReport:
-    """Run every step for `day` under the run lock; `on_step` hears of each as it ends.
+def run_day(
+    engine: Engine, settings: Settings, day: date, *, on_step: Callable[[StepResult], None] = lambda step: None
+) -> RunReport:
+    """Run every step for `day` under the run lock, each through `engine`; `on_step` hears of each
+    as it ends.
 
     Raises ConfigError (an unknown list in run_lists) or RunLocked (another run holds the lock)
     before anything is done; every later failure is in the report.
     """
-    engine = db.engine_for(settings)
     lists = run_lists(engine, settings)
     with RunLock(engine, settings, f"the run of {day.isoformat()}") as lock:
-        return _Run(settings, day, lists, lock, on_step).run()
+        return _Run(engine, settings, day, lists, lock, on_step).run()
 
 
 # -- the steps --------------------------------------------------------------------------------------
@@ -171,8 +173,15 @@ def run_day(settings: Settings, day: date, *, on_step: Callable[[StepResult], No
 
 class _Run:
     def __init__(
-        self, settings: Settings, day: date, lists: list[str], lock: RunLock, on_step: Callable[[StepResult], None]
+        self,
+        engine: Engine,
+        settings: Settings,
+        day: date,
+        lists: list[str],
+        lock: RunLock,
+        on_step: Callable[[StepResult], None],
     ) -> None:
+        self._engine = engine
         self._settings = settings
         self._day = day
         self._lists = lists
@@ -216,7 +225,7 @@ class _Run:
     def _checks(self) -> StepResult:
         from .send import plan_send, require_checks
 
-        self._plans = [plan_send(self._settings, Edition.daily(self._day), name) for name in self._lists]
+        self._plans = [plan_send(self._engine, self._settings, Edition.daily(self._day), name) for name in self._lists]
         fresh = [plan for plan in self._plans if plan.checks is not None]
         if not fresh:
             why = "no list to send to" if not self._plans else "every send had started: the checks ran then"
@@ -255,7 +264,7 @@ class _Run:
             return self._uncertain(plan, entry, plan.counts)
         try:
             self._lock.check()
-            report = execute(self._settings, plan, open_provider(self._settings))
+            report = execute(self._engine, self._settings, plan, open_provider(self._settings))
         except NewsletterError as error:
             entry.update(outcome=FAILED, detail=_describe(error), status=exit_status(error))
             return entry
@@ -304,7 +313,7 @@ class _Run:
         if not self._lists:
             return StepResult("weekly", NOTHING, "there is no list to send to")
         try:
-            plans = [plan_send(self._settings, edition, name) for name in self._lists]
+            plans = [plan_send(self._engine, self._settings, edition, name) for name in self._lists]
         except DigestError as error:
             # Another day's digest of the week: the day's own issue went out, so this is no exit 3.
             return StepResult("weekly", FAILED, _describe(error), status=FAILURE)
@@ -329,7 +338,7 @@ class _Run:
             return StepResult("sync", SKIPPED, why)
         if self._settings.sendgrid_api_key is None:
             return StepResult("sync", SKIPPED, "no SENDGRID_API_KEY: SendGrid's suppression lists were not read")
-        results = sync_suppressions(self._settings)
+        results = sync_suppressions(self._engine, self._settings)
         counts = {
             "fetched": sum(result.fetched for result in results),
             "changed": sum(result.changed for result in results),
@@ -343,7 +352,7 @@ class _Run:
     def _purge(self) -> StepResult:
         from .subscribers import UNCONFIRMED_KEPT_FOR, purge_unconfirmed
 
-        with db.engine_for(self._settings).begin() as conn:
+        with self._engine.begin() as conn:
             purge = purge_unconfirmed(conn, now=self._settings.clock())
         counts = {"memberships": purge.memberships, "subscribers": purge.subscribers}
         detail = (

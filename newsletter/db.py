@@ -411,17 +411,28 @@ _MIGRATION_LOCK = 0x6E6C2D6D6967
 # Execution option of a read-only connection (see `reading`).
 _READ_ONLY = "newsletter_read_only"
 
-_engines: dict[str, Engine] = {}
 
-
-def engine_for(settings: Settings) -> Engine:
-    """The (cached) engine for the configured database, with its schema up to date."""
-    url = settings.resolved_database_url
-    if url not in _engines:
-        engine = _create_engine(url, settings.database_timeout)
+def connect(settings: Settings) -> Engine:
+    """A new engine for the configured database, its schema brought up to date. The caller owns it:
+    a command, the web server or the daily run makes one and hands it to every part that needs the
+    database, then disposes of it (`connected` does both)."""
+    engine = _create_engine(settings.resolved_database_url, settings.database_timeout)
+    try:
         migrate(engine, on_create=settings.ensure_signing_key)
-        _engines[url] = engine
-    return _engines[url]
+    except BaseException:  # the caller gets no engine to dispose of: its pool is closed here
+        engine.dispose()
+        raise
+    return engine
+
+
+@contextmanager
+def connected(settings: Settings) -> Iterator[Engine]:
+    """`connect`, disposed of when the block ends."""
+    engine = connect(settings)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def safe_url(url: str) -> str:

@@ -461,7 +461,7 @@ class _Mailer:
             )
             async with self._out:
                 outcome = await send_message(
-                    settings, self._engine, self._provider, self._requests, outgoing, writing=self._writing, claimed=True
+                    self._engine, settings, self._provider, self._requests, outgoing, writing=self._writing, claimed=True
                 )
         except NewsletterError as error:
             # Keys and ids only: an address or a token is not for the log.
@@ -483,8 +483,8 @@ async def _form(request: Request) -> FormData:
 
 
 def create_app(settings: Settings) -> ASGIApp:
-    """The whole site as one ASGI app."""
-    engine = db.engine_for(settings)
+    """The whole site as one ASGI app, with its own engine (disposed of when the app shuts down)."""
+    engine = db.connect(settings)
     with db.reading(engine) as conn:
         legacy_up_to = conn.execute(select(db.legacy_links.c.max_subscriber_id)).scalar_one()
     links = UnsubscribeLinks(settings, legacy_up_to=legacy_up_to)
@@ -670,6 +670,7 @@ def create_app(settings: Settings) -> ASGIApp:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         yield
         await mailer.aclose()
+        engine.dispose()
 
     site = _BodyLimit(
         Starlette(routes=routes, lifespan=lifespan), {"/webhooks/sendgrid": MAX_WEBHOOK_BODY}, MAX_FORM_BODY

@@ -300,7 +300,7 @@ def _member(conn: Connection, mailing_list: MailingList, subscriber_id: int) -> 
 
 
 def send_confirmations(
-    settings: Settings, engine: Engine, mailing_list: MailingList, subscriber_ids: list[int], provider: Provider
+    engine: Engine, settings: Settings, mailing_list: MailingList, subscriber_ids: list[int], provider: Provider
 ) -> list[Outcome]:
     """A confirmation mail to each of these unconfirmed members (an import's, with
     --require-confirmation), within today's limit per address, paced within the provider's rate
@@ -322,7 +322,7 @@ def send_confirmations(
         compose(settings, due, unsubscribe=unsubscribe, confirmations=confirmations, now=now, latest=latest)
         for due in dues
     ]
-    return send_messages(settings, provider, outgoing)
+    return send_messages(engine, settings, provider, outgoing)
 
 
 # -- the mails ----------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ class SyncResult:
     unknown: int = 0  # entries for addresses we have no subscriber for
 
 
-def sync_suppressions(settings: Settings, *, page_size: int = MAX_PAGE_SIZE) -> list[SyncResult]:
+def sync_suppressions(engine: Engine, settings: Settings, *, page_size: int = MAX_PAGE_SIZE) -> list[SyncResult]:
     """Pull what is new on SendGrid's four suppression lists and mark those subscribers.
 
     Each list is read from the newest `created` time seen by the previous sync (inclusive, so an
@@ -101,10 +101,10 @@ def sync_suppressions(settings: Settings, *, page_size: int = MAX_PAGE_SIZE) -> 
     """
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
-    return asyncio.run(_sync(settings, db.engine_for(settings), page_size))
+    return asyncio.run(_sync(engine, settings, page_size))
 
 
-async def _sync(settings: Settings, engine: Engine, page_size: int) -> list[SyncResult]:
+async def _sync(engine: Engine, settings: Settings, page_size: int) -> list[SyncResult]:
     results = []
     async with Suppressions(settings) as provider:
         for suppression_list in SUPPRESSION_LISTS:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
@@ -16,6 +16,26 @@ from newsletter.subscribers import email_key
 
 API_KEY = "SG.test-key-never-printed"
 LIST = "daily-papers"
+
+# The tests' cache, not the product's (which makes an engine per command and disposes of it): a test
+# reaches its database from many helpers, and migrating and opening a pool for each would be slow.
+_engines: dict[str, Engine] = {}
+
+
+def engine_of(settings: Settings) -> Engine:
+    """The engine of the settings' database, made by db.connect on first use and kept for the rest
+    of the test session, one per database URL."""
+    url = settings.resolved_database_url
+    if url not in _engines:
+        _engines[url] = db.connect(settings)
+    return _engines[url]
+
+
+def dispose_engine(url: str) -> None:
+    """Forget the engine of `url` and close its connections (before its database is dropped)."""
+    engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def write_config(folder: Path, **values: object) -> Path:
@@ -42,7 +62,7 @@ def configure(project: Path, **overrides: Any) -> Settings:
 def seed(settings: Settings, count: int, *, unsubscribed: tuple[int, ...] = (), list_name: str = LIST) -> list[str]:
     """A list with `count` members u1@example.com…; the numbers in `unsubscribed` have left it.
     Returns the subscribed addresses in subscriber order."""
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
     now = settings.clock()
     with engine.begin() as conn:
         list_id = conn.execute(
@@ -72,7 +92,7 @@ def seed(settings: Settings, count: int, *, unsubscribed: tuple[int, ...] = (), 
 
 
 def add_list(settings: Settings, name: str, description: str = "") -> int:
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         return conn.execute(
             db.lists.insert().values(
                 name=name, description=description, created_at=datetime.now(timezone.utc)
@@ -86,7 +106,7 @@ def add_subscribers(
     """Members of the list (existing subscribers are reused); returns their ids in order."""
     now = datetime.now(timezone.utc)
     s = db.subscribers.c
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         ids = []
         for email in emails:
             subscriber_id = conn.execute(select(s.id).where(s.email_key == email_key(email))).scalar()
@@ -115,7 +135,7 @@ def add_subscribers(
 
 def count_status(settings: Settings, list_id: int, status: str) -> int:
     m = db.memberships.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return conn.execute(select(func.count()).where(m.list_id == list_id, m.status == status)).scalar_one()
 
 

@@ -21,7 +21,7 @@ from newsletter.edition import Edition
 from newsletter.render import UNSUBSCRIBE_TAG
 from newsletter.send import addressing, campaigns
 from newsletter.subscribers import get_list
-from testkit.projects import API_KEY, LIST, configure
+from testkit.projects import API_KEY, LIST, configure, engine_of
 
 from .support import ROOT
 
@@ -80,7 +80,7 @@ def kill_at_random(
 def delivery_states(settings: Settings) -> dict[str, tuple[str, str | None, str | None]]:
     """address → (state, message id, error) for every delivery of every campaign."""
     d = db.deliveries.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         rows = conn.execute(select(d.email, d.state, d.message_id, d.error)).all()
     return {row.email: (row.state, row.message_id, row.error) for row in rows}
 
@@ -91,7 +91,7 @@ def settings_for(project: Path, url: str, **overrides: Any) -> Settings:
 
 def plan_for(settings: Settings, content: addressing.Content = CONTENT, *, resend_uncertain: bool = False) -> send.SendPlan:
     """A plan with hand-made content (the rendering is tested elsewhere)."""
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         mailing_list = get_list(conn, LIST)
         campaign = campaigns.find_campaign(conn, DAY, mailing_list.id)
         counts = campaigns.state_counts(conn, campaign.id) if campaign else {}

@@ -23,6 +23,7 @@ from newsletter.errors import SubscriberError
 from newsletter.membership import set_status
 from newsletter.subscriber_csv import PROBLEM_LIMIT, export_csv, import_csv
 from newsletter.subscribers import create_list, find_subscriber, get_list, subscribe
+from testkit.projects import engine_of
 
 from .support import ROOT
 
@@ -31,7 +32,7 @@ EXAMPLE_LIST = ROOT / "subscribers" / "example.csv"
 
 @pytest.fixture
 def engine(settings: Settings) -> Engine:
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
     with engine.begin() as conn:
         create_list(conn, "daily", now=settings.clock())
     return engine
@@ -291,7 +292,7 @@ def test_the_command_reports_a_bad_header_in_one_line_and_fails(settings: Settin
     assert result.stderr.count("\n") == 1
     assert f"{source}:1: the header row has no 'email' column" in result.stderr
     assert "Traceback" not in result.stderr
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         assert conn.execute(select(func.count()).select_from(db.subscribers)).scalar() == 0
 
 
@@ -468,7 +469,7 @@ def test_an_unsubscribe_during_the_merge_waits_for_it_and_lands_after(
         # What the web server does on a one-click unsubscribe: its own connection, its own transaction.
         started.set()
         try:
-            with db.engine_for(settings).begin() as conn:
+            with engine_of(settings).begin() as conn:
                 set_status(
                     conn,
                     list_id=1,
@@ -523,7 +524,7 @@ def test_an_export_round_trips_through_import(engine: Engine, settings: Settings
     exported = tmp_path / "out" / "daily.csv"
     # Into a second, empty database: everything must come from the file.
     elsewhere = load_settings(database_url=f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    other = db.engine_for(elsewhere)
+    other = engine_of(elsewhere)
     with other.begin() as conn:
         create_list(conn, "daily", now=elsewhere.clock())
 
@@ -609,7 +610,7 @@ def test_an_export_never_hands_a_spreadsheet_a_formula(
 
     # Back in through import, every value is as it was (leading whitespace aside: import trims it).
     elsewhere = load_settings(database_url=f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    other = db.engine_for(elsewhere)
+    other = engine_of(elsewhere)
     with other.begin() as conn:
         create_list(conn, "daily", now=elsewhere.clock())
     assert run_import(other, elsewhere, exported).added == 4

@@ -16,11 +16,12 @@ from newsletter.config import Settings
 from newsletter.errors import SubscriberError
 from newsletter.membership import set_status
 from newsletter.subscribers import create_list, delete_list, get_list, list_summaries, subscribe
+from testkit.projects import engine_of
 
 
 @pytest.fixture
 def engine(settings: Settings) -> Engine:
-    return db.engine_for(settings)
+    return engine_of(settings)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from newsletter.membership import (
     set_status,
 )
 from newsletter.subscribers import create_list, subscribe
+from testkit.projects import engine_of
 
 LIST = 1
 A, B, C, D = "a@example.com", "b@example.com", "c@example.com", "d@example.com"
@@ -28,7 +29,7 @@ A, B, C, D = "a@example.com", "b@example.com", "c@example.com", "d@example.com"
 
 @pytest.fixture
 def engine(settings: Settings) -> Engine:
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
     with engine.begin() as conn:
         create_list(conn, "daily", now=settings.clock())
     return engine

@@ -14,7 +14,7 @@ import pytest
 
 from newsletter import db, send
 from newsletter.send.claim import holder_of
-from testkit.projects import LIST, configure, seed
+from testkit.projects import LIST, configure, engine_of, seed
 from testkit.servers import free_port
 
 from .send_helpers import CONTENT, DAY, cli, plan_for
@@ -111,14 +111,14 @@ def test_a_misspelt_variable_is_named_with_the_closest_setting(tmp_path: Path) -
 def test_status_tells_a_dead_sender_from_a_live_one_at_once(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
-    with db.engine_for(settings).begin() as conn:
+    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    with engine_of(settings).begin() as conn:
         batch = conn.execute(db.batches.insert().values(
             campaign_id=campaign.id, state="in_flight", size=2, started_at=settings.clock())).inserted_primary_key[0]
         conn.execute(db.deliveries.update().values(state="in_flight", batch_id=batch))
 
     def claimed_by(holder: str) -> subprocess.CompletedProcess[str]:
-        with db.engine_for(settings).begin() as conn:
+        with engine_of(settings).begin() as conn:
             conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock()))
         return cli(project, "status", "--date", DAY.isoformat(), "--list", LIST)
 

@@ -49,7 +49,7 @@ from newsletter.subscribers import (
 from newsletter.suppressions import suppress
 from newsletter.webhook import apply_events
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, configure
+from testkit.projects import API_KEY, configure, dispose_engine, engine_of
 from testkit.servers import free_port, wait_for_port
 
 from .support import ROOT, run_newsletter
@@ -145,9 +145,7 @@ def database_url(server: str) -> Iterator[str]:
     _admin(server, f"CREATE DATABASE {name}")
     url = f"{server}/{name}"
     yield url
-    engine = db._engines.pop(url, None)
-    if engine is not None:
-        engine.dispose()
+    dispose_engine(url)
     _admin(server, f"DROP DATABASE {name} WITH (FORCE)")
 
 
@@ -158,7 +156,7 @@ def pg_settings(project: Path, database_url: str) -> Settings:
 
 @pytest.fixture
 def engine(pg_settings: Settings) -> Engine:
-    engine = db.engine_for(pg_settings)
+    engine = engine_of(pg_settings)
     with engine.begin() as conn:
         create_list(conn, LIST, now=pg_settings.clock())
     return engine
@@ -362,7 +360,7 @@ def test_a_send_honours_an_unsubscribe_stops_on_an_outage_and_resumes(
         # While the first request is answered: r250 (in the third batch) leaves by one-click.
         if record.seq == 1:
             settings = box["settings"]
-            with db.engine_for(settings).begin() as conn:
+            with engine_of(settings).begin() as conn:
                 unsubscribe(conn, list_id=box["list_id"], email="r250@example.com", now=settings.clock(), source="one_click")
 
     # The second request meets an outage and no retry is allowed: the send stops, resumable.
@@ -372,7 +370,7 @@ def test_a_send_honours_an_unsubscribe_stops_on_an_outage_and_resumes(
             batch_size=100, send_concurrency=1, max_retries=0, secret_key=SECRET,
         )  # fmt: skip
         box["settings"] = settings
-        engine = db.engine_for(settings)
+        engine = engine_of(settings)
         with engine.begin() as conn:
             box["list_id"] = create_list(conn, LIST, now=settings.clock()).id
         import_csv(engine, write_csv(tmp_path / "people.csv", 300), list_name=LIST, clock=settings.clock)
@@ -380,15 +378,15 @@ def test_a_send_honours_an_unsubscribe_stops_on_an_outage_and_resumes(
         with engine.begin() as conn:
             unsubscribe(conn, list_id=box["list_id"], email=unsubscribe_at_start, now=settings.clock())
 
-        plan = send.plan_send(settings, DAY, LIST)
+        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
         assert (plan.recipients, plan.batches) == (299, 3)
-        first = send.send_campaign(settings, plan)
+        first = send.send_campaign(engine_of(settings), settings, plan)
         assert isinstance(first.error, SendError) and "503" in str(first.error)
         assert (first.finished, first.counts[db.SENT], first.counts[db.PENDING]) == (False, 100, 199)
 
-        plan = send.plan_send(settings, DAY, LIST)
+        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
         assert plan.campaign is not None and plan.recipients == 199
-        second = send.send_campaign(settings, plan)
+        second = send.send_campaign(engine_of(settings), settings, plan)
 
         assert second.finished and second.error is None
         assert (second.counts[db.SENT], second.counts[db.SKIPPED]) == (298, 1)
@@ -419,7 +417,7 @@ def test_a_send_honours_an_unsubscribe_stops_on_an_outage_and_resumes(
 
     assert requests == 4  # sent, 503, then the two batches of the resume
 
-    status = send.campaign_status(settings, DAY, LIST)
+    status = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
     assert status is not None and status.counts[db.SENT] == 298 and status.skipped == {"unsubscribed before sending": 1}
     shown = cli(project, database_url, "status", "--date", DAY.isoformat())
     assert shown.returncode == 0, shown.stderr
@@ -664,12 +662,12 @@ def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, datab
             project, database_url=database_url, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY,
             batch_size=25, send_concurrency=2, database_timeout=30, secret_key=SECRET,
         )  # fmt: skip
-        engine = db.engine_for(settings)
+        engine = engine_of(settings)
         with engine.begin() as conn:
             create_list(conn, LIST, now=settings.clock())
         import_csv(engine, write_csv(tmp_path / "people.csv", 1000), list_name=LIST, clock=settings.clock)
-        send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
-        report = send.send_campaign(settings, plan_for(settings))
+        send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
         sent_at = time.monotonic()
         restarts[0].join(120)
 
@@ -683,7 +681,7 @@ def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, datab
         assert report.error is None and set(received) == set(states)
     else:  # the restart outlasted the retries: whatever SendGrid accepted is recorded, nothing lost
         assert {state for state, _, _ in states.values()} <= {db.SENT, db.UNCERTAIN, db.PENDING}
-        resumed = send.send_campaign(settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
         assert resumed.finished and max(Counter(fake.delivered()).values()) == 1
 
 
@@ -691,10 +689,10 @@ def test_the_daily_runs_lock_holds_across_connections_and_is_released(pg_setting
     from newsletter.daily import RunLock
     from newsletter.errors import RunLocked
 
-    engine = db.engine_for(pg_settings)
+    engine = engine_of(pg_settings)
     with RunLock(engine, pg_settings, "the first run") as first:
         # Another host's run: its own engine, so nothing is shared but the database.
-        elsewhere = db._create_engine(pg_settings.resolved_database_url, pg_settings.database_timeout)
+        elsewhere = db.connect(pg_settings)
         try:
             with pytest.raises(RunLocked, match=r"another run holds the run lock: \d+@"):
                 RunLock(elsewhere, pg_settings, "the second run").acquire()

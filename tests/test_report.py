@@ -28,7 +28,14 @@ from newsletter.report import (
     sparkline,
 )
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, configure, seed, signed_headers, webhook_key
+from testkit.projects import (
+    API_KEY,
+    configure,
+    engine_of,
+    seed,
+    signed_headers,
+    webhook_key,
+)
 from testkit.servers import serving
 
 from .send_helpers import cli
@@ -102,7 +109,7 @@ def sent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sent]:
             assert http.post(link, data={"List-Unsubscribe": "One-Click"}).status_code == 200
             _send(project, NEXT_DAY)
             c = db.campaigns.c
-            with db.engine_for(settings).connect() as conn:
+            with engine_of(settings).connect() as conn:
                 campaigns = dict(conn.execute(select(c.issue_date, c.id)).all())
             yield Sent(project, settings, url, key, http, [r.body for r in fake.records], campaigns)
 
@@ -180,7 +187,7 @@ def test_the_report_counts_each_reader_once_without_machine_opens(reported: Sent
 
 def test_every_event_is_stored_once_whatever_the_retries(reported: Sent) -> None:
     e = db.campaign_events.c
-    with db.engine_for(reported.settings).connect() as conn:
+    with engine_of(reported.settings).connect() as conn:
         rows = conn.execute(select(e.campaign_id, e.subscriber_id, e.kind, e.machine_open, e.url)).all()
         event_ids = conn.execute(select(func.count()).select_from(db.webhook_events)).scalar_one()
         stats = dict(
@@ -241,7 +248,7 @@ def test_a_day_without_an_issue_or_an_unknown_list_is_an_error(reported: Sent) -
 
 def test_every_request_sets_tracking_and_unsubscribe_links_are_never_click_tracked(reported: Sent) -> None:
     assert [body["tracking_settings"] for body in reported.bodies] == [TRACKING_ON, TRACKING_ON]
-    with db.engine_for(reported.settings).connect() as conn:
+    with engine_of(reported.settings).connect() as conn:
         stored = conn.execute(select(db.campaigns.c.html)).scalars().all()
     for html in [*stored, *(body["content"][1]["value"] for body in reported.bodies)]:
         links = lxml.html.fromstring(html).iter("a")
@@ -276,13 +283,13 @@ def test_a_campaign_keeps_the_tracking_it_was_sent_with(project: Path) -> None:
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY, track_opens=False)
         seed(settings, 1)
         _send(project, DAY)
-    with db.engine_for(settings).connect() as conn:  # tracking turned on again since
+    with engine_of(settings).connect() as conn:  # tracking turned on again since
         [issue] = issue_reports(conn, Selection(), Tracking(True, True))
     assert (issue.unique_opens, issue.unique_clicks) == (None, 0)
 
 
 def test_papers_are_read_from_the_issue_as_sent(reported: Sent) -> None:
-    with db.engine_for(reported.settings).connect() as conn:
+    with engine_of(reported.settings).connect() as conn:
         html = conn.execute(select(db.campaigns.c.html).where(db.campaigns.c.id == reported.campaigns[DAY])).scalar_one()
     papers, links = papers_of(html)
     digest = load_digest(reported.settings, date(2026, 1, 23))

@@ -25,6 +25,7 @@ from testkit.projects import (
     add_list,
     add_subscribers,
     configure,
+    engine_of,
     seed,
     write_config,
 )
@@ -68,13 +69,13 @@ def errors_in(done: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 def campaigns(settings: Settings) -> list[Any]:
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return conn.execute(select(db.campaigns)).all()
 
 
 def membership_status(settings: Settings, email: str) -> str:
     s, m = db.subscribers.c, db.memberships.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return conn.execute(select(m.status).join(db.subscribers, s.id == m.subscriber_id).where(s.email == email)).scalar_one()
 
 
@@ -82,7 +83,7 @@ def make_weekly(settings: Settings, emails: list[str]) -> None:
     """These addresses as members of the list who chose the weekly edition."""
     ids = add_subscribers(settings, 1, emails)
     m = db.memberships.c
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         conn.execute(db.memberships.update().where(m.subscriber_id.in_(ids)).values(frequency=db.WEEKLY))
 
 
@@ -94,7 +95,7 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     make_weekly(settings, ["weekly@example.com"])
     # Two sign-ups never confirmed: one for 40 days (deleted, person and all), one for 5 (kept).
     stale, recent = add_subscribers(settings, 1, ["stale@example.com", "recent@example.com"], status=db.UNCONFIRMED)
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         for subscriber_id, days in ((stale, 40), (recent, 5)):
             when = settings.clock() - timedelta(days=days)
             m = db.memberships.c
@@ -122,7 +123,7 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     assert steps["weekly"]["counts"]["sent"] == 1 and steps["weekly"]["lists"][0]["list"] == LIST
     assert steps["weekly"]["detail"].startswith("the 2026-W04 weekly edition: list 'daily-papers': 1 sent")
     assert steps["purge"]["counts"] == {"memberships": 1, "subscribers": 1}
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         left = set(conn.execute(select(db.subscribers.c.email)).scalars())
     assert "stale@example.com" not in left and "recent@example.com" in left
     assert all(isinstance(step["seconds"], float) for step in steps.values())
@@ -268,7 +269,7 @@ def test_two_runs_at_once_one_works_and_the_other_exits_5_at_once(project: Path)
             _out, err = first.communicate(timeout=120)
         assert first.returncode == 0, err
         assert sorted(fake.delivered()) == subscribed  # once each
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.run_locks)).all() == []  # released
 
 
@@ -360,7 +361,7 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_at_once(project: Path, fake: Fa
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     from newsletter.send.claim import holder_of
 
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
     with engine.begin() as conn:
         now = settings.clock()
         conn.execute(db.run_locks.insert().values(

@@ -23,7 +23,7 @@ from newsletter.send import addressing, campaigns
 from newsletter.subscribers import MailingList
 from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, LIST, configure, seed
+from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
 from .send_helpers import cli, delivery_states
 from .support import ROOT
@@ -78,10 +78,10 @@ def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids
 def test_a_send_snapshots_the_list_batches_it_and_records_every_answer(project: Path, fake: FakeSendGrid) -> None:
     settings = real_settings(project, fake)
     subscribed = seed(settings, 2503, unsubscribed=(5, 1500))
-    plan = send.plan_send(settings, DAY, LIST)
+    plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
     assert (plan.recipients, plan.batches, plan.checks.ok) == (2501, 3, True)
 
-    report = send.send_campaign(settings, plan)
+    report = send.send_campaign(engine_of(settings), settings, plan)
 
     assert report.finished and report.error is None
     assert report.counts[db.SENT] == 2501 and report.requests == 3
@@ -92,7 +92,7 @@ def test_a_send_snapshots_the_list_batches_it_and_records_every_answer(project: 
     assert {email: (state, mid) for email, (state, mid, _) in states.items()} == {
         email: ("sent", message_ids[email]) for email in subscribed
     }
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         campaign = conn.execute(select(db.campaigns)).one()
         batches = conn.execute(select(db.batches.c.state, db.batches.c.size)).all()
     assert campaign.finished_at is not None and campaign.claimed_by is None
@@ -109,7 +109,7 @@ def test_an_unsubscribe_during_the_send_is_honoured_by_later_batches(project: Pa
     def unsubscribe_25(record) -> None:
         if record.seq == 1:
             settings = settings_box["settings"]
-            with db.engine_for(settings).begin() as conn:
+            with engine_of(settings).begin() as conn:
                 set_status(conn, list_id=1, subscriber_id=25, status=db.UNSUBSCRIBED,
                            source="one_click", now=settings.clock())
 
@@ -117,7 +117,7 @@ def test_an_unsubscribe_during_the_send_is_honoured_by_later_batches(project: Pa
         settings = real_settings(project, fake, batch_size=10, send_concurrency=1)
         settings_box["settings"] = settings
         seed(settings, 30)
-        report = send.send_campaign(settings, send.plan_send(settings, DAY, LIST))
+        report = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
 
     assert report.finished
     assert "u25@example.com" not in fake.delivered()
@@ -143,16 +143,16 @@ def test_a_resume_sends_what_was_left_with_the_content_stored_at_the_start(proje
     with FakeSendGrid(api_key=API_KEY, script=["202", "503"], keep_bodies=True) as fake:
         settings = real_settings(project, fake, batch_size=10, send_concurrency=1, max_retries=0)
         addresses = seed(settings, 25)
-        first = send.send_campaign(settings, send.plan_send(settings, DAY, LIST))
+        first = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
         assert isinstance(first.error, SendError) and "503" in str(first.error)
         assert (first.finished, first.counts["sent"], first.counts["pending"]) == (False, 10, 15)
 
         # The digest changes in between: the resume must still send what the first run sent.
         digest = project / "digests" / "2026-01-23.md"
         digest.write_text(digest.read_text(encoding="utf-8").replace("EvoCUA", "Changed"), encoding="utf-8")
-        plan = send.plan_send(settings, DAY, LIST)
+        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
         assert plan.campaign is not None and plan.recipients == 15 and plan.checks is None
-        second = send.send_campaign(settings, plan)
+        second = send.send_campaign(engine_of(settings), settings, plan)
 
     assert second.finished and second.counts["sent"] == 25
     assert Counter(fake.delivered()) == Counter(addresses)
@@ -165,14 +165,14 @@ def test_status_lists_counts_failures_and_reasons(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, reject={"u2@example.com"}) as fake:
         settings = real_settings(project, fake, batch_size=4)
         seed(settings, 6, unsubscribed=())
-        plan = send.plan_send(settings, DAY, LIST)
-        send.start_campaign(settings, DAY, plan.mailing_list, plan.content)
-        with db.engine_for(settings).begin() as conn:  # bounces after the snapshot, before its batch
+        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
+        send.start_campaign(engine_of(settings), settings, DAY, plan.mailing_list, plan.content)
+        with engine_of(settings).begin() as conn:  # bounces after the snapshot, before its batch
             set_status(conn, list_id=1, subscriber_id=6, status=db.BOUNCED, source="webhook", now=settings.clock())
-        report = send.send_campaign(settings, send.plan_send(settings, DAY, LIST))
+        report = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
     assert report.finished
 
-    state = send.campaign_status(settings, DAY, LIST)
+    state = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
     assert state is not None
     assert (state.counts["sent"], state.counts["failed"], state.counts["skipped"]) == (4, 1, 1)
     assert state.failures == [
@@ -228,7 +228,7 @@ def test_a_dry_run_writes_the_exact_requests_and_the_first_message_and_records_n
     assert (outbox / "first-recipient.html").read_text(encoding="utf-8") == html.replace("\r\n", "\n")
     assert (outbox / "first-recipient.html").as_uri() in run.stdout.replace("\n", "")
 
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.campaigns)).all() == []
         assert conn.execute(select(db.deliveries)).all() == []
     # The dry run made no later real send think anything had gone out.
@@ -244,7 +244,7 @@ def test_without_an_api_key_a_real_send_stops_and_points_to_dry_run(project: Pat
     assert run.returncode == 1
     assert "SENDGRID_API_KEY is not set" in run.stderr and "--dry-run" in run.stderr
     assert "Traceback" not in run.stderr
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.campaigns)).all() == []
 
 
@@ -262,7 +262,7 @@ def test_a_test_send_goes_to_the_given_addresses_only_and_is_not_the_issues_deli
     own_token = own.rsplit("/", 1)[1]
     # A subscriber's test copy carries their own link.
     assert links.ids(own_token) == (1, 3) and links.signed_for(own_token, "u3@example.com")
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.campaigns)).all() == []
 
 
@@ -274,7 +274,7 @@ def test_sandbox_mode_is_validated_by_sendgrid_and_not_recorded(project: Path, f
     assert [r.status for r in fake.records] == [200, 200]
     assert all(r.body["mail_settings"] == {"sandbox_mode": {"enable": True}} for r in fake.records)
     assert fake.delivered() == []
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.deliveries)).all() == []
 
 
@@ -290,7 +290,7 @@ def test_failing_checks_stop_the_send_unless_forced(project: Path, fake: FakeSen
     assert stopped.returncode == 1
     assert "check(s) failed" in stopped.stderr and "text part" in stopped.stderr
     assert fake.records == []
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.campaigns)).all() == []
 
     forced = cli(project, "send", "--date", "2026-01-23", "--yes", "--force")

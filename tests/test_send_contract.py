@@ -17,7 +17,7 @@ from newsletter.providers import Verdict
 from newsletter.providers.sendgrid import SendGrid, encode_body
 from newsletter.send import addressing, unrecorded
 from newsletter.tokens import UnsubscribeLinks
-from testkit.projects import API_KEY, LIST, configure, seed
+from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
 from .support import prism
 
@@ -34,12 +34,12 @@ def prism_url():
 def test_prism_accepts_every_request_of_a_send(project: Path, prism_url: str, recipients: int, requests: int) -> None:
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY, reply_to="editor@example.com")
     seed(settings, recipients)
-    report = send.send_campaign(settings, send.plan_send(settings, DAY, LIST))
+    report = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
 
     assert report.error is None and report.finished
     assert report.requests == requests
     assert report.counts["sent"] == recipients
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         sizes = sorted(conn.execute(select(db.batches.c.size).where(db.batches.c.state == "sent")).scalars())
     assert sizes == ([1] if recipients == 1 else [1000] if recipients == 1000 else [1, 1000])
 
@@ -47,9 +47,9 @@ def test_prism_accepts_every_request_of_a_send(project: Path, prism_url: str, re
 def test_prism_accepts_sandbox_mode_and_test_sends(project: Path, prism_url: str) -> None:
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 3)
-    plan = send.plan_send(settings, DAY, LIST)
-    sandbox = unrecorded.send_unrecorded(settings, plan, SendGrid(settings), sandbox=True)
-    test = unrecorded.send_unrecorded(settings, plan, SendGrid(settings), to=["someone@example.org"])
+    plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
+    sandbox = unrecorded.send_unrecorded(engine_of(settings), settings, plan, SendGrid(settings), sandbox=True)
+    test = unrecorded.send_unrecorded(engine_of(settings), settings, plan, SendGrid(settings), to=["someone@example.org"])
     assert (sandbox.problems, sandbox.accepted) == ([], 3)
     assert (test.problems, test.accepted) == ([], 1)
 
@@ -58,7 +58,7 @@ def test_prism_does_reject_what_the_sender_must_never_build(project: Path, prism
     """The contract has teeth: 1001 personalizations in one body, or no Authorization, are refused."""
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 1)
-    plan = send.plan_send(settings, DAY, LIST)
+    plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
     provider = SendGrid(settings, connect=False)
     builder = addressing.Addressing(
         settings, plan.content, mailing_list=plan.mailing_list, campaign_id=1, links=UnsubscribeLinks(settings),

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from newsletter import db
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, configure, seed
+from testkit.projects import API_KEY, configure, engine_of, seed
 
 from .send_helpers import SEND, cli, delivery_states, kill_at_random, start_sender
 
@@ -33,13 +33,13 @@ def delivered_from_log(log: Path) -> Counter[str]:
 
 def batches_in(settings, *states: str) -> set[int]:
     b = db.batches.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return set(conn.execute(select(b.id).where(b.state.in_(states))).scalars())
 
 
 def emails_of_batches(settings, batch_ids: set[int]) -> set[str]:
     d = db.deliveries.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return set(conn.execute(select(d.email).where(d.batch_id.in_(batch_ids))).scalars())
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from newsletter import db, send
 from newsletter.errors import SendError
 from testkit.fake_sendgrid import EVERY, HUGE, OUTSIDE, FakeSendGrid
-from testkit.projects import API_KEY, LIST, seed
+from testkit.projects import API_KEY, LIST, engine_of, seed
 
 from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
 from .support import ROOT
@@ -57,7 +57,7 @@ def test_a_database_locked_past_its_timeout_at_random_moments_never_sends_twice(
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         # The campaign exists: each run below resumes it, as `newsletter send` does after a crash.
-        send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
+        send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
         stops: list[str] = []
         try:
             assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
@@ -65,7 +65,7 @@ def test_a_database_locked_past_its_timeout_at_random_moments_never_sends_twice(
                 run = cli(project, "send", "--date", DAY.isoformat(), "--yes")
                 if run.returncode != 0:
                     stops.append(run.stderr.strip())
-                if send.campaign_status(settings, DAY, LIST).campaign.finished_at is not None:
+                if send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock()).campaign.finished_at is not None:
                     break
                 if len(stops) >= 4:
                     stop.touch()  # enough faults met: let the rest of the send through
@@ -92,14 +92,14 @@ def test_a_400_about_the_whole_request_leaves_everyone_pending(project: Path, st
     with FakeSendGrid(api_key=API_KEY, script=[step]) as fake:
         settings = settings_for(project, fake.url, batch_size=10, send_concurrency=1)
         addresses = seed(settings, 50)
-        first = send.send_campaign(settings, plan_for(settings))
+        first = send.send_campaign(engine_of(settings), settings, plan_for(settings))
 
         assert isinstance(first.error, SendError)
         assert "refused the message itself, not some of its recipients" in str(first.error)
         assert len(fake.records) == 1  # not split down to single recipients
         assert (first.counts["pending"], first.counts["failed"], first.finished) == (50, 0, False)
 
-        second = send.send_campaign(settings, plan_for(settings))  # the cause is gone: resume
+        second = send.send_campaign(engine_of(settings), settings, plan_for(settings))  # the cause is gone: resume
     assert second.finished and second.counts["sent"] == 50
     assert Counter(fake.delivered()) == Counter(addresses)
 
@@ -128,7 +128,7 @@ def test_a_50_mb_error_answer_is_read_stored_and_shown_clipped(project: Path) ->
     assert "refused the message itself" in result.stderr and "more characters" in result.stderr
     assert len(result.stderr) < 5_000 and "Traceback" not in result.stderr
     assert int(peak.read_text()) < 200 * 1024  # kB: far from the 50 MB answer read whole, let alone stored
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         longest = conn.execute(select(func.max(func.length(db.batches.c.error)))).scalar_one()
         pending = conn.execute(select(func.count()).where(db.deliveries.c.state == "pending")).scalar_one()
     assert longest < 5_000 and pending == 30

@@ -19,7 +19,7 @@ from newsletter.errors import ProviderAuthError, SendError, SendInProgress
 from newsletter.providers.sendgrid import SendGrid
 from newsletter.send import addressing, claim, unrecorded
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, LIST, configure, seed
+from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from testkit.servers import free_port
 
 from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
@@ -30,7 +30,7 @@ def test_a_400_is_split_until_the_bad_addresses_are_alone(project: Path) -> None
     with FakeSendGrid(api_key=API_KEY, reject=bad) as fake:
         settings = settings_for(project, fake.url)
         addresses = seed(settings, 1000)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
 
     assert report.finished and report.error is None
     assert Counter(fake.delivered()) == Counter(a for a in addresses if a not in bad)
@@ -42,7 +42,7 @@ def test_a_400_is_split_until_the_bad_addresses_are_alone(project: Path) -> None
     assert report.counts["sent"] == 997 and report.counts["failed"] == 3
     # The 400 names the three personalizations: cut around them, 7 parts (3 of them alone), not 1000.
     assert len(fake.records) == 1 + 7
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         states_of_batches = Counter(conn.execute(select(db.batches.c.state)).scalars())
     assert states_of_batches == {"failed": 3, "split": 1, "sent": 4}
 
@@ -51,7 +51,7 @@ def test_a_400_about_the_message_itself_stops_the_send_without_splitting(project
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 30)
-        report = send.send_campaign(settings, plan_for(settings, addressing.Content("", CONTENT.html, CONTENT.text)))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings, addressing.Content("", CONTENT.html, CONTENT.text)))
 
     assert isinstance(report.error, SendError)
     assert "refused the message itself" in str(report.error) and "(subject)" in str(report.error)
@@ -79,7 +79,7 @@ def test_429_waits_as_long_as_sendgrid_asks(project: Path, wait_header: str) -> 
     with FakeSendGrid(api_key=API_KEY, script=["429"], **{wait_header: 2}) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 3)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert report.finished and report.counts["sent"] == 3
     first, second = fake.records
     assert (first.status, second.status) == (429, 202)
@@ -91,7 +91,7 @@ def test_5xx_is_retried_and_then_sent(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["500", "503"]) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 3)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert [r.status for r in fake.records] == [500, 503, 202]
     assert report.finished and report.counts["sent"] == 3 and report.requests == 3
 
@@ -100,11 +100,11 @@ def test_an_outage_longer_than_the_retries_stops_and_leaves_the_batch_pending(pr
     with FakeSendGrid(api_key=API_KEY, script=["503"] * 3) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1, max_retries=2)
         addresses = seed(settings, 3)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
         assert isinstance(report.error, SendError) and "still after 2 retries" in str(report.error)
         assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
         assert fake.delivered() == []
-        resumed = send.send_campaign(settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert resumed.finished and Counter(fake.delivered()) == Counter(addresses)
 
 
@@ -113,7 +113,7 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
     with FakeSendGrid(api_key=API_KEY, script=["202", fault], hang=5) as fake:
         settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1, read_timeout=0.5)
         seed(settings, 5)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
 
         # Not retried: SendGrid may have accepted it, and mail/send has no idempotency key. And the
         # send stops: whatever lost this answer would lose the next ones too.
@@ -123,7 +123,7 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
         assert (report.counts["sent"], report.counts["uncertain"], report.counts["pending"]) == (2, 2, 1)
         [batch] = report.uncertain_batches
         assert batch.size == 2 and "may have been delivered" in batch.error
-        state = send.campaign_status(settings, DAY, LIST)
+        state = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
         assert [b.id for b in state.uncertain_batches] == [batch.id] and state.in_flight_batches == []
         shown = cli(project, "status", "--date", "2026-01-23")
         assert "Uncertain batches" in shown.stdout and "may have been delivered" in shown.stdout.replace("\n", " ")
@@ -133,19 +133,19 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
         again = cli(project, "send", "--date", "2026-01-23", "--yes")
         assert "Nothing to do" in again.stdout and len(fake.records) == 3
 
-        resent = send.send_campaign(settings, plan_for(settings, resend_uncertain=True))
+        resent = send.send_campaign(engine_of(settings), settings, plan_for(settings, resend_uncertain=True))
     assert resent.finished and resent.counts["sent"] == 5 and resent.counts["uncertain"] == 0
     delivered = Counter(fake.delivered())
     assert delivered == Counter({"u1@example.com": 1, "u2@example.com": 1, "u3@example.com": 2,
                                  "u4@example.com": 2, "u5@example.com": 1})
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.batches.c.state).where(db.batches.c.id == batch.id)).scalar() == "resent"
 
 
 def test_an_unreachable_server_is_retried_then_stops_with_nothing_uncertain(project: Path) -> None:
     settings = settings_for(project, f"http://127.0.0.1:{free_port()}", max_retries=2, send_concurrency=1)
     seed(settings, 3)
-    report = send.send_campaign(settings, plan_for(settings))
+    report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert isinstance(report.error, SendError) and "could not reach SendGrid" in str(report.error)
     assert report.requests == 3
     assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
@@ -155,21 +155,21 @@ def test_a_fresh_claim_keeps_a_second_sender_out(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
     plan = plan_for(settings)
-    campaign = send.start_campaign(settings, DAY, plan.mailing_list, CONTENT)
-    engine = db.engine_for(settings)
-    first = claim.Claim(settings, campaign.id, "the issue")
+    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan.mailing_list, CONTENT)
+    engine = engine_of(settings)
+    first = claim.Claim(settings.clock, campaign.id, "the issue")
     with engine.begin() as conn:
         first.acquire(conn)
     with pytest.raises(SendInProgress, match="being sent by another process"):
         with engine.begin() as conn:
-            claim.Claim(settings, campaign.id, "the issue").acquire(conn)
+            claim.Claim(settings.clock, campaign.id, "the issue").acquire(conn)
 
 
 def test_a_claim_is_taken_over_when_its_holder_died_or_went_silent(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
-    engine = db.engine_for(settings)
+    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    engine = engine_of(settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     c = db.campaigns.c
@@ -177,7 +177,7 @@ def test_a_claim_is_taken_over_when_its_holder_died_or_went_silent(project: Path
                         ("1@another-host#silent", claim.STALE_AFTER + timedelta(seconds=1))):
         with engine.begin() as conn:
             conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock() - age))
-        taker = claim.Claim(settings, campaign.id, "the issue")
+        taker = claim.Claim(settings.clock, campaign.id, "the issue")
         with engine.begin() as conn:
             taker.acquire(conn)
             assert conn.execute(select(c.claimed_by)).scalar() == taker.holder
@@ -187,8 +187,8 @@ def test_a_dead_pid_on_the_same_hostname_but_another_pid_namespace_keeps_its_fre
     """Containers with host networking share the hostname: their PIDs mean nothing here."""
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
-    engine = db.engine_for(settings)
+    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    engine = engine_of(settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     for holder in (f"{dead.pid}@{socket.gethostname()}#elsewhere", f"{dead.pid}@{socket.gethostname()}#0123456789ab#x"):
@@ -196,7 +196,7 @@ def test_a_dead_pid_on_the_same_hostname_but_another_pid_namespace_keeps_its_fre
             conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock()))
         with pytest.raises(SendInProgress, match="being sent by another process"):
             with engine.begin() as conn:
-                claim.Claim(settings, campaign.id, "the issue").acquire(conn)
+                claim.Claim(settings.clock, campaign.id, "the issue").acquire(conn)
 
 
 def test_a_sender_that_loses_its_claim_stops(project: Path) -> None:
@@ -204,14 +204,14 @@ def test_a_sender_that_loses_its_claim_stops(project: Path) -> None:
 
     def steal(record) -> None:
         if record.seq == 1:
-            with db.engine_for(settings_box["s"]).begin() as conn:
+            with engine_of(settings_box["s"]).begin() as conn:
                 conn.execute(db.campaigns.update().values(claimed_by="1@elsewhere#x"))
 
     with FakeSendGrid(api_key=API_KEY, on_request=steal) as fake:
         settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1)
         settings_box["s"] = settings
         seed(settings, 6)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert isinstance(report.error, SendInProgress)
     assert len(fake.records) == 1
     assert report.counts["sent"] == 2 and report.counts["pending"] == 4
@@ -222,4 +222,4 @@ def test_sendgrid_auth_error_is_reported_by_a_test_send_too(project: Path) -> No
         settings = settings_for(project, fake.url)
         seed(settings, 1)
         with pytest.raises(ProviderAuthError):
-            unrecorded.send_unrecorded(settings, plan_for(settings), SendGrid(settings), to=["a@example.org"])
+            unrecorded.send_unrecorded(engine_of(settings), settings, plan_for(settings), SendGrid(settings), to=["a@example.org"])

@@ -26,20 +26,20 @@ from newsletter.membership import set_status
 from newsletter.send import unrecorded
 from newsletter.subscribers import MailingList
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, LIST, configure, seed
+from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
 from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
 from .support import ROOT
 
 
 def unsubscribe(settings, subscriber_id: int) -> None:
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         set_status(conn, list_id=1, subscriber_id=subscriber_id, status=db.UNSUBSCRIBED,
                    source="one_click", now=settings.clock())
 
 
 def all_errors(settings) -> str:
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         rows = conn.execute(select(db.batches.c.error)).scalars().all()
         rows += conn.execute(select(db.deliveries.c.error)).scalars().all()
     return " ".join(error or "" for error in rows)
@@ -52,7 +52,7 @@ def test_an_api_key_with_a_line_break_stops_the_send_without_leaking_it_or_losin
         # As a key from a file with a trailing newline would be, past the settings' own checks.
         settings = settings.model_copy(update={"sendgrid_api_key": SecretStr(secret)})
         seed(settings, 6)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
 
     assert fake.records == []
     assert isinstance(report.error, SendError) and "header value is malformed" in str(report.error)
@@ -66,7 +66,7 @@ def test_a_400_that_names_no_field_stops_the_send_instead_of_failing_everyone(pr
     with FakeSendGrid(api_key=API_KEY, script=["400"]) as fake:
         settings = settings_for(project, fake.url, batch_size=4, send_concurrency=1)
         seed(settings, 8)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert isinstance(report.error, SendError) and "refused the message itself" in str(report.error)
     assert len(fake.records) == 1
     assert report.counts["pending"] == 8 and report.counts["failed"] == 0 and not report.finished
@@ -76,7 +76,7 @@ def test_a_413_is_halved_and_one_for_a_single_recipient_stops_the_send(project: 
     with FakeSendGrid(api_key=API_KEY, script=["413", "202", "202", "413"]) as fake:
         settings = settings_for(project, fake.url, batch_size=4, send_concurrency=1)
         seed(settings, 5)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     # 4 refused as too large → halves of 2 and 2 sent; then u5 alone is too large: not its fault.
     assert [len(r.emails) for r in fake.records] == [4, 2, 2, 1]
     assert isinstance(report.error, SendError) and "413" in str(report.error)
@@ -93,7 +93,7 @@ def test_an_unsubscribe_while_a_batch_is_split_is_honoured_by_its_parts(project:
     with FakeSendGrid(api_key=API_KEY, reject={"u3@example.com"}, on_request=leave) as fake:
         settings = box["settings"] = settings_for(project, fake.url, batch_size=8, send_concurrency=1)
         seed(settings, 8)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert report.finished
     assert "u6@example.com" not in fake.delivered()
     assert delivery_states(settings)["u6@example.com"] == ("skipped", None, "unsubscribed before sending")
@@ -110,14 +110,14 @@ def test_an_unsubscribe_during_a_retry_wait_is_honoured_by_the_retry(project: Pa
     with FakeSendGrid(api_key=API_KEY, script=["429"], retry_after=0.2, on_request=leave) as fake:
         settings = box["settings"] = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 3)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert report.finished
     assert [r.emails for r in fake.records] == [
         ["u1@example.com", "u2@example.com", "u3@example.com"],
         ["u1@example.com", "u3@example.com"],
     ]
     assert delivery_states(settings)["u2@example.com"][0] == "skipped"
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.batches.c.state, db.batches.c.size)).all() == [("sent", 2)]
 
 
@@ -125,7 +125,7 @@ def test_retry_after_as_an_http_date_is_honoured(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["429"], retry_after=2, retry_after_as_date=True) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 2)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert report.finished
     first, second = fake.records
     # The date has whole seconds: at least one of the two seconds asked for was waited.
@@ -137,17 +137,17 @@ def test_a_failing_heartbeat_stops_the_send_cleanly(project: Path, monkeypatch: 
     with FakeSendGrid(api_key=API_KEY, latency=0.5) as fake:
         settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1)
         seed(settings, 6)
-        with db.engine_for(settings).begin() as conn:
+        with engine_of(settings).begin() as conn:
             # Only a renewal keeps claimed_by and changes claimed_at: the database fails just that.
             conn.exec_driver_sql(
                 "CREATE TRIGGER broken_heartbeat BEFORE UPDATE OF claimed_at ON campaigns "
                 "WHEN NEW.claimed_by = OLD.claimed_by BEGIN SELECT RAISE(ABORT, 'disk failure'); END"
             )
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert isinstance(report.error, SendError) and "renewing this send's claim" in str(report.error)
     assert len(fake.records) == 1 and not report.finished
     assert (report.counts["sent"], report.counts["pending"], report.counts["in_flight"]) == (2, 4, 0)
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.campaigns.c.claimed_by)).scalar() is None
 
 
@@ -155,11 +155,11 @@ def test_a_body_that_cannot_be_built_marks_nothing_in_flight(project: Path) -> N
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url, base_url="https://example.com/" + "a" * 10_000)
         seed(settings, 3)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert fake.records == []
     assert isinstance(report.error, SendError) and "10,000" in str(report.error)
     assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.batches)).all() == []
 
 
@@ -186,7 +186,7 @@ def test_ctrl_c_during_a_retry_wait_gives_the_batch_back(project: Path) -> None:
         resumed = cli(project, "send", "--date", "2026-01-23", "--yes")
         assert resumed.returncode == 0, resumed.stderr
     assert Counter(fake.delivered()) == Counter(addresses)
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert sorted(conn.execute(select(db.batches.c.state)).scalars()) == ["returned", "sent"]
 
 
@@ -194,13 +194,13 @@ def test_a_dry_run_of_a_resumed_send_writes_exactly_the_requests_the_resume_send
     with FakeSendGrid(api_key=API_KEY, script=["202", "503"], keep_bodies=True) as fake:
         settings = settings_for(project, fake.url, batch_size=4, send_concurrency=1, max_retries=0)
         seed(settings, 10)
-        first = send.send_campaign(settings, plan_for(settings))
+        first = send.send_campaign(engine_of(settings), settings, plan_for(settings))
         assert first.counts["sent"] == 4 and first.counts["pending"] == 6
         unsubscribe(settings, 6)  # in the next page: the real run skips it inside the page
         outbox = project / "outbox"
-        unrecorded.send_unrecorded(settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
+        unrecorded.send_unrecorded(engine_of(settings), settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
         fake.records.clear()
-        resumed = send.send_campaign(settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert resumed.finished
     written = [json.loads(path.read_bytes()) for path in sorted(outbox.glob("batch-*.json"))]
     sent = [record.body for record in fake.records]
@@ -215,8 +215,8 @@ def test_a_dry_run_of_a_new_send_uses_the_campaign_id_the_send_will_get(project:
         settings = settings_for(project, fake.url)
         seed(settings, 2)
         outbox = project / "outbox"
-        unrecorded.send_unrecorded(settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
-        send.send_campaign(settings, plan_for(settings))
+        unrecorded.send_unrecorded(engine_of(settings), settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
+        send.send_campaign(engine_of(settings), settings, plan_for(settings))
     [written] = [json.loads(path.read_bytes()) for path in outbox.glob("batch-*.json")]
     assert written == fake.records[0].body
 
@@ -224,7 +224,7 @@ def test_a_dry_run_of_a_new_send_uses_the_campaign_id_the_send_will_get(project:
 def test_status_reads_while_another_process_holds_the_write_lock(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
     writer = sqlite3.connect(project / "newsletter.db", isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")  # a long import, say
@@ -240,21 +240,21 @@ def test_status_reads_while_another_process_holds_the_write_lock(project: Path) 
 def test_status_shows_a_live_senders_batches_as_in_flight_not_uncertain(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
     now = settings.clock()
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         batch = conn.execute(db.batches.insert().values(
             campaign_id=campaign.id, state="in_flight", size=2, started_at=now)).inserted_primary_key[0]
         conn.execute(db.deliveries.update().values(state="in_flight", batch_id=batch))
         conn.execute(db.campaigns.update().values(claimed_by="42@sender#abc#def", claimed_at=now))
-    live = send.campaign_status(settings, DAY, LIST)
+    live = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
     assert [b.id for b in live.in_flight_batches] == [batch] and live.uncertain_batches == []
     shown = cli(project, "status", "--date", "2026-01-23")
     assert "In flight (being sent by 42@sender)" in shown.stdout and "Uncertain" not in shown.stdout
 
-    with db.engine_for(settings).begin() as conn:  # the sender went silent: it died
+    with engine_of(settings).begin() as conn:  # the sender went silent: it died
         conn.execute(db.campaigns.update().values(claimed_at=now - timedelta(minutes=5)))
-    dead = send.campaign_status(settings, DAY, LIST)
+    dead = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
     assert dead.in_flight_batches == [] and [b.id for b in dead.uncertain_batches] == [batch]
 
 
@@ -263,12 +263,12 @@ def test_a_campaign_the_database_refuses_is_an_error_not_an_assertion(project: P
     seed(settings, 1)
     missing = MailingList(id=99, name="gone", description="", created_at=settings.clock())
     with pytest.raises(SendError, match="database refused it"):
-        send.start_campaign(settings, DAY, missing, CONTENT)
+        send.start_campaign(engine_of(settings), settings, DAY, missing, CONTENT)
 
 
 def test_pending_rows_are_indexed_by_id_and_old_databases_are_migrated(project: Path) -> None:
     settings = configure(project)
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
     indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("deliveries")}
     assert indexes["ix_deliveries_campaign_state_id"] == ["campaign_id", "state", "id"]
     with engine.begin() as conn:  # as a database made by version 1 of the schema

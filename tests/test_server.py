@@ -18,7 +18,7 @@ from newsletter import db
 from newsletter.config import load_settings
 from newsletter.render import DARK, LIGHT
 from newsletter.tokens import UnsubscribeLinks
-from testkit.projects import add_list, add_subscribers, write_config
+from testkit.projects import add_list, add_subscribers, engine_of, write_config
 from testkit.servers import serving
 
 from .support import CHROMIUM, require_chromium
@@ -129,7 +129,7 @@ def test_the_confirmation_page_in_a_real_browser(tmp_path: Path) -> None:
     assert 150 < _widest_run(desktop, LIGHT.button) < 400
     assert _widest_run(dark, DARK.button) > 0.75 * 390
     # GET in a browser changed nothing.
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(db.memberships.select()).one().status == db.SUBSCRIBED
 
 

@@ -21,7 +21,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.subscribers import create_list
 from newsletter.tokens import ConfirmLinks, UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, add_subscribers, write_config
+from testkit.projects import API_KEY, add_subscribers, engine_of, write_config
 from testkit.servers import free_port, serving
 
 from .send_helpers import cli
@@ -72,13 +72,13 @@ def confirm_link(mail: dict) -> str:
 
 
 def subscriber_id(settings: Settings, email: str) -> int:
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return conn.execute(select(db.subscribers.c.id).where(db.subscribers.c.email_key == email.casefold())).scalar_one()
 
 
 def membership(settings: Settings, list_id: int, email: str):  # noqa: ANN201 - a Row
     m = db.memberships.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return conn.execute(
             select(m.status, m.frequency, m.consent_at, m.consent_source, m.consent_ip).where(
                 m.list_id == list_id, m.subscriber_id == subscriber_id(settings, email)
@@ -99,7 +99,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             send_rate_limit=1000.0,
         )
         settings = load_settings(config)
-        with db.engine_for(settings).begin() as conn:
+        with engine_of(settings).begin() as conn:
             double = create_list(conn, "papers", now=settings.clock(), description="Daily Papers").id
             single = create_list(conn, "open", now=settings.clock(), optin=db.SINGLE_OPTIN).id
         with serving(config, port=port) as url, httpx.Client(timeout=30) as http:
@@ -204,7 +204,7 @@ def test_a_client_over_its_hourly_rate_gets_the_same_page_and_no_mail(site: Site
     answers = [site.sign_up(f"rate{n}@example.com", client=client) for n in range(limit + 2)]
     assert {answer.status_code for answer in answers} == {200}
     site.mails_to(f"rate{limit - 1}@example.com", expect=1)
-    with db.engine_for(site.settings).connect() as conn:
+    with engine_of(site.settings).connect() as conn:
         stored = conn.execute(
             select(func.count()).where(db.subscribers.c.email.like("rate%@example.com"))
         ).scalar_one()
@@ -219,7 +219,7 @@ def test_a_filled_honeypot_stores_and_sends_nothing(site: Site) -> None:
     email = "bot@example.com"
     answer = site.sign_up(email, website="https://spam.example")
     assert answer.status_code == 200 and email in answer.text
-    with db.engine_for(site.settings).connect() as conn:
+    with engine_of(site.settings).connect() as conn:
         assert conn.execute(select(func.count()).where(db.subscribers.c.email == email)).scalar_one() == 0
     assert site.mails_to(email, expect=1, wait=1) == []
 
@@ -326,7 +326,7 @@ def test_preferences_switch_to_weekly_and_leave(site: Site) -> None:
     assert membership(site.settings, site.double, "prefs@example.com").frequency == db.WEEKLY
     site.http.post(url, data={"frequency": "weekly"})  # again: no second event
     assert site.http.post(url, data={"frequency": "hourly"}).status_code == 400
-    with db.engine_for(site.settings).connect() as conn:
+    with engine_of(site.settings).connect() as conn:
         details = conn.execute(
             select(db.events.c.source, db.events.c.detail).where(db.events.c.subscriber_id == sid)
         ).all()

@@ -40,7 +40,7 @@ from newsletter.providers import (
 )
 from newsletter.providers.smtp import SMTP
 from testkit.fake_smtp import DROP, HANG, FakeSMTP, delivered_from_log
-from testkit.projects import LIST, add_list, add_subscribers, configure, seed
+from testkit.projects import LIST, add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import free_port
 
 from .send_helpers import SEND, cli, delivery_states, kill_at_random, plan_for, start_sender
@@ -384,7 +384,7 @@ def test_a_campaign_records_each_reader_and_a_refused_address_fails_with_the_ser
     with FakeSMTP(reject={"u3@example.com"}) as fake:
         settings = smtp_project(project, fake.port)
         addresses = seed(settings, 40)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert report.finished and report.error is None
     assert report.counts["sent"] == 39 and report.counts["failed"] == 1
     states = delivery_states(settings)
@@ -407,10 +407,10 @@ def test_readers_with_unusual_names_and_addresses_get_their_message(project: Pat
         settings = smtp_project(project, fake.port)
         list_id = add_list(settings, LIST)
         add_subscribers(settings, list_id, list(readers))
-        with db.engine_for(settings).begin() as conn:
+        with engine_of(settings).begin() as conn:
             for address, name in readers.items():
                 conn.execute(db.subscribers.update().where(db.subscribers.c.email == address).values(name=name))
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     # The domain goes as IDNA, which every server takes; a non-ASCII local part needs SMTPUTF8, which
     # this server does not offer: that reader alone is recorded failed, saying why.
     assert report.finished and (report.counts["sent"], report.counts["failed"]) == (2, 1)
@@ -425,7 +425,7 @@ def test_temporary_refusals_are_retried_then_sent(project: Path) -> None:
     with FakeSMTP(greylist=2, script=["250", "451"]) as fake:
         settings = smtp_project(project, fake.port, send_concurrency=1)
         addresses = seed(settings, 5)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert report.finished and report.error is None and report.counts["sent"] == 5
     assert report.requests == 5 + 3  # two greylisted RCPTs and one 451 after DATA, each retried
     assert Counter(fake.delivered()) == Counter(addresses)
@@ -435,13 +435,13 @@ def test_a_lost_reply_to_data_makes_that_reader_uncertain_and_stops_the_send(pro
     with FakeSMTP(script=["250", DROP]) as fake:
         settings = smtp_project(project, fake.port, send_concurrency=1)
         addresses = seed(settings, 10)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
         assert not report.finished and "resent only with --resend-uncertain" in str(report.error)
         states = states_by_address(settings)
         assert states["u1@example.com"] == "sent" and states["u2@example.com"] == "uncertain"
         assert {states[a] for a in addresses[2:]} == {"pending"}
 
-        resumed = send.send_campaign(settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert resumed.finished
     states = states_by_address(settings)
     assert states["u2@example.com"] == "uncertain"  # never resent on its own
@@ -453,13 +453,13 @@ def test_an_unreachable_server_stops_the_send_with_everyone_pending_and_the_same
     port = free_port()
     settings = smtp_project(project, port, max_retries=1)
     addresses = seed(settings, 6)
-    report = send.send_campaign(settings, plan_for(settings))
+    report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert not report.finished
     assert f"could not reach the SMTP server 127.0.0.1:{port}" in str(report.error)
     assert set(states_by_address(settings).values()) == {"pending"}
 
     with FakeSMTP(port) as fake:
-        resumed = send.send_campaign(settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert resumed.finished and set(states_by_address(settings).values()) == {"sent"}
     assert Counter(fake.delivered()) == Counter(addresses)
 
@@ -469,7 +469,7 @@ def test_a_refused_login_stops_the_send_with_everyone_pending(project: Path, mon
     with FakeSMTP(login=("sender", "another-password")) as fake:
         settings = smtp_project(project, fake.port, smtp_username="sender")
         seed(settings, 3)
-        report = send.send_campaign(settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert not report.finished and "refused the login of 'sender'" in str(report.error)
     assert PASSWORD not in str(report.error)
     assert set(states_by_address(settings).values()) == {"pending"}

@@ -32,6 +32,7 @@ from newsletter.subscribers import (
     normalise_email,
     subscribe,
 )
+from testkit.projects import engine_of
 
 from .support import ROOT
 from .web import version_2_database
@@ -39,7 +40,7 @@ from .web import version_2_database
 
 @pytest.fixture
 def engine(settings: Settings) -> Engine:
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
     with engine.begin() as conn:
         create_list(conn, "daily", now=settings.clock())
         create_list(conn, "weekly", now=settings.clock())
@@ -427,7 +428,7 @@ def test_a_version_2_database_is_migrated_keeping_every_row_and_reference(tmp_pa
     url = version_2_database(tmp_path / "old.db", _VERSION_2_ROWS)
     before = _dump(tmp_path / "old.db")
     settings = load_settings(database_url=url, secret_key="test-signing-key", config_dir=tmp_path)
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
 
     with engine.connect() as conn:
         assert conn.execute(select(db.schema_version.c.version)).scalars().all() == [len(db.MIGRATIONS)]
@@ -465,7 +466,7 @@ def test_purging_unconfirmed_sign_ups_keeps_the_recent_ones_and_anyone_with_anot
 
     from newsletter.subscribers import purge_unconfirmed
 
-    engine = db.engine_for(settings)
+    engine = engine_of(settings)
     now = settings.clock()
     m = db.memberships.c
     with engine.begin() as conn:

@@ -19,7 +19,7 @@ from newsletter import db
 from newsletter.config import Settings, load_settings
 from newsletter.errors import MissingAPIKey, ProviderAuthError, SendError
 from newsletter.suppressions import sync_suppressions
-from testkit.projects import add_list, add_subscribers, write_config
+from testkit.projects import add_list, add_subscribers, engine_of, write_config
 from testkit.servers import free_port
 
 from .support import prism, run_newsletter
@@ -107,7 +107,7 @@ def _settings(folder: Path, api_url: str, **values: object) -> Settings:
 
 
 def _sync_state(settings: Settings) -> dict[str, int]:
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return dict(conn.execute(select(db.sync_state.c.kind, db.sync_state.c.last_created)).all())
 
 
@@ -163,7 +163,7 @@ def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) 
     for n, email in enumerate(emails):
         fake.add("unsubscribes", email, NOW - 5000 + n)
 
-    [unsubscribes, *others] = sync_suppressions(settings)
+    [unsubscribes, *others] = sync_suppressions(engine_of(settings), settings)
     assert (unsubscribes.fetched, unsubscribes.changed, unsubscribes.unknown) == (1203, 1203, 0)
     pages = fake.pages("unsubscribes")
     assert [(p["offset"], p["limit"], p.get("start_time"), p["end_time"]) for p in pages] == [
@@ -184,7 +184,7 @@ def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) 
         fake.add("unsubscribes", email, newest + 10 + n)
     fake.add("unsubscribes", "same@example.com", newest)
     fake.requests.clear()
-    [again, *_] = sync_suppressions(settings)
+    [again, *_] = sync_suppressions(engine_of(settings), settings)
     assert [p["start_time"] for p in fake.pages("unsubscribes")] == [str(newest)]
     assert (again.fetched, again.changed) == (5, 4)  # reader1202 comes again and changes nothing
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in new_ids)
@@ -203,7 +203,7 @@ def test_statuses_only_get_stronger_and_unknown_addresses_are_counted(
     fake.add("invalid_emails", "odd..dots@example.com", NOW - 10, reason="Invalid address")
     fake.add("spam_reports", "nobody@example.com", NOW - 10)
 
-    results = {result.suppression_list.kind: result for result in sync_suppressions(settings)}
+    results = {result.suppression_list.kind: result for result in sync_suppressions(engine_of(settings), settings)}
     assert status_of(settings, daily, complainer) == db.COMPLAINED  # not weakened to unsubscribed
     assert status_of(settings, weekly, complainer) == db.UNSUBSCRIBED
     assert status_of(settings, daily, odd) == db.BOUNCED
@@ -213,8 +213,9 @@ def test_statuses_only_get_stronger_and_unknown_addresses_are_counted(
 
 def test_a_missing_api_key_is_one_clear_error_and_asks_nothing(tmp_path: Path, fake: FakeSendGrid) -> None:
     config = write_config(tmp_path, sendgrid_api_url=fake.url)
+    settings = load_settings(config)
     with pytest.raises(MissingAPIKey, match="SENDGRID_API_KEY"):
-        sync_suppressions(load_settings(config))
+        sync_suppressions(engine_of(settings), settings)
     result = run_newsletter("--config", str(config), "subscribers", "sync")
     assert result.returncode == 1
     assert result.stderr.count("SENDGRID_API_KEY is not set") == 1 and "Traceback" not in result.stderr
@@ -228,7 +229,7 @@ def test_a_refused_key_stops_the_sync_without_showing_the_key(
     settings = _settings(tmp_path, fake.url)
     fake.fail = lambda kind, query: status
     with pytest.raises(ProviderAuthError) as raised:
-        sync_suppressions(settings)
+        sync_suppressions(engine_of(settings), settings)
     assert f"HTTP {status}" in str(raised.value) and API_KEY not in str(raised.value)
     assert len(fake.requests) == 1  # no retry: every later request would be refused too
 
@@ -240,7 +241,7 @@ def test_rate_limits_and_server_errors_are_retried(tmp_path: Path, fake: FakeSen
     fake.add("bounces", "reader@example.com", NOW - 1)
     scripted = [429, 503]
     fake.fail = lambda kind, query: scripted.pop(0) if kind == "bounces" and scripted else None
-    sync_suppressions(settings)
+    sync_suppressions(engine_of(settings), settings)
     assert len(fake.pages("bounces")) == 3
     assert status_of(settings, daily, reader) == db.BOUNCED
 
@@ -253,17 +254,17 @@ def test_an_interrupted_sync_loses_nothing(tmp_path: Path, fake: FakeSendGrid) -
         fake.add("unsubscribes", f"r{n}@example.com", NOW - 1000 + n)
     fake.fail = lambda kind, query: 500 if query.get("offset") == "500" else None
     with pytest.raises(SendError, match="SendGrid answered 500: scripted 500"):
-        sync_suppressions(settings)
+        sync_suppressions(engine_of(settings), settings)
     # The first page is in; the list's sync point has not moved, so the next sync reads it all again.
     changed = sum(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
     assert changed == 500
     assert _sync_state(settings) == {}
 
     fake.fail = lambda kind, query: None
-    [unsubscribes, *_] = sync_suppressions(settings)
+    [unsubscribes, *_] = sync_suppressions(engine_of(settings), settings)
     assert (unsubscribes.fetched, unsubscribes.changed) == (700, 200)
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         logged = conn.execute(select(func.count()).where(db.events.c.source == "sendgrid_sync")).scalar_one()
     assert logged == 700
 
@@ -289,7 +290,7 @@ def test_a_key_that_cannot_be_a_header_stops_the_sync_before_any_request(
     assert result.stderr.startswith("error: bad setting 'sendgrid_api_key' (SENDGRID_API_KEY")
     assert "Traceback" not in result.stderr and API_KEY[8:20] not in result.stderr + result.stdout
     assert fake.requests == []
-    with db.engine_for(load_settings(config)).connect() as conn:
+    with engine_of(load_settings(config)).connect() as conn:
         assert conn.execute(select(func.count()).select_from(db.events)).scalar_one() == 0
 
 
@@ -298,4 +299,4 @@ def test_an_unreachable_sendgrid_is_named_with_the_socket_error_only(tmp_path: P
     # A connection error's text comes from the socket layer, before any header is written.
     expected = r"could not reach SendGrid at http://127\.0\.0\.1:\d+/v3/suppression/\w+ \(ConnectError: [^)]*\)$"
     with pytest.raises(SendError, match=expected):
-        sync_suppressions(settings)
+        sync_suppressions(engine_of(settings), settings)

@@ -14,7 +14,7 @@ from newsletter import db
 from newsletter.providers import Message, Recipient, provider_for
 from newsletter.send.transactional import Outgoing, send_messages
 from testkit.fake_sendgrid import DROP, FakeSendGrid
-from testkit.projects import API_KEY, seed
+from testkit.projects import API_KEY, engine_of, seed
 from testkit.servers import free_port
 
 from .send_helpers import cli, settings_for
@@ -28,15 +28,15 @@ def confirmation(key: str = "confirm:daily-papers:ann@example.com:2026-01-23") -
 
 def rows(settings) -> list[tuple[str, str, str | None]]:
     m = db.messages.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return [tuple(row) for row in conn.execute(select(m.key, m.state, m.message_id).order_by(m.id))]
 
 
 def test_a_message_goes_out_once_however_often_it_is_asked_for(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url)
-        [first] = send_messages(settings, provider_for(settings), [confirmation()])
-        [again] = send_messages(settings, provider_for(settings), [confirmation()])
+        [first] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [again] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
     assert (first.state, first.sent_now) == ("sent", True) and first.message_id
     assert (again.state, again.sent_now, again.message_id) == ("sent", False, first.message_id)
     assert fake.delivered() == ["ann@example.com"]
@@ -46,11 +46,11 @@ def test_a_message_goes_out_once_however_often_it_is_asked_for(project: Path) ->
 def test_callers_at_the_same_moment_send_it_once(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, latency=0.2) as fake:
         settings = settings_for(project, fake.url)
-        db.engine_for(settings)  # the schema, before the threads race for it
+        engine_of(settings)  # the schema, before the threads race for it
         outcomes = []
 
         def ask() -> None:
-            outcomes.extend(send_messages(settings, provider_for(settings), [confirmation()]))
+            outcomes.extend(send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()]))
 
         callers = [threading.Thread(target=ask) for _ in range(6)]
         for caller in callers:
@@ -66,8 +66,8 @@ def test_callers_at_the_same_moment_send_it_once(project: Path) -> None:
 def test_a_lost_answer_is_uncertain_and_never_sent_again(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=[DROP]) as fake:
         settings = settings_for(project, fake.url, max_retries=0)
-        [lost] = send_messages(settings, provider_for(settings), [confirmation()])
-        [later] = send_messages(settings, provider_for(settings), [confirmation()])
+        [lost] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [later] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
     assert lost.state == "uncertain" and "may have been delivered" in (lost.error or "")
     assert (later.state, later.sent_now) == ("uncertain", False)
     assert len(fake.records) == 1
@@ -76,31 +76,31 @@ def test_a_lost_answer_is_uncertain_and_never_sent_again(project: Path) -> None:
 def test_a_crash_after_the_request_left_leaves_it_uncertain(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url)
-        with db.engine_for(settings).begin() as conn:  # as a process killed while its request was out
+        with engine_of(settings).begin() as conn:  # as a process killed while its request was out
             now = settings.clock()
             conn.execute(db.messages.insert().values(
                 key=confirmation().key, email="ann@example.com", subject="Please confirm", state="in_flight",
                 created_at=now, updated_at=now))  # fmt: skip
-        [outcome] = send_messages(settings, provider_for(settings), [confirmation()])
+        [outcome] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
     assert (outcome.state, outcome.sent_now) == ("uncertain", False) and fake.records == []
 
 
 def test_nothing_sent_leaves_it_pending_and_a_later_try_sends_it(project: Path) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     settings = settings_for(project, down, max_retries=0)
-    [unsent] = send_messages(settings, provider_for(settings), [confirmation()])
+    [unsent] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
     assert unsent.state == "pending" and "could not reach SendGrid" in (unsent.error or "")
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url)
-        [sent] = send_messages(settings, provider_for(settings), [confirmation()])
+        [sent] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
     assert (sent.state, sent.sent_now) == ("sent", True) and fake.delivered() == ["ann@example.com"]
 
 
 def test_a_refused_address_is_failed_with_the_providers_reason(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, reject={"ann@example.com"}) as fake:
         settings = settings_for(project, fake.url)
-        [outcome] = send_messages(settings, provider_for(settings), [confirmation()])
-        [again] = send_messages(settings, provider_for(settings), [confirmation()])
+        [outcome] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [again] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
     assert outcome.state == "failed" and "Does not contain a valid address" in (outcome.error or "")
     assert (again.state, again.sent_now) == ("failed", False) and len(fake.records) == 1
 
@@ -118,5 +118,5 @@ def test_a_test_send_is_a_message_per_address_and_no_delivery_of_the_issue(proje
     assert Counter(fake.delivered()) == {"u2@example.com": 1, "guest@example.org": 2}
     assert all("custom_args" not in p for record in fake.records for p in record.body["personalizations"])
     assert [state for _, state, _ in rows(settings)] == ["sent", "sent", "sent"]
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.campaigns)).all() == [] and conn.execute(select(db.deliveries)).all() == []

@@ -23,7 +23,13 @@ from newsletter import db
 from newsletter.config import Settings, load_settings
 from newsletter.subscribers import erase_subscriber
 from newsletter.tokens import UnsubscribeLinks
-from testkit.projects import add_list, add_subscribers, count_status, write_config
+from testkit.projects import (
+    add_list,
+    add_subscribers,
+    count_status,
+    engine_of,
+    write_config,
+)
 from testkit.servers import serving
 
 from .web import events_of, status_of, version_2_database
@@ -245,7 +251,7 @@ def test_bad_links_get_the_same_page_and_change_nothing(
     forger = UnsubscribeLinks(load_settings(secret_key="not-our-signing-key", config_dir=tmp_path))
     erased_id, _ = _member(site, "erased@example.com")
     erased_token = site.links.token(site.list_id, erased_id, "erased@example.com")
-    with db.engine_for(site.settings).begin() as conn:
+    with engine_of(site.settings).begin() as conn:
         conn.execute(db.subscribers.delete().where(db.subscribers.c.id == erased_id))
     # The same bytes to a lenient base64 decoder, which ignores the two unused bits of the last character.
     base64url = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
@@ -302,7 +308,7 @@ def test_bad_links_get_the_same_page_and_change_nothing(
 
 def test_an_erased_readers_link_never_reaches_the_next_reader(site: Site, client: httpx.Client) -> None:
     erased_id, erased_url = _member(site, "leaving.for.good@example.com")
-    with db.engine_for(site.settings).begin() as conn:
+    with engine_of(site.settings).begin() as conn:
         erase_subscriber(conn, "leaving.for.good@example.com", now=datetime.now(timezone.utc))
     next_id, _ = _member(site, "next.reader@example.com")
     assert next_id > erased_id
@@ -374,7 +380,7 @@ def test_unsubscribes_arriving_while_an_import_writes(site: Site) -> None:
     started = threading.Event()
 
     def importer() -> None:
-        engine = db.engine_for(site.settings)
+        engine = engine_of(site.settings)
         now = datetime.now(timezone.utc)
         for batch in range(batches):
             with engine.begin() as conn:  # holds SQLite's write lock for the whole batch
@@ -409,7 +415,7 @@ def test_unsubscribes_arriving_while_an_import_writes(site: Site) -> None:
     assert codes == [200] * len(urls)
     assert all(status_of(site.settings, site.list_id, i) == db.UNSUBSCRIBED for i in reader_ids)
     assert count_status(site.settings, import_list, db.SUBSCRIBED) == batches * batch_size
-    with db.engine_for(site.settings).connect() as conn:
+    with engine_of(site.settings).connect() as conn:
         logged = conn.execute(
             select(func.count()).where(
                 db.events.c.subscriber_id.in_(reader_ids), db.events.c.source == "one_click"

@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text
 from newsletter import db
 from newsletter.config import Settings, load_settings
 from newsletter.providers.sendgrid.events import SIGNATURE_HEADER, TIMESTAMP_HEADER
-from testkit.projects import add_list, add_subscribers, write_config
+from testkit.projects import add_list, add_subscribers, engine_of, write_config
 from testkit.servers import free_port, serving
 
 from .support import run_newsletter
@@ -83,7 +83,7 @@ def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hook]:
     settings = load_settings(config)
     list_id = add_list(settings, "daily-papers")
     other_list_id = add_list(settings, "weekly")
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         campaign_id = conn.execute(
             db.campaigns.insert().values(
                 issue_date="2026-01-23",
@@ -120,7 +120,7 @@ def _event(hook: Hook, kind: str, subscriber_id: int, email: str, event_id: str,
 
 def _stats(hook: Hook) -> dict[str, int]:
     c = db.campaign_stats.c
-    with db.engine_for(hook.settings).connect() as conn:
+    with engine_of(hook.settings).connect() as conn:
         rows = conn.execute(select(c.event, c.count).where(c.campaign_id == hook.campaign_id)).all()
     return dict(rows)
 
@@ -214,7 +214,7 @@ def test_delivered_open_and_click_are_counted_per_campaign_once(hook: Hook) -> N
         "click": 1,
     }
     assert status_of(hook.settings, hook.list_id, subscriber_id) == db.SUBSCRIBED
-    with db.engine_for(hook.settings).connect() as conn:
+    with engine_of(hook.settings).connect() as conn:
         stored = conn.execute(
             select(func.count()).where(db.webhook_events.c.sg_event_id.in_(["d-1", "o-1", "o-2", "c-1"]))
         ).scalar_one()
@@ -223,7 +223,7 @@ def test_delivered_open_and_click_are_counted_per_campaign_once(hook: Hook) -> N
 
 def test_event_ids_are_forgotten_once_sendgrid_has_stopped_retrying(hook: Hook) -> None:
     now = datetime.now(timezone.utc)
-    with db.engine_for(hook.settings).begin() as conn:
+    with engine_of(hook.settings).begin() as conn:
         conn.execute(
             db.webhook_events.insert(),
             [
@@ -237,7 +237,7 @@ def test_event_ids_are_forgotten_once_sendgrid_has_stopped_retrying(hook: Hook) 
         == 200
     )
     column = db.webhook_events.c.sg_event_id
-    with db.engine_for(hook.settings).connect() as conn:
+    with engine_of(hook.settings).connect() as conn:
         kept = set(
             conn.execute(
                 select(column).where(column.in_(["eight-days-old", "one-day-old", "prune-1"]))
@@ -282,13 +282,13 @@ def test_a_signed_body_that_is_not_an_event_array_is_refused(hook: Hook) -> None
 
 def _stored_event_ids(hook: Hook, candidates: set[str]) -> set[str]:
     column = db.webhook_events.c.sg_event_id
-    with db.engine_for(hook.settings).connect() as conn:
+    with engine_of(hook.settings).connect() as conn:
         return set(conn.execute(select(column).where(column.in_(candidates))).scalars())
 
 
 def _details(hook: Hook, subscriber_id: int) -> list[str]:
     e = db.events.c
-    with db.engine_for(hook.settings).connect() as conn:
+    with engine_of(hook.settings).connect() as conn:
         return list(conn.execute(select(e.detail).where(e.subscriber_id == subscriber_id)).scalars())
 
 
@@ -318,7 +318,7 @@ def test_an_event_the_database_refuses_costs_only_itself(hook: Hook) -> None:
         "CREATE TRIGGER refuse_one BEFORE INSERT ON webhook_events WHEN NEW.sg_event_id = 'refused-2' "
         "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
     )
-    with db.engine_for(hook.settings).begin() as conn:
+    with engine_of(hook.settings).begin() as conn:
         conn.execute(refusing)
     try:
         batch = [
@@ -328,7 +328,7 @@ def test_an_event_the_database_refuses_costs_only_itself(hook: Hook) -> None:
         ]
         assert hook.post(batch).status_code == 200
     finally:
-        with db.engine_for(hook.settings).begin() as conn:
+        with engine_of(hook.settings).begin() as conn:
             conn.execute(text("DROP TRIGGER refuse_one"))
     assert _stored_event_ids(hook, {"refused-1", "refused-2", "refused-3"}) == {"refused-1", "refused-3"}
     assert status_of(hook.settings, hook.list_id, leaver) == db.UNSUBSCRIBED

@@ -26,7 +26,7 @@ from newsletter.errors import DigestError
 from newsletter.render import render_issue, wording_for
 from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, LIST, add_subscribers, configure, seed
+from testkit.projects import API_KEY, LIST, add_subscribers, configure, engine_of, seed
 from testkit.servers import serving
 
 from .send_helpers import cli
@@ -94,7 +94,7 @@ def make_weekly(settings: Settings, emails: list[str], list_id: int = 1) -> list
     """These addresses as members of the list who chose the weekly edition."""
     ids = add_subscribers(settings, list_id, emails)
     m = db.memberships.c
-    with db.engine_for(settings).begin() as conn:
+    with engine_of(settings).begin() as conn:
         conn.execute(db.memberships.update().where(m.list_id == list_id, m.subscriber_id.in_(ids)).values(frequency=WEEKLY))
     return ids
 
@@ -255,7 +255,7 @@ def test_daily_issues_reach_daily_members_and_the_weekly_edition_weekly_members_
         assert len(fake.records) == 2
 
     c, d = db.campaigns.c, db.deliveries.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         campaigns = conn.execute(select(c.id, c.edition, c.issue_date).order_by(c.id)).all()
         readers = conn.execute(select(d.campaign_id, d.email, d.state).order_by(d.id)).all()
     assert [tuple(row)[1:] for row in campaigns] == [(DAILY, "2026-01-23"), (WEEKLY, "2026-W04")]
@@ -296,18 +296,18 @@ def test_a_member_who_switches_before_their_batch_gets_the_other_edition_instead
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
         seed(settings, 3)
-        plan = send.plan_send(settings, Edition.daily(date(2026, 1, 23)), LIST)
-        send.start_campaign(settings, plan.issue, plan.mailing_list, plan.content)  # u1, u2, u3
+        plan = send.plan_send(engine_of(settings), settings, Edition.daily(date(2026, 1, 23)), LIST)
+        send.start_campaign(engine_of(settings), settings, plan.issue, plan.mailing_list, plan.content)  # u1, u2, u3
         m = db.memberships.c
-        with db.engine_for(settings).begin() as conn:  # u2 switches to the weekly edition
+        with engine_of(settings).begin() as conn:  # u2 switches to the weekly edition
             conn.execute(db.memberships.update().where(m.subscriber_id == 2).values(frequency=WEEKLY))
 
-        daily = send.send_campaign(settings, send.plan_send(settings, date(2026, 1, 23), LIST))
-        weekly = send.send_campaign(settings, send.plan_send(settings, WEEK, LIST))
+        daily = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, date(2026, 1, 23), LIST))
+        weekly = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, WEEK, LIST))
 
     assert daily.counts[db.SENT] == 2 and weekly.counts[db.SENT] == 1
     assert sorted(fake.delivered()) == ["u1@example.com", "u2@example.com", "u3@example.com"]
-    state = send.campaign_status(settings, date(2026, 1, 23), LIST)
+    state = send.campaign_status(engine_of(settings), date(2026, 1, 23), LIST, now=settings.clock())
     assert state.skipped == {"switched to the weekly edition before sending": 1}
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from newsletter import db
 from newsletter.config import Settings
+from testkit.projects import engine_of
 
 from .support import ROOT
 
@@ -28,7 +29,7 @@ def version_2_database(path: Path, rows: str = "") -> str:
 
 def status_of(settings: Settings, list_id: int, subscriber_id: int) -> str | None:
     m = db.memberships.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         return conn.execute(
             select(m.status).where(m.list_id == list_id, m.subscriber_id == subscriber_id)
         ).scalar()
@@ -37,7 +38,7 @@ def status_of(settings: Settings, list_id: int, subscriber_id: int) -> str | Non
 def events_of(settings: Settings, subscriber_id: int) -> list[tuple[int | None, str, str | None, str]]:
     """(list id, status, previous status, source) of each logged change, oldest first."""
     e = db.events.c
-    with db.engine_for(settings).connect() as conn:
+    with engine_of(settings).connect() as conn:
         rows = conn.execute(
             select(e.list_id, e.status, e.previous_status, e.source)
             .where(e.subscriber_id == subscriber_id)

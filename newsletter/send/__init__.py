@@ -29,11 +29,11 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from .. import db
 from ..config import Settings
@@ -105,12 +105,12 @@ class SendPlan:
 
 
 def plan_send(
-    settings: Settings, issue: Edition | date, list_name: str, *, resend_uncertain: bool = False
+    engine: Engine, settings: Settings, issue: Edition | date, list_name: str, *, resend_uncertain: bool = False
 ) -> SendPlan:
     """Look at the list and any earlier run; render and check the issue if the send is new.
     `issue`: an Edition, or a day's daily issue."""
     edition = Edition.of(issue)
-    with db.reading(db.engine_for(settings)) as conn:
+    with db.reading(engine) as conn:
         mailing_list = get_list(conn, list_name)
         campaign = find_campaign(conn, edition, mailing_list.id)
         if campaign is not None:
@@ -185,6 +185,7 @@ def open_provider(settings: Settings, *, dry_run: bool = False, outbox: Path | N
 
 
 def execute(
+    engine: Engine,
     settings: Settings,
     plan: SendPlan,
     provider: Provider,
@@ -197,13 +198,15 @@ def execute(
     a message of its own, recorded as such, never as the issue's delivery); or a send that records
     nothing: a dry run (`provider` is an Outbox), the provider's sandbox mode."""
     if to and not sandbox and not isinstance(provider, Outbox):
-        return send_test(settings, plan, provider, to)
+        return send_test(engine, settings, plan, provider, to)
     if to or sandbox or isinstance(provider, Outbox):
-        return send_unrecorded(settings, plan, provider, to=to, sandbox=sandbox)
-    return send_campaign(settings, plan, provider=provider, on_progress=on_progress)
+        return send_unrecorded(engine, settings, plan, provider, to=to, sandbox=sandbox)
+    return send_campaign(engine, settings, plan, provider=provider, on_progress=on_progress)
 
 
-def send_test(settings: Settings, plan: SendPlan, provider: Provider, to: Sequence[str]) -> list[Outcome]:
+def send_test(
+    engine: Engine, settings: Settings, plan: SendPlan, provider: Provider, to: Sequence[str]
+) -> list[Outcome]:
     """The planned issue to the `to` addresses only, one message each, as a test: a subscriber's
     copy carries their own links; nothing is counted as the issue's delivery."""
     addressing = Addressing(
@@ -215,12 +218,12 @@ def send_test(settings: Settings, plan: SendPlan, provider: Provider, to: Sequen
         provider=provider,
     )
     run = f"test:{plan.issue.key}:{plan.mailing_list.id}:{secrets.token_hex(6)}"  # each test is new
-    readers = test_readers(db.engine_for(settings), to)
+    readers = test_readers(engine, to)
     outgoing = [
         Outgoing(f"{run}:{number}", addressing.message, addressing.recipient(reader))
         for number, reader in enumerate(readers, start=1)
     ]
-    return send_messages(settings, provider, outgoing)
+    return send_messages(engine, settings, provider, outgoing)
 
 
 # -- the recorded send ------------------------------------------------------------------------------
@@ -250,6 +253,7 @@ class SendReport:
 
 
 def send_campaign(
+    engine: Engine,
     settings: Settings,
     plan: SendPlan,
     *,
@@ -264,14 +268,15 @@ def send_campaign(
     `report.error` with the counts.
     """
     provider = provider or provider_for(settings)  # first: missing credentials create nothing
-    campaign = plan.campaign or start_campaign(settings, plan.issue, plan.mailing_list, plan.content)
-    run = _CampaignRun(settings, campaign, provider, plan, on_progress)
+    campaign = plan.campaign or start_campaign(engine, settings, plan.issue, plan.mailing_list, plan.content)
+    run = _CampaignRun(engine, settings, campaign, provider, plan, on_progress)
     return asyncio.run(run.run())
 
 
 class _CampaignRun:
     def __init__(
         self,
+        engine: Engine,
         settings: Settings,
         campaign: Campaign,
         provider: Provider,
@@ -283,7 +288,8 @@ class _CampaignRun:
         self._provider = provider
         self._resend_uncertain = plan.resend_uncertain
         self._on_progress = on_progress
-        self._store = BatchStore(settings, campaign, Claim(settings, campaign.id, plan.describe))
+        claim = Claim(settings.clock, campaign.id, plan.describe)
+        self._store = BatchStore(engine, settings.clock, campaign, claim)
         self._addressing = Addressing(
             settings,
             campaign.content,
@@ -546,11 +552,14 @@ class CampaignStatus:
         return sum(self.counts.values())
 
 
-def campaign_status(settings: Settings, issue: Edition | date | None, list_name: str) -> CampaignStatus | None:
+def campaign_status(
+    engine: Engine, issue: Edition | date | None, list_name: str, *, now: datetime
+) -> CampaignStatus | None:
     """Where the send of `issue` (an Edition, or a day's daily issue; by default the list's latest
-    issue, a week's edition counting as of its Sunday) to the list stands; None if it never started."""
+    issue, a week's edition counting as of its Sunday) to the list stands at `now`; None if it never
+    started."""
     d, c = db.deliveries.c, db.campaigns.c
-    with db.reading(db.engine_for(settings)) as conn:
+    with db.reading(engine) as conn:
         mailing_list = get_list(conn, list_name)
         if issue is None:
             started = conn.execute(select(c.edition, c.issue_date).where(c.list_id == mailing_list.id))
@@ -570,7 +579,7 @@ def campaign_status(settings: Settings, issue: Edition | date | None, list_name:
             )
         }
         claim = conn.execute(select(c.claimed_by, c.claimed_at).where(c.id == campaign.id)).one()
-        sender = sender_of(claim.claimed_by, claim.claimed_at, settings.clock())
+        sender = sender_of(claim.claimed_by, claim.claimed_at, now)
         live = sender is not None and sender.live
         # In flight without a live sender: its process died; the next run calls them uncertain.
         uncertain = [db.UNCERTAIN] if live else [db.UNCERTAIN, db.IN_FLIGHT]

@@ -112,12 +112,13 @@ def next_campaign_id(conn: Connection) -> int:
     return conn.execute(select(func.coalesce(func.max(db.campaigns.c.id), 0) + 1)).scalar_one()
 
 
-def start_campaign(settings: Settings, issue: Edition | date, mailing_list: MailingList, content: Content) -> Campaign:
+def start_campaign(
+    engine: Engine, settings: Settings, issue: Edition | date, mailing_list: MailingList, content: Content
+) -> Campaign:
     """The campaign for (issue, list), created with its content and the snapshot of the members of
     its frequency in one transaction if it does not exist yet (an existing one is returned
     unchanged). `issue`: an Edition, or a day's daily issue."""
     edition = Edition.of(issue)
-    engine = db.engine_for(settings)
     try:
         with engine.begin() as conn:
             existing = find_campaign(conn, edition, mailing_list.id)
@@ -271,9 +272,9 @@ class BatchStore:
     """The SQL of one campaign's send, each method one transaction (blocking: the sender calls
     them from a worker thread). Every batch transaction first checks the claim."""
 
-    def __init__(self, settings: Settings, campaign: Campaign, claim: Claim) -> None:
-        self._engine: Engine = db.engine_for(settings)
-        self._clock = settings.clock
+    def __init__(self, engine: Engine, clock: Callable[[], datetime], campaign: Campaign, claim: Claim) -> None:
+        self._engine = engine
+        self._clock = clock
         self._campaign = campaign
         self._claim = claim
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from .. import db
-from ..config import Settings
 from ..errors import SendInProgress
 
 HEARTBEAT = timedelta(seconds=2)
@@ -70,8 +70,8 @@ def holder_is_dead(holder: str) -> bool:
 class Claim:
     """This process's exclusive right to send one campaign."""
 
-    def __init__(self, settings: Settings, campaign_id: int, describe: str) -> None:
-        self._settings = settings
+    def __init__(self, clock: Callable[[], datetime], campaign_id: int, describe: str) -> None:
+        self._clock = clock
         self.campaign_id = campaign_id
         self._describe = describe
         self.holder = holder_of(os.getpid())
@@ -79,7 +79,7 @@ class Claim:
     def acquire(self, conn: Connection) -> None:
         c = db.campaigns.c
         row = conn.execute(select(c.claimed_by, c.claimed_at).where(c.id == self.campaign_id)).one()
-        now = self._settings.clock()
+        now = self._clock()
         if row.claimed_by is not None and row.claimed_by != self.holder:
             age = now - aware(row.claimed_at)
             if age < STALE_AFTER and not holder_is_dead(row.claimed_by):
@@ -120,7 +120,7 @@ class Claim:
         kept = conn.execute(
             db.campaigns.update()
             .where(c.id == self.campaign_id, c.claimed_by == self.holder)
-            .values(claimed_at=self._settings.clock())
+            .values(claimed_at=self._clock())
         ).rowcount
         if kept != 1:
             raise self._taken_over()

@@ -57,16 +57,17 @@ class Outcome:
     error: str | None = None
 
 
-def send_messages(settings: Settings, provider: Provider, outgoing: Sequence[Outgoing]) -> list[Outcome]:
+def send_messages(
+    engine: Engine, settings: Settings, provider: Provider, outgoing: Sequence[Outgoing]
+) -> list[Outcome]:
     """Send each message unless the one recorded under its key went out (or may have) already, then
     close `provider`. Blocking; safe to call from several threads or processes with the same keys
     at once."""
-    engine = db.engine_for(settings)
 
     async def each() -> list[Outcome]:
         requests = requests_for(settings, provider)
         try:
-            return [await send_message(settings, engine, provider, requests, item) for item in outgoing]
+            return [await send_message(engine, settings, provider, requests, item) for item in outgoing]
         finally:
             await provider.aclose()
 
@@ -80,8 +81,8 @@ def requests_for(settings: Settings, provider: Provider) -> Requests:
 
 
 async def send_message(
-    settings: Settings,
     engine: Engine,
+    settings: Settings,
     provider: Provider,
     requests: Requests,
     item: Outgoing,

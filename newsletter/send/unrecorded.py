@@ -48,6 +48,7 @@ def default_outbox(settings: Settings, edition: Edition) -> Path:
 
 
 def send_unrecorded(
+    engine: Engine,
     settings: Settings,
     plan: SendPlan,
     provider: Provider,
@@ -57,7 +58,6 @@ def send_unrecorded(
 ) -> UnrecordedReport:
     """Send the issue without recording any delivery: to the `to` addresses only (a test), or to
     who the real send would reach, through an outbox (a dry run) or the provider's sandbox mode."""
-    engine = db.engine_for(settings)
     size = provider.batch_limit
     campaign_id: int | None
     if to:
