@@ -6,9 +6,10 @@ applied, and `migrate` applies the missing ones in order, each in its own transa
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,7 +36,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
 from .config import Settings
 from .errors import ConfigError, DatabaseError
@@ -534,6 +540,14 @@ def _sqlite_session(engine: Engine, timeout: float) -> None:
         # alike; `reading` connections, which never write, begin DEFERRED and wait for no writer.
         read_only = conn.get_execution_options().get(_READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def one_writer_at_a_time(engine: Engine) -> AbstractContextManager[object]:
+    """A lock for this process's writers to queue on. SQLite has one writer at a time, and threads
+    that meet in its busy handler sleep and retry (for up to 100 ms a turn): queueing on a lock hands
+    the database to the next writer the moment it is free. Other processes still wait through the
+    busy timeout. PostgreSQL takes concurrent writers: no lock."""
+    return threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
 
 
 @contextmanager

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
@@ -122,13 +121,7 @@ class _Service:
         self._links = links
         self._confirmations = confirmations
         self._lists: dict[str, tuple[float, MailingList | None]] = {}
-        # SQLite has one writer at a time. Queueing this process's writers on a lock is much
-        # faster than letting threads meet in SQLite's busy handler, which sleeps and retries;
-        # other processes (a send, an import) still wait through the busy timeout.
-        sqlite = engine.dialect.name == "sqlite"
-        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
-            threading.Lock() if sqlite else contextlib.nullcontext()
-        )
+        self._write_lock = db.one_writer_at_a_time(engine)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -79,7 +79,7 @@ def test_a_list_unsubscribe_with_a_mailto_folds_between_its_urls() -> None:
         "ann@example.com", None, long_url,
         headers={"List-Unsubscribe": f"<{long_url}>, <mailto:leave@example.com?subject=unsubscribe>"},
     )  # fmt: skip
-    raw = bytes(mime_message(message, reader, datetime(2026, 1, 23, tzinfo=timezone.utc)))
+    raw = mime_message(message, reader, datetime(2026, 1, 23, tzinfo=timezone.utc)).data
     assert f"List-Unsubscribe: <{long_url}>,\r\n <mailto:leave@example.com?subject=unsubscribe>\r\n".encode() in raw
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["List-Unsubscribe"] == f"<{long_url}>, <mailto:leave@example.com?subject=unsubscribe>"

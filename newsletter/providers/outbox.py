@@ -58,9 +58,9 @@ class Outbox:
         if self.eml is None and batch.recipients:
             mail = mime_message(batch.message, batch.recipients[0], self._clock())
             self.eml = self.folder / EML_NAME
-            write_atomic(self.eml, bytes(mail))
+            write_atomic(self.eml, mail.data)
             self.html = self.folder / HTML_NAME
-            write_atomic(self.html, mail.get_body(("html",)).get_content())
+            write_atomic(self.html, mail.html)
         return Answer(Verdict.ACCEPTED, message_id=f"dry-run-{number}")
 
     async def aclose(self) -> None:

@@ -21,13 +21,24 @@ import asyncio
 import re
 import socket
 import ssl
-from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import aiosmtplib
 
 from ..errors import ConfigError, SendError
-from . import MAX_REASON, Answer, AnswerLost, Batch, RequestImpossible, RequestNotSent, Verdict, clip
+from . import (
+    MAX_REASON,
+    Answer,
+    AnswerLost,
+    Batch,
+    Message,
+    Recipient,
+    RequestImpossible,
+    RequestNotSent,
+    Verdict,
+    clip,
+)
 from .mime import mime_message, wire_address
 
 if TYPE_CHECKING:
@@ -39,14 +50,33 @@ _DOT_LINE = re.compile(rb"^\.", re.MULTILINE)
 _TERMINATOR = b".\r\n"
 
 
-@dataclass(frozen=True)
 class Envelope:
-    """One reader's message as the SMTP provider sends it: the envelope and the exact bytes."""
+    """One reader's message as the SMTP provider sends it: the envelope, and the exact bytes, made
+    when first needed. The send loop prepares a batch inside the database transaction that marks it,
+    which every worker waits for in turn: building the MIME message there (most of a message's CPU)
+    would make the sends take turns too."""
 
-    sender: str  # MAIL FROM
-    recipient: str  # RCPT TO
-    message: bytes  # the message as the reader receives it (CRLF line ends, not dot-stuffed)
-    message_id: str  # its Message-ID header, recorded as the delivery's message id
+    def __init__(self, message: Message, recipient: Recipient, now: datetime) -> None:
+        self.sender = message.sender_email  # MAIL FROM
+        self.recipient = wire_address(recipient.email)  # RCPT TO
+        self._parts = (message, recipient, now)
+        self._made: tuple[bytes, str] | None = None
+
+    def make(self) -> tuple[bytes, str]:
+        """The message as the reader receives it (CRLF line ends, not dot-stuffed), and its
+        Message-ID header, recorded as the delivery's message id."""
+        if self._made is None:
+            mail = mime_message(*self._parts)
+            self._made = mail.data, mail.message_id
+        return self._made
+
+    @property
+    def message(self) -> bytes:
+        return self.make()[0]
+
+    @property
+    def message_id(self) -> str:
+        return self.make()[1]
 
 
 class _Refused(Exception):
@@ -105,14 +135,7 @@ class SMTP:
             )
         if len(batch.recipients) != 1:
             raise ValueError(f"the SMTP provider sends one reader per batch, got {len(batch.recipients)}")
-        recipient = batch.recipients[0]
-        mail = mime_message(batch.message, recipient, self._clock())
-        return Envelope(
-            sender=batch.message.sender_email,
-            recipient=wire_address(recipient.email),
-            message=bytes(mail),
-            message_id=str(mail["Message-ID"]),
-        )
+        return Envelope(batch.message, batch.recipients[0], self._clock())
 
     def wire(self, prepared: Envelope) -> list[tuple[str, bytes]]:
         return [("eml", prepared.message)]
@@ -121,6 +144,11 @@ class SMTP:
 
     async def send(self, prepared: Envelope) -> Answer:
         assert self._connect, "an SMTP provider made with connect=False sends nothing"
+        # Made here, outside the database transaction that prepared it (see Envelope).
+        try:
+            prepared.make()
+        except (ValueError, UnicodeError, TypeError) as error:  # nothing has left: the send stops, resumable
+            raise RequestImpossible(f"the message to {prepared.recipient} could not be made: {error}") from None
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._size)
         async with self._slots:

@@ -24,7 +24,6 @@ lock never stalls the requests in flight or the claim's heartbeat.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import secrets
 from collections.abc import Callable, Sequence
@@ -38,9 +37,23 @@ from sqlalchemy import Engine, func, select
 from .. import db
 from ..config import Settings
 from ..edition import Edition
-from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict, batch_limit, provider_for
+from ..errors import (
+    CheckFailed,
+    DatabaseError,
+    ProviderAuthError,
+    SendError,
+    SendInProgress,
+)
+from ..providers import (
+    AnswerLost,
+    Provider,
+    RequestImpossible,
+    RequestNotSent,
+    Verdict,
+    batch_limit,
+    provider_for,
+)
 from ..providers.outbox import Outbox
-from ..errors import CheckFailed, DatabaseError, ProviderAuthError, SendError, SendInProgress
 from ..subscribers import MailingList, get_list
 from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Content, Reader
@@ -290,6 +303,9 @@ class _CampaignRun:
         self._on_progress = on_progress
         claim = Claim(settings.clock, campaign.id, plan.describe)
         self._store = BatchStore(engine, settings.clock, campaign, claim)
+        # The workers' transactions, and the heartbeat's, queue here rather than in SQLite's busy
+        # handler (see db.one_writer_at_a_time).
+        self._writes = db.one_writer_at_a_time(engine)
         self._addressing = Addressing(
             settings,
             campaign.content,
@@ -356,7 +372,10 @@ class _CampaignRun:
         fails, for up to database_timeout. A thread cannot be interrupted: when the run is cancelled
         meanwhile, wait for the call to commit or roll back, then give up, so that what it did (a
         batch marked, registered in _live) is known to the clean-up."""
-        work = functools.partial(call, *args, **kwargs)
+        def work() -> T:
+            with self._writes:
+                return call(*args, **kwargs)
+
         timeout = self._settings.database_timeout
         future = asyncio.ensure_future(asyncio.to_thread(db.retrying, work, timeout))
         try:

@@ -20,8 +20,8 @@ from .. import db
 from ..config import Settings
 from ..edition import Edition
 from ..errors import ProviderAuthError, SendError
-from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
 from ..membership import members_query
+from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
 from ..subscribers import email_key, normalise_email, read_pages
 from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Reader
