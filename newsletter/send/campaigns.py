@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, literal, select
+from sqlalchemy import ColumnElement, Engine, Update, and_, bindparam, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -195,30 +195,77 @@ def count_audience(conn: Connection, list_id: int, edition: Edition) -> int:
 Found = tuple[Any, str | None, str | None]
 
 
-def _with_status(
-    conn: Connection, list_id: int, where: ColumnElement[bool], limit: int | None, *, lock: bool
-) -> list[Found]:
-    """Deliveries matching `where`, by id, each with its subscriber's membership status and
-    frequency now (None once removed). With `lock`, the memberships stay locked until the
-    transaction ends (PostgreSQL's FOR SHARE; SQLite's write lock already covers them), so no
-    unsubscribe or switch of frequency commits in between."""
-    d, m, s = db.deliveries.c, db.memberships.c, db.subscribers.c
-    query = (
-        select(d.id, d.subscriber_id, d.email, s.name)
-        .select_from(db.deliveries.outerjoin(db.subscribers, s.id == d.subscriber_id))
-        .where(where)
-        .order_by(d.id)
+# The statements every batch runs, built once with parameters: building a statement costs more than
+# running it, and a send to SMTP runs them for every reader.
+_d, _m, _s, _b = db.deliveries.c, db.memberships.c, db.subscribers.c, db.batches.c
+_ROWS = (
+    select(_d.id, _d.subscriber_id, _d.email, _s.name)
+    .select_from(db.deliveries.outerjoin(db.subscribers, _s.id == _d.subscriber_id))
+    .order_by(_d.id)
+)
+_PAGE = (
+    _d.campaign_id == bindparam("campaign"),
+    _d.state.in_(bindparam("states", expanding=True)),
+    _d.id > bindparam("after"),
+)
+# Unbatched: not a part of a batch being split right now.
+_PAGES = {
+    unbatched: _ROWS.where(*_PAGE, *([_d.batch_id.is_(None)] if unbatched else [])).limit(bindparam("limit"))
+    for unbatched in (False, True)
+}
+_STATUSES = select(_m.subscriber_id, _m.status, _m.frequency).where(
+    _m.list_id == bindparam("list"), _m.subscriber_id.in_(bindparam("subscribers", expanding=True))
+)
+_LOCKED_STATUSES = _STATUSES.with_for_update(read=True)
+# The page just read, up to its last row: every pending, unbatched row up to it is in the page.
+_MARK_PAGE = (
+    db.deliveries.update()
+    .where(
+        _d.campaign_id == bindparam("campaign"),
+        _d.state == db.PENDING,
+        _d.batch_id.is_(None),
+        _d.id <= bindparam("last"),
     )
-    rows = conn.execute(query if limit is None else query.limit(limit)).all()
+    .values(batch_id=bindparam("b_batch"), state=db.IN_FLIGHT, updated_at=bindparam("b_now"))
+)
+_NEW_BATCH = db.batches.insert()
+_CLOSE_BATCH = (
+    db.batches.update()
+    .where(_b.id == bindparam("batch"), _b.state == db.IN_FLIGHT)
+    .values(
+        state=bindparam("b_state"),
+        message_id=bindparam("b_message_id"),
+        error=bindparam("b_error"),
+        finished_at=bindparam("b_now"),
+    )
+)
+_BATCH_IN_FLIGHT = db.deliveries.update().where(_d.batch_id == bindparam("batch"), _d.state == db.IN_FLIGHT)
+# A final state keeps the provider's word on it; a returned batch lets its rows go back to the pool.
+_SETTLE_FINAL = _BATCH_IN_FLIGHT.values(
+    state=bindparam("b_state"), updated_at=bindparam("b_now"), message_id=bindparam("b_message_id"), error=bindparam("b_error")
+)
+_SETTLE_RETURNED = _BATCH_IN_FLIGHT.values(state=bindparam("b_state"), updated_at=bindparam("b_now"), batch_id=None)
+_SETTLE_OTHER = _BATCH_IN_FLIGHT.values(state=bindparam("b_state"), updated_at=bindparam("b_now"))
+
+
+def _statuses(conn: Connection, list_id: int, rows: Sequence[Any], *, lock: bool) -> list[Found]:
+    """Each delivery row with its subscriber's membership status and frequency now (None once
+    removed). With `lock`, the memberships stay locked until the transaction ends (PostgreSQL's FOR
+    SHARE; SQLite's write lock already covers them), so no unsubscribe or switch of frequency commits
+    in between. A query of its own: FOR SHARE cannot lock the nullable side of an outer join."""
     if not rows:
         return []
-    # A separate query: FOR SHARE cannot lock the nullable side of an outer join.
-    statuses = select(m.subscriber_id, m.status, m.frequency).where(
-        m.list_id == list_id, m.subscriber_id.in_([row.subscriber_id for row in rows])
+    found = conn.execute(
+        _LOCKED_STATUSES if lock else _STATUSES,
+        {"list": list_id, "subscribers": [row.subscriber_id for row in rows]},
     )
-    found = conn.execute(statuses.with_for_update(read=True) if lock else statuses)
     current = {member.subscriber_id: (member.status, member.frequency) for member in found}
     return [(row, *current.get(row.subscriber_id, (None, None))) for row in rows]
+
+
+def _with_status(conn: Connection, list_id: int, where: ColumnElement[bool], *, lock: bool) -> list[Found]:
+    """Deliveries matching `where`, by id, each with its subscriber's membership now (`_statuses`)."""
+    return _statuses(conn, list_id, conn.execute(_ROWS.where(where)).all(), lock=lock)
 
 
 def read_page(
@@ -227,11 +274,8 @@ def read_page(
     """The next `limit` deliveries after id `after` in `states`. The one recipient selector: a real
     run builds each batch from a page of it, and a dry run pages through it the same way, so the
     dry run's requests are exactly the real run's."""
-    d = db.deliveries.c
-    where = and_(d.campaign_id == campaign.id, d.state.in_(states), d.id > after)
-    if unbatched:
-        where = and_(where, d.batch_id.is_(None))  # not a part of a batch being split right now
-    return _with_status(conn, campaign.list_id, where, limit, lock=lock)
+    page = {"campaign": campaign.id, "states": list(states), "after": after, "limit": limit}
+    return _statuses(conn, campaign.list_id, conn.execute(_PAGES[unbatched], page).all(), lock=lock)
 
 
 def sort_page(rows: Iterable[Found], edition: Edition) -> tuple[list[Reader], dict[str, list[int]]]:
@@ -327,15 +371,8 @@ class BatchStore:
                 )
                 if not rows:
                     return Marked(None, [], None, read, skipped)
-                d = db.deliveries.c
-                # Every pending, unbatched row up to the last one read is in this page.
-                page = and_(
-                    d.campaign_id == self._campaign.id,
-                    d.state == db.PENDING,
-                    d.batch_id.is_(None),
-                    d.id <= rows[-1][0].id,
-                )
-                marked = self._mark(conn, rows, page, build)
+                page = {"campaign": self._campaign.id, "last": rows[-1][0].id}
+                marked = self._mark(conn, rows, _MARK_PAGE, page, build)
             read += marked.read
             skipped += marked.skipped
             if marked.batch_id is not None:
@@ -347,8 +384,8 @@ class BatchStore:
         where = and_(d.batch_id == parent_id, d.state == db.PENDING, d.id.between(part[0].id, part[-1].id))
         with self._engine.begin() as conn:
             self._claim.check(conn)
-            rows = _with_status(conn, self._campaign.list_id, where, None, lock=True)
-            return self._mark(conn, rows, where, build)
+            rows = _with_status(conn, self._campaign.list_id, where, lock=True)
+            return self._mark(conn, rows, db.deliveries.update().where(where), {}, build)
 
     def recheck(self, exchange: Exchange, build: Build) -> Marked:
         """Before a retry: who of the batch has left the list since is skipped; the rest stay."""
@@ -356,7 +393,7 @@ class BatchStore:
         where = and_(d.batch_id == exchange.batch_id, d.state == db.IN_FLIGHT)
         with self._engine.begin() as conn:
             self._claim.check(conn)
-            rows = _with_status(conn, self._campaign.list_id, where, None, lock=True)
+            rows = _with_status(conn, self._campaign.list_id, where, lock=True)
             recipients, leavers = sort_page(rows, self._campaign.issue)
             skipped = self._skip(conn, leavers)
             if not recipients:
@@ -367,22 +404,22 @@ class BatchStore:
             return Marked(exchange.batch_id, recipients, request, len(rows), skipped)
 
     def _mark(
-        self, conn: Connection, rows: list[Found], where: ColumnElement[bool], build: Build
+        self, conn: Connection, rows: list[Found], rows_update: Update, params: dict[str, Any], build: Build
     ) -> Marked:
+        """Mark `rows` (those `rows_update` with `params` selects) a batch in flight, but who left."""
         recipients, leavers = sort_page(rows, self._campaign.issue)
         skipped = self._skip(conn, leavers)
         if not recipients:
             return Marked(None, [], None, len(rows), skipped)
         request = build(recipients)
         now = self._clock()
-        batch_id = conn.execute(
-            db.batches.insert().values(
-                campaign_id=self._campaign.id, state=db.IN_FLIGHT, size=len(recipients), started_at=now
-            )
-        ).inserted_primary_key[0]
-        marked = conn.execute(
-            db.deliveries.update().where(where).values(batch_id=batch_id, state=db.IN_FLIGHT, updated_at=now)
-        ).rowcount
+        batch = {"campaign_id": self._campaign.id, "state": db.IN_FLIGHT, "size": len(recipients), "started_at": now}
+        batch_id = conn.execute(_NEW_BATCH, batch).inserted_primary_key[0]
+        if params:
+            marked = conn.execute(rows_update, {**params, "b_batch": batch_id, "b_now": now}).rowcount
+        else:
+            values = {"batch_id": batch_id, "state": db.IN_FLIGHT, "updated_at": now}
+            marked = conn.execute(rows_update.values(**values)).rowcount
         if marked != len(recipients):
             raise SendError(
                 f"batch {batch_id}: expected {len(recipients)} pending recipients, found {marked}; "
@@ -410,20 +447,15 @@ class BatchStore:
         """Settle an in-flight batch and its recipients still in flight. Conditional on in_flight:
         if another process took the claim over meanwhile, it has already called this batch
         uncertain, and that stays the record."""
-        d, b = db.deliveries.c, db.batches.c
         now = self._clock()
-        conn.execute(
-            db.batches.update()
-            .where(b.id == batch_id, b.state == db.IN_FLIGHT)
-            .values(state=state, message_id=message_id, error=error, finished_at=now)
-        )
+        words = {"batch": batch_id, "b_now": now, "b_message_id": message_id, "b_error": error}
+        conn.execute(_CLOSE_BATCH, {**words, "b_state": state})
         target = _DELIVERY_STATE[state]
-        values: dict[str, Any] = {"state": target, "updated_at": now}
-        if target == state:  # a final state keeps the provider's word on it
-            values.update(message_id=message_id, error=error)
-        if state == db.RETURNED:
-            values["batch_id"] = None
-        conn.execute(db.deliveries.update().where(d.batch_id == batch_id, d.state == db.IN_FLIGHT).values(**values))
+        if target == state:
+            conn.execute(_SETTLE_FINAL, {**words, "b_state": target})
+        else:
+            settle = _SETTLE_RETURNED if state == db.RETURNED else _SETTLE_OTHER
+            conn.execute(settle, {"batch": batch_id, "b_now": now, "b_state": target})
 
     def finish(self, left: Iterable[Exchange]) -> tuple[dict[str, int], bool, list[BatchInfo]]:
         """End the run: batches `left` in flight are settled by the answer they got (when recording

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from .. import db
@@ -27,6 +27,9 @@ HEARTBEAT = timedelta(seconds=2)
 SILENT_AFTER = 3 * HEARTBEAT
 # ...but only taken over much later: a live sender may be waiting for a locked database.
 STALE_AFTER = timedelta(seconds=60)
+
+# Built once: every batch checks the claim before it is marked.
+_HOLDER = select(db.campaigns.c.claimed_by).where(db.campaigns.c.id == bindparam("campaign")).with_for_update()
 
 
 def aware(moment: datetime) -> datetime:
@@ -107,10 +110,7 @@ class Claim:
         """SendInProgress unless this process still holds the claim. The row stays locked until the
         transaction ends (FOR UPDATE; SQLite's write lock does the same), so no takeover can slip in
         between this check and the writes that follow it."""
-        c = db.campaigns.c
-        holder = conn.execute(
-            select(c.claimed_by).where(c.id == self.campaign_id).with_for_update()
-        ).scalar_one()
+        holder = conn.execute(_HOLDER, {"campaign": self.campaign_id}).scalar_one()
         if holder != self.holder:
             raise self._taken_over()
 
