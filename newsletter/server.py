@@ -56,7 +56,7 @@ from .providers.sendgrid.events import (
 from .publish import PublishedIssue, published_issues
 from .render import DARK, FONT_STACK, LIGHT, environment
 from .send.pacing import Requests
-from .send.transactional import requests_for, send_message
+from .send.transactional import release, requests_for, send_message
 from .subscribers import MailingList, get_list
 from .tokens import CONFIRM_WINDOW, RESUBSCRIBE_WINDOW, ConfirmLinks, UnsubscribeLinks
 from .webhook import apply_events
@@ -452,12 +452,17 @@ class _Mailer:
                 now=settings.clock(),
                 latest=await run_in_threadpool(self._latest_issue),
             )
+        except NewsletterError as error:  # nothing left: the claim goes back, for the reader's next try
+            # Keys and ids only: an address or a token is not for the log.
+            log.error("the %s mail %s was not sent: %s", due.kind, due.key, error)
+            await run_in_threadpool(release, self._writing, settings, due.key, str(error))
+            return
+        try:
             async with self._out:
                 outcome = await send_message(
                     self._engine, settings, self._provider, self._requests, outgoing, writing=self._writing, claimed=True
                 )
         except NewsletterError as error:
-            # Keys and ids only: an address or a token is not for the log.
             log.error("the %s mail %s was not sent: %s", due.kind, due.key, error)
             return
         if outcome.state not in (db.SENT, db.PENDING) or outcome.error:

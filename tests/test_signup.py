@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import pytest
@@ -419,3 +420,24 @@ def test_a_reader_signs_up_and_confirms_in_chromium(site: Site, tmp_path_factory
     assert (row.status, row.frequency) == (db.SUBSCRIBED, db.WEEKLY)
     mails = site.mails_to("browser.reader@example.com", expect=3, wait=2)
     assert ["Welcome" in subject_of(m) for m in mails] == [False, True]
+
+
+def test_a_mail_the_server_cannot_send_stays_pending_for_the_next_try(tmp_path: Path) -> None:
+    # No API key: the sign-up is recorded, and its confirmation mail is not lost in flight.
+    config = write_config(tmp_path)
+    settings = load_settings(config)
+    with engine_of(settings).begin() as conn:
+        create_list(conn, "papers", now=settings.clock())
+    with serving(config) as url, httpx.Client(timeout=30) as http:
+        assert http.post(f"{url}/subscribe/papers", data={"email": "early@example.com"}).status_code == 200
+        m = db.messages.c
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with engine_of(settings).connect() as conn:
+                row = conn.execute(select(m.key, m.state, m.error)).first()
+            if row is not None and row.state != db.IN_FLIGHT:
+                break
+            time.sleep(0.05)
+    assert row.key.startswith("confirm:") and row.state == db.PENDING
+    assert row.error.startswith("not sent: SENDGRID_API_KEY is not set")
+    assert membership(settings, 1, "early@example.com").status == db.UNCONFIRMED

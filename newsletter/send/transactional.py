@@ -175,6 +175,14 @@ async def _send(provider: Provider, requests: Requests, request: object) -> tupl
     return PENDING, None, f"not sent: {answer.reason}"
 
 
+def release(
+    begin: Callable[[], AbstractContextManager[Connection]], settings: Settings, key: str, error: str
+) -> None:
+    """Give back a message claimed in flight that was certainly not sent (its provider could not
+    even be made): pending again, so that a later try sends it."""
+    _settle(begin, settings, key, PENDING, None, f"not sent: {error}")
+
+
 def _settle(
     begin: Callable[[], AbstractContextManager[Connection]],
     settings: Settings,
