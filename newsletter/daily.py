@@ -42,7 +42,8 @@ from .errors import (
     RunDateError,
     RunLocked,
 )
-from .send.claim import HEARTBEAT, STALE_AFTER, aware, holder_is_dead, holder_of
+from .db import aware
+from .send.claim import HEARTBEAT, STALE_AFTER, holder_is_dead, holder_of
 
 if TYPE_CHECKING:
     from .digest import Digest

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -498,6 +499,11 @@ def _report_failures(engine: Engine, shown_url: str, timeout: float) -> None:
         if "database is locked" in reason:
             reason = f"{reason}: another process held it for longer than database_timeout ({timeout:g} s)"
         raise DatabaseError(f"the database {shown_url} failed: {reason}") from original
+
+
+def aware(moment: datetime) -> datetime:
+    """A stored time as an aware one: SQLite hands back naive datetimes, and every stored one is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 T = TypeVar("T")

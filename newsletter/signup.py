@@ -29,7 +29,6 @@ from .membership import compare_and_set
 from .providers import Message, Provider, Recipient
 from .publish import PublishedIssue, published_issues
 from .render import DARK, FONT_STACK, LIGHT, render_template
-from .send.claim import aware
 from .send.transactional import Outcome, Outgoing, claim, send_messages
 from .subscribers import SIGNUP_RATE_WINDOW, MailingList, email_key, normalise_email
 from .tokens import CONFIRM_WINDOW, ConfirmLinks, UnsubscribeLinks
@@ -289,7 +288,7 @@ def _member_of(row: object) -> Member:
         row.subscriber_name,  # type: ignore[attr-defined]
         row.status,  # type: ignore[attr-defined]
         row.frequency,  # type: ignore[attr-defined]
-        aware(row.updated_at),  # type: ignore[attr-defined]
+        db.aware(row.updated_at),  # type: ignore[attr-defined]
     )
 
 

@@ -41,7 +41,8 @@ from ..errors import SendError
 from ..membership import members_query, receives_issues
 from ..subscribers import MailingList
 from .addressing import Content, Reader
-from .claim import SILENT_AFTER, STALE_AFTER, Claim, aware, holder_is_dead
+from ..db import aware
+from .claim import SILENT_AFTER, STALE_AFTER, Claim, holder_is_dead
 from .pacing import Exchange
 
 STATES = (db.SENT, db.FAILED, db.UNCERTAIN, db.SKIPPED, db.PENDING, db.IN_FLIGHT)
@@ -217,6 +218,7 @@ _STATUSES = select(_m.subscriber_id, _m.status, _m.frequency).where(
     _m.list_id == bindparam("list"), _m.subscriber_id.in_(bindparam("subscribers", expanding=True))
 )
 _LOCKED_STATUSES = _STATUSES.with_for_update(read=True)
+_TO_BATCH = {"batch_id": bindparam("b_batch"), "state": db.IN_FLIGHT, "updated_at": bindparam("b_now")}
 # The page just read, up to its last row: every pending, unbatched row up to it is in the page.
 _MARK_PAGE = (
     db.deliveries.update()
@@ -226,8 +228,12 @@ _MARK_PAGE = (
         _d.batch_id.is_(None),
         _d.id <= bindparam("last"),
     )
-    .values(batch_id=bindparam("b_batch"), state=db.IN_FLIGHT, updated_at=bindparam("b_now"))
+    .values(**_TO_BATCH)
 )
+# One part of a split batch: its pending rows between the part's first and last.
+_PART = (_d.batch_id == bindparam("parent"), _d.state == db.PENDING, _d.id.between(bindparam("first"), bindparam("last")))
+_PART_ROWS = _ROWS.where(*_PART)
+_MARK_PART = db.deliveries.update().where(*_PART).values(**_TO_BATCH)
 _NEW_BATCH = db.batches.insert()
 _CLOSE_BATCH = (
     db.batches.update()
@@ -380,12 +386,11 @@ class BatchStore:
 
     def mark_part(self, parent_id: int, part: Sequence[Reader], build: Build) -> Marked:
         """Mark one part of a split batch in flight as a batch of its own, re-reading membership."""
-        d = db.deliveries.c
-        where = and_(d.batch_id == parent_id, d.state == db.PENDING, d.id.between(part[0].id, part[-1].id))
+        bounds = {"parent": parent_id, "first": part[0].id, "last": part[-1].id}
         with self._engine.begin() as conn:
             self._claim.check(conn)
-            rows = _with_status(conn, self._campaign.list_id, where, lock=True)
-            return self._mark(conn, rows, db.deliveries.update().where(where), {}, build)
+            rows = _statuses(conn, self._campaign.list_id, conn.execute(_PART_ROWS, bounds).all(), lock=True)
+            return self._mark(conn, rows, _MARK_PART, bounds, build)
 
     def recheck(self, exchange: Exchange, build: Build) -> Marked:
         """Before a retry: who of the batch has left the list since is skipped; the rest stay."""
@@ -415,11 +420,7 @@ class BatchStore:
         now = self._clock()
         batch = {"campaign_id": self._campaign.id, "state": db.IN_FLIGHT, "size": len(recipients), "started_at": now}
         batch_id = conn.execute(_NEW_BATCH, batch).inserted_primary_key[0]
-        if params:
-            marked = conn.execute(rows_update, {**params, "b_batch": batch_id, "b_now": now}).rowcount
-        else:
-            values = {"batch_id": batch_id, "state": db.IN_FLIGHT, "updated_at": now}
-            marked = conn.execute(rows_update.values(**values)).rowcount
+        marked = conn.execute(rows_update, {**params, "b_batch": batch_id, "b_now": now}).rowcount
         if marked != len(recipients):
             raise SendError(
                 f"batch {batch_id}: expected {len(recipients)} pending recipients, found {marked}; "

@@ -13,13 +13,14 @@ import os
 import secrets
 import socket
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from .. import db
+from ..db import aware
 from ..errors import SendInProgress
 
 HEARTBEAT = timedelta(seconds=2)
@@ -30,11 +31,6 @@ STALE_AFTER = timedelta(seconds=60)
 
 # Built once: every batch checks the claim before it is marked.
 _HOLDER = select(db.campaigns.c.claimed_by).where(db.campaigns.c.id == bindparam("campaign")).with_for_update()
-
-
-def aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored one is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _process_space() -> str | None:

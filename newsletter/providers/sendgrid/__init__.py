@@ -113,8 +113,8 @@ def _personalization(recipient: Recipient) -> dict[str, Any]:
     if name:
         to["name"] = name
     personalization: dict[str, Any] = {"to": [to]}
-    if recipient.substitutions:
-        personalization["substitutions"] = recipient.substitutions
+    if substitutions := recipient.substitutions:
+        personalization["substitutions"] = substitutions
     if recipient.headers:
         personalization["headers"] = dict(recipient.headers)
     if recipient.tags:
