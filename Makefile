@@ -25,11 +25,12 @@ demo: setup
 	$(BIN)/newsletter send --date $(DATE) --list $(LIST) --dry-run --yes
 
 # Debian's Chromium and a Korean font for the browser tests, its PostgreSQL server for
-# tests/test_postgresql.py (any version), its SpamAssassin for tests/test_spam.py; the reference
+# tests/test_postgresql.py (any version), its SpamAssassin for tests/test_spam.py, its nginx for
+# tests/test_nginx.py (the README's server block in front of `newsletter serve`); the reference
 # MJML compiler and Stoplight Prism from npm (package-lock.json pins them).
 test-setup: setup
-	@command -v chromium >/dev/null && command -v spamassassin >/dev/null && fc-list | grep -qi nanum && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum postgresql spamassassin >/dev/null; }
+	@command -v chromium >/dev/null && command -v spamassassin >/dev/null && command -v nginx >/dev/null && fc-list | grep -qi nanum && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-nanum postgresql spamassassin nginx-light >/dev/null; }
 	@[ -x node_modules/.bin/prism ] && [ -x node_modules/.bin/mjml ] || npm ci --no-audit --no-fund --loglevel=error
 
 test: test-setup

@@ -151,6 +151,15 @@ def main() -> None:
                     issue_date="2026-01-23", list_id=list_id, subject="s", html="", text="", created_at=settings.clock()
                 )
             ).inserted_primary_key[0]
+            # Every reader was sent the campaign: only a reader it had is counted for it.
+            conn.execute(
+                db.deliveries.insert(),
+                [
+                    {"campaign_id": campaign_id, "subscriber_id": n, "email": f"u{n}@example.com",
+                     "state": db.SENT, "updated_at": settings.clock()}
+                    for n in range(1, args.readers + 1)
+                ],
+            )
         events = plan(args.events, args.readers)
         kept = len({fact(*event) for event in events if event[1] in PER_READER})
         with serving(config) as url:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .edition import Edition
     from .providers import Provider
     from .report import IssueReport
-    from .send import SendPlan, SendReport
+    from .send import Interruption, SendPlan, SendReport
     from .send.campaigns import BatchInfo
     from .send.transactional import Outcome
     from .send.unrecorded import UnrecordedReport
@@ -139,6 +139,69 @@ def _edition(date: datetime | None, week: str | None) -> Edition | None:
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="'--week'") from None
     return Edition.daily(date.date()) if date is not None else None
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    date: Annotated[
+        Optional[datetime],
+        typer.Option("--date", formats=["%Y-%m-%d"], help="The day, YYYY-MM-DD (default: today in `timezone`)."),
+    ] = None,
+    top: Annotated[Optional[int], typer.Option("--top", min=1, max=50, help="How many papers (default: digest_top).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write the digest anew even if there is one.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Write the day's digest from Hugging Face's Daily Papers, each paper summarised by the
+    configured summarizer (exit 3 if the source or the model fails, or the day has no papers)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .errors import GenerateError
+    from .generate import generate_day
+
+    settings = settings_from(ctx)
+    day = date.date() if date else settings.local_date(settings.clock())
+    engine = engine_from(ctx)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        disable=as_json or not err_console.is_terminal,
+    )
+    task = progress.add_task(f"Summarising {day.isoformat()}'s papers", total=None)
+    try:
+        with progress:
+            generated = generate_day(
+                settings, engine, day, top=top, force=force, on_paper=lambda paper: progress.advance(task)
+            )
+    except GenerateError as error:
+        if as_json:
+            _print_json({"date": day.isoformat(), "written": None, "error": str(error), "status": error.exit_code})
+        else:
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
+    rows = [
+        {"id": item.paper.id, "title": item.paper.title, "upvotes": item.paper.upvotes,
+         "cached": item.summary.cached, "tokens": item.summary.tokens, "thumbnail": item.thumbnail}
+        for item in generated.papers
+    ]  # fmt: skip
+    if as_json:
+        _print_json({"date": day.isoformat(), "written": str(generated.path), "papers": rows,
+                     "tokens": generated.tokens, "warnings": generated.warnings})  # fmt: skip
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{generated.path}", title_justify="left")
+    for column, justify in (("#", "right"), ("paper", "left"), ("upvotes", "right"), ("summary", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for rank, row in enumerate(rows, start=1):
+        cost = "cached" if row["cached"] else (f"{row['tokens']:,} tokens" if row["tokens"] else "from the source")
+        table.add_row(str(rank), escape(f"{row['id']} {row['title']}"), str(row["upvotes"]), cost)
+    console.print(table)
+    for warning in generated.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    console.print(f"Tokens used: {generated.tokens:,}", highlight=False)
 
 
 @app.command()
@@ -330,8 +393,15 @@ def send(
         else:
             _print_tests(done, provider.name)
         return
-    report = _send_with_progress(engine, settings, plan, provider)
+    # SIGINT and SIGTERM stop the send gently from here on: the requests out are answered and recorded.
+    with sending.Interruption() as interruption:
+        report = _send_with_progress(engine, settings, plan, provider, interruption)
     _print_report(report, provider.name)
+    if report.stopped_by is not None:
+        from .daily import STOPPED
+
+        err_console.print(f"[bold red]error:[/] {escape(str(report.error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(STOPPED)
     if report.error is not None:
         raise report.error
 
@@ -353,7 +423,9 @@ def _counts_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{number:,} {state.replace('_', ' ')}" for state, number in counts.items() if number) or "no recipients"
 
 
-def _send_with_progress(engine: Engine, settings: Settings, plan: SendPlan, provider: Provider) -> SendReport:
+def _send_with_progress(
+    engine: Engine, settings: Settings, plan: SendPlan, provider: Provider, interruption: Interruption
+) -> SendReport:
     from rich.progress import (
         BarColumn,
         Progress,
@@ -393,7 +465,9 @@ def _send_with_progress(engine: Engine, settings: Settings, plan: SendPlan, prov
                 failed=progress.counts["failed"] - first["failed"],
             )
 
-        return sending.send_campaign(engine, settings, plan, provider=provider, on_progress=show)
+        return sending.send_campaign(
+            engine, settings, plan, provider=provider, on_progress=show, interruption=interruption
+        )
 
 
 def _print_report(report: SendReport, provider: str) -> None:
@@ -796,6 +870,7 @@ def subscribers_add(
 ) -> None:
     """Subscribe an address to a list (its name and attributes, if given, are updated)."""
     from .errors import SubscriberError
+    from .providers.headers import plain_text
     from .subscribers import get_list, subscribe
 
     pairs = {}
@@ -812,7 +887,7 @@ def subscribers_add(
             list_id=get_list(conn, list_name).id,
             email=email,
             now=settings.clock(),
-            name=(name or "").strip() or None,
+            name=plain_text(name or "") or None,
             attributes=pairs,
             resubscribe=resubscribe,
         )
@@ -1115,7 +1190,25 @@ def subscribers_export(
     if out is not None:
         console.print(f"Exported {count:,} subscriber(s) to {escape(str(out))}", highlight=False)
 
-@app.command("run")
+class _RunCommand(typer.core.TyperCommand):
+    """`run`: a usage error that the command line finds (a bad --date, an unknown option) still prints
+    --json's line, since a monitor parses it whatever happened."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        wants_json = "--json" in args  # read first: the parser consumes `args`
+        try:
+            return super().parse_args(ctx, args)
+        except typer.TyperException as error:  # click's usage errors, as typer bundles them
+            if wants_json:
+                from .daily import RunReport
+
+                report = RunReport.refused(None, error, error.exit_code)
+                report.error = error.format_message()  # with the option it names, as click shows it
+                sys.stdout.write(report.json_line())
+            raise
+
+
+@app.command("run", cls=_RunCommand)
 def run_day(
     ctx: typer.Context,
     date: Annotated[
@@ -1130,21 +1223,26 @@ def run_day(
 
     Exit status 0 when done or nothing was left to do; 3 no digest for the day; 4 failed pre-send
     checks (nothing sent); 5 another run holds the lock; 6 a batch's answer was lost (uncertain);
-    2 a date in the future; 1 any other failure. Logs one line per step on stderr."""
-    import json
-
+    7 stopped by SIGINT or SIGTERM (the same command resumes); 2 a usage error or a date in the
+    future; 1 any other failure. Logs one line per step on stderr."""
     from . import daily
+    from .send import Interruption
 
     day = date.date() if date else None
     try:
         settings = settings_from(ctx)
         day = daily.run_date(settings, day)
-        report = daily.run_day(engine_from(ctx), settings, day, on_step=lambda step: _print_step(day, step))
+        # SIGINT and SIGTERM stop the run gently: the send records its answers, no step starts after.
+        with Interruption() as interruption:
+            report = daily.run_day(
+                engine_from(ctx), settings, day, on_step=lambda step: _print_step(day, step), interruption=interruption
+            )
     except NewsletterError as error:
-        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         report = daily.RunReport.refused(day, error)
+    if report.error is not None:
+        err_console.print(f"[bold red]error:[/] {escape(report.error)}", highlight=False, soft_wrap=True)
     if as_json:
-        sys.stdout.write(json.dumps(report.to_json(), ensure_ascii=False) + "\n")
+        sys.stdout.write(report.json_line())
     raise typer.Exit(report.status)
 
 

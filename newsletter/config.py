@@ -145,6 +145,26 @@ class Settings(BaseSettings):
     weekly_top: int = Field(default=10, ge=1)
     run_lists: Annotated[list[str] | None, NoDecode] = None
 
+    # Where the day's digest comes from: written by hand ("none"), or generated (`newsletter generate`,
+    # and `newsletter run` when the day's digest is missing) from Hugging Face's Daily Papers.
+    source: Literal["none", "huggingface"] = "none"
+    source_url: str = "https://huggingface.co"
+    digest_top: int = Field(default=5, ge=1, le=50)
+    digest_language: str = "ko"
+    # Who writes each paper's summary: "none" takes the source's own text (English, no key needed);
+    # "openai" asks an OpenAI-compatible chat completions endpoint (OpenAI, vLLM, Ollama, llama.cpp…).
+    # The key comes only from the environment (NEWSLETTER_LLM_API_KEY), never from the config file.
+    summarizer: Literal["none", "openai"] = "none"
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_concurrency: int = Field(default=4, ge=1, le=64)
+    llm_timeout: float = Field(default=120.0, gt=0)
+    # Whether a generated issue goes out by itself ("auto") or waits for an editor's `newsletter
+    # approve` ("approve"), the editors getting it as a test first.
+    review: Literal["auto", "approve"] = "auto"
+    editors: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # The clock, as a seam: tests pin it here instead of patching time.
     now: datetime | None = None
 
@@ -173,7 +193,7 @@ class Settings(BaseSettings):
             raise ValueError("'smtp_username' must be set when NEWSLETTER_SMTP_PASSWORD is")
         return self
 
-    @field_validator("base_url", "asset_base_url", "sendgrid_api_url")
+    @field_validator("base_url", "asset_base_url", "sendgrid_api_url", "source_url", "llm_base_url")
     @classmethod
     def _absolute_http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -221,7 +241,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{error} in {value!r}") from None
         return value
 
-    @field_validator("sendgrid_api_key")
+    @field_validator("sendgrid_api_key", "llm_api_key")
     @classmethod
     def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
         # The messages never quote the value: it is a secret.
@@ -272,6 +292,23 @@ class Settings(BaseSettings):
                 raise ValueError("is empty: name at least one list, or leave the setting out to send to every list")
             return names if len(names) == len(value) else value
         return value
+
+    @field_validator("editors", mode="before")
+    @classmethod
+    def _addresses(cls, value: Any) -> Any:
+        from email_validator import EmailNotValidError, validate_email
+
+        if isinstance(value, str):  # NEWSLETTER_EDITORS=a@example.com,b@example.com
+            value = [part for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            return value
+        addresses = []
+        for item in value:
+            try:
+                addresses.append(validate_email(str(item).strip(), check_deliverability=False).normalized)
+            except EmailNotValidError as error:
+                raise ValueError(f"{item!r}: {error}") from None
+        return addresses
 
     @field_validator("old_secret_keys", mode="before")
     @classmethod
@@ -410,7 +447,7 @@ class Settings(BaseSettings):
 
 
 # Secrets a config file must not hold: it is shared, copied and committed far more than an environment.
-_ENVIRONMENT_ONLY = ("smtp_password",)
+_ENVIRONMENT_ONLY = ("smtp_password", "llm_api_key")
 
 
 class _ConfigFile(TomlConfigSettingsSource):

@@ -11,14 +11,17 @@
     purge    sign-ups unconfirmed for over 30 days      deleted (issue 8 makes them)
 
 Every step is idempotent (a send is recorded per issue and list, publishing rewrites the same files,
-a sync reads only what is new), so a second run of a day does nothing and exits 0. One run at a time,
-whatever the host: a row in `run_locks`, taken by compare-and-set and renewed by a heartbeat, as a
-send's claim is (send/claim.py). The lock is checked before every step, never held across hosts by a
+a sync reads only what is new), so a second run of a day does nothing and exits 0, and a run stopped
+by SIGINT or SIGTERM (exit 7: the send records the answers to the requests it has out, and no step
+starts after) is resumed by running the same day again. One run at a time, whatever the host: a row
+in `run_locks`, taken by compare-and-set and renewed by a heartbeat, as a send's claim is
+(send/claim.py). The lock is checked before every step, never held across hosts by a
 process that stopped renewing it for STALE_AFTER.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -47,17 +50,19 @@ from .send.claim import HEARTBEAT, STALE_AFTER, holder_is_dead, holder_of
 
 if TYPE_CHECKING:
     from .digest import Digest
-    from .send import SendPlan
+    from .send import Interruption, SendPlan
 
 STEPS = ("digest", "checks", "publish", "send", "weekly", "sync", "purge")
 
 # A step's outcome.
 OK, SKIPPED, FAILED, NOTHING = "ok", "skipped", "failed", "nothing to do"
 
-# The run's exit statuses (README, "Errors and exit statuses").
-DONE, FAILURE, BAD_DATE, NO_DIGEST, CHECKS_FAILED, LOCKED, UNCERTAIN = 0, 1, 2, 3, 4, 5, 6
-# When several steps fail, the status the run exits with: the first of these that occurred.
-_PRECEDENCE = (NO_DIGEST, CHECKS_FAILED, LOCKED, UNCERTAIN, FAILURE)
+# The run's exit statuses (README, "Errors and exit statuses"); USAGE: a usage error, a date in the
+# future; STOPPED (`send` too): stopped by a signal, and the same command resumes.
+DONE, FAILURE, USAGE, NO_DIGEST, CHECKS_FAILED, LOCKED, UNCERTAIN, STOPPED = 0, 1, 2, 3, 4, 5, 6, 7
+# When several steps fail, the status the run exits with: the first of these that occurred. A stop
+# comes last: whatever else failed is what needs someone.
+_PRECEDENCE = (NO_DIGEST, CHECKS_FAILED, LOCKED, UNCERTAIN, FAILURE, STOPPED)
 
 LOCK_NAME = "daily-run"
 _SHOWN_PROBLEMS = 3
@@ -68,7 +73,7 @@ def exit_status(error: BaseException) -> int:
     if isinstance(error, RunLocked):
         return LOCKED
     if isinstance(error, RunDateError):
-        return BAD_DATE
+        return USAGE
     if isinstance(error, DigestError):
         return NO_DIGEST
     if isinstance(error, CheckFailed):
@@ -108,13 +113,15 @@ class RunReport:
     day: date | None
     steps: list[StepResult]
     status: int
-    error: str | None = None  # why the run did not start (a bad setting or date, the lock)
+    error: str | None = None  # why the run did not start (a bad option, setting or date, the lock) or stopped early
 
     @classmethod
-    def refused(cls, day: date | None, error: NewsletterError) -> RunReport:
-        """The report of a run that never started: every step not run."""
+    def refused(cls, day: date | None, error: Exception, status: int | None = None) -> RunReport:
+        """The report of a run that never started: every step not run; `status` by default the
+        error's (a usage error the command line found has no NewsletterError)."""
         why = f"not run: {type(error).__name__}"
-        return cls(day, [StepResult(step, SKIPPED, why) for step in STEPS], exit_status(error), str(error))
+        status = exit_status(error) if status is None else status
+        return cls(day, [StepResult(step, SKIPPED, why) for step in STEPS], status, str(error))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +130,10 @@ class RunReport:
             "error": self.error,
             "steps": [step.to_json() for step in self.steps],
         }
+
+    def json_line(self) -> str:
+        """`run --json`'s output: the report as one line of JSON."""
+        return json.dumps(self.to_json(), ensure_ascii=False) + "\n"
 
 
 def run_date(settings: Settings, day: date | None) -> date:
@@ -156,17 +167,23 @@ def run_lists(engine: Engine, settings: Settings) -> list[str]:
 
 
 def run_day(
-    engine: Engine, settings: Settings, day: date, *, on_step: Callable[[StepResult], None] = lambda step: None
+    engine: Engine,
+    settings: Settings,
+    day: date,
+    *,
+    on_step: Callable[[StepResult], None] = lambda step: None,
+    interruption: Interruption | None = None,
 ) -> RunReport:
     """Run every step for `day` under the run lock, each through `engine`; `on_step` hears of each
-    as it ends.
+    as it ends. Once `interruption`'s signal comes, the send under way stops gently and no step
+    starts after it.
 
     Raises ConfigError (an unknown list in run_lists) or RunLocked (another run holds the lock)
     before anything is done; every later failure is in the report.
     """
     lists = run_lists(engine, settings)
     with RunLock(engine, settings, f"the run of {day.isoformat()}") as lock:
-        return _Run(engine, settings, day, lists, lock, on_step).run()
+        return _Run(engine, settings, day, lists, lock, on_step, interruption).run()
 
 
 # -- the steps --------------------------------------------------------------------------------------
@@ -181,6 +198,7 @@ class _Run:
         lists: list[str],
         lock: RunLock,
         on_step: Callable[[StepResult], None],
+        interruption: Interruption | None,
     ) -> None:
         self._engine = engine
         self._settings = settings
@@ -188,13 +206,17 @@ class _Run:
         self._lists = lists
         self._lock = lock
         self._on_step = on_step
+        self._interruption = interruption
         self._loaded: Digest | None = None
         self._plans: list[SendPlan] = []
 
     def run(self) -> RunReport:
         steps: list[StepResult] = []
         stopped: str | None = None
+        interrupted_before: str | None = None  # the first step a signal kept from starting
         for name in STEPS:
+            if stopped is None and self._signal is not None:
+                stopped, interrupted_before = f"stopped by {self._signal}", name
             if stopped is not None:
                 steps.append(StepResult(name, SKIPPED, f"not run: {stopped}"))
                 continue
@@ -212,8 +234,20 @@ class _Run:
             if result.outcome == FAILED and name in ("digest", "checks", "publish"):
                 stopped = f"the {name} step failed"
         statuses = {step.status for step in steps}
+        error = None
+        if interrupted_before is not None:
+            statuses.add(STOPPED)
+            error = (
+                f"stopped by {self._signal} before the {interrupted_before} step; "
+                f"newsletter run --date {self._day.isoformat()} resumes the day"
+            )
         status = next((code for code in _PRECEDENCE if code in statuses), DONE)
-        return RunReport(self._day, steps, status)
+        return RunReport(self._day, steps, status, error)
+
+    @property
+    def _signal(self) -> str | None:
+        """The signal that asked the run to stop, once it came."""
+        return self._interruption.caught if self._interruption is not None else None
 
     def _digest(self) -> StepResult:
         from .digest import digest_path, load_digest
@@ -263,14 +297,20 @@ class _Run:
         if plan.finished:
             entry.update(outcome=NOTHING, detail=f"sent already ({_counts(plan.counts)})", status=DONE)
             return self._uncertain(plan, entry, plan.counts)
+        if self._signal is not None:
+            entry.update(outcome=SKIPPED, detail=f"not sent: stopped by {self._signal}", status=STOPPED)
+            return entry
         try:
             self._lock.check()
-            report = execute(self._engine, self._settings, plan, open_provider(self._settings))
+            report = execute(self._engine, self._settings, plan, open_provider(self._settings), interruption=self._interruption)
         except NewsletterError as error:
             entry.update(outcome=FAILED, detail=_describe(error), status=exit_status(error))
             return entry
         assert isinstance(report, SendReport)
         entry.update(requests=report.requests, counts=dict(report.counts))
+        if report.stopped_by is not None:
+            entry.update(outcome=FAILED, detail=f"stopped by {report.stopped_by}: {_counts(report.counts)}", status=STOPPED)
+            return self._uncertain(plan, entry, report.counts)
         if report.error is not None and not report.counts.get(db.UNCERTAIN):
             entry.update(outcome=FAILED, detail=_describe(report.error), status=FAILURE)
             return entry
@@ -299,9 +339,10 @@ class _Run:
 
     def _weekly(self) -> StepResult:
         """On weekly_day, the weekly edition of the day's ISO week: checked, published and sent to
-        each list's weekly members, once. A list without weekly members (and no campaign of the
-        edition yet) is left alone, so that a reader who switches to weekly later that day still gets
-        it from the next run."""
+        each list's weekly members, once, and to the members the day's issue left out because they
+        were weekly members when it started, and switched to the daily issues since (campaigns.py).
+        A list without anyone to send it to (and no campaign of the edition yet) is left alone, so that
+        a reader who switches to weekly later that day still gets it from the next run."""
         from .digest import load_week
         from .publish import publish_issue
         from .send import plan_send, require_checks

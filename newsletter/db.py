@@ -6,6 +6,7 @@ applied, and `migrate` applies the missing ones in order, each in its own transa
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime, timezone
@@ -44,8 +45,11 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 
+from .addresses import email_key, folds_like_its_key
 from .config import Settings
-from .errors import ConfigError, DatabaseError
+from .errors import ConfigError, DatabaseCorrupt, DatabaseError
+
+_log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -313,6 +317,49 @@ signup_attempts = Table(
 )
 
 
+# Sign-ups from the form wait here until the server's queue takes them (signup.py): the form's
+# answer records one row whatever the address's state, and what it calls for is decided later.
+signup_requests = Table(
+    "signup_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("list_id", Integer, ForeignKey("lists.id", ondelete="CASCADE"), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("name", String(500)),
+    Column("frequency", String(10), nullable=False),
+    Column("received_at", TS, nullable=False),
+)
+
+
+# What a language model made of a paper (generate.py), once per paper, model, language and prompt
+# version: generating a day again calls no model for what it has already summarised.
+summaries = Table(
+    "summaries",
+    metadata,
+    Column("paper_id", String(100), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("language", String(35), nullable=False),
+    Column("prompt_version", String(64), nullable=False),
+    Column("sections", JSON, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("created_at", TS, nullable=False),
+    PrimaryKeyConstraint("paper_id", "model", "language", "prompt_version"),
+)
+
+
+# A day's issue held for an editor's approval (review.py): sent to the editors as a test, then approved.
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("digest_sha256", String(64), nullable=False),
+    Column("tested_at", TS, nullable=False),
+    Column("approved_at", TS),
+)
+
+
 def _create_all(conn: Connection) -> None:
     metadata.create_all(conn)
 
@@ -367,6 +414,35 @@ def _add_signup(conn: Connection) -> None:
     signup_attempts.create(conn, checkfirst=True)
 
 
+def _queue_signups_and_key_addresses_exactly(conn: Connection) -> None:
+    signup_requests.create(conn, checkfirst=True)  # a database made since has it already
+    # Keys were the address case-folded, which made "straße@" and "strasse@" one subscriber. Each
+    # row's key becomes addresses.email_key of its address; a row cannot show whether it stood for
+    # two people (the second one's address was never stored), so those that may have are reported.
+    rows = conn.execute(select(subscribers.c.id, subscribers.c.email, subscribers.c.email_key)).all()
+    new_keys = {row.id: email_key(row.email) for row in rows}
+    kept = {row.email_key for row in rows if new_keys[row.id] == row.email_key}
+    for row in rows:
+        new_key = new_keys[row.id]
+        if new_key != row.email_key and new_key not in kept:
+            conn.execute(subscribers.update().where(subscribers.c.id == row.id).values(email_key=new_key))
+            kept.add(new_key)
+        elif new_key != row.email_key:
+            _log.warning("subscriber %d keeps its old address key: another subscriber has the new one", row.id)
+        if not folds_like_its_key(row.email):
+            _log.warning(
+                "subscriber %d: until now an address differing from theirs beyond ASCII letters' case "
+                "was taken as theirs; check their sign-ups (newsletter subscribers show)",
+                row.id,
+            )
+
+
+def _generate_and_review(conn: Connection) -> None:
+    # A database made since has them already.
+    summaries.create(conn, checkfirst=True)
+    reviews.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_all,
     _index_deliveries_by_id,
@@ -375,6 +451,8 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_campaign_events,
     _create_run_locks,
     _add_signup,
+    _queue_signups_and_key_addresses_exactly,
+    _generate_and_review,
 ]
 
 
@@ -466,7 +544,13 @@ def _create_engine(url: str, timeout: float) -> Engine:
             engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
         else:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(parsed.database).parent
+                # Never made here: a mistyped path would quietly start an empty database elsewhere.
+                if not folder.is_dir():
+                    raise ConfigError(
+                        f"bad setting 'database_url' (NEWSLETTER_DATABASE_URL): the folder {folder} does "
+                        "not exist; check the path, or create the folder"
+                    )
             engine = create_engine(url, connect_args={"timeout": timeout})
             _sqlite_session(engine, timeout)
     except NoSuchModuleError:
@@ -479,22 +563,32 @@ def _create_engine(url: str, timeout: float) -> Engine:
             f"bad setting 'database_url' (NEWSLETTER_DATABASE_URL): {safe_url(url)} needs a database "
             f"driver that is not installed ({error}); for PostgreSQL: pip install 'psycopg[binary]'"
         ) from None
-    except OSError as error:
-        raise ConfigError(f"cannot create the database folder for {safe_url(url)} ({error.strerror})") from None
     _report_failures(engine, safe_url(url), timeout)
     return engine
 
 
+# SQLite's primary result codes for a file that is not a database, or a damaged one: extended codes
+# (SQLITE_CORRUPT_INDEX…) carry them in their low byte.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
 def _report_failures(engine: Engine, shown_url: str, timeout: float) -> None:
     """Turn the database's operational failures (unreachable, locked past the timeout, disk full)
-    into one DatabaseError naming the database, instead of a traceback carrying SQL and parameters.
+    into one DatabaseError naming the database, and a SQLite file that is no database or a damaged
+    one into a DatabaseCorrupt naming the file, instead of a traceback carrying SQL and parameters.
     Integrity errors and the like stay as they are: the code that expects them handles them."""
 
     @event.listens_for(engine, "handle_error")
     def _one_line(context: ExceptionContext) -> None:
+        original = context.original_exception
+        if (getattr(original, "sqlite_errorcode", 0) & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            raise DatabaseCorrupt(
+                f"{engine.url.database}: cannot be read as a SQLite database ({original}): a damaged or "
+                "truncated database, or another kind of file; restore it from a backup, or set "
+                "database_url to the right file"
+            ) from original
         if not isinstance(context.sqlalchemy_exception, (OperationalError, InterfaceError)):
             return
-        original = context.original_exception
         reason = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
         if "database is locked" in reason:
             reason = f"{reason}: another process held it for longer than database_timeout ({timeout:g} s)"

@@ -79,6 +79,14 @@ UNSUBSCRIBE_TAG = "-unsubscribe_url-"
 PREFERENCES_TAG = "-preferences_url-"
 PERSONAL_TAGS = (UNSUBSCRIBE_TAG, PREFERENCES_TAG)
 _UNSUBSCRIBE_TAG = re.compile("|".join(re.escape(tag) for tag in PERSONAL_TAGS), re.IGNORECASE)
+
+
+def without_personal_tags(text: str) -> str:
+    """`text` with every personal tag's dashes dropped ("unsubscribe_url"): text from outside written
+    into a digest stays text, and carries no reader's link."""
+    return _UNSUBSCRIBE_TAG.sub(lambda found: found.group(0).strip("-"), text)
+
+
 _TAG_MESSAGE = (
     f"the digest may not contain {UNSUBSCRIBE_TAG!r} or {PREFERENCES_TAG!r} (in any case): the sender "
     "replaces them with each reader's personal links"

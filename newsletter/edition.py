@@ -68,6 +68,15 @@ class Edition:
         year, _, week = self.key.partition("-W")
         return [date.fromisocalendar(int(year), int(week), weekday) for weekday in range(1, 8)]
 
+    def companion(self, weekly_day: int) -> Edition | None:
+        """The other issue a list gets the same day: on weekly_day (a date.weekday() number) the
+        day's daily issue and the weekly edition of its week go out together; None for a daily issue
+        of another day."""
+        if self.weekly:
+            return Edition.daily(self.days[weekly_day])
+        day = self.days[0]
+        return Edition.week_of(day) if day.weekday() == weekly_day else None
+
     @property
     def last_day(self) -> date:
         """The day the issue is dated by in the archive and ordered by among others: a week's Sunday."""

@@ -8,6 +8,12 @@
     ├── SubscriberError        a bad list name, unknown subscriber, unreadable CSV …
     ├── TokenError             a bad, forged or truncated unsubscribe token
     ├── DatabaseError          the database cannot be reached or stays locked (names it, no password)
+    ├── DatabaseCorrupt        the database file is no SQLite database, or a damaged one (names the
+    │                          file): not a DatabaseError, since waiting and retrying cannot mend it
+    ├── GenerateError          the day's digest could not be written: the source or the model failed,
+    │                          or the source has no papers that day (`nothing_today`; exit status 3)
+    ├── DigestExists           `generate` would overwrite a digest (an editor's, perhaps) without --force
+    ├── NothingToApprove       `approve` for a day whose issue no editor was sent
     ├── NoIssueSent            a report asked about a day, week or list that no issue went to
     ├── RunDateError           `newsletter run --date` in the future (exit status 2)
     ├── RunLocked              another `newsletter run` holds the run lock (exit status 5)
@@ -60,6 +66,26 @@ class TokenError(NewsletterError):
 
 
 class DatabaseError(NewsletterError):
+    pass
+
+
+class DatabaseCorrupt(NewsletterError):
+    pass
+
+
+class GenerateError(NewsletterError):
+    exit_code = 3
+
+    def __init__(self, message: str, *, nothing_today: bool = False) -> None:
+        super().__init__(message)
+        self.nothing_today = nothing_today
+
+
+class DigestExists(NewsletterError):
+    pass
+
+
+class NothingToApprove(NewsletterError):
     pass
 
 

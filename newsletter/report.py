@@ -2,7 +2,8 @@
 chose), bounces, spam reports and unsubscribes.
 
 Everything is counted in distinct readers, from the deliveries of a campaign and the provider's
-events kept per reader (campaign_events, written once per event id by webhook.py):
+events kept per reader (campaign_events, written once per event id by webhook.py, and only for a
+reader the campaign had a delivery for: an event's campaign id is a tag, not a proof):
 
 - opens leave out the provider's machine opens (Apple Mail Privacy Protection fetches every image
   of every message, so they say nothing about a reader);

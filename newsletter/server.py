@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
+import uvicorn.config
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from starlette.applications import Starlette
@@ -225,19 +229,35 @@ class _Service:
         self._lists[name] = (time.monotonic(), found)
         return found
 
-    def sign_up(self, mailing_list: MailingList, form: signup.SignUpForm, client: str) -> signup.Due | None:
-        now = self._settings.clock()
+    def request_sign_up(self, mailing_list: MailingList, form: signup.SignUpForm, client: str) -> bool:
+        """Queue a sign-up; False if the client is over its hourly rate (then logged, by the keyed
+        hash the rate limit counts it under: never an address)."""
+        key = signup.client_key(self._settings, client)
+        rate = self._settings.signup_rate_per_hour
         with self.transaction() as conn:
-            return signup.sign_up(
-                conn,
-                mailing_list,
-                form,
-                client=signup.client_key(self._settings, client),
-                now=now,
-                today=self._settings.local_date(now),
-                rate_per_hour=self._settings.signup_rate_per_hour,
-                newsletter=self._settings.from_name,
-            )
+            queued = signup.request_sign_up(conn, mailing_list, form, client=key, now=self._settings.clock(), rate_per_hour=rate)
+        if not queued:
+            log.warning("a sign-up was refused: client %s is over its rate of %d an hour", key[:12], rate)
+        return queued
+
+    # Sign-ups taken from the queue at once: each in its own short transaction.
+    QUEUE_PAGE = 100
+
+    def take_sign_ups(self) -> tuple[list[signup.Due], bool]:
+        """Record the queued sign-ups, oldest first, and say which mails they call for (claimed);
+        and whether more are waiting."""
+        with db.reading(self._engine) as conn:
+            waiting = signup.queued(conn, self.QUEUE_PAGE)
+        dues = []
+        for request in waiting:
+            now = self._settings.clock()
+            with self.transaction() as conn:
+                due = signup.sign_up(
+                    conn, request, now=now, today=self._settings.local_date(now), newsletter=self._settings.from_name
+                )
+            if due is not None:
+                dues.append(due)
+        return dues, len(waiting) == self.QUEUE_PAGE
 
     def inspect_confirmation(self, token: str) -> signup.Confirmation | None:
         with db.reading(self._engine) as conn:
@@ -250,15 +270,19 @@ class _Service:
                 conn, self._confirmations, token, now=self._settings.clock(), ip=ip, newsletter=self._settings.from_name
             )
 
-    def fresh_confirmation(self, token: str) -> tuple[signup.Confirmation | None, signup.Due | None]:
-        """For an expired link: the next confirmation mail, within the day's limit."""
+    def fresh_confirmation(self, token: str) -> tuple[signup.Confirmation | None, str | None, signup.Due | None]:
+        """For an expired link of a member still to confirm: the next confirmation mail, within the
+        day's limit, and the page's state ("resent", or "limit" when today's mails are used up)."""
         now = self._settings.clock()
         with self.transaction() as conn:
             found = signup.inspect_link(conn, self._confirmations, token, now)
-            if found is None or found.state == "subscribed":
-                return found, None
+            if found is None or found.member.status == db.SUBSCRIBED:
+                return found, None, None
             due = signup.confirmation_due(conn, found.member, self._settings.local_date(now), self._settings.from_name)
-            return found, signup.claimed(conn, due, now)
+            if due is None:
+                return found, "limit", None
+            # Unclaimed: it is being sent already.
+            return found, "resent", signup.claimed(conn, due, now)
 
 
 # Built once: it runs for every click, and building a statement costs more than running it.
@@ -307,9 +331,9 @@ class _Pages:
         html = self._env.get_template(template).render(values)
         return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
-    def invalid(self) -> HTMLResponse:
+    def invalid(self, status_code: int = 404) -> HTMLResponse:
         # The same bytes for every bad link, whatever made it bad.
-        return self.render("unsubscribe_invalid.html.j2", 404)
+        return self.render("unsubscribe_invalid.html.j2", status_code)
 
     def for_status(self, membership: Membership, token: str, ticket: str = "") -> HTMLResponse:
         """The page that follows a POST: done (offering to undo it if given a resubscribe ticket),
@@ -340,6 +364,22 @@ class _SecurityHeaders:
             await send(message)
 
         await self._app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+
+class _NulRefused:
+    """A path with a NUL, once decoded, is no link of ours and names no file: `refusal` (400) before
+    any route reads it. PostgreSQL refuses a NUL in a string, and the file system in a name, with
+    an error that would otherwise be a 500."""
+
+    def __init__(self, app: ASGIApp, refusal: Response) -> None:
+        self._app = app
+        self._refusal = refusal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\x00" in scope["path"]:
+            await self._refusal(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
 
 
 class _WholeRest(Convertor[str]):
@@ -473,6 +513,39 @@ class _Mailer:
             await self._provider.aclose()
 
 
+class _SignUpQueue:
+    """Takes the form's queued sign-ups every INTERVAL seconds, on its own clock, and sends the mails
+    they call for. What an address's state calls for (a mail or none, a new row or none) is done
+    here, never right after that address's answer, so no answer's timing, nor the next request's,
+    tells whether the address was on the list."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, service: _Service, mailer: _Mailer) -> None:
+        self._service = service
+        self._mailer = mailer
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.INTERVAL)
+            more = True
+            while more:
+                try:
+                    dues, more = await run_in_threadpool(self._service.take_sign_ups)
+                except Exception:  # the database went away: the queue waits for the next turn
+                    log.exception("queued sign-ups were not taken; trying again")
+                    break
+                for due in dues:
+                    task = asyncio.create_task(self._mailer.send(due))
+                    self._sending.add(task)
+                    task.add_done_callback(self._sending.discard)
+
+    async def drain(self) -> None:
+        """Wait for the mails being sent (what is still queued waits for the next start)."""
+        await asyncio.gather(*self._sending)
+
+
 async def _form(request: Request) -> FormData:
     """A page's or a mail client's form (RFC 8058 allows urlencoded and multipart), read whole within
     the body limit before it is parsed; a file is refused (400), so nothing is ever spooled to disk."""
@@ -489,6 +562,7 @@ def create_app(settings: Settings) -> ASGIApp:
     confirmations = ConfirmLinks(settings)
     service = _Service(settings, engine, links, confirmations)
     mailer = _Mailer(settings, engine, service.transaction, links, confirmations)
+    queue = _SignUpQueue(service, mailer)
     pages = _Pages(settings)
     verifier = (
         WebhookVerifier(settings.sendgrid_webhook_public_key)
@@ -556,30 +630,31 @@ def create_app(settings: Settings) -> ASGIApp:
             return pages.invalid()
         form = await _form(request)
         email, name, frequency, honeypot = (str(form.get(field) or "") for field in ("email", "name", "frequency", "website"))
-        if honeypot:
-            # A bot: the page a person would get, and nothing stored or sent.
-            return signup_page(mailing_list, sent_to=email.strip())
         try:
             reader = signup.read_form(email, name, frequency or db.DAILY)
         except SubscriberError as error:
             message = f"올바른 이메일 주소를 입력해 주세요 · Please enter a valid email address ({error})"
-            return signup_page(mailing_list, 400, email=email, name=name, frequency=frequency, error=message)
-        due = await run_in_threadpool(service.sign_up, mailing_list, reader, client_of(request))
-        answer = signup_page(mailing_list, sent_to=reader.email)
-        if due is not None:
-            answer.background = BackgroundTask(mailer.send, due)
-        return answer
+            shown = {key: value.replace("\x00", "") for key, value in (("email", email), ("name", name), ("frequency", frequency))}
+            return signup_page(mailing_list, 400, **shown, error=message)
+        # A bot (the honeypot filled) gets the page a person would, and nothing is stored or sent.
+        if not honeypot:
+            await run_in_threadpool(service.request_sign_up, mailing_list, reader, client_of(request))
+        return signup_page(mailing_list, sent_to=reader.email)
 
     def confirmation_page(found: signup.Confirmation, token: str, state: str | None = None) -> HTMLResponse:
         member = found.member
+        state = state or found.state
+        # Only a link that just confirmed, or may still, leads to the reader's preferences or mails.
+        preferences = links.preferences_url(member.mailing_list.id, member.subscriber_id, member.email)
         return pages.render(
             "confirm.html.j2",
-            state=state or found.state,
+            state=state,
             masked_email=mask_email(member.email),
             list_title=member.mailing_list.description or member.mailing_list.name,
             frequency=member.frequency,
             confirm_days=CONFIRM_WINDOW.days,
-            preferences_url=links.preferences_url(member.mailing_list.id, member.subscriber_id, member.email),
+            preferences_url=preferences if state == "subscribed" else "",
+            offer_new_link=member.status != db.SUBSCRIBED,
         )
 
     async def confirmation(request: Request) -> Response:
@@ -594,8 +669,7 @@ def create_app(settings: Settings) -> ASGIApp:
         form = await _form(request)
         due: signup.Due | None
         if form.get("resend"):
-            found, due = await run_in_threadpool(service.fresh_confirmation, token)
-            state = "resent" if found is not None and found.state != "subscribed" else None
+            found, state, due = await run_in_threadpool(service.fresh_confirmation, token)
         else:
             found = await run_in_threadpool(service.confirm, token, client_of(request))
             due, state = (found.welcome if found else None), None
@@ -666,18 +740,58 @@ def create_app(settings: Settings) -> ASGIApp:
     ]
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        taking = asyncio.create_task(queue.run())
         yield
+        taking.cancel()
+        await queue.drain()
         await mailer.aclose()
         engine.dispose()
 
     site = _BodyLimit(
         Starlette(routes=routes, lifespan=lifespan), {"/webhooks/sendgrid": MAX_WEBHOOK_BODY}, MAX_FORM_BODY
     )
-    return _SecurityHeaders(site, _public_csp(settings))
+    return _SecurityHeaders(_NulRefused(site, pages.invalid(400)), _public_csp(settings))
+
+
+# What the server's log never shows: a reader's address, a link that carries their token, a token.
+_PRIVATE = re.compile(
+    r"[^\s@<>()\[\],;:\"'`]+@[^\s@<>()\[\],;:\"'`]+"
+    r"|/(?:unsubscribe|resubscribe|confirm|preferences)/[^\s\"'<>]*"
+    r"|\b[0-9a-z]{1,13}(?:\.[0-9a-z]{1,13}){1,2}\.[A-Za-z0-9_-]{43}"
+)
+
+
+def redact(text: str) -> str:
+    return _PRIVATE.sub("[private]", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Takes every address and token out of a log record, its traceback included: an exception's
+    message can quote a statement's parameters or a provider's answer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, every handler filtered, and this package's warnings on the same stream."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["filters"] = {"private": {"()": RedactingFilter}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["private"]
+    config["loggers"]["newsletter"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the site until interrupted."""
     app = create_app(settings)
     # No access log: every unsubscribe URL carries a reader's token.
-    uvicorn.run(app, host=host, port=port, access_log=False, server_header=False, log_level="info")
+    uvicorn.run(
+        app, host=host, port=port, access_log=False, server_header=False, log_level="info", log_config=_log_config()
+    )

@@ -5,21 +5,26 @@ The database side runs in the caller's transaction and says which mail is due (a
 idempotency key it goes out under), claimed for sending in that same transaction (one commit records
 the sign-up and the mail it calls for); `compose` turns a Due into the message, which
 send/transactional.py sends at most once. The keys carry the limits: at most CONFIRMATIONS_PER_DAY
-confirmation mails per address, list and day, one notice a day, one welcome ever.
+confirmation mails and one "already subscribed" notice per address and day, whatever the lists, and
+one welcome per list ever.
 
-Nobody learns from the form who is on a list: every address gets the same answer, whatever its
-state, and whether a mail goes out is decided here, never shown.
+Nobody learns from the form who is on a list, from its bytes or its timing: the form only queues the
+sign-up (`request_sign_up`, the same statements for every address), the answer is the same whatever
+the address's state, and the server takes the queue (`sign_up`) on its own schedule, so that the
+work an address's state calls for never follows a given request.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Literal
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Insert, bindparam, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
@@ -30,7 +35,9 @@ from .providers import Message, Provider, Recipient
 from .publish import PublishedIssue, published_issues
 from .render import DARK, FONT_STACK, LIGHT, render_template
 from .send.transactional import Outcome, Outgoing, claim, send_messages
-from .subscribers import SIGNUP_RATE_WINDOW, MailingList, email_key, normalise_email
+from .addresses import email_key, normalise_email
+from .providers.headers import plain_name
+from .subscribers import SIGNUP_RATE_WINDOW, MailingList
 from .tokens import CONFIRM_WINDOW, ConfirmLinks, UnsubscribeLinks
 
 CONFIRMATIONS_PER_DAY = 3
@@ -50,11 +57,12 @@ class SignUpForm:
 
 def read_form(email: str, name: str, frequency: str) -> SignUpForm:
     """The form's fields as a sign-up; SubscriberError with a message for the reader if the address
-    is not one, or the frequency not offered."""
+    is not one, the frequency not offered, or a field holds a NUL (no browser sends one)."""
+    if "\x00" in email + name + frequency:
+        raise SubscriberError("a field holds a character no address or name has")
     if frequency not in db.FREQUENCIES:
         raise SubscriberError(f"choose how often: {' or '.join(db.FREQUENCIES)}")
-    name = " ".join(name.split())[:200] or None
-    return SignUpForm(normalise_email(email.strip()), name, frequency)
+    return SignUpForm(normalise_email(email.strip()), plain_name(name), frequency)
 
 
 @dataclass(frozen=True)
@@ -100,25 +108,49 @@ def client_key(settings: Settings, address: str) -> str:
     return hmac.new(secret, f"signup-client:{address}".encode(), hashlib.sha256).hexdigest()
 
 
-def sign_up(
-    conn: Connection,
-    mailing_list: MailingList,
-    form: SignUpForm,
-    *,
-    client: str,
-    now: datetime,
-    today: date,
-    rate_per_hour: int,
-    newsletter: str,
-) -> Due | None:
-    """Record a sign-up from the form and say which mail it calls for (None: none, or the client
-    is over its rate). A new address joins unconfirmed on a double opt-in list and subscribed on a
+def request_sign_up(
+    conn: Connection, mailing_list: MailingList, form: SignUpForm, *, client: str, now: datetime, rate_per_hour: int
+) -> bool:
+    """Queue a sign-up from the form; False (nothing queued) if the client is over its rate. The
+    same statements run whatever the address's state, which only `sign_up` reads, later, off the
+    request path. Runs in the caller's (write) transaction."""
+    if conn.execute(_RECENT_ATTEMPTS, {"client": client, "since": now - SIGNUP_RATE_WINDOW}).scalar_one() >= rate_per_hour:
+        return False
+    conn.execute(_ATTEMPT, {"client": client, "at": now})
+    request = {"list_id": mailing_list.id, "email": form.email, "name": form.name, "frequency": form.frequency}
+    conn.execute(_QUEUE, {**request, "received_at": now})
+    return True
+
+
+@dataclass(frozen=True)
+class SignUpRequest:
+    """A sign-up the form queued (`request_sign_up`), waiting for `sign_up`."""
+
+    id: int
+    mailing_list: MailingList
+    form: SignUpForm
+
+
+def queued(conn: Connection, limit: int) -> list[SignUpRequest]:
+    """The oldest `limit` sign-ups waiting."""
+    return [
+        SignUpRequest(
+            row.request_id,
+            MailingList(row.id, row.name, row.description, row.created_at, row.optin),
+            SignUpForm(row.email, row.subscriber_name, row.frequency),
+        )
+        for row in conn.execute(_QUEUED, {"limit": limit})
+    ]
+
+
+def sign_up(conn: Connection, request: SignUpRequest, *, now: datetime, today: date, newsletter: str) -> Due | None:
+    """Take a queued sign-up and record it, saying which mail it calls for (None: none, or another
+    process took it). A new address joins unconfirmed on a double opt-in list and subscribed on a
     single opt-in one; an unconfirmed one, or one that left, is sent a confirmation; a subscribed one
     at most a daily notice. Runs in the caller's (write) transaction."""
-    if conn.execute(_RECENT_ATTEMPTS, {"client": client, "since": now - SIGNUP_RATE_WINDOW}).scalar_one() >= rate_per_hour:
+    if conn.execute(_DEQUEUE, {"request": request.id}).rowcount != 1:
         return None
-    conn.execute(_ATTEMPT, {"client": client, "at": now})
-
+    mailing_list, form = request.mailing_list, request.form
     subscriber_id, email, name = _subscriber_for(conn, form, now)
     row = _membership_row(conn, mailing_list.id, subscriber_id, lock=True)
     status = row.status if row is not None else None  # type: ignore[attr-defined]
@@ -141,8 +173,9 @@ def sign_up(
         if joined == db.SUBSCRIBED:
             return claimed(conn, _welcome(member, newsletter), now)
     elif status == db.SUBSCRIBED:
-        # Their frequency stays: only their own preferences link may change it.
-        notice = Due(ALREADY, f"already:{mailing_list.id}:{subscriber_id}:{today.isoformat()}", _member_of(row), newsletter)
+        # Their frequency stays: only their own preferences link may change it. One notice a day
+        # per address, whichever lists it was typed into.
+        notice = Due(ALREADY, f"already:{subscriber_id}:{today.isoformat()}", _member_of(row), newsletter)
         return claimed(conn, notice, now)
     else:
         # Unconfirmed, or left: the choice is kept for when they confirm.
@@ -152,9 +185,10 @@ def sign_up(
 
 
 def confirmation_due(conn: Connection, member: Member, today: date, newsletter: str) -> Due | None:
-    """The next confirmation mail for `member` today, or None when today's are used up. A try that
-    sent nothing (the provider unreachable) is tried again under its own key."""
-    prefix = f"confirm:{member.mailing_list.id}:{member.subscriber_id}:{today.isoformat()}:"
+    """The next confirmation mail for `member` today, or None when the address's are used up,
+    whichever lists they were for. A try that sent nothing (the provider unreachable) is tried again
+    under its own key."""
+    prefix = f"confirm:{member.subscriber_id}:{today.isoformat()}:"
     sent = conn.execute(_SENT_TODAY, {"pattern": f"{prefix}%"}).all()
     unsent = sorted(row.key for row in sent if row.state == db.PENDING)
     if unsent:
@@ -185,11 +219,13 @@ def inspect_link(conn: Connection, links: ConfirmLinks, token: str, now: datetim
     if row is None or not links.signed_for(token, row.email):
         return None
     member = _member_of(row)
+    # An old link ends whatever its owner did since: it is no lasting key to their preferences.
+    if now - ticket.issued_at > CONFIRM_WINDOW:
+        return Confirmation("expired", member)
     if member.status == db.SUBSCRIBED:
         return Confirmation("subscribed", member)
     # A link issued before its owner last left (an old mail) does not undo their leaving.
-    too_old = now - ticket.issued_at > CONFIRM_WINDOW
-    if too_old or (member.status != db.UNCONFIRMED and ticket.issued_at < member.status_since.replace(microsecond=0)):
+    if member.status != db.UNCONFIRMED and ticket.issued_at < member.status_since:
         return Confirmation("expired", member)
     return Confirmation("confirmable", member)
 
@@ -231,10 +267,18 @@ def _welcome(member: Member, newsletter: str) -> Due:
 _a, _m, _s = db.signup_attempts.c, db.memberships.c, db.subscribers.c
 _RECENT_ATTEMPTS = select(func.count()).where(_a.client == bindparam("client"), _a.at > bindparam("since"))
 _ATTEMPT = insert(db.signup_attempts)
+_r = db.signup_requests.c
+_QUEUE = insert(db.signup_requests)
+_QUEUED = (
+    select(_r.id.label("request_id"), _r.email, _r.name.label("subscriber_name"), _r.frequency, db.lists)
+    .select_from(db.signup_requests.join(db.lists))
+    .order_by(_r.id)
+    .limit(bindparam("limit"))
+)
+_DEQUEUE = db.signup_requests.delete().where(_r.id == bindparam("request"))
 # The prefix is made of ids, a date and colons: nothing LIKE reads as a wildcard.
 _SENT_TODAY = select(db.messages.c.key, db.messages.c.state).where(db.messages.c.key.like(bindparam("pattern")))
 _FIND_SUBSCRIBER = select(_s.id, _s.email, _s.name).where(_s.email_key == bindparam("key"))
-_ADD_SUBSCRIBER = insert(db.subscribers).returning(_s.id)
 _MEMBERSHIP = (
     select(db.lists, _s.email, _s.name.label("subscriber_name"), _m.subscriber_id, _m.status, _m.frequency, _m.updated_at)
     .select_from(db.memberships.join(db.subscribers).join(db.lists))
@@ -254,12 +298,17 @@ def _subscriber_for(conn: Connection, form: SignUpForm, now: datetime) -> tuple[
     """(id, address, name) of the subscriber with the form's address, added if new. An existing
     subscriber's name is kept: anyone can type anyone's address into a form."""
     key = email_key(form.email)
-    found = conn.execute(_FIND_SUBSCRIBER, {"key": key}).first()
-    if found is not None:
-        return found.id, found.email, found.name
     values = {"email": form.email, "email_key": key, "name": form.name, "attributes": {}, "created_at": now}
-    added = conn.execute(_ADD_SUBSCRIBER, values).scalar_one()
-    return added, form.email, form.name
+    # An upsert: another process (an import, a second server) may add the same address meanwhile.
+    conn.execute(_upsert(conn.dialect.name), values)
+    found = conn.execute(_FIND_SUBSCRIBER, {"key": key}).one()
+    return found.id, found.email, found.name
+
+
+@functools.cache
+def _upsert(dialect: str) -> Insert:
+    insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert_into(db.subscribers).on_conflict_do_nothing(index_elements=[_s.email_key])
 
 
 def _set_frequency(conn: Connection, list_id: int, subscriber_id: int, frequency: str) -> None:

@@ -55,10 +55,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
+from .addresses import email_key, normalise_email
 from .errors import SubscriberError
 from .files import atomic_file
 from .membership import compare_and_set_many, members_query
-from .subscribers import check_details, email_key, get_list, normalise_email, read_pages
+from .providers.headers import plain_text
+from .subscribers import check_details, get_list, read_pages
 
 # Rows per staging transaction: large enough to amortise a transaction, small enough that the
 # web server never waits long for the lock.
@@ -225,7 +227,7 @@ def _staged_row(header: _Header, line: int, fields: list[str], known: dict[str, 
         # A stored address was normalised by this same validator: an exact match needs no second look
         # (which makes re-importing a file cheap).
         email = candidate if seen is not None and seen.email == candidate else normalise_email(candidate)
-        name = _cell(fields, header.name) or None
+        name = plain_text(_cell(fields, header.name)) or None
         attributes = {column: value for index, column in header.attributes if (value := _cell(fields, index))}
         check_details(name, attributes)
     except SubscriberError as error:

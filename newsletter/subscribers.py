@@ -9,15 +9,12 @@ from recording an unsubscribe. The CSV import and export are in newsletter/subsc
 
 from __future__ import annotations
 
-import functools
-import importlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import (
     ColumnElement,
     Row,
@@ -33,12 +30,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
+from .addresses import email_key, normalise_email
+from .providers.headers import NAME_MAX
 from .errors import SubscriberError
 from .membership import compare_and_set, log_event, members_query, status_of
 
 # Names are typed on command lines and appear in URLs and logs: keep them plain.
 LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-NAME_MAX = 500
 # Columns of a subscriber that attributes may not shadow (an export writes them side by side).
 RESERVED_ATTRIBUTES = ("email", "name")
 
@@ -136,41 +134,6 @@ class Erasure:
     events: int
     deliveries_anonymised: int
     lists: list[str] = field(default_factory=list)
-
-
-# -- addresses ------------------------------------------------------------------------------------
-
-
-def _memoise_domain_checks() -> None:
-    """email-validator checks the domain of every address from scratch (IDNA tables, character by
-    character): two thirds of its time. A list has few distinct domains and the check is a pure
-    function of its arguments, so remember it: a million-row import validates three times faster.
-    Should a later email-validator move the function, this does nothing and validation is only slower.
-    """
-    module = importlib.import_module("email_validator.validate_email")
-    check = getattr(module, "validate_email_domain_name", None)
-    if callable(check) and not hasattr(check, "cache_info"):
-        module.validate_email_domain_name = functools.lru_cache(maxsize=4096)(check)  # type: ignore[attr-defined]
-
-
-_memoise_domain_checks()
-
-
-def normalise_email(raw: str) -> str:
-    """The address trimmed, syntax-checked (no DNS) and with its domain lower-cased.
-
-    Raises SubscriberError with email-validator's reason.
-    """
-    candidate = raw.strip()
-    try:
-        return validate_email(candidate, check_deliverability=False).normalized
-    except EmailNotValidError as error:
-        raise SubscriberError(f"invalid email address {candidate!r}: {error}") from None
-
-
-def email_key(email: str) -> str:
-    """What makes two addresses the same subscriber: the whole address, case-folded."""
-    return email.casefold()
 
 
 # -- lists ----------------------------------------------------------------------------------------
@@ -366,9 +329,11 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
     """Delete everything we hold about a person (GDPR erasure), unlike unsubscribing, which keeps
     the record that they said no.
 
-    Removes the subscriber, their memberships and their event log; their delivery records stay
-    with past sends (which count them) but with the address blanked. One anonymous "erased" event
-    records that an erasure happened, and when.
+    Removes the subscriber, their memberships, their event log, the records of the mails sent to
+    them alone (confirmations, welcomes) and their sign-ups still queued; their delivery records stay
+    with past sends (which count them) but with the address blanked, and the address is taken out of
+    any provider answer recorded with a send. One anonymous "erased" event records that an erasure
+    happened, and when.
     """
     subscriber = find_subscriber(conn, email)
     m, e, d = db.memberships.c, db.events.c, db.deliveries.c
@@ -386,6 +351,19 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
     deliveries = conn.execute(
         update(db.deliveries).where(d.subscriber_id == subscriber.id).values(email="")
     ).rowcount
+    # The address as any of these may have written it: as stored, as typed in another case.
+    key = email_key(subscriber.email)
+    for table in (db.messages, db.signup_requests):
+        spellings = select(table.c.id, table.c.email).where(func.lower(table.c.email) == func.lower(subscriber.email))
+        ids = [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
+        conn.execute(delete(table).where(table.c.id.in_(ids)))
+    for spelling in {subscriber.email, subscriber.email.lower()}:
+        for column in (d.error, db.batches.c.error):
+            conn.execute(
+                update(column.table)
+                .where(column.contains(spelling, autoescape=True))
+                .values({column.name: func.replace(column, spelling, "[erased]")})
+            )
     conn.execute(delete(db.subscribers).where(db.subscribers.c.id == subscriber.id))
     log_event(conn, subscriber_id=None, list_id=None, status=ERASED, source="command", now=now)
     return Erasure(subscriber.email, memberships, events, deliveries, lists)

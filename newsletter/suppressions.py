@@ -27,7 +27,7 @@ from .providers.sendgrid.suppressions import (
     SuppressionList,
     Suppressions,
 )
-from .subscribers import email_key, normalise_email
+from .addresses import email_key, normalise_email
 
 
 def suppress(

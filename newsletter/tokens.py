@@ -4,8 +4,8 @@ which also open the reader's preferences page; and the sign-up confirmation link
 A token is `<list id>.<subscriber id>.<HMAC-SHA256>`, the ids in base 36 and the signature in
 unpadded base64url, about 50 characters: short enough for a List-Unsubscribe header. It names a
 membership, not an address, so a leaked link reveals nothing but the ability to unsubscribe that one
-membership. The signature also covers the address the link was made for (its email_key), so a link
-verifies only against the membership of that address: should an id ever name someone else, the link
+membership. The signature also covers the address the link was made for so a link
+verifies only against the membership of that address (case-folded): should an id ever name someone else, the link
 stops working instead of acting on them. Links signed before that (ids and list only) still work for
 the subscribers who existed then (db.legacy_links), so that no unsubscribe already in an inbox is lost.
 
@@ -17,7 +17,8 @@ the page shown right after an unsubscribe carries, valid for RESUBSCRIBE_WINDOW.
 forwarded link can unsubscribe its owner, but cannot re-subscribe someone who said no.
 
 A confirmation link (ConfirmLinks) is `<list id>.<subscriber id>.<issued at>.<HMAC-SHA256>`, the
-time in base 36 seconds, signed with its own salt over the ids, the time and the address: it confirms
+time in base 36 microseconds (links made before were in seconds, read as the start of that second),
+so that it is compared with a reader's leaving to the microsecond; signed with its own salt over the ids, the time and the address: it confirms
 that one sign-up for CONFIRM_WINDOW, read as strictly.
 """
 
@@ -36,7 +37,6 @@ from itsdangerous import BadSignature, Signer, TimestampSigner
 
 from .config import Settings
 from .errors import TokenError
-from .subscribers import email_key
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -53,6 +53,10 @@ CONFIRM_WINDOW = timedelta(days=7)
 _ID = r"([1-9a-z][0-9a-z]{0,12})"
 _SIGNATURE = r"([A-Za-z0-9_-]{43})"
 _CONFIRM_TOKEN = re.compile(rf"{_ID}\.{_ID}\.{_ID}\.{_SIGNATURE}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# A confirmation link's time from this number on is in microseconds: as seconds it would be the year
+# 5138, and as microseconds it is the second day of 1970, before any link was made.
+_MICROSECOND_LINKS = 10**11
 
 
 def _to_base36(number: int) -> str:
@@ -160,7 +164,8 @@ class ConfirmLinks:
         self._base_url = settings.base_url
 
     def token(self, list_id: int, subscriber_id: int, email: str, issued_at: datetime) -> str:
-        payload = ".".join(_to_base36(number) for number in (list_id, subscriber_id, int(issued_at.timestamp())))
+        issued = (issued_at - _EPOCH) // timedelta(microseconds=1)
+        payload = ".".join(_to_base36(number) for number in (list_id, subscriber_id, issued))
         return f"{payload}.{self._signer.get_signature(_signed_text(payload, email)).decode('ascii')}"
 
     def url(self, list_id: int, subscriber_id: int, email: str, issued_at: datetime) -> str:
@@ -173,9 +178,12 @@ class ConfirmLinks:
         numbers = [int(match[group], 36) for group in (1, 2, 3)] if match else []
         if match is None or not _canonical_base64(match[4]) or max(numbers) > MAX_ID:
             raise TokenError("this confirmation link is not valid")
+        issued = numbers[2]
         try:
-            issued_at = datetime.fromtimestamp(numbers[2], timezone.utc)
-        except (OverflowError, OSError, ValueError):
+            issued_at = _EPOCH + (
+                timedelta(microseconds=issued) if issued >= _MICROSECOND_LINKS else timedelta(seconds=issued)
+            )
+        except OverflowError:
             raise TokenError("this confirmation link is not valid") from None
         return Confirmation(numbers[0], numbers[1], issued_at)
 
@@ -186,8 +194,10 @@ class ConfirmLinks:
 
 
 def _signed_text(payload: str, email: str) -> str:
-    # The key, not the address as typed: a re-import in other case keeps the reader's links working.
-    return f"{payload}.{email_key(email)}"
+    # The address case-folded, not as typed: a re-import in other case keeps the reader's links
+    # working. Not addresses.email_key, which is finer: the links in inboxes were signed over this,
+    # and the ids in a token tell apart two addresses that fold alike.
+    return f"{payload}.{email.casefold()}"
 
 
 def _canonical_base64(text: str) -> bool:

@@ -10,18 +10,18 @@ provider retry the whole batch for a day, then drop it, the unsubscribes in it i
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import Connection
+from sqlalchemy import ColumnElement, Select, select
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from . import db
 from .providers import Event
-from .subscribers import email_key
+from .addresses import email_key
 from .suppressions import subscriber_id_for, suppress
 
 log = logging.getLogger(__name__)
@@ -146,13 +146,17 @@ def _apply(conn: Connection, events: list[Event], now: datetime) -> WebhookResul
 
 
 def _already_applied(conn: Connection, event_ids: list[str]) -> set[str]:
-    seen: set[str] = set()
     column = db.webhook_events.c.sg_event_id
-    # Chunked: a batch can hold thousands of events, more than a statement's bound parameters.
-    for start in range(0, len(event_ids), 500):
-        chunk = event_ids[start : start + 500]
-        seen.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
-    return seen
+    return {event_id for (event_id,) in _in_chunks(conn, select(column), column, event_ids)}
+
+
+def _in_chunks(conn: Connection, query: Select[Any], column: ColumnElement[Any], values: list[Any]) -> list[Row[Any]]:
+    """The rows of `query` whose `column` is one of `values`, asked in chunks: a batch can hold
+    thousands of events, more than a statement's bound parameters."""
+    rows: list[Row[Any]] = []
+    for start in range(0, len(values), 500):
+        rows.extend(conn.execute(query.where(column.in_(values[start : start + 500]))))
+    return rows
 
 
 def _count(conn: Connection, counts: Counter[tuple[int, str]], existing: set[int]) -> None:
@@ -172,11 +176,23 @@ def _count(conn: Connection, counts: Counter[tuple[int, str]], existing: set[int
 
 
 def _record(conn: Connection, facts: list[Event], now: datetime) -> None:
-    """A campaign_events row per new fact, its reader named by the subscriber id their address has
-    (an address we do not know, or no longer know, is left out: it names no reader to count)."""
+    """A campaign_events row per new fact, its reader named by the subscriber id their address has,
+    if the campaign had that reader (a delivery to them). An address we do not know, or no longer
+    know, names no reader to count. A campaign id is only a tag the provider echoes back (another
+    database's campaign of the same id on the same account, a message tagged by hand), so it is
+    checked against the deliveries here, once per event, rather than by the report, which would
+    check millions of facts on every run."""
     if not facts:
         return
     readers = _subscriber_ids(conn, {event.email for event in facts if event.email is not None})
+    had = _delivered_to(
+        conn,
+        {
+            (event.campaign_id, readers[event.email])
+            for event in facts
+            if event.campaign_id is not None and event.email in readers
+        },
+    )
     rows = [
         {
             "campaign_id": event.campaign_id,
@@ -187,10 +203,25 @@ def _record(conn: Connection, facts: list[Event], now: datetime) -> None:
             "at": event.at or now,
         }
         for event in facts
-        if event.email in readers
+        if (event.campaign_id, readers.get(event.email)) in had
     ]
     if rows:
         conn.execute(_insert_new_facts(conn), rows)
+
+
+def _delivered_to(conn: Connection, pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The (campaign, subscriber) pairs among `pairs` that have a delivery: the readers each campaign
+    had, whatever its state (an event can come before its batch's answer is recorded)."""
+    d = db.deliveries.c
+    wanted: dict[int, list[int]] = defaultdict(list)
+    for campaign_id, subscriber_id in pairs:
+        wanted[campaign_id].append(subscriber_id)
+    had: set[tuple[int, int]] = set()
+    for campaign_id, subscriber_ids in wanted.items():
+        query = select(d.subscriber_id).where(d.campaign_id == campaign_id)
+        found = _in_chunks(conn, query, d.subscriber_id, sorted(subscriber_ids))
+        had.update((campaign_id, subscriber_id) for (subscriber_id,) in found)
+    return had
 
 
 def _insert_new_facts(conn: Connection) -> Any:
@@ -208,11 +239,9 @@ def _subscriber_ids(conn: Connection, emails: set[str]) -> dict[str, int]:
     case-folded text in bulk, then (for the few that miss) as suppressions match an address."""
     keys = {email: email_key(email.strip()) for email in emails}
     column = db.subscribers.c.email_key
-    found: dict[str, int] = {}
-    wanted = sorted(set(keys.values()))
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        found.update(conn.execute(select(column, db.subscribers.c.id).where(column.in_(chunk))).all())
+    found: dict[str, int] = dict(
+        _in_chunks(conn, select(column, db.subscribers.c.id), column, sorted(set(keys.values())))
+    )
     readers = {email: found[key] for email, key in keys.items() if key in found}
     for email in emails - readers.keys():
         subscriber_id = subscriber_id_for(conn, email)

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
-from newsletter.subscribers import email_key
+from newsletter.addresses import email_key
 
 API_KEY = "SG.test-key-never-printed"
 LIST = "daily-papers"

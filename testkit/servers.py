@@ -36,9 +36,12 @@ def wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen | 
 
 
 @contextlib.contextmanager
-def running(command: list[str], port: int, *, env: dict[str, str] | None = None, timeout: float = 60.0):
-    """Run a server process for the duration of the block; its output goes to a log shown on failure."""
-    log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
+def running(
+    command: list[str], port: int, *, env: dict[str, str] | None = None, timeout: float = 60.0, log_to: Path | None = None
+):
+    """Run a server process for the duration of the block; its output goes to a log shown on failure
+    (and kept at `log_to`, if given)."""
+    log = open(log_to, "w+") if log_to else tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)
     process = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
     )
@@ -56,14 +59,18 @@ def running(command: list[str], port: int, *, env: dict[str, str] | None = None,
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-        os.unlink(log.name)
+        if log_to is None:
+            os.unlink(log.name)
 
 
 @contextlib.contextmanager
-def serving(config: Path, env: dict[str, str] | None = None, port: int | None = None) -> Iterator[str]:
+def serving(
+    config: Path, env: dict[str, str] | None = None, port: int | None = None, log_to: Path | None = None
+) -> Iterator[str]:
     """`python -m newsletter serve` with this config (and `env` added to its environment), on `port`
-    (by default a free one: give it to set base_url to the server's own address); yields its URL."""
+    (by default a free one: give it to set base_url to the server's own address); yields its URL.
+    Its output is kept at `log_to`, if given."""
     port = port or free_port()
     command = [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", str(port)]
-    with running(command, port, env=env):
+    with running(command, port, env=env, log_to=log_to):
         yield f"http://127.0.0.1:{port}"

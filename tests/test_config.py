@@ -131,6 +131,7 @@ def test_signing_keys_are_trimmed_and_at_least_16_characters(monkeypatch: pytest
 
 def test_the_signing_key_file_is_made_with_the_database_readable_only_by_its_owner(tmp_path: Path) -> None:
     key_file = tmp_path / "subscribers" / "secret.key"
+    key_file.parent.mkdir()  # as a fresh clone has it
     settings = load_settings()
     db.connect(settings).dispose()
     assert key_file.stat().st_mode & 0o777 == 0o600
@@ -139,6 +140,23 @@ def test_the_signing_key_file_is_made_with_the_database_readable_only_by_its_own
     key_file.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_settings().signing_keys()
+
+
+def test_the_database_folder_must_exist_and_is_never_made(tmp_path: Path) -> None:
+    """A relative database_url is taken from the config file's folder; a folder missing there is
+    named (a typo must not start an empty database elsewhere), and made by no command."""
+    config = tmp_path / "newsletter.toml"
+    config.write_text('database_url = "sqlite:///data/newsletter.db"\n')
+    result = run_newsletter("--config", str(config), "lists", "list")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: bad setting 'database_url' (NEWSLETTER_DATABASE_URL): the folder {tmp_path / 'data'} "
+        "does not exist; check the path, or create the folder"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["newsletter.toml"]
+    (tmp_path / "data").mkdir()
+    assert run_newsletter("--config", str(config), "lists", "list").returncode == 0
+    assert (tmp_path / "data" / "newsletter.db").is_file()
 
 
 def test_a_missing_key_file_is_an_error_and_never_silently_replaced(tmp_path: Path) -> None:
@@ -177,6 +195,7 @@ def test_a_key_file_that_cannot_be_used_is_one_clear_error(tmp_path: Path) -> No
 
 
 def test_a_key_file_that_cannot_be_created_leaves_no_database_behind(tmp_path: Path) -> None:
+    (tmp_path / "subscribers").mkdir()
     (tmp_path / "not-a-folder").write_text("a file where the key's folder should be")
     broken = load_settings(secret_key_file="not-a-folder/secret.key")
     with pytest.raises(ConfigError, match="not-a-folder/secret.key: cannot create the secret key file"):

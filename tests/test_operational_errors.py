@@ -1,10 +1,12 @@
 """Operational failures get one line naming what failed and exit 1, never a traceback or a secret:
-an unreachable or malformed database URL, a database locked past its timeout, a full disk, a key file
-that is a pipe, a misspelt NEWSLETTER_* variable; and `status` tells a dead sender from a live one."""
+an unreachable or malformed database URL, a database folder that does not exist, a database file that
+is damaged or no database at all, a database locked past its timeout, a full disk, a key file that is
+a pipe, a misspelt NEWSLETTER_* variable; and `status` tells a dead sender from a live one."""
 
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ import pytest
 
 from newsletter import db, send
 from newsletter.send.claim import holder_of
-from testkit.projects import LIST, configure, engine_of, seed
+from testkit.projects import LIST, configure, dispose_engine, engine_of, seed
 from testkit.servers import free_port
 
 from .send_helpers import CONTENT, DAY, cli, plan_for
@@ -46,7 +48,57 @@ def test_a_bad_or_unreachable_database_url_is_one_line_without_the_password(
     assert expected in line and "s3cret-pw" not in line
 
 
+def test_a_database_folder_that_does_not_exist_is_named_and_never_made(tmp_path: Path) -> None:
+    """A mistyped path must not quietly start an empty database (and its folders) somewhere else."""
+    mistyped = tmp_path / "subscirbers" / "data"
+    line = _one_error_line(
+        run_newsletter("lists", "list", cwd=tmp_path, env={"NEWSLETTER_DATABASE_URL": f"sqlite:///{mistyped}/news.db"})
+    )
+    assert line.startswith("error: bad setting 'database_url' (NEWSLETTER_DATABASE_URL)")
+    assert f"the folder {mistyped} does not exist" in line
+    # The default, subscribers/newsletter.db, in a folder that lacks subscribers/ (a fresh clone has it).
+    line = _one_error_line(run_newsletter("send", "--date", "2026-01-23", "--dry-run", "--yes", cwd=tmp_path))
+    assert "'database_url'" in line and f"the folder {tmp_path / 'subscribers'} does not exist" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def damaged(project: Path, request: pytest.FixtureRequest) -> Path:
+    """A project whose database file is random bytes, or a real database cut short."""
+    settings = configure(project)
+    seed(settings, 3)
+    dispose_engine(settings.resolved_database_url)  # its last connection folds the WAL into the file
+    database = project / "newsletter.db"
+    assert not database.with_name("newsletter.db-wal").exists()
+    if request.param == "random bytes":
+        database.write_bytes(random.Random(7).randbytes(64 * 1024))
+    else:
+        os.truncate(database, database.stat().st_size // 2)
+    return database
+
+
+@pytest.mark.parametrize("damaged", ["random bytes", "truncated"], indirect=True)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("lists", "list"),
+        ("send", "--date", "2026-01-23", "--dry-run", "--yes"),
+        ("run", "--date", "2026-01-23"),
+        ("serve", "--port", str(free_port())),  # it stops before it listens
+        ("report",),
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_damaged_database_is_one_line_naming_the_file(project: Path, damaged: Path, command: tuple[str, ...]) -> None:
+    before = damaged.read_bytes()
+    line = _one_error_line(cli(project, *command, timeout=60))
+    assert line.startswith(f"error: {damaged}: cannot be read as a SQLite database (")
+    assert "restore it from a backup, or set database_url to the right file" in line
+    assert damaged.read_bytes() == before
+
+
 def test_a_database_locked_past_the_timeout_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "subscribers").mkdir()  # as a fresh clone has it
     assert run_newsletter("lists", "list", cwd=tmp_path).returncode == 0  # creates the database
     holder = sqlite3.connect(tmp_path / "subscribers" / "newsletter.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
@@ -88,6 +140,7 @@ def test_a_full_disk_is_one_line_naming_the_file(project: Path, full_disk: Path)
 
 
 def test_a_key_file_that_is_a_pipe_is_refused_at_once(tmp_path: Path) -> None:
+    (tmp_path / "subscribers").mkdir()
     assert run_newsletter("lists", "list", cwd=tmp_path).returncode == 0
     key_file = tmp_path / "subscribers" / "secret.key"
     key_file.unlink()
@@ -98,6 +151,7 @@ def test_a_key_file_that_is_a_pipe_is_refused_at_once(tmp_path: Path) -> None:
 
 
 def test_a_misspelt_variable_is_named_with_the_closest_setting(tmp_path: Path) -> None:
+    (tmp_path / "subscribers").mkdir()
     result = run_newsletter(
         "lists", "list", cwd=tmp_path,
         env={"NEWSLETTER_DATABSE_URL": "sqlite:///elsewhere.db", "NEWSLETTER_SENDGRID_API_KEY": "SG.secret-value"},

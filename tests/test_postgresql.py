@@ -28,6 +28,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -49,8 +50,8 @@ from newsletter.subscribers import (
 from newsletter.suppressions import suppress
 from newsletter.webhook import apply_events
 from testkit.fake_sendgrid import FakeSendGrid
-from testkit.projects import API_KEY, configure, dispose_engine, engine_of
-from testkit.servers import free_port, wait_for_port
+from testkit.projects import API_KEY, configure, dispose_engine, engine_of, write_config
+from testkit.servers import free_port, serving, wait_for_port
 
 from .support import ROOT, run_newsletter
 from .web import UNSTORABLE_BOUNCE_DETAIL, UNSTORABLE_COUNTS, UNSTORABLE_EVENT_IDS, batch_with_unstorable_text
@@ -705,3 +706,49 @@ def test_the_daily_runs_lock_holds_across_connections_and_is_released(pg_setting
     second.release()
     with engine.connect() as conn:
         assert conn.execute(select(db.run_locks)).all() == []
+
+
+def test_simultaneous_sign_ups_of_one_address_and_nul_are_never_a_500(project: Path, database_url: str) -> None:
+    port = free_port()
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        config = write_config(
+            project, database_url=database_url, secret_key=SECRET, base_url=f"http://127.0.0.1:{port}",
+            sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY, send_rate_limit=1000.0,
+        )  # fmt: skip
+        settings = load_settings(config)
+        with engine_of(settings).begin() as conn:
+            create_list(conn, LIST, now=settings.clock())
+        log = project / "server.log"
+        with serving(config, port=port, log_to=log) as url:
+            for round in range(5):
+                email = f"at.once{round}@example.com"
+                start = threading.Barrier(6)
+                answers: list[int] = []
+
+                def sign_up(client: int, email: str = email) -> None:
+                    with httpx.Client(timeout=30) as http:
+                        start.wait()
+                        form = {"email": email, "name": "At Once"}
+                        answers.append(
+                            http.post(f"{url}/subscribe/{LIST}", data=form, headers={"X-Forwarded-For": f"192.0.2.{client}"}).status_code
+                        )
+
+                threads = [threading.Thread(target=sign_up, args=(n,)) for n in range(6)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                assert answers == [200] * 6
+            with httpx.Client(timeout=30) as http:
+                for fields in ({"email": "nul\x00@example.com"}, {"email": "nul@example.com", "name": "a\x00b"}):
+                    assert http.post(f"{url}/subscribe/{LIST}", data=fields).status_code == 400
+                for path in (f"/subscribe/{LIST}%00", "/confirm/%00", "/unsubscribe/%00", "/%00"):
+                    assert http.get(f"{url}{path}").status_code == 400
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(fake.delivered()) < 5 * 3:
+                time.sleep(0.1)
+            time.sleep(0.5)
+    # Each address: one subscriber, one membership, and its day's three confirmations at most.
+    assert sorted(Counter(fake.delivered()).values()) == [3] * 5
+    assert sorted(members(engine_of(settings))) == [f"at.once{n}@example.com" for n in range(5)]
+    assert "Traceback" not in log.read_text() and "@example.com" not in log.read_text()

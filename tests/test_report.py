@@ -152,12 +152,24 @@ def _first_day_events(sent: Sent) -> list[dict]:
     ]
 
 
+def _never_had(sent: Sent) -> list[dict]:
+    """Signed events that name the 24th's issue for u4, who left after the 23rd's and was never sent
+    it (as a mis-tagged message, or another database's campaign of the same id, would)."""
+    return [
+        _event(sent, "delivered", 4, "stray-d4", NEXT_DAY),
+        _event(sent, "open", 4, "stray-o4", NEXT_DAY, sg_machine_open=False),
+        _event(sent, "click", 4, "stray-c4", NEXT_DAY, url=PAPER_1),
+        _event(sent, "group_unsubscribe", 4, "stray-g4", NEXT_DAY),
+    ]
+
+
 @pytest.fixture(scope="module")
 def reported(sent: Sent) -> Sent:
     events = _first_day_events(sent)
     sent.post(events)
     sent.post(events)  # SendGrid's retry of the whole request
     sent.post([events[7], events[12], _event(sent, "delivered", 1, "next-d1", NEXT_DAY)])  # two again, one new
+    sent.post(_never_had(sent))
     return sent
 
 
@@ -197,9 +209,9 @@ def test_every_event_is_stored_once_whatever_the_retries(reported: Sent) -> None
                 )
             ).all()
         )
-    # 18 distinct events for the 23rd (the duplicate and both replays left out), 1 for the 24th;
-    # kept as 17 + 1 facts: u1's second open is no new fact.
-    assert event_ids == 19
+    # 18 distinct events for the 23rd (the duplicate and both replays left out), 1 + 4 for the 24th;
+    # kept as 17 + 1 facts: u1's second open is no new fact, and the 24th's issue never had u4.
+    assert event_ids == 23
     assert len(rows) == 18
     assert stats == {"delivered": 5, "bounce": 1, "open": 5, "click": 5, "spamreport": 1, "group_unsubscribe": 1}
     assert sorted(r.subscriber_id for r in rows if r.kind == "open" and r.machine_open) == [2, 3]
@@ -219,6 +231,19 @@ def test_the_next_issue_has_its_own_counts(reported: Sent) -> None:
     week = _report(reported.project, "--week", "2026-W04")["issues"]
     assert [(i["date"], i["sent"]) for i in week] == [(DAY, 6), (NEXT_DAY, 5)]
     assert _report(reported.project)["issues"][0]["date"] == NEXT_DAY  # the latest by default
+
+
+def test_events_for_a_reader_the_campaign_never_had_count_for_nobody(reported: Sent) -> None:
+    [issue] = _report(reported.project, "--date", NEXT_DAY)["issues"]
+    counts = ("sent", "delivered", "unique_opens", "unique_clicks", "unsubscribes")
+    assert {name: issue[name] for name in counts} == {
+        "sent": 5, "delivered": 1, "unique_opens": 0, "unique_clicks": 0, "unsubscribes": 0,
+    }  # fmt: skip
+    assert {paper["unique_clicks"] for paper in issue["papers"]} == {0}
+    e = db.campaign_events.c
+    with engine_of(reported.settings).connect() as conn:
+        kept = conn.execute(select(e.campaign_id).where(e.subscriber_id == 4)).scalars().all()
+    assert set(kept) == {reported.campaigns[DAY]}  # what u4 did with the issue they were sent
 
 
 def test_last_prints_one_line_per_issue_with_a_trend(reported: Sent) -> None:

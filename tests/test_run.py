@@ -333,6 +333,19 @@ def test_a_date_in_the_future_exits_2_naming_the_timezone(project: Path, fake: F
     assert fake.records == []
 
 
+def test_a_usage_error_still_prints_the_json_line_and_exits_2(project: Path, fake: FakeSendGrid) -> None:
+    seed(project_settings(project, fake), 1)
+    for args, named in [(["--date", "2026-13-01"], "'--date'"), (["--date"], "'--date'"), (["--bogus"], "--bogus")]:
+        done = run(project, *args)
+
+        assert done.returncode == 2, args
+        report = report_of(done)
+        assert report["status"] == 2 and report["date"] is None and named in report["error"]
+        assert {step["outcome"] for step in steps_of(done).values()} == {"skipped"}
+        assert named in done.stderr  # click's own message, as without --json
+    assert fake.records == []
+
+
 def test_run_lists_limits_the_send_to_those_lists(project: Path, fake: FakeSendGrid) -> None:
     settings = project_settings(project, fake, run_lists=[LIST])
     subscribed = seed(settings, 2)

@@ -4,6 +4,8 @@ confirmation links of every kind, and the preferences page."""
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 import threading
 import time
@@ -19,6 +21,9 @@ from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
+from newsletter.membership import compare_and_set
+from newsletter.server import RedactingFilter
+from newsletter.signup import client_key, inspect_link
 from newsletter.subscribers import create_list
 from newsletter.tokens import ConfirmLinks, UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
@@ -40,11 +45,22 @@ class Site:
     double: int  # the double opt-in list's id
     single: int
     http: httpx.Client
+    log: Path  # what the server wrote to its standard output and error
 
     def sign_up(self, email: str, *, list_name: str = "papers", client: str = "203.0.113.1", **fields: str) -> httpx.Response:
         # The server trusts X-Forwarded-For from 127.0.0.1, as it would from a reverse proxy there.
         form = {"email": email, "frequency": "daily", **fields}
         return self.http.post(f"{self.url}/subscribe/{list_name}", data=form, headers={"X-Forwarded-For": client})
+
+    def settled(self, wait: float = 10.0) -> None:
+        """Once the server has taken every queued sign-up (it takes them on its own clock)."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with engine_of(self.settings).connect() as conn:
+                if conn.execute(select(func.count()).select_from(db.signup_requests)).scalar_one() == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"sign-ups still queued after {wait} s")
 
     def mails_to(self, email: str, *, expect: int, wait: float = 10.0) -> list[dict]:
         """The mails `email` received, once `expect` have arrived (then a moment more, to catch an
@@ -103,8 +119,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         with engine_of(settings).begin() as conn:
             double = create_list(conn, "papers", now=settings.clock(), description="Daily Papers").id
             single = create_list(conn, "open", now=settings.clock(), optin=db.SINGLE_OPTIN).id
-        with serving(config, port=port) as url, httpx.Client(timeout=30) as http:
-            yield Site(url, settings, fake, double, single, http)
+            for name in ("alpha", "beta"):
+                create_list(conn, name, now=settings.clock())
+        log = folder / "server.log"
+        with serving(config, port=port, log_to=log) as url, httpx.Client(timeout=30) as http:
+            yield Site(url, settings, fake, double, single, http, log)
 
 
 def test_the_form_works_without_javascript_and_is_accessible(site: Site) -> None:
@@ -124,6 +143,7 @@ def test_double_opt_in_confirm_then_one_welcome(site: Site) -> None:
     email = "new.reader@example.com"
     answer = site.sign_up(email, name="New Reader", frequency="weekly")
     assert answer.status_code == 200 and email in answer.text
+    site.settled()
     assert membership(site.settings, site.double, email).status == db.UNCONFIRMED
     [mail] = site.mails_to(email, expect=1)
     assert subject_of(mail).startswith("구독 확인")
@@ -160,6 +180,7 @@ def test_double_opt_in_confirm_then_one_welcome(site: Site) -> None:
 def test_single_opt_in_subscribes_and_welcomes_at_once(site: Site) -> None:
     email = "at.once@example.com"
     assert site.sign_up(email, list_name="open").status_code == 200
+    site.settled()
     row = membership(site.settings, site.single, email)
     assert (row.status, row.consent_source) == (db.SUBSCRIBED, "signup form, single opt-in")
     [mail] = site.mails_to(email, expect=1)
@@ -182,6 +203,7 @@ def test_every_address_state_gets_the_same_page(site: Site) -> None:
     assert len({answer.text.replace(email, "ADDRESS") for email, answer in pages.items()}) == 1
     assert len({tuple(sorted(answer.headers.keys())) for answer in pages.values()}) == 1
     # What each one got: a confirmation, except the subscribed reader (a notice, and no change).
+    site.settled()
     assert subject_of(site.mails_to("state.subscribed@example.com", expect=1)[0]).startswith("이미 구독 중")
     for email in ("state.new@example.com", "state.unconfirmed@example.com", "state.unsubscribed@example.com"):
         assert subject_of(site.mails_to(email, expect=1)[0]).startswith("구독 확인"), email
@@ -189,14 +211,30 @@ def test_every_address_state_gets_the_same_page(site: Site) -> None:
     assert membership(site.settings, site.double, "state.subscribed@example.com").status == db.SUBSCRIBED
     # The notice goes at most once a day.
     site.sign_up("state.subscribed@example.com", client="198.51.100.9")
-    assert len(site.mails_to("state.subscribed@example.com", expect=2, wait=1.5)) == 1
+    assert len(site.mails_to("state.subscribed@example.com", expect=2, wait=2.5)) == 1
 
 
 def test_at_most_three_confirmations_a_day(site: Site) -> None:
     email = "eager@example.com"
     for n in range(5):
         assert site.sign_up(email, client=f"192.0.2.{n}").status_code == 200
-    assert len(site.mails_to(email, expect=4, wait=2)) == 3
+    assert len(site.mails_to(email, expect=4, wait=3)) == 3
+
+
+def test_the_daily_limits_are_per_address_whatever_the_lists(site: Site) -> None:
+    email = "many.lists@example.com"
+    for n, name in enumerate(["papers", "alpha", "beta"] * 2):
+        assert site.sign_up(email, list_name=name, client=f"192.0.2.{100 + n}").status_code == 200
+    site.settled()
+    assert len(site.mails_to(email, expect=4, wait=3)) == 3
+    # A reader on two lists who signs up to both again gets one notice that day.
+    reader = "on.two@example.com"
+    for list_id in (site.double, site.single):
+        add_subscribers(site.settings, list_id, [reader])
+    for n, name in enumerate(["papers", "open", "papers"]):
+        site.sign_up(reader, list_name=name, client=f"192.0.2.{110 + n}")
+    site.settled()
+    assert [subject_of(mail)[:7] for mail in site.mails_to(reader, expect=2, wait=3)] == ["이미 구독 중"]
 
 
 def test_a_client_over_its_hourly_rate_gets_the_same_page_and_no_mail(site: Site) -> None:
@@ -205,24 +243,37 @@ def test_a_client_over_its_hourly_rate_gets_the_same_page_and_no_mail(site: Site
     answers = [site.sign_up(f"rate{n}@example.com", client=client) for n in range(limit + 2)]
     assert {answer.status_code for answer in answers} == {200}
     site.mails_to(f"rate{limit - 1}@example.com", expect=1)
+    site.settled()
     with engine_of(site.settings).connect() as conn:
         stored = conn.execute(
             select(func.count()).where(db.subscribers.c.email.like("rate%@example.com"))
         ).scalar_one()
     assert stored == limit
-    assert site.mails_to(f"rate{limit}@example.com", expect=1, wait=1) == []
+    assert site.mails_to(f"rate{limit}@example.com", expect=1, wait=2) == []
     # Another client is not held back.
     assert site.sign_up("other.client@example.com", client="192.0.2.201").status_code == 200
     assert len(site.mails_to("other.client@example.com", expect=1)) == 1
 
 
-def test_a_filled_honeypot_stores_and_sends_nothing(site: Site) -> None:
-    email = "bot@example.com"
-    answer = site.sign_up(email, website="https://spam.example")
-    assert answer.status_code == 200 and email in answer.text
+def test_a_filled_honeypot_stores_and_sends_nothing_and_answers_as_a_person_would(site: Site) -> None:
+    email, bot, person = "bot@example.com", "192.0.2.221", "192.0.2.222"
+    caught = site.sign_up(email, client=bot, website="https://spam.example")
+    typed = site.sign_up(email, client=person)
+    # The page a person typing the same gets: a bot cannot tell it was caught.
+    assert (caught.status_code, caught.content) == (typed.status_code, typed.content) == (200, typed.content)
+    for wrong in ("not-an-address", "nul\x00@example.com"):
+        caught, typed = site.sign_up(wrong, client=bot, website="https://spam.example"), site.sign_up(wrong, client=person)
+        assert (caught.status_code, caught.content) == (typed.status_code, typed.content)
+        assert caught.status_code == 400
+    site.settled()
+    a = db.signup_attempts.c
     with engine_of(site.settings).connect() as conn:
-        assert conn.execute(select(func.count()).where(db.subscribers.c.email == email)).scalar_one() == 0
-    assert site.mails_to(email, expect=1, wait=1) == []
+        attempts = {
+            client: conn.execute(select(func.count()).where(a.client == client_key(site.settings, client))).scalar_one()
+            for client in (bot, person)
+        }
+    assert attempts == {bot: 0, person: 1}
+    assert len(site.mails_to(email, expect=2, wait=2)) == 1  # the person's confirmation, and only that
 
 
 @pytest.mark.parametrize("typed", ["not-an-address", "two@@example.com", ""])
@@ -276,6 +327,27 @@ def test_an_expired_link_offers_a_fresh_one(site: Site) -> None:
     assert status_of(site.settings, site.double, sid) == db.SUBSCRIBED
 
 
+def test_a_fresh_link_past_the_days_limit_says_so(site: Site) -> None:
+    sid, email = _unconfirmed(site, "used.up@example.com")
+    old = ConfirmLinks(site.settings).url(site.double, sid, email, datetime.now(timezone.utc) - timedelta(days=8))
+    old = old.replace(site.settings.base_url, site.url)
+    pages = [site.http.post(old, data={"resend": "yes"}).text for _ in range(4)]
+    assert ["새 확인 메일을 보냈습니다" in page for page in pages] == [True, True, True, False]
+    assert "No more links today" in pages[3] and 'name="resend"' not in pages[3]
+    assert len(site.mails_to(email, expect=4, wait=2)) == 3
+
+
+def test_a_confirmation_link_ends_after_its_days_whatever_the_readers_status(site: Site) -> None:
+    (sid,) = add_subscribers(site.settings, site.double, ["long.subscribed@example.com"])
+    links = ConfirmLinks(site.settings)
+    old = links.url(site.double, sid, "long.subscribed@example.com", datetime.now(timezone.utc) - timedelta(days=8))
+    old = old.replace(site.settings.base_url, site.url)
+    for answer in (site.http.get(old), site.http.post(old, data={"confirm": "yes"}), site.http.post(old, data={"resend": "yes"})):
+        assert answer.status_code == 200 and "만료" in answer.text
+        assert "/preferences/" not in answer.text and 'name="resend"' not in answer.text
+    assert site.mails_to("long.subscribed@example.com", expect=1, wait=1) == []
+
+
 def test_a_link_from_before_the_reader_left_does_not_bring_them_back(site: Site) -> None:
     email = "left.later@example.com"
     site.sign_up(email, client="192.0.2.50")
@@ -284,10 +356,37 @@ def test_a_link_from_before_the_reader_left_does_not_bring_them_back(site: Site)
     assert site.http.post(link, data={"confirm": "yes"}).status_code == 200
     sid = subscriber_id(site.settings, email)
     unsubscribe = UnsubscribeLinks(site.settings).token(site.double, sid, email)
-    time.sleep(1.1)  # the link's time has whole seconds
     assert site.http.post(f"{site.url}/unsubscribe/{unsubscribe}", data={"confirm": "yes"}).status_code == 200
     assert "만료" in site.http.post(link, data={"confirm": "yes"}).text
     assert status_of(site.settings, site.double, sid) == db.UNSUBSCRIBED
+
+
+def test_link_times_are_compared_to_the_microsecond(site: Site) -> None:
+    # A link issued 0.4 s before its reader left, in the same second, is from before they left; one
+    # issued 0.2 s after (they signed up again) is not.
+    (sid,) = add_subscribers(site.settings, site.double, ["same.second@example.com"], db.UNCONFIRMED)
+    left_at = datetime(2026, 1, 23, 9, 0, 0, 700_000, tzinfo=timezone.utc)
+    engine, links = engine_of(site.settings), ConfirmLinks(site.settings)
+    with engine.begin() as conn:
+        assert compare_and_set(
+            conn, list_id=site.double, subscriber_id=sid, expected=db.UNCONFIRMED, status=db.UNSUBSCRIBED,
+            source="command", now=left_at,
+        )  # fmt: skip
+    for issued, state in ((left_at - timedelta(milliseconds=400), "expired"), (left_at + timedelta(milliseconds=200), "confirmable")):
+        token = links.token(site.double, sid, "same.second@example.com", issued)
+        assert links.read(token).issued_at == issued
+        with engine.connect() as conn:
+            found = inspect_link(conn, links, token, left_at + timedelta(seconds=1))
+        assert found is not None and found.state == state
+
+
+def test_nul_in_a_field_or_the_path_is_a_400_never_a_500(site: Site) -> None:
+    for fields in ({"email": "nul\x00@example.com"}, {"email": "ok.nul@example.com", "name": "a\x00b"}, {"email": "ok.nul@example.com", "frequency": "daily\x00"}):
+        answer = site.http.post(f"{site.url}/subscribe/papers", data=fields)
+        assert answer.status_code == 400 and '<form method="post" novalidate>' in answer.text and "\x00" not in answer.text
+    for path in ("/subscribe/pa%00pers", "/confirm/%00", "/unsubscribe/a%00b", "/preferences/%00", "/%00", "/feed.xml%00"):
+        for answer in (site.http.get(f"{site.url}{path}"), site.http.post(f"{site.url}{path}", data={"email": "x@example.com"})):
+            assert answer.status_code == 400, path
 
 
 def test_two_confirms_at_the_same_moment_send_one_welcome(site: Site) -> None:
@@ -441,3 +540,33 @@ def test_a_mail_the_server_cannot_send_stays_pending_for_the_next_try(tmp_path: 
     assert row.key.startswith("confirm:") and row.state == db.PENDING
     assert row.error.startswith("not sent: SENDGRID_API_KEY is not set")
     assert membership(settings, 1, "early@example.com").status == db.UNCONFIRMED
+
+
+def test_the_servers_log_holds_no_address_and_no_token(site: Site) -> None:
+    # Last in the module: by now the server has answered every kind of request above, refused a
+    # client over its rate and failed to send nothing.
+    site.settled()
+    log = site.log.read_text()
+    assert "over its rate" in log  # the log was written
+    assert "@example.com" not in log and "192.0.2." not in log
+    for kind in ("confirm", "unsubscribe", "preferences", "resubscribe"):
+        assert f"/{kind}/" not in log
+    assert not re.search(r"[A-Za-z0-9_-]{43}", log)
+
+
+def test_the_log_filter_takes_addresses_and_tokens_out_of_messages_and_tracebacks() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test.redacting")
+    logger.addHandler(handler)
+    token = "1.2." + "A" * 43
+    try:
+        raise ValueError(f"duplicate key: (email_key)=(reader@example.com); link /confirm/{token}")
+    except ValueError:
+        logger.exception("the sign-up of %s failed at %s", "Reader@Example.com", f"/unsubscribe/{token}")
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "Traceback" in written and "duplicate key" in written
+    assert "example.com" not in written.casefold() and token not in written and "A" * 43 not in written

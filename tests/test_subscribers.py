@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
@@ -32,9 +32,9 @@ from newsletter.subscribers import (
     normalise_email,
     subscribe,
 )
-from testkit.projects import engine_of
+from testkit.projects import dispose_engine, engine_of
 
-from .support import ROOT
+from .support import ROOT, run_newsletter
 from .web import version_2_database
 
 
@@ -67,8 +67,42 @@ def rows(engine: Engine, table, *columns) -> list[tuple]:
 def test_addresses_are_trimmed_with_the_domain_lower_cased() -> None:
     assert normalise_email("  Kim.MinJun@Example.COM \t") == "Kim.MinJun@example.com"
     assert normalise_email("jiho@EXAMPLE.org") == "jiho@example.org"
-    # Same person whatever case they typed: the key folds the local part too.
+    # Same person whatever case they typed: the key folds the local part's ASCII letters too.
     assert email_key(normalise_email("Kim@Example.com")) == email_key(normalise_email("kim@example.COM"))
+
+
+def test_addresses_that_only_unicode_case_folding_merges_are_different_subscribers(engine: Engine, settings: Settings) -> None:
+    typed = [
+        "straße@example.com", "strasse@example.com",  # folding makes ß "ss"
+        "ſam@example.com", "sam@example.com", "Sam@example.com",  # and the long s an s
+        "kim@bücher.de", "KIM@xn--bcher-kva.de",  # one domain, in Unicode and in IDNA
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        ids = [subscribe(conn, list_id=1, email=email, now=settings.clock()).subscriber.id for email in typed]
+    assert len(set(ids[:2])) == 2 and len(set(ids[2:5])) == 2 and ids[3] == ids[4] and ids[5] == ids[6]
+    assert rows(engine, db.subscribers, db.subscribers.c.email_key) == [
+        ("straße@example.com",), ("strasse@example.com",), ("ſam@example.com",), ("sam@example.com",),
+        ("kim@xn--bcher-kva.de",),
+    ]  # fmt: skip
+
+
+def test_the_upgrade_keys_addresses_exactly_and_reports_those_folding_may_have_merged(settings: Settings) -> None:
+    engine = engine_of(settings)
+    with engine.begin() as conn:
+        for email in ("Straße@example.com", "Kim@example.com", "ana@bücher.de"):
+            values = {"email": email, "email_key": email.casefold(), "attributes": {}, "created_at": settings.clock()}
+            conn.execute(db.subscribers.insert().values(values))
+        # As the database was before: schema 7, keys case-folded, no sign-up queue.
+        conn.execute(db.schema_version.update().values(version=7))
+        db.signup_requests.drop(conn)
+    dispose_engine(settings.resolved_database_url)
+    result = run_newsletter("lists", "list", env={"NEWSLETTER_DATABASE_URL": settings.resolved_database_url})
+    assert result.returncode == 0, result.stderr
+    assert rows(engine_of(settings), db.subscribers, db.subscribers.c.email_key) == [
+        ("straße@example.com",), ("kim@example.com",), ("ana@xn--bcher-kva.de",)
+    ]  # fmt: skip
+    [report] = [line for line in result.stderr.splitlines() if "subscriber" in line]
+    assert report.startswith("subscriber 1: ") and "@" not in report
 
 
 @pytest.mark.parametrize(
@@ -207,6 +241,44 @@ def test_remove_erases_the_person_and_anonymises_their_deliveries(
     ]
     with engine.begin() as conn, pytest.raises(SubscriberError, match="no subscriber with the address"):
         erase_subscriber(conn, "gone@example.com", now=now)
+
+
+def test_an_erased_address_is_nowhere_in_the_database(engine: Engine, settings: Settings, cli) -> None:
+    now = datetime(2026, 1, 23, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        gone = subscribe(conn, list_id=1, email="Gone.Reader@example.com", name="Gone", now=now).subscriber
+        campaign = conn.execute(
+            db.campaigns.insert().values(issue_date="2026-01-23", list_id=1, subject="s", html="h", text="t", created_at=now)
+        ).inserted_primary_key[0]
+        batch = conn.execute(
+            db.batches.insert().values(
+                campaign_id=campaign, state="failed", size=1, error="550 5.1.1 <Gone.Reader@example.com>: no such user"
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            db.deliveries.insert().values(
+                campaign_id=campaign, subscriber_id=gone.id, email=gone.email, batch_id=batch, state="failed",
+                error="refused: gone.reader@example.com", updated_at=now,
+            )
+        )  # fmt: skip
+        # Sign-up mails under their keys, one with the address as typed in another case; a sign-up
+        # still queued.
+        for key, email in ((f"confirm:{gone.id}:2026-01-23:1", "gone.reader@example.com"), (f"welcome:1:{gone.id}", gone.email)):
+            conn.execute(
+                db.messages.insert().values(key=key, email=email, subject="s", state="sent", created_at=now, updated_at=now)
+            )
+        conn.execute(
+            db.signup_requests.insert().values(list_id=1, email="GONE.READER@example.com", name="Gone", frequency="daily", received_at=now)
+        )
+        subscribe(conn, list_id=1, email="kept@example.com", now=now)
+
+    assert cli("subscribers", "remove", "gone.reader@example.com", "--yes").exit_code == 0
+
+    with engine.connect() as conn:
+        dump = "\n".join(
+            repr(conn.execute(text(f'SELECT * FROM "{table}"')).all()) for table in inspect(conn).get_table_names()
+        ).casefold()
+    assert "gone.reader" not in dump and "kept@example.com" in dump
 
 
 def test_remove_asks_first(engine: Engine, settings: Settings, cli) -> None:

@@ -9,7 +9,7 @@ import email
 import email.policy
 import json
 import re
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
@@ -23,6 +23,7 @@ from newsletter.config import Settings
 from newsletter.digest import load_week
 from newsletter.edition import DAILY, WEEKLY, Edition
 from newsletter.errors import DigestError
+from newsletter.membership import set_frequency
 from newsletter.render import render_issue, wording_for
 from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
@@ -88,6 +89,28 @@ def tiny_digest(folder: Path, day: str, papers: list[tuple[str, int | None]]) ->
     for rank, (url, upvotes) in enumerate(papers, start=1):
         lines += [f"## {rank}. [Paper {url.rsplit('/', 1)[1]}]({url})", *([f"**Upvotes**: {upvotes}"] if upvotes is not None else []), ""]
     (folder / f"{day}.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_sunday(project: Path) -> None:
+    """The week's Sunday, 2026-01-25 (weekly_day by default): the example digest again."""
+    example = EXAMPLE_DIGEST.read_text(encoding="utf-8")
+    (project / "digests" / "2026-01-25.md").write_text(example.replace("# 2026-01-23", "# 2026-01-25", 1), encoding="utf-8")
+
+
+def switcher(settings: Settings, at: dict[int, list[tuple[str, str]]]):
+    """The fake SendGrid's hook: when its request number N arrives, the readers `at[N]` names switch
+    frequency on their preferences page (as the send goes on)."""
+
+    def switch(record) -> None:
+        s = db.subscribers.c
+        with engine_of(settings).begin() as conn:
+            for address, frequency in at.get(record.seq, []):
+                subscriber = conn.execute(select(s.id).where(s.email == address)).scalar_one()
+                set_frequency(
+                    conn, list_id=1, subscriber_id=subscriber, frequency=frequency, source="preferences_page", now=settings.clock()
+                )
+
+    return switch
 
 
 def make_weekly(settings: Settings, emails: list[str], list_id: int = 1) -> list[int]:
@@ -337,3 +360,59 @@ def test_a_reader_who_switches_on_their_preferences_page_gets_the_weekly_edition
         assert fake.delivered() == ["u2@example.com"]
         assert cli(project, "send", "--week", "2026-W04", "--yes").returncode == 0
         assert fake.delivered() == ["u2@example.com", "u1@example.com"]
+
+
+def test_on_weekly_day_a_reader_who_switches_during_either_send_gets_one_of_the_two_issues_once(project: Path) -> None:
+    # Sunday: the run sends the day's issue, then the week's edition. During the daily send w1
+    # (weekly) switches to daily, after the daily snapshot left them out: they get the weekly
+    # edition, which they were a member of. u2 switches the other way before their batch: skipped
+    # from the day's issue, they get the week's. During the weekly send w2 switches to daily: the
+    # day's issue had gone out without them, so they keep the weekly edition.
+    write_week(project)
+    write_sunday(project)
+    switches = {1: [("w1@example.com", DAILY), ("u2@example.com", WEEKLY)], 2: [("w2@example.com", DAILY)]}
+    with FakeSendGrid(api_key=API_KEY, keep_bodies=True) as fake:
+        # 05:00 on Sunday the 25th in Seoul; one reader a request, so that the switches fall between.
+        settings = configure(project, sendgrid_api_url=fake.url, now="2026-01-24T20:00:00Z", batch_size=1, send_concurrency=1)
+        fake.behaviour.on_request = switcher(settings, switches)
+        seed(settings, 2)  # u1, u2: daily
+        make_weekly(settings, ["w1@example.com", "w2@example.com"])
+        with engine_of(settings).begin() as conn:  # everyone joined days before
+            conn.execute(db.memberships.update().values(updated_at=settings.clock() - timedelta(days=3)))
+
+        done = cli(project, "run", "--json")
+
+        assert done.returncode == 0, done.stderr
+        sent = [(record.emails, "주간" in record.body["subject"]) for record in fake.records]
+        assert sent == [(["u1@example.com"], False), (["u2@example.com"], True), (["w2@example.com"], True), (["w1@example.com"], True)]
+
+        again = cli(project, "run", "--json")
+
+        assert again.returncode == 0, again.stderr
+        assert len(fake.records) == 4
+    state = send.campaign_status(engine_of(settings), date(2026, 1, 25), LIST, now=settings.clock())
+    assert state.skipped == {"switched to the weekly edition before sending": 1}
+    weekly = send.campaign_status(engine_of(settings), WEEK, LIST, now=settings.clock())
+    assert weekly.counts[db.SENT] == 3 and not weekly.skipped
+
+
+def test_a_weekly_edition_sent_first_leaves_the_days_issue_to_who_switched_to_weekly_after_it(project: Path) -> None:
+    # The reverse order (the week's edition sent by hand before Sunday's issue): u1 switches to
+    # weekly after the weekly snapshot left them out, and gets Sunday's daily issue; a reader who
+    # joins the daily issues meanwhile gets only what any new reader gets.
+    write_week(project)
+    write_sunday(project)
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
+        fake.behaviour.on_request = switcher(settings, {1: [("u1@example.com", WEEKLY)]})
+        seed(settings, 2)  # u1, u2: daily
+        make_weekly(settings, ["w1@example.com"])
+
+        week = cli(project, "send", "--week", "2026-W04", "--yes")
+        assert week.returncode == 0, week.stderr
+        add_subscribers(settings, 1, ["new@example.com"])
+        make_weekly(settings, ["new-weekly@example.com"])
+        day = cli(project, "send", "--date", "2026-01-25", "--yes")
+        assert day.returncode == 0, day.stderr
+
+    assert fake.delivered() == ["w1@example.com", "u2@example.com", "new@example.com", "u1@example.com"]

@@ -9,12 +9,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid
 
 from . import PERSONAL_TAGS, Message, Recipient
+from .headers import address_header, header_text
 
 # Headers whose value is a list of <URL>s (RFC 2369, RFC 2919): folded only between the entries,
 # never inside one, since no client follows a URL broken over two lines or made an encoded word.
@@ -64,14 +64,21 @@ def _shared_headers(
     """The headers every reader of a mailing gets alike, made once per mailing: the email package's
     header objects cost more than the rest of a message."""
     mail = EmailMessage(policy=UTF8_WIRE if utf8 else WIRE)
-    mail["From"] = Address(sender_name, addr_spec=sender_email)
-    if reply_to:
-        mail["Reply-To"] = Address(addr_spec=reply_to)
-    mail["Subject"] = subject
     for name, value in headers:
         mail[name] = value
     mail["MIME-Version"] = "1.0"
-    return _headers(mail)
+    own = [("From", address_header(sender_name, sender_email))]
+    if reply_to:
+        own.append(("Reply-To", address_header(None, reply_to)))
+    own.append(("Subject", header_text(subject)))
+    return b"".join(_line(name, value) for name, value in own) + _headers(mail)
+
+
+def _line(name: str, value: str) -> bytes:
+    """A header whose value `headers` made, folded: set through the email package, it would be
+    parsed again, and that parser decodes the encoded words the value keeps literal. Only an
+    address can be non-ASCII there, and then the message is RFC 6532's, with UTF-8 headers."""
+    return f"{name}: {value}\r\n".encode("utf-8")
 
 
 def _headers(mail: EmailMessage) -> bytes:
@@ -88,12 +95,12 @@ class Mime:
 
 def mime_message(message: Message, recipient: Recipient, now: datetime) -> Mime:
     """The complete MIME message `recipient` gets: their own links filled in, their own
-    headers set, text and HTML as multipart/alternative. A reader's name is one line (a line break
-    in it would forge a header); a non-ASCII address makes the headers UTF-8 (RFC 6532).
+    headers set, text and HTML as multipart/alternative. The reader's name and the subject are
+    outside text, written by `headers`; a non-ASCII address makes the headers UTF-8 (RFC 6532).
 
-    The email package writes the headers (encoding and folding them); the two parts are written
-    here: its generator writes a base64 body a line at a time, in Python, which made the message
-    most of an SMTP send's CPU."""
+    The email package writes the headers made of our own values (Date, Message-ID, List-*); the
+    two parts are written here: its generator writes a base64 body a line at a time, in Python,
+    which made the message most of an SMTP send's CPU."""
     urls = recipient.substitutions
 
     def fill(value: str) -> str:
@@ -101,10 +108,9 @@ def mime_message(message: Message, recipient: Recipient, now: datetime) -> Mime:
             value = value.replace(tag, urls.get(tag, ""))
         return value
 
-    local, _, domain = wire_address(recipient.email).rpartition("@")
-    utf8 = not (local + domain).isascii()
+    to = wire_address(recipient.email)
+    utf8 = not to.isascii()
     mail = EmailMessage(policy=UTF8_WIRE if utf8 else WIRE)
-    mail["To"] = Address(" ".join((recipient.name or "").split()), username=local, domain=domain)
     mail["Date"] = format_datetime(now)
     mail["Message-ID"] = make_msgid(domain=message.sender_email.rpartition("@")[2])
     for name, value in recipient.headers.items():
@@ -126,5 +132,5 @@ def mime_message(message: Message, recipient: Recipient, now: datetime) -> Mime:
         )
     head = _shared_headers(
         message.sender_name, message.sender_email, message.reply_to, message.subject, tuple(message.headers.items()), utf8
-    ) + _headers(mail)
+    ) + _line("To", address_header(recipient.name, to)) + _headers(mail)
     return Mime(head + b"\r\n" + body + b"--" + boundary + b"--\r\n", str(mail["Message-ID"]), html)

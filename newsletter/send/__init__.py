@@ -19,6 +19,11 @@ proxy, a read timeout too short for the body) would otherwise turn the whole lis
 
 The database is only touched from worker threads (asyncio.to_thread), so a database waiting for a
 lock never stalls the requests in flight or the claim's heartbeat.
+
+SIGINT or SIGTERM (an Interruption, which the CLI holds around a send) stops a send gently: no batch
+is marked or retried after it, and the requests out get read_timeout to be answered, so that their
+readers end sent or refused rather than uncertain; the send then returns its report as for any other
+stop. A second signal is not caught: it stops the process at once, as a crash would.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from __future__ import annotations
 import asyncio
 import math
 import secrets
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy import Engine, func, select
 
@@ -58,20 +65,23 @@ from ..subscribers import MailingList, get_list
 from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Content, Reader
 from .campaigns import (
+    NOT_POSTED,
     BatchInfo,
     BatchStore,
     Campaign,
     Marked,
     Sender,
     batch_infos,
+    companion_of,
     count_audience,
     find_campaign,
+    find_companion,
     sender_of,
     start_campaign,
     state_counts,
 )
 from .claim import HEARTBEAT, Claim
-from .pacing import Emptied, Exchange, RateLimiter, Requests
+from .pacing import Emptied, Exchange, RateLimiter, Requests, Stopped
 from .transactional import Outcome, Outgoing, send_messages
 from .unrecorded import UnrecordedReport, send_unrecorded, test_readers
 
@@ -129,7 +139,8 @@ def plan_send(
         if campaign is not None:
             counts = state_counts(conn, campaign.id)
         else:
-            audience = count_audience(conn, mailing_list.id, edition)
+            companion = find_companion(conn, settings, edition, mailing_list.id)
+            audience = count_audience(conn, mailing_list.id, edition, companion)
     if campaign is not None:
         again = (db.UNCERTAIN, db.IN_FLIGHT) if resend_uncertain else ()
         return SendPlan(
@@ -206,15 +217,19 @@ def execute(
     to: Sequence[str] = (),
     sandbox: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
+    interruption: Interruption | None = None,
 ) -> SendReport | UnrecordedReport | list[Outcome]:
-    """Carry the plan out: the recorded send (or its resume); a test to the `to` addresses (each
-    a message of its own, recorded as such, never as the issue's delivery); or a send that records
-    nothing: a dry run (`provider` is an Outbox), the provider's sandbox mode."""
+    """Carry the plan out: the recorded send (or its resume), which `interruption`'s signal stops;
+    a test to the `to` addresses (each a message of its own, recorded as such, never as the issue's
+    delivery); or a send that records nothing: a dry run (`provider` is an Outbox), the provider's
+    sandbox mode."""
     if to and not sandbox and not isinstance(provider, Outbox):
         return send_test(engine, settings, plan, provider, to)
     if to or sandbox or isinstance(provider, Outbox):
         return send_unrecorded(engine, settings, plan, provider, to=to, sandbox=sandbox)
-    return send_campaign(engine, settings, plan, provider=provider, on_progress=on_progress)
+    return send_campaign(
+        engine, settings, plan, provider=provider, on_progress=on_progress, interruption=interruption
+    )
 
 
 def send_test(
@@ -237,6 +252,49 @@ def send_test(
         for number, reader in enumerate(readers, start=1)
     ]
     return send_messages(engine, settings, provider, outgoing)
+
+
+# -- stopping on a signal ---------------------------------------------------------------------------
+
+
+class Interruption:
+    """SIGINT and SIGTERM, caught while the `with` block runs (in the main thread). The first asks the
+    work under way to stop where it safely can: a send takes no new batch and records the answers to
+    the requests it has out, the daily run starts no new step. The handlers are then given back, so
+    that a second signal stops the process at once, as it would have without this."""
+
+    def __init__(self) -> None:
+        self.caught: str | None = None  # the first signal's name ("SIGTERM"), once it came
+        self._previous: dict[int, Any] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def __enter__(self) -> Self:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self._previous[number] = signal.signal(number, self._catch)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._give_back()
+
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` when the first signal comes (in the signal handler: it must only schedule
+        work), or now if it came already; returns what ends the listening. A signal between the two
+        may call it twice."""
+        self._listeners.append(listener)
+        if self.caught is not None:
+            listener()
+        return lambda: self._listeners.remove(listener)
+
+    def _catch(self, number: int, frame: FrameType | None) -> None:
+        self.caught = signal.Signals(number).name
+        self._give_back()
+        for listener in list(self._listeners):
+            listener()
+
+    def _give_back(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
 
 
 # -- the recorded send ------------------------------------------------------------------------------
@@ -263,6 +321,7 @@ class SendReport:
     finished: bool
     error: SendError | None = None  # why the send stopped early (rows not sent stay pending)
     uncertain_batches: list[BatchInfo] = field(default_factory=list)
+    stopped_by: str | None = None  # the signal that stopped it ("SIGTERM"): `error` says so
 
 
 def send_campaign(
@@ -272,17 +331,18 @@ def send_campaign(
     *,
     provider: Provider | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    interruption: Interruption | None = None,
 ) -> SendReport:
     """Send (or resume) the planned campaign through `provider` (by default the configured one)
     and record every recipient's outcome.
 
     Raises SendInProgress when another process holds the campaign; other stops (credentials
-    refused, the provider unavailable, a message it refuses, a lost answer) come back in
-    `report.error` with the counts.
+    refused, the provider unavailable, a message it refuses, a lost answer, `interruption`'s
+    signal) come back in `report.error` with the counts.
     """
     provider = provider or provider_for(settings)  # first: missing credentials create nothing
     campaign = plan.campaign or start_campaign(engine, settings, plan.issue, plan.mailing_list, plan.content)
-    run = _CampaignRun(engine, settings, campaign, provider, plan, on_progress)
+    run = _CampaignRun(engine, settings, campaign, provider, plan, on_progress, interruption)
     return asyncio.run(run.run())
 
 
@@ -295,14 +355,16 @@ class _CampaignRun:
         provider: Provider,
         plan: SendPlan,
         on_progress: Callable[[Progress], None] | None,
+        interruption: Interruption | None,
     ) -> None:
         self._settings = settings
         self._campaign = campaign
         self._provider = provider
         self._resend_uncertain = plan.resend_uncertain
         self._on_progress = on_progress
+        self._interruption = interruption
         claim = Claim(settings.clock, campaign.id, plan.describe)
-        self._store = BatchStore(engine, settings.clock, campaign, claim)
+        self._store = BatchStore(engine, settings.clock, campaign, claim, companion_of(settings, campaign.issue))
         # The workers' transactions, and the heartbeat's, queue here rather than in SQLite's busy
         # handler (see db.one_writer_at_a_time).
         self._writes = db.one_writer_at_a_time(engine)
@@ -317,9 +379,11 @@ class _CampaignRun:
         self._limiter = RateLimiter(settings.send_rate_limit)
         self._requests = Requests(provider, self._limiter, settings, retry_lost=plan.resend_uncertain)
         self._stop: SendError | None = None
+        self._stopped_by: str | None = None
         self._progress: Progress
         # Batches marked in flight and not settled yet: whatever stops the run settles these.
         self._live: dict[int, Exchange] = {}
+        self._workers: list[asyncio.Task[None]] = []
 
     async def run(self) -> SendReport:
         try:
@@ -332,18 +396,22 @@ class _CampaignRun:
         self._progress = Progress(counts, to_send=counts[db.PENDING])
         self._report()
         heartbeat = asyncio.create_task(self._heartbeat())
+        unlisten = self._listen(self._interruption) if self._interruption is not None else None
         try:
-            workers = [self._worker() for _ in range(self._settings.send_concurrency)]
+            self._workers = [asyncio.create_task(self._worker()) for _ in range(self._settings.send_concurrency)]
             # Every worker ends its request before the run ends, whatever stopped the others.
-            outcomes = await asyncio.gather(*workers, return_exceptions=True)
+            outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
         finally:
+            if unlisten is not None:
+                unlisten()
             heartbeat.cancel()
             await asyncio.wait([heartbeat])
-            # Blocking on purpose: this also runs when the run is cancelled (Ctrl-C), and it must
-            # complete, giving back the batches whose request never left.
+            # Blocking on purpose: this also runs when the run is cancelled (a second Ctrl-C), and it
+            # must complete, giving back the batches whose request never left.
             counts, finished, uncertain = self._finish()
         for outcome in outcomes:
-            if isinstance(outcome, BaseException):
+            # A worker cancelled by _give_up left its batch in _live: _finish has recorded it.
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
                 raise outcome
         return SendReport(
             campaign=self._campaign,
@@ -352,6 +420,7 @@ class _CampaignRun:
             finished=finished,
             error=self._stop,
             uncertain_batches=uncertain,
+            stopped_by=self._stopped_by,
         )
 
     def _finish(self) -> tuple[dict[str, int], bool, list[BatchInfo]]:
@@ -403,6 +472,29 @@ class _CampaignRun:
         if self._stop is None:
             self._stop = error
 
+    def _listen(self, interruption: Interruption) -> Callable[[], None]:
+        # The listener runs in the signal handler, at any point of the loop's own work: it only
+        # schedules _interrupt, as asyncio's own signal handling does.
+        loop = asyncio.get_running_loop()
+        return interruption.listen(lambda: loop.call_soon_threadsafe(self._interrupt, interruption.caught))
+
+    def _interrupt(self, signal_name: str) -> None:
+        """The signal came: no new batch and no retry (the limiter's waits end now); the requests
+        out have until read_timeout to be answered, then _give_up."""
+        if self._limiter.stopped:
+            return
+        if self._stop is None:
+            self._stopped_by = signal_name
+        self._halt(SendError(f"stopped by {signal_name}. {_RESUME}"))
+        self._limiter.stop()
+        asyncio.get_running_loop().call_later(self._settings.read_timeout, self._give_up)
+
+    def _give_up(self) -> None:
+        """Past the wait for answers: cancel the workers still out; _finish records their batches as
+        uncertain, as a crash would leave them."""
+        for worker in self._workers:
+            worker.cancel()
+
     def _report(self) -> None:
         if self._on_progress is not None:
             self._on_progress(self._progress)
@@ -420,11 +512,8 @@ class _CampaignRun:
                 await self._limiter.wait()
                 if self._stop is not None:
                     return
-                batch = await self._db(self._mark, self._store.mark_next, self._provider.batch_limit)
-                self._marked(batch, db.PENDING)
-                if batch.batch_id is None:
+                if not await self._take(self._store.mark_next, self._provider.batch_limit):
                     return
-                await self._send(self._live[batch.batch_id])
         except SendError as error:  # the claim was lost, or a request broke the provider's limits
             self._halt(error)
         except DatabaseError as error:
@@ -434,6 +523,17 @@ class _CampaignRun:
         except Exception:
             self._halt(SendError("the send stopped on an unexpected error"))
             raise
+
+    async def _take(self, mark: Callable[..., Marked], *args: object) -> bool:
+        """Mark a batch with `mark` and send it; False when nobody was left to mark. A batch marked
+        while the send was told to stop stays unsent in _live, and _finish gives it back."""
+        batch = await self._db(self._mark, mark, *args)
+        self._marked(batch, db.PENDING)
+        if batch.batch_id is None:
+            return False
+        if self._stop is None:
+            await self._send(self._live[batch.batch_id])
+        return True
 
     def _mark(self, mark: Callable[..., Marked], *args: object) -> Marked:
         """In the worker thread: mark a batch and register it live at once, before any await."""
@@ -490,6 +590,9 @@ class _CampaignRun:
             return
         except Emptied:
             return  # everyone in it left the list before a retry; the recheck closed it
+        except Stopped:
+            await self._give_back(exchange, NOT_POSTED)
+            return
         recipients = exchange.recipients
         verdict = answer.verdict
         if verdict is Verdict.ACCEPTED:
@@ -531,10 +634,7 @@ class _CampaignRun:
             if self._stop is not None:
                 return  # the rest stays pending; the next run rebatches it
             await self._limiter.wait()
-            batch = await self._db(self._mark, self._store.mark_part, exchange.batch_id, part)
-            self._marked(batch, db.PENDING)
-            if batch.batch_id is not None:
-                await self._send(self._live[batch.batch_id])
+            await self._take(self._store.mark_part, exchange.batch_id, part)
 
 
 def _parts(named: frozenset[int], recipients: list[Reader]) -> list[list[Reader]]:

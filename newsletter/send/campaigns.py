@@ -16,7 +16,11 @@ A delivery is one recipient of one campaign. Its states, each committed before t
 
 A campaign is one Edition (a day's issue or a week's edition) to one list; its snapshot takes the
 list's subscribed members of the edition's frequency (memberships.frequency), so a daily issue never
-reaches a weekly member, nor the weekly edition a daily one.
+reaches a weekly member, nor the weekly edition a daily one. On weekly_day a list gets two issues, the
+day's and the week's (Edition.companion), and each member exactly one of them: whichever of the two
+starts second also takes the members the first one's snapshot left out because they had the second
+one's frequency then, and who switched since; and a member who switches during a send is skipped only
+when the companion reaches them (it started after the switch, or has them in its snapshot).
 
 Membership is read in the same transaction that marks a batch (FOR SHARE on PostgreSQL, under
 SQLite's write lock otherwise), so an unsubscribe commits either before (the reader is skipped) or
@@ -25,17 +29,17 @@ after the batch was built; retries and the parts of a split batch read it again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Update, and_, bindparam, func, literal, select
+from sqlalchemy import ColumnElement, Engine, Select, Update, and_, bindparam, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .. import db
-from ..config import Settings
+from ..config import WEEKDAYS, Settings
 from ..edition import DAILY, WEEKLY, Edition
 from ..errors import SendError
 from ..membership import members_query, receives_issues
@@ -108,6 +112,17 @@ def find_campaign(conn: Connection, issue: Edition | date, list_id: int) -> Camp
     )
 
 
+def companion_of(settings: Settings, edition: Edition) -> Edition | None:
+    """The other issue the list gets the day `edition` goes out, on weekly_day; None on other days."""
+    return edition.companion(WEEKDAYS.index(settings.weekly_day))
+
+
+def find_companion(conn: Connection, settings: Settings, edition: Edition, list_id: int) -> Campaign | None:
+    """The campaign of `edition`'s companion to the list, if it has started."""
+    companion = companion_of(settings, edition)
+    return find_campaign(conn, companion, list_id) if companion is not None else None
+
+
 def next_campaign_id(conn: Connection) -> int:
     """The id the next campaign will get (SQLite gives max + 1; a PostgreSQL sequence may skip)."""
     return conn.execute(select(func.coalesce(func.max(db.campaigns.c.id), 0) + 1)).scalar_one()
@@ -116,8 +131,8 @@ def next_campaign_id(conn: Connection) -> int:
 def start_campaign(
     engine: Engine, settings: Settings, issue: Edition | date, mailing_list: MailingList, content: Content
 ) -> Campaign:
-    """The campaign for (issue, list), created with its content and the snapshot of the members of
-    its frequency in one transaction if it does not exist yet (an existing one is returned
+    """The campaign for (issue, list), created with its content and the snapshot of its audience
+    (`audience`) in one transaction if it does not exist yet (an existing one is returned
     unchanged). `issue`: an Edition, or a day's daily issue."""
     edition = Edition.of(issue)
     try:
@@ -144,20 +159,14 @@ def start_campaign(
                 )
             )
             s = db.subscribers.c
-            snapshot = members_query(
-                mailing_list.id,
-                literal(campaign_id),
-                s.id,
-                s.email,
-                literal(db.PENDING),
-                literal(now, db.TS),
-                frequency=edition.kind,
-            )
-            conn.execute(
-                db.deliveries.insert().from_select(
-                    ["campaign_id", "subscriber_id", "email", "state", "updated_at"], snapshot
+            companion = find_companion(conn, settings, edition, mailing_list.id)
+            columns = (literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS))
+            for snapshot in audience(mailing_list.id, edition, companion, *columns):
+                conn.execute(
+                    db.deliveries.insert().from_select(
+                        ["campaign_id", "subscriber_id", "email", "state", "updated_at"], snapshot
+                    )
                 )
-            )
     except IntegrityError as error:
         # The one expected cause: another process created the same campaign between our look and
         # our insert (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two).
@@ -182,11 +191,30 @@ def state_counts(conn: Connection, campaign_id: int) -> dict[str, int]:
     return counts
 
 
-def count_audience(conn: Connection, list_id: int, edition: Edition) -> int:
-    """How many a new campaign of `edition` to the list would go to: its members of that frequency."""
-    members = members_query(list_id, db.memberships.c.subscriber_id, frequency=edition.kind)
-    audience = members.order_by(None).subquery()
-    return conn.execute(select(func.count()).select_from(audience)).scalar_one()
+def audience(
+    list_id: int, edition: Edition, companion: Campaign | None, *columns: ColumnElement[Any]
+) -> list[Select[Any]]:
+    """Who a new campaign of `edition` to the list goes to, as selects of `columns`: its members of
+    that frequency; and when its `companion` started first, the members of the companion's frequency
+    whom that snapshot left out (or skipped) though they were subscribed then (their status has not
+    changed since): they had this edition's frequency when it was taken, and switched since."""
+    selects = [members_query(list_id, *columns, frequency=edition.kind)]
+    if companion is not None:
+        d, m = db.deliveries.c, db.memberships.c
+        reached = select(d.id).where(
+            d.campaign_id == companion.id, d.subscriber_id == m.subscriber_id, d.state != db.SKIPPED
+        )
+        switched = members_query(list_id, *columns, frequency=companion.issue.kind)
+        selects.append(switched.where(m.updated_at <= companion.created_at, ~reached.exists()))
+    return selects
+
+
+def count_audience(conn: Connection, list_id: int, edition: Edition, companion: Campaign | None) -> int:
+    """How many a new campaign of `edition` to the list would go to (`audience`)."""
+    return sum(
+        conn.execute(select(func.count()).select_from(query.order_by(None).subquery())).scalar_one()
+        for query in audience(list_id, edition, companion, db.memberships.c.subscriber_id)
+    )
 
 
 # -- the recipient selector -------------------------------------------------------------------------
@@ -218,6 +246,17 @@ _STATUSES = select(_m.subscriber_id, _m.status, _m.frequency).where(
     _m.list_id == bindparam("list"), _m.subscriber_id.in_(bindparam("subscribers", expanding=True))
 )
 _LOCKED_STATUSES = _STATUSES.with_for_update(read=True)
+_CAMPAIGN_ID = select(db.campaigns.c.id).where(
+    db.campaigns.c.issue_date == bindparam("key"),
+    db.campaigns.c.edition == bindparam("kind"),
+    db.campaigns.c.list_id == bindparam("list"),
+)
+# Of some subscribers, those a campaign reaches: in its snapshot and not skipped.
+_REACHED = select(_d.subscriber_id).where(
+    _d.campaign_id == bindparam("campaign"),
+    _d.subscriber_id.in_(bindparam("subscribers", expanding=True)),
+    _d.state != db.SKIPPED,
+)
 _TO_BATCH = {"batch_id": bindparam("b_batch"), "state": db.IN_FLIGHT, "updated_at": bindparam("b_now")}
 # The page just read, up to its last row: every pending, unbatched row up to it is in the page.
 _MARK_PAGE = (
@@ -284,15 +323,18 @@ def read_page(
     return _statuses(conn, campaign.list_id, conn.execute(_PAGES[unbatched], page).all(), lock=lock)
 
 
-def sort_page(rows: Iterable[Found], edition: Edition) -> tuple[list[Reader], dict[str, list[int]]]:
+def sort_page(
+    rows: Iterable[Found], edition: Edition, unreached: Collection[int] = ()
+) -> tuple[list[Reader], dict[str, list[int]]]:
     """Who of a page gets `edition`'s issue, and who left the list or switched to the other edition
-    since the snapshot (skip reason → delivery ids)."""
+    since the snapshot (skip reason → delivery ids); a switcher whose subscriber id is in `unreached`
+    (the companion will not reach them) keeps this issue."""
     recipients: list[Reader] = []
     leavers: dict[str, list[int]] = {}
     for row, status, frequency in rows:
         if not receives_issues(status):
             leavers.setdefault(_SKIP_REASONS.get(status, _SKIP_REASONS[None]), []).append(row.id)
-        elif frequency != edition.kind:
+        elif frequency != edition.kind and row.subscriber_id not in unreached:
             leavers.setdefault(_SWITCHED[edition.kind], []).append(row.id)
         else:
             recipients.append(Reader(row.id, row.subscriber_id, row.email, row.name))
@@ -322,11 +364,20 @@ class BatchStore:
     """The SQL of one campaign's send, each method one transaction (blocking: the sender calls
     them from a worker thread). Every batch transaction first checks the claim."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime], campaign: Campaign, claim: Claim) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime],
+        campaign: Campaign,
+        claim: Claim,
+        companion: Edition | None = None,
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._campaign = campaign
         self._claim = claim
+        self._companion = companion
+        self._companion_id: int | None = None  # once it has started (it never goes away)
 
     def open(self, resend_uncertain: bool) -> dict[str, int]:
         """Take the claim, settle what an earlier run left behind; the counts by state."""
@@ -399,7 +450,7 @@ class BatchStore:
         with self._engine.begin() as conn:
             self._claim.check(conn)
             rows = _with_status(conn, self._campaign.list_id, where, lock=True)
-            recipients, leavers = sort_page(rows, self._campaign.issue)
+            recipients, leavers = self._sort(conn, rows)
             skipped = self._skip(conn, leavers)
             if not recipients:
                 self._close(conn, exchange.batch_id, db.SKIPPED, error=EVERYONE_LEFT)
@@ -412,7 +463,7 @@ class BatchStore:
         self, conn: Connection, rows: list[Found], rows_update: Update, params: dict[str, Any], build: Build
     ) -> Marked:
         """Mark `rows` (those `rows_update` with `params` selects) a batch in flight, but who left."""
-        recipients, leavers = sort_page(rows, self._campaign.issue)
+        recipients, leavers = self._sort(conn, rows)
         skipped = self._skip(conn, leavers)
         if not recipients:
             return Marked(None, [], None, len(rows), skipped)
@@ -427,6 +478,27 @@ class BatchStore:
                 f"another process is writing this campaign"
             )
         return Marked(batch_id, recipients, request, len(rows), skipped)
+
+    def _sort(self, conn: Connection, rows: list[Found]) -> tuple[list[Reader], dict[str, list[int]]]:
+        return sort_page(rows, self._campaign.issue, self._unreached(conn, rows))
+
+    def _unreached(self, conn: Connection, rows: list[Found]) -> set[int]:
+        """Of the rows' readers who switched to the companion's frequency, those it will not reach:
+        it started before their switch, without them (or skipped them). A companion that has not
+        started takes them in its snapshot."""
+        if self._companion is None:
+            return set()
+        kind = self._campaign.issue.kind
+        switched = [row.subscriber_id for row, status, frequency in rows if receives_issues(status) and frequency != kind]
+        if not switched:
+            return set()
+        if self._companion_id is None:
+            key = {"key": self._companion.key, "kind": self._companion.kind, "list": self._campaign.list_id}
+            self._companion_id = conn.execute(_CAMPAIGN_ID, key).scalar()
+            if self._companion_id is None:
+                return set()
+        reached = conn.execute(_REACHED, {"campaign": self._companion_id, "subscribers": switched}).scalars()
+        return set(switched).difference(reached)
 
     def _skip(self, conn: Connection, leavers: dict[str, list[int]]) -> int:
         d = db.deliveries.c

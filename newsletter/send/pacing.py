@@ -4,6 +4,7 @@ loop that decides which failures may be repeated without risking a second delive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,21 +21,37 @@ MAX_SERVER_WAIT = 300.0
 
 
 class RateLimiter:
-    """Spaces request starts 1/rate apart across every worker; a 429 holds everyone back."""
+    """Spaces request starts 1/rate apart across every worker; a 429 holds everyone back. Every wait
+    of a send goes through it, so that stopping it ends them all at once: a send told to stop must
+    not sit out a backoff (or a 429's reset) before it can give its batches back."""
 
     def __init__(self, rate: float) -> None:
         self._interval = 1.0 / rate
         self._next = 0.0
+        self._stopped = asyncio.Event()
 
     async def wait(self) -> None:
         now = asyncio.get_running_loop().time()
         slot = max(now, self._next)
         self._next = slot + self._interval
         if slot > now:
-            await asyncio.sleep(slot - now)
+            await self.pause(slot - now)
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or until stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
 
     def hold(self, seconds: float) -> None:
         self._next = max(self._next, asyncio.get_running_loop().time() + seconds)
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
 
 
 @dataclass
@@ -61,15 +78,19 @@ class Emptied(Exception):
     """A refresh before a retry found nobody left to send the batch to."""
 
 
+class Stopped(Exception):
+    """The limiter was stopped while the batch waited for a retry: it is not sent again."""
+
+
 # Before a retry: rebuild the exchange (dropping who left the list); False when nobody is left.
 Refresh = Callable[[Exchange], Awaitable[bool]]
 
 
 class Requests:
     """One exchange's request to the provider, retrying "retry later" answers (rate limits,
-    outages) and requests that never left (and lost answers only when `retry_lost`).
-    Returns the last answer; raises RequestNotSent, AnswerLost, RequestImpossible, or Emptied when a
-    refresh left nobody to send to."""
+    outages) and requests that never left (and lost answers only when `retry_lost`), until the
+    limiter is stopped. Returns the last answer; raises RequestNotSent, AnswerLost, RequestImpossible,
+    Emptied when a refresh left nobody to send to, or Stopped."""
 
     def __init__(self, provider: Provider, limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
         self._provider = provider
@@ -84,6 +105,8 @@ class Requests:
         while True:
             if attempt:
                 await self._limiter.wait()
+                if self._limiter.stopped:
+                    raise Stopped
                 if refresh is not None and not await refresh(exchange):
                     raise Emptied
             self.count += 1
@@ -114,4 +137,4 @@ class Requests:
                 # Everyone waits for the reset; the jitter keeps the workers from returning at once.
                 delay = min(asked, MAX_SERVER_WAIT) + self._random.uniform(0, 0.25)
                 self._limiter.hold(delay)
-            await asyncio.sleep(delay)
+            await self._limiter.pause(delay)

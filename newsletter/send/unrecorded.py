@@ -22,7 +22,8 @@ from ..edition import Edition
 from ..errors import ProviderAuthError, SendError
 from ..membership import members_query
 from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
-from ..subscribers import email_key, normalise_email, read_pages
+from ..addresses import email_key, normalise_email
+from ..subscribers import read_pages
 from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Reader
 from .campaigns import Campaign, next_campaign_id, read_page, sort_page

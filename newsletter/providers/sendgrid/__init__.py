@@ -16,6 +16,7 @@ import httpx
 from ...config import Settings
 from ...errors import SendError
 from .. import Answer, AnswerLost, Batch, Recipient, RequestNotSent, Verdict
+from ..headers import literal, plain_name, plain_text
 from . import http
 
 MAIL_SEND = "/v3/mail/send"
@@ -43,10 +44,13 @@ class SendGrid:
     def prepare(self, batch: Batch) -> dict[str, Any]:
         """The request body; SendError if a recipient would break SendGrid's limits."""
         message = batch.message
-        sender: dict[str, str] = {"email": message.sender_email, "name": message.sender_name}
+        sender: dict[str, str] = {"email": message.sender_email}
+        if name := _display_name(message.sender_name):
+            sender["name"] = name
         body: dict[str, Any] = {
             "from": sender,
-            "subject": message.subject,
+            # SendGrid writes the Subject header itself: text that stays text whatever it makes of it.
+            "subject": literal(plain_text(message.subject)),
             # RFC 2046: the richest alternative last; SendGrid also requires text/plain first.
             "content": [
                 {"type": "text/plain", "value": message.text},
@@ -109,8 +113,7 @@ def _tracking(opens: bool, clicks: bool) -> dict[str, Any]:
 
 def _personalization(recipient: Recipient) -> dict[str, Any]:
     to: dict[str, str] = {"email": recipient.email}
-    name = _display_name(recipient.name)
-    if name:
+    if name := _display_name(recipient.name):
         to["name"] = name
     personalization: dict[str, Any] = {"to": [to]}
     if substitutions := recipient.substitutions:
@@ -131,11 +134,10 @@ def _personalization(recipient: Recipient) -> dict[str, Any]:
 
 
 def _display_name(name: str | None) -> str | None:
-    # SendGrid refuses ';' and ',' in a recipient's name; line breaks would forge headers.
-    if not name:
-        return None
-    cleaned = " ".join(name.replace(";", " ").replace(",", " ").split())
-    return cleaned or None
+    """A name (the reader's or the sender's) as SendGrid takes it: plain, without the ';' and ','
+    it takes for separators between addresses, and `literal`, since SendGrid writes the header."""
+    plain = plain_name(name.replace(";", " ").replace(",", " ")) if name else None
+    return literal(plain) if plain else None
 
 
 def _verdict(answer: http.HTTPAnswer, size: int) -> Answer:
