@@ -6,6 +6,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from .config import Settings
-    from .daily import StepResult
+    from .daily import RunReport, StepResult
     from .edition import Edition
     from .providers import Provider
     from .report import IssueReport
@@ -552,7 +553,10 @@ def status(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None, l
     edition = _edition(date, week)
     settings = settings_from(ctx)
     name = list_name or settings.default_list
-    state = sending.campaign_status(engine_from(ctx), edition, name, now=settings.clock())
+    engine = engine_from(ctx)
+    if edition is not None and not edition.weekly:
+        _print_review(engine, edition.days[0])
+    state = sending.campaign_status(engine, edition, name, now=settings.clock())
     if state is None:
         console.print(f"No send to list {name!r} has started{' for ' + edition.describe if edition else ''}.")
         return
@@ -593,6 +597,25 @@ def status(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None, l
     if state.uncertain_batches:
         died = "left in flight by a sender that stopped: it may have been delivered"
         console.print(_batch_table("Uncertain batches (not resent without --resend-uncertain)", state.uncertain_batches, died))
+
+
+def _print_review(engine: Engine, day: date) -> None:
+    """The day's review, when there is one (review = "approve")."""
+    from . import db
+    from .review import AWAITING, review_of
+
+    with db.reading(engine) as conn:
+        review = review_of(conn, day)
+    if review is None:
+        return
+    if review.state == AWAITING:
+        console.print(
+            f"Awaiting approval: the editors were sent {day.isoformat()}'s issue on {review.tested_at:%Y-%m-%d %H:%M} UTC; "
+            f"`newsletter approve --date {day.isoformat()}` sends it to every list",
+            highlight=False,
+        )
+    else:
+        console.print(f"Approved on {review.approved_at:%Y-%m-%d %H:%M} UTC", highlight=False)
 
 
 def _batch_table(title: str, batches: list[BatchInfo], why: str) -> Table:
@@ -1208,23 +1231,40 @@ class _RunCommand(typer.core.TyperCommand):
             raise
 
 
+RunDate = Annotated[
+    Optional[datetime],
+    typer.Option("--date", formats=["%Y-%m-%d"], help="The day to run, YYYY-MM-DD (default: today in the timezone setting)."),
+]
+RunJson = Annotated[
+    bool, typer.Option("--json", help="Also print every step's outcome, counts and duration as one JSON object, the last line.")
+]
+
+
 @app.command("run", cls=_RunCommand)
-def run_day(
-    ctx: typer.Context,
-    date: Annotated[
-        Optional[datetime],
-        typer.Option("--date", formats=["%Y-%m-%d"], help="The day to run, YYYY-MM-DD (default: today in the timezone setting)."),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Also print every step's outcome, counts and duration as one JSON object, the last line.")
-    ] = False,
-) -> None:
+def run_day(ctx: typer.Context, date: RunDate = None, as_json: RunJson = False) -> None:
     """For cron: publish and send the day's issue to every list (on weekly_day the week's edition too), then sync suppressions, once.
 
-    Exit status 0 when done or nothing was left to do; 3 no digest for the day; 4 failed pre-send
-    checks (nothing sent); 5 another run holds the lock; 6 a batch's answer was lost (uncertain);
-    7 stopped by SIGINT or SIGTERM (the same command resumes); 2 a usage error or a date in the
-    future; 1 any other failure. Logs one line per step on stderr."""
+    Exit status 0 when done, nothing was left to do or the issue awaits approval; 3 no digest for
+    the day (or it could not be generated); 4 failed pre-send checks (nothing sent); 5 another run
+    holds the lock; 6 a batch's answer was lost (uncertain); 7 stopped by SIGINT or SIGTERM (the
+    same command resumes); 2 a usage error or a date in the future; 1 any other failure. Logs one
+    line per step on stderr."""
+    from . import daily
+
+    _run_the_day(ctx, date, as_json, daily.run_day)
+
+
+@app.command("approve", cls=_RunCommand)
+def approve_day(ctx: typer.Context, date: RunDate = None, as_json: RunJson = False) -> None:
+    """With review = "approve": approve the day's issue, which the run sent the editors, and run the day: publish and send it to every list, once.
+
+    Exit statuses as `run`'s; 1 if nothing awaits approval for the day."""
+    from . import daily
+
+    _run_the_day(ctx, date, as_json, daily.approve_day)
+
+
+def _run_the_day(ctx: typer.Context, date: datetime | None, as_json: bool, runner: Callable[..., RunReport]) -> None:
     from . import daily
     from .send import Interruption
 
@@ -1234,7 +1274,7 @@ def run_day(
         day = daily.run_date(settings, day)
         # SIGINT and SIGTERM stop the run gently: the send records its answers, no step starts after.
         with Interruption() as interruption:
-            report = daily.run_day(
+            report = runner(
                 engine_from(ctx), settings, day, on_step=lambda step: _print_step(day, step), interruption=interruption
             )
     except NewsletterError as error:

@@ -1,7 +1,11 @@
 """The daily run (`newsletter run`, for cron or a systemd timer): everything a day needs, in order.
 
+    generate with source = "huggingface", D's digest    failing: exit 3, nothing else runs; no
+             when it is missing (generate.py)           papers that day: nothing to do, exit 0
     digest   digests/D.md exists and parses            else exit 3, nothing else runs
     checks   the pre-send checks of each new send       failing: exit 4, nothing else runs
+    review   with review = "approve", the issue to the  until `newsletter approve`, publish, send
+             editors as a test (review.py)              and weekly wait: awaiting approval, exit 0
     publish  the web version, the archive, the feed     failing: nothing is sent
     send     D's issue to the daily members of every    a lost answer (uncertain): exit 6
              list (or `run_lists`)
@@ -41,6 +45,7 @@ from .errors import (
     CheckFailed,
     ConfigError,
     DigestError,
+    GenerateError,
     NewsletterError,
     RunDateError,
     RunLocked,
@@ -52,10 +57,15 @@ if TYPE_CHECKING:
     from .digest import Digest
     from .send import Interruption, SendPlan
 
-STEPS = ("digest", "checks", "publish", "send", "weekly", "sync", "purge")
+STEPS = ("generate", "digest", "checks", "review", "publish", "send", "weekly", "sync", "purge")
+# What a day without papers has nothing to do for, and what waits for an editor's approval.
+_OF_THE_DAYS_ISSUE = ("digest", "checks", "review", "publish", "send")
+_HELD_FOR_APPROVAL = ("publish", "send", "weekly")
+# A failure of these stops the run: nothing after them could be right.
+_STOPPING = ("generate", "digest", "checks", "review", "publish")
 
 # A step's outcome.
-OK, SKIPPED, FAILED, NOTHING = "ok", "skipped", "failed", "nothing to do"
+OK, SKIPPED, FAILED, NOTHING, AWAITING = "ok", "skipped", "failed", "nothing to do", "awaiting approval"
 
 # The run's exit statuses (README, "Errors and exit statuses"); USAGE: a usage error, a date in the
 # future; STOPPED (`send` too): stopped by a signal, and the same command resumes.
@@ -74,7 +84,7 @@ def exit_status(error: BaseException) -> int:
         return LOCKED
     if isinstance(error, RunDateError):
         return USAGE
-    if isinstance(error, DigestError):
+    if isinstance(error, (DigestError, GenerateError)):
         return NO_DIGEST
     if isinstance(error, CheckFailed):
         return CHECKS_FAILED
@@ -84,7 +94,7 @@ def exit_status(error: BaseException) -> int:
 @dataclass
 class StepResult:
     step: str
-    outcome: str  # OK, SKIPPED, FAILED or NOTHING
+    outcome: str  # OK, SKIPPED, FAILED, NOTHING or AWAITING
     detail: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -186,6 +196,23 @@ def run_day(
         return _Run(engine, settings, day, lists, lock, on_step, interruption).run()
 
 
+def approve_day(
+    engine: Engine,
+    settings: Settings,
+    day: date,
+    *,
+    on_step: Callable[[StepResult], None] = lambda step: None,
+    interruption: Interruption | None = None,
+) -> RunReport:
+    """Approve `day`'s issue, which the run sent the editors (NothingToApprove if it did not), and
+    run the day, which now publishes and sends it, once: a second approval changes nothing."""
+    from .review import approve
+
+    with engine.begin() as conn:
+        approve(conn, day, settings.clock())
+    return run_day(engine, settings, day, on_step=on_step, interruption=interruption)
+
+
 # -- the steps --------------------------------------------------------------------------------------
 
 
@@ -209,6 +236,8 @@ class _Run:
         self._interruption = interruption
         self._loaded: Digest | None = None
         self._plans: list[SendPlan] = []
+        self._no_papers = False  # the source has none today: the day's issue has nothing to do
+        self._awaiting = False  # the day's issue waits for an editor's approval
 
     def run(self) -> RunReport:
         steps: list[StepResult] = []
@@ -223,7 +252,7 @@ class _Run:
             started = time.monotonic()
             try:
                 self._lock.check()
-                result = getattr(self, f"_{name}")()
+                result = self._held(name) or getattr(self, f"_{name}")()
             except (NewsletterError, OSError) as error:
                 result = StepResult(name, FAILED, _describe(error), status=exit_status(error))
             result.seconds = time.monotonic() - started
@@ -231,7 +260,7 @@ class _Run:
                 result.outcome = FAILED
             steps.append(result)
             self._on_step(result)
-            if result.outcome == FAILED and name in ("digest", "checks", "publish"):
+            if result.outcome == FAILED and name in _STOPPING:
                 stopped = f"the {name} step failed"
         statuses = {step.status for step in steps}
         error = None
@@ -244,10 +273,39 @@ class _Run:
         status = next((code for code in _PRECEDENCE if code in statuses), DONE)
         return RunReport(self._day, steps, status, error)
 
+    def _held(self, name: str) -> StepResult | None:
+        """The result of a step that has nothing to do today, or waits for an editor, else None."""
+        if self._no_papers and name in _OF_THE_DAYS_ISSUE:
+            return StepResult(name, NOTHING, f"the source has no papers for {self._day.isoformat()}")
+        if self._awaiting and name in _HELD_FOR_APPROVAL:
+            return StepResult(name, SKIPPED, f"awaiting approval (newsletter approve --date {self._day.isoformat()})")
+        return None
+
     @property
     def _signal(self) -> str | None:
         """The signal that asked the run to stop, once it came."""
         return self._interruption.caught if self._interruption is not None else None
+
+    def _generate(self) -> StepResult:
+        from .digest import digest_path
+        from .generate import generate_day
+
+        if self._settings.source == "none":
+            return StepResult("generate", SKIPPED, "source = 'none': digests are written by hand")
+        path = digest_path(self._settings, self._day)
+        if path.exists():
+            return StepResult("generate", NOTHING, f"{path} is there already")
+        try:
+            generated = generate_day(self._settings, self._engine, self._day)
+        except GenerateError as error:
+            if not error.nothing_today:
+                raise
+            self._no_papers = True
+            return StepResult("generate", NOTHING, str(error))
+        counts = {"papers": len(generated.papers), "tokens": generated.tokens}
+        warnings = "".join(f"; {warning}" for warning in generated.warnings)
+        detail = f"{generated.path}, {len(generated.papers)} paper(s), {generated.tokens:,} token(s){warnings}"
+        return StepResult("generate", OK, detail, counts)
 
     def _digest(self) -> StepResult:
         from .digest import digest_path, load_digest
@@ -269,6 +327,42 @@ class _Run:
             require_checks(plan, force=False)
         size = fresh[0].checks.html_bytes / 1024  # type: ignore[union-attr]
         return StepResult("checks", OK, f"every check passed (HTML {size:.1f} KB)", {"problems": 0})
+
+    def _review(self) -> StepResult:
+        """With review = "approve": the day's issue to the editors as a test (again only if the
+        digest changed since), and everything that would send it held until it is approved."""
+        from .digest import digest_path
+        from .review import APPROVED, digest_fingerprint, record_test, review_of
+        from .send import open_provider, send_test
+
+        if self._settings.review == "auto":
+            return StepResult("review", SKIPPED, "review = 'auto': the issue goes out without an editor's approval")
+        if self._plans and all(plan.finished for plan in self._plans):
+            return StepResult("review", NOTHING, "the issue went out already")
+        with db.reading(self._engine) as conn:
+            found = review_of(conn, self._day)
+        if found is not None and found.state == APPROVED:
+            return StepResult("review", OK, f"approved on {found.approved_at:%Y-%m-%d %H:%M} UTC")
+        editors = self._settings.editors
+        if not editors:
+            raise ConfigError("review = 'approve' needs editors: the addresses that get each issue to approve")
+        if not self._plans:
+            raise ConfigError("there is no list to send to (newsletter lists create NAME)")
+        fingerprint = digest_fingerprint(digest_path(self._settings, self._day))
+        approve = f"newsletter approve --date {self._day.isoformat()} sends it to every list"
+        if found is None or found.digest_sha256 != fingerprint:
+            outcomes = send_test(self._engine, self._settings, self._plans[0], open_provider(self._settings), editors)
+            failed = [f"{outcome.state} ({outcome.error or 'no reason given'})" for outcome in outcomes if outcome.state != db.SENT]
+            if failed:
+                why = f"the test to the editors was not sent: {'; '.join(failed)}"
+                return StepResult("review", FAILED, why, status=FAILURE)
+            with self._engine.begin() as conn:
+                record_test(conn, self._day, fingerprint, self._settings.clock())
+            detail = f"sent to {len(outcomes)} editor(s) as a test; {approve}"
+        else:
+            detail = f"the editors have had it since {found.tested_at:%Y-%m-%d %H:%M} UTC; {approve}"
+        self._awaiting = True
+        return StepResult("review", AWAITING, detail, {"editors": len(editors)})
 
     def _publish(self) -> StepResult:
         from .publish import publish_issue, published_issues

@@ -129,6 +129,11 @@ class UnsubscribeLinks:
     def url(self, list_id: int, subscriber_id: int, email: str) -> str:
         return f"{self._base_url}/unsubscribe/{self.token(list_id, subscriber_id, email)}"
 
+    @property
+    def archive_url(self) -> str:
+        """Where a test copy's personal links lead, for an address that is no subscriber."""
+        return f"{self._base_url}/"
+
     def preferences_url(self, list_id: int, subscriber_id: int, email: str) -> str:
         """The reader's preferences page (daily or weekly, or leave): the same token as their
         unsubscribe link, so the same rules hold for it."""

@@ -33,7 +33,7 @@ import math
 import secrets
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
@@ -235,11 +235,13 @@ def execute(
 def send_test(
     engine: Engine, settings: Settings, plan: SendPlan, provider: Provider, to: Sequence[str]
 ) -> list[Outcome]:
-    """The planned issue to the `to` addresses only, one message each, as a test: a subscriber's
-    copy carries their own links; nothing is counted as the issue's delivery."""
+    """The planned issue to the `to` addresses only, one message each, as a test ("[TEST]" before the
+    subject): a subscriber's copy carries their own links, anyone else's the archive's; nothing is
+    counted as the issue's delivery."""
+    content = replace(plan.content, subject=f"[TEST] {plan.content.subject}")
     addressing = Addressing(
         settings,
-        plan.content,
+        content,
         mailing_list=plan.mailing_list,
         campaign_id=None,  # a test is no delivery of the issue: its events must not count
         links=UnsubscribeLinks(settings),

@@ -68,6 +68,10 @@ class Addressing:
         return self._provider.prepare(batch)
 
     def recipient(self, reader: Reader) -> Recipient:
+        if reader.subscriber_id == 0:
+            # A test address that is no subscriber has nothing to leave: its footer opens the archive,
+            # and no List-Unsubscribe offers a mail client a button that could do nothing.
+            return Recipient(reader.email, reader.name, self._links.archive_url, {}, {}, self._links.archive_url)
         url = self._links.url(self._list_id, reader.subscriber_id, reader.email)
         tags = (
             {"campaign_id": str(self._campaign_id), "subscriber_id": str(reader.subscriber_id), "list_id": str(self._list_id)}
