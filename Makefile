@@ -1,6 +1,8 @@
 # The two commands a newcomer needs:
 #   make demo   set up, then a dry-run send of the example digest to the example list
 #   make test   set up everything the tests need (Chromium, Korean fonts, PostgreSQL, Node tools), then run them
+# and, while working:
+#   make test-fast   the same set-up, then every test not marked slow (about a minute)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +10,7 @@ BIN    := $(VENV)/bin
 DATE   ?= 2026-01-23
 LIST   ?= daily-papers
 
-.PHONY: demo test setup test-setup bench clean
+.PHONY: demo test test-fast setup test-setup bench clean
 
 $(BIN)/newsletter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +37,9 @@ test-setup: setup
 
 test: test-setup
 	$(BIN)/python -m pytest
+
+test-fast: test-setup
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup
 	for script in bench/bench_*.py; do $(BIN)/python $$script || exit 1; done

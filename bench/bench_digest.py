@@ -17,9 +17,9 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from newsletter.assets import assets_dir, resolve_thumbnail  # noqa: E402
+from newsletter.content.assets import assets_dir, resolve_thumbnail  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
-from newsletter.digest import parse_digest  # noqa: E402
+from newsletter.content.digest import parse_digest  # noqa: E402
 
 EXAMPLE = ROOT / "digests" / "2026-01-23.md"
 

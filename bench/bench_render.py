@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from newsletter.config import load_settings  # noqa: E402
-from newsletter.digest import load_digest  # noqa: E402
-from newsletter.render import GMAIL_CLIP_BYTES, render_issue  # noqa: E402
+from newsletter.content.digest import load_digest  # noqa: E402
+from newsletter.content.render import GMAIL_CLIP_BYTES, render_issue  # noqa: E402
 
 EXAMPLE = ROOT / "digests" / "2026-01-23.md"
 TOP_10 = "2026-01-24"

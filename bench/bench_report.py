@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from newsletter import db  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
-from newsletter.digest import load_digest  # noqa: E402
-from newsletter.render import render_issue  # noqa: E402
+from newsletter.content.digest import load_digest  # noqa: E402
+from newsletter.content.render import render_issue  # noqa: E402
 from newsletter.report import papers_of  # noqa: E402
 from testkit.projects import write_config  # noqa: E402
 

@@ -111,9 +111,10 @@ def smtp_end_to_end(count: int, **overrides: object) -> tuple[float, float]:
             return timed_send(folder, settings, count)
 
 
-def timed_send(folder: Path, settings: Settings, count: int) -> tuple[float, float]:
-    """Run `newsletter send --yes` in `folder`: its seconds and peak RSS (MB); all `count` sent."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def timed_send(folder: Path, settings: Settings, count: int, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run `newsletter send --yes` in `folder` (`env` added to its environment): its seconds and
+    peak RSS (MB); all `count` sent."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     started = time.perf_counter()
     sender = subprocess.Popen(
         [sys.executable, "-m", "newsletter", "send", "--date", DAY.isoformat(), "--yes"],

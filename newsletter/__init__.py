@@ -1,4 +1,4 @@
-"""newsletter: turn a day's research digest into a responsive email and deliver it, once, through SendGrid or SMTP."""
+"""newsletter: turn a day's research digest into a responsive email and deliver it, once, through a mail provider (newsletter/providers/)."""
 
 from .errors import NewsletterError
 

@@ -52,7 +52,15 @@ def email_key(email: str) -> str:
     """What makes two addresses the same subscriber: the local part with its ASCII letters
     lower-cased and nothing else changed, and the domain in its lower-case ASCII (IDNA) form."""
     local, _, domain = email.rpartition("@")
-    return f"{local.translate(_ASCII_LOWER)}@{_ascii_domain(domain)}"
+    return f"{local.translate(_ASCII_LOWER)}@{ascii_domain(domain)}"
+
+
+def wire_address(email: str) -> str:
+    """The address as it goes on the wire: its domain in the ASCII (IDNA 2008) form every server
+    takes, as email_key spells it ("straße.de" is "xn--strae-oqa.de", never "strasse.de"); only a
+    non-ASCII local part then still needs SMTPUTF8."""
+    local, _, domain = email.rpartition("@")
+    return f"{local}@{ascii_domain(domain)}"
 
 
 def folds_like_its_key(email: str) -> bool:
@@ -63,7 +71,8 @@ def folds_like_its_key(email: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _ascii_domain(domain: str) -> str:
+def ascii_domain(domain: str) -> str:
+    """The domain in lower-case ASCII (IDNA 2008, with UTS 46 mapping, as email-validator checks it)."""
     if domain.isascii():
         return domain.lower()
     try:

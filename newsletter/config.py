@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextvars
 import difflib
 import os
-import re
 import secrets
 import stat
 import tempfile
@@ -17,9 +16,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +27,8 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
+from .fields import absolute_http_url, api_key
+from .providers import registry
 
 DEFAULT_CONFIG_FILE = "newsletter.toml"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -46,12 +46,6 @@ SUBJECT_FIELDS = ("date", "first", "more", "papers", "title", "from_name")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WEEKDAY_NAMES = dict(zip(WEEKDAYS, ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")))
 
-# What an HTTP header value can carry: printable ASCII. A key with a line break (a CRLF .env file, a
-# multi-line TOML string) or a non-ASCII character makes httpx fail with the header, key included,
-# in its message.
-_API_KEY = re.compile(r"[\x21-\x7e]+")
-
-
 def _default_templates_dir() -> Path:
     # Installed from a wheel the templates sit inside the package; in a checkout (or an editable
     # install) they sit at the top of the repo.
@@ -62,7 +56,7 @@ def _default_templates_dir() -> Path:
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_file", default=None)
 
 
-class Settings(BaseSettings):
+class Settings(*registry.sections(), BaseSettings):  # type: ignore[misc]
     # validate_default=False: the defaults below are valid as written, and validating them would
     # import email-validator (a tenth of the cold start) on every command.
     model_config = SettingsConfigDict(
@@ -96,26 +90,14 @@ class Settings(BaseSettings):
     # How much of each paper's abstract the email carries; the web version always carries all of it.
     email_abstract: Literal["none", "first-paragraph", "full"] = "none"
 
-    # SendGrid.
-    sendgrid_api_url: str = "https://api.sendgrid.com"
-    sendgrid_api_key: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("SENDGRID_API_KEY", "sendgrid_api_key"),
-    )
-    sendgrid_webhook_public_key: str | None = None
     # Open and click tracking, set explicitly on every request (the account's defaults are not
     # relied on). Unsubscribe links are never click-tracked, whatever these say.
     track_opens: bool = True
     track_clicks: bool = True
 
-    # Which provider delivers mail, and the SMTP server's details when it is "smtp". The password
-    # comes only from the environment (NEWSLETTER_SMTP_PASSWORD), never from the config file.
-    provider: Literal["sendgrid", "smtp"] = "sendgrid"
-    smtp_host: str | None = None
-    smtp_port: int = Field(default=587, ge=1, le=65535)
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    # Which provider delivers mail (one of the registry's); each provider's own settings are its
+    # section, mixed in below.
+    provider: str = "sendgrid"
     batch_size: int = Field(default=1000, ge=1, le=1000)
     send_concurrency: int = Field(default=4, ge=1, le=64)
     send_rate_limit: float = Field(default=50.0, gt=0, description="mail/send requests per second")
@@ -185,23 +167,17 @@ class Settings(BaseSettings):
             sources.append(_ConfigFile(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
-    @model_validator(mode="after")
-    def _provider_complete(self) -> Settings:
-        if self.provider == "smtp" and not self.smtp_host:
-            raise ValueError("'smtp_host' (NEWSLETTER_SMTP_HOST) must be set when provider is 'smtp'")
-        if self.smtp_password is not None and not self.smtp_username:
-            raise ValueError("'smtp_username' must be set when NEWSLETTER_SMTP_PASSWORD is")
-        return self
+    @field_validator("provider")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in registry.names():
+            raise ValueError(f"Input should be {' or '.join(repr(name) for name in registry.names())}")
+        return value
 
-    @field_validator("base_url", "asset_base_url", "sendgrid_api_url", "source_url", "llm_base_url")
+    @field_validator("base_url", "asset_base_url", "source_url", "llm_base_url")
     @classmethod
     def _absolute_http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
-        return value.rstrip("/")
+        return absolute_http_url(value)
 
     @field_validator("from_email", "reply_to", "unsubscribe_mailto")
     @classmethod
@@ -241,21 +217,10 @@ class Settings(BaseSettings):
             raise ValueError(f"{error} in {value!r}") from None
         return value
 
-    @field_validator("sendgrid_api_key", "llm_api_key")
+    @field_validator("llm_api_key")
     @classmethod
     def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
-        # The messages never quote the value: it is a secret.
-        if value is None:
-            return None
-        key = value.get_secret_value().strip()
-        if not key:
-            return None  # SENDGRID_API_KEY= (empty) means not set
-        if not _API_KEY.fullmatch(key):
-            raise ValueError(
-                "the API key contains whitespace, a control character or a non-ASCII character "
-                "(a line break from a CRLF .env file or a multi-line TOML string?); set it to the key alone"
-            )
-        return SecretStr(key)
+        return api_key(value)
 
     @field_validator("timezone")
     @classmethod
@@ -447,17 +412,16 @@ class Settings(BaseSettings):
 
 
 # Secrets a config file must not hold: it is shared, copied and committed far more than an environment.
-_ENVIRONMENT_ONLY = ("smtp_password", "llm_api_key")
+_ENVIRONMENT_ONLY = ("llm_api_key", *registry.environment_only())
 
 
 class _ConfigFile(TomlConfigSettingsSource):
     def __call__(self) -> dict[str, Any]:
         values = super().__call__()
+        variables = {name: variable for variable, name in reversed(environment_names().items())}
         for key in _ENVIRONMENT_ONLY:
-            if key in values:
-                raise ValueError(
-                    f"{key} must not be in the config file: set NEWSLETTER_{key.upper()} in the environment"
-                )
+            if key in values or variables[key] in values:
+                raise ValueError(f"{key} must not be in the config file: set {variables[key]} in the environment")
         return values
 
 
@@ -523,6 +487,8 @@ def environment_warnings(environ: Mapping[str, str]) -> list[str]:
 
 def _describe(error: ValidationError, config_file: Path | None) -> str:
     where = f"{config_file} or the environment" if config_file else "the environment"
+    names = environment_names()
+    aliases = {variable: name for variable, name in names.items() if not variable.startswith("NEWSLETTER_")}
     lines = []
     for problem in error.errors(include_url=False, include_input=False):
         message = problem["msg"].removeprefix("Value error, ")
@@ -531,7 +497,7 @@ def _describe(error: ValidationError, config_file: Path | None) -> str:
             continue
         key = ".".join(str(part) for part in problem["loc"])
         # A value given under its alias is reported under the setting's name.
-        key = "sendgrid_api_key" if key == "SENDGRID_API_KEY" else key
-        env = "SENDGRID_API_KEY" if key == "sendgrid_api_key" else f"NEWSLETTER_{key.upper()}"
+        key = aliases.get(key.upper(), key)
+        env = next((variable for variable, name in names.items() if name == key), f"NEWSLETTER_{key.upper()}")
         lines.append(f"bad setting '{key}' ({env}, from {where}): {message}")
     return "\n".join(lines)

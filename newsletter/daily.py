@@ -11,7 +11,7 @@
              list (or `run_lists`)
     weekly   on `weekly_day`, the weekly edition of     failing checks: exit 4, it is neither
              D's ISO week to the weekly members         published nor sent
-    sync     SendGrid's suppression lists               with an API key only
+    sync     the provider's suppression lists           with its credentials only
     purge    sign-ups unconfirmed for over 30 days      deleted (issue 8 makes them)
 
 Every step is idempotent (a send is recorded per issue and list, publishing rewrites the same files,
@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import db
 from .config import WEEKDAYS, Settings
-from .edition import Edition
+from .content.edition import Edition
 from .errors import (
     CheckFailed,
     ConfigError,
@@ -54,7 +54,7 @@ from .db import aware
 from .send.claim import HEARTBEAT, STALE_AFTER, holder_is_dead, holder_of
 
 if TYPE_CHECKING:
-    from .digest import Digest
+    from .content.digest import Digest
     from .send import Interruption, SendPlan
 
 STEPS = ("generate", "digest", "checks", "review", "publish", "send", "weekly", "sync", "purge")
@@ -287,8 +287,8 @@ class _Run:
         return self._interruption.caught if self._interruption is not None else None
 
     def _generate(self) -> StepResult:
-        from .digest import digest_path
-        from .generate import generate_day
+        from .content.digest import digest_path
+        from .content.generate import generate_day
 
         if self._settings.source == "none":
             return StepResult("generate", SKIPPED, "source = 'none': digests are written by hand")
@@ -308,7 +308,7 @@ class _Run:
         return StepResult("generate", OK, detail, counts)
 
     def _digest(self) -> StepResult:
-        from .digest import digest_path, load_digest
+        from .content.digest import digest_path, load_digest
 
         self._loaded = load_digest(self._settings, self._day)
         papers = len(self._loaded.papers)
@@ -331,7 +331,7 @@ class _Run:
     def _review(self) -> StepResult:
         """With review = "approve": the day's issue to the editors as a test (again only if the
         digest changed since), and everything that would send it held until it is approved."""
-        from .digest import digest_path
+        from .content.digest import digest_path
         from .review import APPROVED, digest_fingerprint, record_test, review_of
         from .send import open_provider, send_test
 
@@ -365,7 +365,7 @@ class _Run:
         return StepResult("review", AWAITING, detail, {"editors": len(editors)})
 
     def _publish(self) -> StepResult:
-        from .publish import publish_issue, published_issues
+        from .content.publish import publish_issue, published_issues
 
         assert self._loaded is not None
         before = {issue.path: issue for issue in published_issues(self._settings)}
@@ -437,8 +437,8 @@ class _Run:
         were weekly members when it started, and switched to the daily issues since (campaigns.py).
         A list without anyone to send it to (and no campaign of the edition yet) is left alone, so that
         a reader who switches to weekly later that day still gets it from the next run."""
-        from .digest import load_week
-        from .publish import publish_issue
+        from .content.digest import load_week
+        from .content.publish import publish_issue
         from .send import plan_send, require_checks
 
         if WEEKDAYS[self._day.weekday()] != self._settings.weekly_day:
@@ -467,14 +467,18 @@ class _Run:
         return _sent("weekly", entries, edition.describe)
 
     def _sync(self) -> StepResult:
+        from .errors import MissingAPIKey
+        from .providers import registry
         from .suppressions import sync_suppressions
 
-        if self._settings.provider != "sendgrid":
-            why = f"the provider is {self._settings.provider}: SendGrid's suppression lists do not apply"
-            return StepResult("sync", SKIPPED, why)
-        if self._settings.sendgrid_api_key is None:
-            return StepResult("sync", SKIPPED, "no SENDGRID_API_KEY: SendGrid's suppression lists were not read")
-        results = sync_suppressions(self._engine, self._settings)
+        provider = self._settings.provider
+        try:
+            source = registry.suppressions(self._settings)
+        except MissingAPIKey as error:
+            return StepResult("sync", SKIPPED, f"no {error.credential}: {provider}'s suppression lists were not read")
+        if source is None:
+            return StepResult("sync", SKIPPED, f"the provider is {provider}, which keeps no suppression lists")
+        results = sync_suppressions(self._engine, self._settings, source=source)
         counts = {
             "fetched": sum(result.fetched for result in results),
             "changed": sum(result.changed for result in results),

@@ -158,7 +158,7 @@ sync_state = Table(
 webhook_events = Table(
     "webhook_events",
     metadata,
-    Column("sg_event_id", String(100), primary_key=True),
+    Column("event_id", String(100), primary_key=True),
     Column("received_at", TS, nullable=False),
     # Rows older than the provider's retry window are pruned (webhook.py) along this index.
     Index("ix_webhook_events_received", "received_at"),
@@ -443,6 +443,60 @@ def _generate_and_review(conn: Connection) -> None:
     reviews.create(conn, checkfirst=True)
 
 
+# The first provider's own words, as stored before the provider seam: its event names (campaign_stats,
+# campaign_events), and the source of its suppression lists' changes (events). Written out here, not
+# taken from the providers: a shipped migration never changes.
+_FIRST_PROVIDER_KINDS = {
+    "bounce": "bounced",
+    "open": "opened",
+    "click": "clicked",
+    "spamreport": "spam_report",
+    "unsubscribe": "unsubscribed",
+    "group_unsubscribe": "unsubscribed",
+    "group_resubscribe": "resubscribed",
+}
+_NEUTRAL_KINDS = frozenset(
+    {"processed", "delivered", "deferred", "dropped", *_FIRST_PROVIDER_KINDS.values(), "other"}
+)
+
+
+def _neutral_provider_names(conn: Connection) -> None:
+    if "sg_event_id" in {column["name"] for column in inspect(conn).get_columns(webhook_events.name)}:
+        conn.exec_driver_sql("ALTER TABLE webhook_events RENAME COLUMN sg_event_id TO event_id")
+    conn.execute(events.update().where(events.c.source == "sendgrid_sync").values(source="provider_sync"))
+    # campaign_stats is a few rows per campaign: rewritten whole, the counts of kinds that become
+    # one added up (a kind no provider's map knows is counted as "other").
+    stats = campaign_stats.c
+    counts: dict[tuple[int, str], int] = {}
+    for campaign_id, event, count in conn.execute(select(stats.campaign_id, stats.event, stats.count)).all():
+        kind = _FIRST_PROVIDER_KINDS.get(event, event if event in _NEUTRAL_KINDS else "other")
+        counts[(campaign_id, kind)] = counts.get((campaign_id, kind), 0) + count
+    conn.execute(campaign_stats.delete())
+    if counts:
+        conn.execute(
+            campaign_stats.insert(),
+            [{"campaign_id": c, "event": kind, "count": n} for (c, kind), n in counts.items()],
+        )
+    # campaign_events holds a row per reader's fact: renamed in place, a fact the new name already
+    # has (a reader who left by both of the old kinds) kept once.
+    facts = campaign_events.c
+    same = campaign_events.alias("same")
+    for old, new in _FIRST_PROVIDER_KINDS.items():
+        duplicate = (
+            select(same.c.id)
+            .where(
+                same.c.kind == new,
+                same.c.campaign_id == facts.campaign_id,
+                same.c.machine_open == facts.machine_open,
+                same.c.url == facts.url,
+                same.c.subscriber_id == facts.subscriber_id,
+            )
+            .exists()
+        )
+        conn.execute(campaign_events.delete().where(facts.kind == old, duplicate))
+        conn.execute(campaign_events.update().where(facts.kind == old).values(kind=new))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_all,
     _index_deliveries_by_id,
@@ -453,6 +507,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _add_signup,
     _queue_signups_and_key_addresses_exactly,
     _generate_and_review,
+    _neutral_provider_names,
 ]
 
 

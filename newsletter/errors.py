@@ -18,7 +18,7 @@
     ├── RunDateError           `newsletter run --date` in the future (exit status 2)
     ├── RunLocked              another `newsletter run` holds the run lock (exit status 5)
     └── SendError              a send that cannot go on
-        ├── MissingAPIKey      no credentials for a real send (SENDGRID_API_KEY)
+        ├── MissingAPIKey      no credentials for a real send (the provider's API key)
         ├── ProviderAuthError  the provider refused the credentials: every later batch would fail too
         └── SendInProgress     another process holds the campaign's claim
 
@@ -106,7 +106,9 @@ class SendError(NewsletterError):
 
 
 class MissingAPIKey(SendError):
-    pass
+    def __init__(self, message: str, *, credential: str) -> None:
+        super().__init__(message)
+        self.credential = credential  # the variable to set
 
 
 class ProviderAuthError(SendError):

@@ -76,7 +76,8 @@ TRANSITIONS: dict[str, frozenset[Move]] = {
     "import": frozenset({(None, SUBSCRIBED), (UNCONFIRMED, SUBSCRIBED), (None, UNCONFIRMED), *_LIFTED}),
     # The provider's events and suppression lists.
     "webhook": _TOWARDS_STRONGER,
-    "sendgrid_sync": _TOWARDS_STRONGER,
+    "provider_sync": _TOWARDS_STRONGER,
+    "provider_answer": _TOWARDS_STRONGER,
     # A reader who signs up (signup.py) on a double opt-in list waits unconfirmed, receiving no issue,
     # until they follow the confirmation link; on a single opt-in list a new address is subscribed at
     # once. Whoever left or bounced confirms by mail whatever the list's mode: anyone can type an

@@ -36,10 +36,10 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 
 from . import db
-from .edition import DAILY, Edition
+from .content.edition import DAILY, Edition
 from .errors import NoIssueSent
 from .subscribers import get_list
-from .webhook import BOUNCE, CLICK, DELIVERED, OPEN, SPAM_REPORT, UNSUBSCRIBES
+from .providers import EventKind
 
 # The membership sources through which a reader leaves a list by their own hand (membership.py), from
 # an issue's unsubscribe link or its preferences link, and that name no campaign; the provider's
@@ -145,11 +145,11 @@ def issue_reports(conn: Connection, selection: Selection, tracking: Tracking) ->
                 issue=campaign.issue.key,
                 list=campaign.list_name,
                 sent=sent.get(campaign.id, 0),
-                delivered=counts[DELIVERED],
-                unique_opens=counts[OPEN] if tracked.opens else None,
+                delivered=counts[EventKind.DELIVERED],
+                unique_opens=counts[EventKind.OPENED] if tracked.opens else None,
                 unique_clicks=clickers if tracked.clicks else None,
-                bounces=counts[BOUNCE],
-                spam_reports=counts[SPAM_REPORT],
+                bounces=counts[EventKind.BOUNCED],
+                spam_reports=counts[EventKind.SPAM_REPORT],
                 unsubscribes=len(leavers[campaign.id]),
                 papers=[
                     PaperClicks(rank, title, url, by_rank.get(rank, 0) if tracked.clicks else None)
@@ -229,10 +229,10 @@ def _sent(conn: Connection, ids: list[int]) -> dict[int, int]:
 
 
 # The kinds counted as readers straight from the index (clicks: _clicks; unsubscribes: _leavers).
-_COUNTED = (DELIVERED, OPEN, BOUNCE, SPAM_REPORT)
+_COUNTED = (EventKind.DELIVERED, EventKind.OPENED, EventKind.BOUNCED, EventKind.SPAM_REPORT)
 
 
-def _readers(conn: Connection, ids: list[int]) -> dict[int, dict[str, int]]:
+def _readers(conn: Connection, ids: list[int]) -> dict[int, dict[EventKind, int]]:
     """campaign → kind → readers (opens: not the machine's). A row is one reader's fact, so these
     are index entries counted."""
     e = db.campaign_events.c
@@ -241,7 +241,7 @@ def _readers(conn: Connection, ids: list[int]) -> dict[int, dict[str, int]]:
     )
     return {
         campaign_id: {
-            kind: conn.execute(query, {"campaign": campaign_id, "kind": kind}).scalar_one() for kind in _COUNTED
+            kind: conn.execute(query, {"campaign": campaign_id, "kind": kind.value}).scalar_one() for kind in _COUNTED
         }
         for campaign_id in ids
     }
@@ -253,7 +253,7 @@ def _clicks(conn: Connection, campaign_id: int, links: dict[str, int]) -> tuple[
     clicks found in the index by its links."""
     e = db.campaign_events.c
     clickers = select(func.count(e.subscriber_id.distinct())).where(
-        e.campaign_id == campaign_id, e.kind == CLICK, e.machine_open.is_(False)
+        e.campaign_id == campaign_id, e.kind == EventKind.CLICKED.value, e.machine_open.is_(False)
     )
     anyone = conn.execute(clickers).scalar_one()
     by_rank: dict[int, list[str]] = defaultdict(list)
@@ -289,7 +289,7 @@ def _leavers(conn: Connection, campaigns: Sequence[_Campaign]) -> dict[int, set[
         found = set(conn.execute(query).scalars())
         found.update(
             conn.execute(
-                select(ce.subscriber_id).where(ce.campaign_id == campaign.id, ce.kind.in_(UNSUBSCRIBES))
+                select(ce.subscriber_id).where(ce.campaign_id == campaign.id, ce.kind == EventKind.UNSUBSCRIBED.value)
             ).scalars()
         )
         leavers[campaign.id] = found

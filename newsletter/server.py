@@ -1,5 +1,5 @@
 """The web server (`newsletter serve`): sign-up, confirmation and preferences pages, unsubscribe pages
-and RFC 8058 one-click unsubscribe, the SendGrid Event Webhook, and the public folder (archive pages,
+and RFC 8058 one-click unsubscribe, each provider's webhook (/webhooks/<provider>), and the public folder (archive pages,
 thumbnails), so that one process hosts everything an email links to.
 
 The sign-up form answers every address alike (signup.py decides, unseen, which mail is due), and the
@@ -50,15 +50,9 @@ from . import db, signup
 from .config import Settings
 from .errors import NewsletterError, SubscriberError, TokenError
 from .membership import compare_and_set, set_frequency
-from .providers import Event, Provider, provider_for
-from .providers.sendgrid.events import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    WebhookVerifier,
-    parse_events,
-)
-from .publish import PublishedIssue, published_issues
-from .render import DARK, FONT_STACK, LIGHT, environment
+from .providers import Event, Provider, Refusal, registry
+from .content.publish import PublishedIssue, published_issues
+from .content.render import DARK, FONT_STACK, LIGHT, environment
 from .send.pacing import Requests
 from .send.transactional import release, requests_for, send_message
 from .subscribers import MailingList, get_list
@@ -67,8 +61,6 @@ from .webhook import apply_events
 
 log = logging.getLogger(__name__)
 
-# SendGrid's batches are far smaller; anything bigger is not SendGrid.
-MAX_WEBHOOK_BODY = 10 * 1024 * 1024
 # The page's button and a mail client's one-click POST send a field or two.
 MAX_FORM_BODY = 16 * 1024
 
@@ -240,24 +232,21 @@ class _Service:
             log.warning("a sign-up was refused: client %s is over its rate of %d an hour", key[:12], rate)
         return queued
 
-    # Sign-ups taken from the queue at once: each in its own short transaction.
+    # Sign-ups read from the queue at once; each is then taken in its own short transaction.
     QUEUE_PAGE = 100
 
-    def take_sign_ups(self) -> tuple[list[signup.Due], bool]:
-        """Record the queued sign-ups, oldest first, and say which mails they call for (claimed);
-        and whether more are waiting."""
+    def queued_sign_ups(self) -> list[signup.SignUpRequest]:
+        """The oldest sign-ups waiting."""
         with db.reading(self._engine) as conn:
-            waiting = signup.queued(conn, self.QUEUE_PAGE)
-        dues = []
-        for request in waiting:
-            now = self._settings.clock()
-            with self.transaction() as conn:
-                due = signup.sign_up(
-                    conn, request, now=now, today=self._settings.local_date(now), newsletter=self._settings.from_name
-                )
-            if due is not None:
-                dues.append(due)
-        return dues, len(waiting) == self.QUEUE_PAGE
+            return signup.queued(conn, self.QUEUE_PAGE)
+
+    def take_sign_up(self, request: signup.SignUpRequest) -> signup.Due | None:
+        """Record a queued sign-up and say which mail it calls for, claimed in the same commit."""
+        now = self._settings.clock()
+        with self.transaction() as conn:
+            return signup.sign_up(
+                conn, request, now=now, today=self._settings.local_date(now), newsletter=self._settings.from_name
+            )
 
     def inspect_confirmation(self, token: str) -> signup.Confirmation | None:
         with db.reading(self._engine) as conn:
@@ -482,7 +471,7 @@ class _Mailer:
         settings = self._settings
         try:
             if self._provider is None or self._requests is None:
-                self._provider = provider_for(settings)
+                self._provider = registry.provider_for(settings)
                 self._requests = requests_for(settings, self._provider)
             outgoing = signup.compose(
                 settings,
@@ -517,7 +506,12 @@ class _SignUpQueue:
     """Takes the form's queued sign-ups every INTERVAL seconds, on its own clock, and sends the mails
     they call for. What an address's state calls for (a mail or none, a new row or none) is done
     here, never right after that address's answer, so no answer's timing, nor the next request's,
-    tells whether the address was on the list."""
+    tells whether the address was on the list.
+
+    Each sign-up's mail is handed to the mailer as soon as its sign-up commits (the commit claims
+    it: a mail claimed and never sent would count as perhaps delivered). A sign-up that fails (the
+    database away, another server adding the same member at that moment) stays queued for the next
+    turn; stopping lets the sign-up under way finish and its mail go out."""
 
     INTERVAL = 0.5
 
@@ -525,25 +519,45 @@ class _SignUpQueue:
         self._service = service
         self._mailer = mailer
         self._sending: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._running: asyncio.Task[None] | None = None
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.INTERVAL)
-            more = True
-            while more:
-                try:
-                    dues, more = await run_in_threadpool(self._service.take_sign_ups)
-                except Exception:  # the database went away: the queue waits for the next turn
-                    log.exception("queued sign-ups were not taken; trying again")
-                    break
-                for due in dues:
-                    task = asyncio.create_task(self._mailer.send(due))
-                    self._sending.add(task)
-                    task.add_done_callback(self._sending.discard)
+    def start(self) -> None:
+        self._running = asyncio.create_task(self._run())
 
-    async def drain(self) -> None:
-        """Wait for the mails being sent (what is still queued waits for the next start)."""
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._running is not None:
+            await self._running
         await asyncio.gather(*self._sending)
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.INTERVAL)
+            while not self._stopping.is_set() and await self._take_page():
+                pass
+
+    async def _take_page(self) -> bool:
+        """Take a page of queued sign-ups; whether a full page was read (more may wait)."""
+        try:
+            waiting = await run_in_threadpool(self._service.queued_sign_ups)
+        except Exception:  # the database away: the queue waits for the next turn
+            log.exception("the sign-up queue could not be read; trying again")
+            return False
+        for request in waiting:
+            if self._stopping.is_set():
+                return False
+            try:
+                due = await run_in_threadpool(self._service.take_sign_up, request)
+            except Exception:
+                log.exception("a queued sign-up was not taken; it waits for the next turn")
+                continue
+            if due is not None:
+                task = asyncio.create_task(self._mailer.send(due))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        return len(waiting) == self._service.QUEUE_PAGE
 
 
 async def _form(request: Request) -> FormData:
@@ -564,11 +578,7 @@ def create_app(settings: Settings) -> ASGIApp:
     mailer = _Mailer(settings, engine, service.transaction, links, confirmations)
     queue = _SignUpQueue(service, mailer)
     pages = _Pages(settings)
-    verifier = (
-        WebhookVerifier(settings.sendgrid_webhook_public_key)
-        if settings.sendgrid_webhook_public_key
-        else None
-    )
+    feedback = registry.feedback(settings)
     public_dir = settings.path(settings.public_dir)
     public_dir.mkdir(parents=True, exist_ok=True)
 
@@ -703,24 +713,24 @@ def create_app(settings: Settings) -> ASGIApp:
         saved = membership.status == db.SUBSCRIBED
         return pages.render("preferences.html.j2", membership=membership, token=token, saved=saved)
 
-    async def sendgrid_events(request: Request) -> Response:
-        if verifier is None:
-            # Never accept unsigned events: anyone could unsubscribe anyone.
-            return PlainTextResponse("the signed Event Webhook is not configured", 503)
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        timestamp = request.headers.get(TIMESTAMP_HEADER, "")
-        # Headers first: an unsigned or replayed request is refused before its body (up to
-        # MAX_WEBHOOK_BODY) is read, let alone verified.
-        if not verifier.fresh(signature, timestamp, settings.clock()):
-            return PlainTextResponse("bad or stale signature", 403)
-        body = await request.body()
-        if not verifier.verify(body, signature, timestamp):
-            return PlainTextResponse("bad or stale signature", 403)
+    async def provider_events(request: Request) -> Response:
+        hook = feedback.get(request.path_params["provider"])
+        if hook is None:
+            return PlainTextResponse("no such webhook", 404)
+        if isinstance(hook, Refusal):  # not configured: never take unproven events
+            return PlainTextResponse(hook.reason, hook.status)
+        # Headers first: an unproven or replayed request is refused before its body is read.
+        refusal = hook.check_headers(request.headers, settings.clock())
+        if refusal is None:
+            body = await request.body()
+            refusal = hook.check_body(body, request.headers)
+        if refusal is not None:
+            return PlainTextResponse(refusal.reason, refusal.status)
         try:
-            events = parse_events(body)
-        except ValueError:
-            return PlainTextResponse("expected a JSON array of events", 400)
-        # Committed before the 2xx: SendGrid retries anything else, and duplicates are skipped.
+            events = hook.events(body)
+        except ValueError as error:
+            return PlainTextResponse(str(error), 400)
+        # Committed before the 2xx: a provider retries anything else, and duplicates are skipped.
         await run_in_threadpool(service.apply_webhook, events)
         return PlainTextResponse("ok")
 
@@ -735,27 +745,27 @@ def create_app(settings: Settings) -> ASGIApp:
         Route("/unsubscribe/{token:whole_rest}", unsubscribe_page, methods=["GET"]),
         Route("/unsubscribe/{token:whole_rest}", unsubscribe, methods=["POST"]),
         Route("/resubscribe/{token:whole_rest}", resubscribe, methods=["POST"]),
-        Route("/webhooks/sendgrid", sendgrid_events, methods=["POST"]),
+        Route("/webhooks/{provider}", provider_events, methods=["POST"]),
         Mount("/", StaticFiles(directory=public_dir, html=True)),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        taking = asyncio.create_task(queue.run())
+        queue.start()
         yield
-        taking.cancel()
-        await queue.drain()
+        await queue.stop()
         await mailer.aclose()
         engine.dispose()
 
-    site = _BodyLimit(
-        Starlette(routes=routes, lifespan=lifespan), {"/webhooks/sendgrid": MAX_WEBHOOK_BODY}, MAX_FORM_BODY
-    )
+    webhook_limits = {
+        f"/webhooks/{name}": hook.max_body for name, hook in feedback.items() if not isinstance(hook, Refusal)
+    }
+    site = _BodyLimit(Starlette(routes=routes, lifespan=lifespan), webhook_limits, MAX_FORM_BODY)
     return _SecurityHeaders(_NulRefused(site, pages.invalid(400)), _public_csp(settings))
 
 
 # What the server's log never shows: a reader's address, a link that carries their token, a token.
 _PRIVATE = re.compile(
-    r"[^\s@<>()\[\],;:\"'`]+@[^\s@<>()\[\],;:\"'`]+"
+    r"[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"'`]+"
     r"|/(?:unsubscribe|resubscribe|confirm|preferences)/[^\s\"'<>]*"
     r"|\b[0-9a-z]{1,13}(?:\.[0-9a-z]{1,13}){1,2}\.[A-Za-z0-9_-]{43}"
 )
@@ -785,6 +795,8 @@ def _log_config() -> dict[str, Any]:
     for handler in config["handlers"].values():
         handler["filters"] = ["private"]
     config["loggers"]["newsletter"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # Everything else (asyncio's unretrieved task errors, a library's warnings) through the filter too.
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
     return config
 
 

@@ -32,8 +32,8 @@ from .config import Settings
 from .errors import SubscriberError, TokenError
 from .membership import compare_and_set
 from .providers import Message, Provider, Recipient
-from .publish import PublishedIssue, published_issues
-from .render import DARK, FONT_STACK, LIGHT, render_template
+from .content.publish import PublishedIssue, published_issues
+from .content.render import DARK, FONT_STACK, LIGHT, render_template
 from .send.transactional import Outcome, Outgoing, claim, send_messages
 from .addresses import email_key, normalise_email
 from .providers.headers import plain_name

@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sqlalchemy import (
     JSON,
@@ -59,8 +59,13 @@ from .addresses import email_key, normalise_email
 from .errors import SubscriberError
 from .files import atomic_file
 from .membership import compare_and_set_many, members_query
+from .providers import Provider, provider_for
 from .providers.headers import plain_text
 from .subscribers import check_details, get_list, read_pages
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .send.transactional import Outcome
 
 # Rows per staging transaction: large enough to amortise a transaction, small enough that the
 # web server never waits long for the lock.
@@ -281,7 +286,7 @@ def import_csv(
 
     The operator vouches for the rows: they are subscribed (sign-ups still unconfirmed too), unless
     `require_confirmation`, which adds new ones unconfirmed and lists in `report.to_confirm` whoever
-    of the file waits for a confirmation mail (signup.send_confirmations sends them).
+    of the file waits for a confirmation mail (import_subscribers sends them).
     `resubscribe` re-subscribes addresses that unsubscribed, bounced or complained before the import
     began (never one that said no while it ran). `dry_run` does everything but commit. `progress`
     is called with ("reading", lines read) after each chunk and ("merging", rows read) once inside the
@@ -340,6 +345,45 @@ def import_csv(
             with conn.begin():
                 table.drop(conn, checkfirst=True)
     return report
+
+
+@dataclass
+class Imported:
+    """An import, and the confirmation mails it sent (None: it sent none)."""
+
+    report: ImportReport
+    confirmations: list[Outcome] | None = None
+
+
+def confirmation_provider(settings: Settings, *, require_confirmation: bool, dry_run: bool) -> Provider | None:
+    """What sends an import's confirmation mails: the configured provider if new rows must confirm
+    (none for a dry run). Made before anything is stored, so that missing credentials stop the import
+    first."""
+    return provider_for(settings) if require_confirmation and not dry_run else None
+
+
+def import_subscribers(
+    engine: Engine, settings: Settings, path: Path, *, list_name: str, provider: Provider | None = None,
+    resubscribe: bool = False, require_confirmation: bool = False, rejects: Path | None = None,
+    dry_run: bool = False, progress: Progress | None = None,
+) -> Imported:  # fmt: skip
+    """`subscribers import`: import the file (see import_csv), then send a confirmation mail through
+    `provider` (see confirmation_provider) to each new row that waits for one; `progress` is then
+    called with ("confirming", rows waiting). A dry run sends nothing."""
+    report = import_csv(
+        engine, path, list_name=list_name, clock=settings.clock, resubscribe=resubscribe,
+        require_confirmation=require_confirmation, rejects=rejects, dry_run=dry_run, progress=progress,
+    )  # fmt: skip
+    if provider is None or dry_run:
+        return Imported(report)
+    # Imported here: the mails' templates (MJML, premailer) only for an import that sends them.
+    from .signup import send_confirmations
+
+    with engine.connect() as conn:
+        mailing_list = get_list(conn, list_name)
+    if progress:
+        progress("confirming", len(report.to_confirm))
+    return Imported(report, send_confirmations(engine, settings, mailing_list, report.to_confirm, provider))
 
 
 def _stage(

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
-from .addresses import email_key, normalise_email
+from .addresses import email_key, normalise_email, wire_address
 from .providers.headers import NAME_MAX
 from .errors import SubscriberError
 from .membership import compare_and_set, log_event, members_query, status_of
@@ -330,43 +330,61 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
     the record that they said no.
 
     Removes the subscriber, their memberships, their event log, the records of the mails sent to
-    them alone (confirmations, welcomes) and their sign-ups still queued; their delivery records stay
-    with past sends (which count them) but with the address blanked, and the address is taken out of
-    any provider answer recorded with a send. One anonymous "erased" event records that an erasure
-    happened, and when.
+    them alone (confirmations, welcomes, tests) and their sign-ups still queued; their delivery
+    records stay with past sends (which count them) but with the address blanked, and the address
+    is taken out of any provider answer recorded with a send. An address with no subscriber but
+    such traces (a sign-up not taken yet, a test send) has them erased too. One anonymous "erased"
+    event records that an erasure happened, and when.
     """
-    subscriber = find_subscriber(conn, email)
-    m, e, d = db.memberships.c, db.events.c, db.deliveries.c
-    lists = list(
-        conn.execute(
-            select(db.lists.c.name)
-            .join(db.memberships, m.list_id == db.lists.c.id)
-            .where(m.subscriber_id == subscriber.id)
-            .order_by(db.lists.c.name)
-        ).scalars()
-    )
-    # Explicit deletes rather than ON DELETE CASCADE: they do not depend on SQLite's foreign_keys pragma.
-    events = conn.execute(delete(db.events).where(e.subscriber_id == subscriber.id)).rowcount
-    memberships = conn.execute(delete(db.memberships).where(m.subscriber_id == subscriber.id)).rowcount
-    deliveries = conn.execute(
-        update(db.deliveries).where(d.subscriber_id == subscriber.id).values(email="")
-    ).rowcount
-    # The address as any of these may have written it: as stored, as typed in another case.
-    key = email_key(subscriber.email)
-    for table in (db.messages, db.signup_requests):
-        spellings = select(table.c.id, table.c.email).where(func.lower(table.c.email) == func.lower(subscriber.email))
-        ids = [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
-        conn.execute(delete(table).where(table.c.id.in_(ids)))
-    for spelling in {subscriber.email, subscriber.email.lower()}:
-        for column in (d.error, db.batches.c.error):
+    address = normalise_email(email)
+    key = email_key(address)
+    row = conn.execute(select(db.subscribers).where(db.subscribers.c.email_key == key)).first()
+    memberships = events = deliveries = 0
+    lists: list[str] = []
+    if row is not None:
+        subscriber = _subscriber(row)
+        address = subscriber.email
+        m, e, d = db.memberships.c, db.events.c, db.deliveries.c
+        lists = list(
             conn.execute(
+                select(db.lists.c.name)
+                .join(db.memberships, m.list_id == db.lists.c.id)
+                .where(m.subscriber_id == subscriber.id)
+                .order_by(db.lists.c.name)
+            ).scalars()
+        )
+        # Explicit deletes rather than ON DELETE CASCADE: they do not depend on SQLite's foreign_keys pragma.
+        events = conn.execute(delete(db.events).where(e.subscriber_id == subscriber.id)).rowcount
+        memberships = conn.execute(delete(db.memberships).where(m.subscriber_id == subscriber.id)).rowcount
+        deliveries = conn.execute(
+            update(db.deliveries).where(d.subscriber_id == subscriber.id).values(email="")
+        ).rowcount
+        conn.execute(delete(db.subscribers).where(db.subscribers.c.id == subscriber.id))
+    if not _erase_traces(conn, address, key) and row is None:
+        raise SubscriberError(f"no subscriber with the address {email.strip()!r}")
+    log_event(conn, subscriber_id=None, list_id=None, status=ERASED, source="command", now=now)
+    return Erasure(address, memberships, events, deliveries, lists)
+
+
+def _erase_traces(conn: Connection, address: str, key: str) -> int:
+    """Delete the rows naming `address` that are no subscriber's (mail records, queued sign-ups) and
+    take it out of recorded provider answers; how many rows held it."""
+    found = 0
+    for table in (db.messages, db.signup_requests):
+        # The address as any of these may have written it: as stored, as typed in another case.
+        spellings = select(table.c.id, table.c.email).where(func.lower(table.c.email) == func.lower(address))
+        ids = [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
+        found += conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
+    # A server's refusal quotes the address as it went on the wire (an IDNA domain in ASCII).
+    on_the_wire = wire_address(address)
+    for spelling in {address, address.lower(), on_the_wire, on_the_wire.lower()}:
+        for column in (db.deliveries.c.error, db.batches.c.error):
+            found += conn.execute(
                 update(column.table)
                 .where(column.contains(spelling, autoescape=True))
                 .values({column.name: func.replace(column, spelling, "[erased]")})
-            )
-    conn.execute(delete(db.subscribers).where(db.subscribers.c.id == subscriber.id))
-    log_event(conn, subscriber_id=None, list_id=None, status=ERASED, source="command", now=now)
-    return Erasure(subscriber.email, memberships, events, deliveries, lists)
+            ).rowcount
+    return found
 
 
 # A sign-up that was never confirmed (issue 8's double opt-in) is no consent to keep an address:

@@ -18,15 +18,9 @@ from sqlalchemy.engine import Connection
 
 from . import db
 from .config import Settings
-from .errors import SubscriberError
+from .errors import SendError, SubscriberError
 from .membership import compare_and_set
-from .providers.sendgrid.suppressions import (
-    MAX_PAGE_SIZE,
-    SUPPRESSION_LISTS,
-    Suppression,
-    SuppressionList,
-    Suppressions,
-)
+from .providers import Suppression, SuppressionList, SuppressionSource, registry
 from .addresses import email_key, normalise_email
 
 
@@ -80,6 +74,9 @@ def subscriber_id_for(conn: Connection, email: str) -> int | None:
 
 # -- the provider's suppression lists ----------------------------------------------------------
 
+# What a membership's event log says changed it.
+SYNC_SOURCE = "provider_sync"
+
 
 @dataclass
 class SyncResult:
@@ -90,24 +87,30 @@ class SyncResult:
     unknown: int = 0  # entries for addresses we have no subscriber for
 
 
-def sync_suppressions(engine: Engine, settings: Settings, *, page_size: int = MAX_PAGE_SIZE) -> list[SyncResult]:
-    """Pull what is new on SendGrid's four suppression lists and mark those subscribers.
+def sync_suppressions(
+    engine: Engine, settings: Settings, *, source: SuppressionSource | None = None, page_size: int | None = None
+) -> list[SyncResult]:
+    """Pull what is new on the provider's suppression lists and mark those subscribers.
 
     Each list is read from the newest `created` time seen by the previous sync (inclusive, so an
     entry made in that same second is not missed; re-applying one changes nothing) up to now, which
     keeps the paging stable while entries are added. Each page is applied in its own transaction,
     and the list's sync_state advances only once every page is in: an interrupted sync repeats some
-    work and loses none. A global suppression applies to every list the address is on.
+    work and loses none. A suppression applies to every list the address is on.
     """
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
-    return asyncio.run(_sync(engine, settings, page_size))
+    source = source or registry.suppressions(settings)
+    if source is None:
+        raise SendError(f"provider = {settings.provider!r} keeps no suppression lists: there is nothing to sync")
+    return asyncio.run(_sync(engine, settings, source, page_size or source.max_page_size))
 
 
-async def _sync(engine: Engine, settings: Settings, page_size: int) -> list[SyncResult]:
+async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, page_size: int) -> list[SyncResult]:
+    if not 1 <= page_size <= source.max_page_size:
+        await source.aclose()
+        raise ValueError(f"page_size must be 1..{source.max_page_size}")
     results = []
-    async with Suppressions(settings) as provider:
-        for suppression_list in SUPPRESSION_LISTS:
+    try:
+        for suppression_list in source.lists:
             with engine.connect() as conn:
                 since = conn.execute(
                     select(db.sync_state.c.last_created).where(db.sync_state.c.kind == suppression_list.kind)
@@ -115,7 +118,7 @@ async def _sync(engine: Engine, settings: Settings, page_size: int) -> list[Sync
             until = int(settings.clock().timestamp())
             result = SyncResult(suppression_list, since)
             newest = since
-            async for page in provider.pages(suppression_list, since, until, page_size):
+            async for page in source.pages(suppression_list, since, until, page_size):
                 with engine.begin() as conn:
                     for entry in page:
                         result.fetched += 1
@@ -128,7 +131,7 @@ async def _sync(engine: Engine, settings: Settings, page_size: int) -> list[Sync
                             conn,
                             subscriber_id=subscriber_id,
                             status=suppression_list.status,
-                            source="sendgrid_sync",
+                            source=SYNC_SOURCE,
                             now=settings.clock(),
                             detail=_detail(suppression_list, entry),
                         )
@@ -136,6 +139,8 @@ async def _sync(engine: Engine, settings: Settings, page_size: int) -> list[Sync
                 with engine.begin() as conn:
                     _save_state(conn, suppression_list.kind, newest)
             results.append(result)
+    finally:
+        await source.aclose()
     return results
 
 

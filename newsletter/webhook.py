@@ -20,20 +20,27 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from . import db
-from .providers import Event
+from .providers import Event, EventKind
 from .addresses import email_key
 from .suppressions import subscriber_id_for, suppress
 
 log = logging.getLogger(__name__)
 
-# A provider retries a batch for up to a day (SendGrid: 24 hours); event ids are kept well past that.
+# A provider retries a batch for up to a day; event ids are kept well past that.
 DEDUPE_WINDOW = timedelta(days=7)
 
 # The kinds of event whose reader is kept (campaign_events) for the report's unique counts; the
 # others (processed, deferred, dropped…) are only counted in campaign_stats.
-DELIVERED, OPEN, CLICK, BOUNCE, SPAM_REPORT = "delivered", "open", "click", "bounce", "spamreport"
-UNSUBSCRIBES = ("unsubscribe", "group_unsubscribe")
-PER_READER = frozenset({DELIVERED, OPEN, CLICK, BOUNCE, SPAM_REPORT, *UNSUBSCRIBES})
+PER_READER = frozenset(
+    {
+        EventKind.DELIVERED,
+        EventKind.OPENED,
+        EventKind.CLICKED,
+        EventKind.BOUNCED,
+        EventKind.SPAM_REPORT,
+        EventKind.UNSUBSCRIBED,
+    }
+)
 
 
 @dataclass
@@ -100,7 +107,7 @@ def _why(error: Exception) -> str:
 def _apply(conn: Connection, events: list[Event], now: datetime) -> WebhookResult:
     result = WebhookResult()
     seen = _already_applied(conn, [event.id for event in events if event.id is not None])
-    counts: Counter[tuple[int, str]] = Counter()
+    counts: Counter[tuple[int, EventKind]] = Counter()
     facts: list[Event] = []
     new_ids: list[str] = []
     for event in events:
@@ -135,7 +142,7 @@ def _apply(conn: Connection, events: list[Event], now: datetime) -> WebhookResul
     if new_ids:
         # In one statement: a request carries a thousand events, and a statement each is most of
         # the time a request takes.
-        conn.execute(db.webhook_events.insert(), [{"sg_event_id": i, "received_at": now} for i in new_ids])
+        conn.execute(db.webhook_events.insert(), [{"event_id": i, "received_at": now} for i in new_ids])
     campaign_ids = {campaign_id for campaign_id, _ in counts}
     existing = set(
         conn.execute(select(db.campaigns.c.id).where(db.campaigns.c.id.in_(campaign_ids))).scalars()
@@ -146,7 +153,7 @@ def _apply(conn: Connection, events: list[Event], now: datetime) -> WebhookResul
 
 
 def _already_applied(conn: Connection, event_ids: list[str]) -> set[str]:
-    column = db.webhook_events.c.sg_event_id
+    column = db.webhook_events.c.event_id
     return {event_id for (event_id,) in _in_chunks(conn, select(column), column, event_ids)}
 
 
@@ -159,19 +166,19 @@ def _in_chunks(conn: Connection, query: Select[Any], column: ColumnElement[Any],
     return rows
 
 
-def _count(conn: Connection, counts: Counter[tuple[int, str]], existing: set[int]) -> None:
+def _count(conn: Connection, counts: Counter[tuple[int, EventKind]], existing: set[int]) -> None:
     stats = db.campaign_stats.c
     for (campaign_id, event), number in counts.items():
         if campaign_id not in existing:
             continue
         updated = conn.execute(
             db.campaign_stats.update()
-            .where(stats.campaign_id == campaign_id, stats.event == event)
+            .where(stats.campaign_id == campaign_id, stats.event == event.value)
             .values(count=stats.count + number)
         )
         if updated.rowcount == 0:
             conn.execute(
-                db.campaign_stats.insert().values(campaign_id=campaign_id, event=event, count=number)
+                db.campaign_stats.insert().values(campaign_id=campaign_id, event=event.value, count=number)
             )
 
 
@@ -197,7 +204,7 @@ def _record(conn: Connection, facts: list[Event], now: datetime) -> None:
         {
             "campaign_id": event.campaign_id,
             "subscriber_id": readers[event.email],
-            "kind": event.kind,
+            "kind": event.kind.value,
             "machine_open": event.machine_open,
             "url": event.url or "",
             "at": event.at or now,

@@ -8,6 +8,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 
+def reply(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], content: bytes) -> None:
+    """Answer a request with `content`, its length given."""
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(content)))
+    handler.end_headers()
+    try:
+        handler.wfile.write(content)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # a client that gave up (its timeout, its cap on an answer) while we answered
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     # socketserver's default backlog is 5: a burst of concurrent clients overflows it, the kernel

@@ -1,12 +1,9 @@
 """Helpers shared by the send tests (tests/test_send*.py, test_smtp.py, …): settings pointing at a
-fake SendGrid, hand-made content and plans, the CLI as a subprocess (and killed at random)."""
+fake SendGrid, hand-made content and plans, senders killed at random."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import date
@@ -17,44 +14,21 @@ from sqlalchemy import select
 
 from newsletter import db, send
 from newsletter.config import Settings
-from newsletter.edition import Edition
-from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.content.edition import Edition
+from newsletter.content.render import UNSUBSCRIBE_TAG
 from newsletter.send import addressing, campaigns
 from newsletter.subscribers import get_list
 from testkit.projects import API_KEY, LIST, configure, engine_of
 
-from .support import ROOT
+from .support import start_newsletter
 
 DAY = date(2026, 1, 23)
 CONTENT = addressing.Content("Today's papers", f"<p>hi</p><a href='{UNSUBSCRIBE_TAG}'>unsubscribe</a>", f"hi {UNSUBSCRIBE_TAG}")
 
 
-def cli(project: Path, *args: str, api_key: str | None = API_KEY, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m newsletter ARGS` in the project folder, as a user would run it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_") and k != "SENDGRID_API_KEY"}
-    env["PYTHONPATH"] = str(ROOT)
-    env["COLUMNS"] = "200"
-    if api_key is not None:
-        env["SENDGRID_API_KEY"] = api_key
-    return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=timeout,
-    )
-
-
+# The fake SendGrid's key in the command's environment, where cron's environment would hold it.
+KEY_ENV = {"SENDGRID_API_KEY": API_KEY}
 SEND = ["send", "--date", "2026-01-23", "--yes"]
-
-
-def start_sender(project: Path, *extra: str, api_key: str | None = API_KEY) -> subprocess.Popen[str]:
-    """`newsletter send` of the 2026-01-23 issue as a process of its own, to be killed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_") and k != "SENDGRID_API_KEY"}
-    env["PYTHONPATH"] = str(ROOT)
-    if api_key is not None:
-        env["SENDGRID_API_KEY"] = api_key
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", *SEND, *extra],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
 
 
 def kill_at_random(
@@ -66,7 +40,7 @@ def kill_at_random(
     kills = 0
     deadline = time.monotonic() + seconds
     while kills < most and time.monotonic() < deadline:
-        process = start_sender(project)
+        process = start_newsletter(*SEND, cwd=project, env=KEY_ENV)
         time.sleep(rng.uniform(*pause))
         if process.poll() is not None:
             break  # it finished before we struck

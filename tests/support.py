@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: paths, free ports, and real local servers (Prism, uvicorn…)."""
+"""Helpers for tests and benchmarks: paths, free ports, real local servers (Prism, uvicorn…), a
+headless Chromium, and the one way the tests run the `newsletter` command."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -227,18 +229,56 @@ class ChromiumPage:
         return data
 
 
-def run_newsletter(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """The real `newsletter` command in a child process, as a user runs it; `env` adds variables.
+# -- the one way the tests run the CLI: the real `newsletter` command in a child process -------------
 
+
+def _newsletter_process(args: tuple[str, ...], cwd: Path | None, env: dict[str, str | None] | None) -> dict:
+    """What the helpers below hand to subprocess: the command, its folder and its environment."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000"}
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    return {
+        "args": [sys.executable, "-m", "newsletter", *args],
+        "cwd": Path.cwd() if cwd is None else cwd,
+        "env": environment,
+        "text": True,
+    }
+
+
+def run_newsletter(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str | None] | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """`newsletter ARGS` in a child process, as a user runs it, in `cwd` (by default the test's own
+    folder, where conftest puts every test); returns its exit status, stdout and stderr.
+
+    The environment is the test's (conftest has removed the developer's NEWSLETTER_* variables and
+    SendGrid key) with `env` added (a None value removes a variable); `input` is typed at its prompts.
     The checkout is put on the path (the command works without the package installed) and the
     terminal is made wide, so that rich never wraps a message the test compares."""
     return subprocess.run(
-        [sys.executable, "-m", "newsletter", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "1000", **(env or {})},
+        **_newsletter_process(args, cwd, env), input=input, capture_output=True, timeout=timeout
     )
+
+
+def start_newsletter(
+    *args: str, cwd: Path | None = None, env: dict[str, str | None] | None = None
+) -> subprocess.Popen[str]:
+    """The same command as `run_newsletter`, left running: for the tests that signal it, kill it or
+    race it. Its stdout and stderr are pipes; `communicate()` collects them."""
+    return subprocess.Popen(**_newsletter_process(args, cwd, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@contextlib.contextmanager
+def serving_newsletter(*args: str, port: int, env: dict[str, str | None] | None = None) -> Iterator[subprocess.Popen]:
+    """The same command as a server for the length of the block, once it listens on 127.0.0.1:`port`
+    (testkit's `running`: its output is shown if it fails to start; it runs in the checkout)."""
+    process = _newsletter_process(args, None, env)
+    with running(process["args"], port, env=process["env"]) as server:
+        yield server

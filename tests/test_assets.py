@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms
 
-from newsletter.assets import (
+from newsletter.content.assets import (
     MAX_STORED_WIDTH,
     THUMBNAIL_DISPLAY_WIDTH,
     Thumbnail,
@@ -17,7 +17,7 @@ from newsletter.assets import (
     resolve_thumbnail,
 )
 from newsletter.config import Settings, load_settings
-from newsletter.digest import Digest, Paper, load_digest
+from newsletter.content.digest import Digest, Paper, load_digest
 
 HF_THUMB = "https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/{}.png"
 

@@ -19,11 +19,15 @@ import pytest
 from PIL import Image, ImageFilter
 
 from newsletter.config import load_settings
-from newsletter.digest import load_digest
-from newsletter.render import DARK, LIGHT, render_issue
+from newsletter.content.digest import load_digest
+from newsletter.content.render import DARK, LIGHT, render_issue
 from testkit.servers import free_port, running
 
-from .support import EXAMPLE_DIGEST, NODE_BIN, Chromium, contrast, require_chromium, require_node_tool, write_thumbnails
+from .support import (
+    EXAMPLE_DIGEST, NODE_BIN, Chromium, contrast, require_chromium, require_node_tool, serving_newsletter, write_thumbnails,
+)  # fmt: skip
+
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
 PHONE, DESKTOP = 375, 640
 
@@ -213,8 +217,7 @@ def test_the_preview_toggles_widths_and_reloads_itself(browser: Chromium, projec
     write_thumbnails(project / "digests" / "2026-01-23.md")
     port = free_port()
     env = {"NEWSLETTER_DIGESTS_DIR": str(project / "digests"), "NEWSLETTER_PUBLIC_DIR": str(project / "public")}
-    command = [sys.executable, "-m", "newsletter", "preview", "--no-open", "--port", str(port)]
-    with running(command, port, env=env):
+    with serving_newsletter("preview", "--no-open", "--port", str(port), port=port, env=env):
         page = browser.page(1400)
         page.goto(f"http://127.0.0.1:{port}/")
         frames = """[...document.querySelectorAll('figure')].filter((f) => f.checkVisibility()).map((f) => {

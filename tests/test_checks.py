@@ -7,14 +7,12 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from newsletter.checks import SIZE_LIMIT_BYTES, CheckReport, Problem, run_checks
-from newsletter.cli import app
+from newsletter.content.checks import SIZE_LIMIT_BYTES, CheckReport, Problem, run_checks
 from newsletter.config import Settings
-from newsletter.digest import load_digest
+from newsletter.content.digest import load_digest
 from newsletter.errors import CheckFailed
-from newsletter.render import (
+from newsletter.content.render import (
     GMAIL_CLIP_BYTES,
     UNSUBSCRIBE_TAG,
     RenderedIssue,
@@ -173,11 +171,11 @@ def test_the_rendered_example_passes_every_check(settings: Settings) -> None:
 
 
 def test_check_command_passes_on_the_example(project: Path) -> None:
-    result = CliRunner().invoke(app, ["check", "--date", "2026-01-23"])
+    result = run_newsletter("check", "--date", "2026-01-23")
 
-    assert result.exit_code == 0, result.output
-    assert "HTML size" in result.output and "of 90 KB (ok); cards #1 " in result.output
-    assert ", #5 " in result.output.replace("\n", "") and "passes every check" in result.output
+    assert result.returncode == 0, result.stderr
+    assert "HTML size" in result.stdout and "of 90 KB (ok); cards #1 " in result.stdout
+    assert ", #5 " in result.stdout and "passes every check" in result.stdout
 
 
 def test_check_command_fails_with_every_problem(project: Path) -> None:
@@ -188,17 +186,17 @@ def test_check_command_fails_with_every_problem(project: Path) -> None:
     name = "EvoCUA_Evolving_Computer_Use_Agents_via_Learning_from_Scalable_Synthetic_Experience_img.jpg"
     Image.new("RGB", (1200, 630), (200, 30, 30)).save(project / "digests" / "images" / name)
 
-    result = CliRunner().invoke(app, ["check", "--date", "2026-01-23"])
+    result = run_newsletter("check", "--date", "2026-01-23")
 
-    assert result.exit_code == 1
-    assert "image 1 (src='http://127.0.0.1:8000/assets/" in result.output
-    assert "src is not an absolute https URL" in result.output
-    assert "1 problem(s):" in result.output and "not ready to send" in result.output
-    assert "HTML size" in result.output
+    assert result.returncode == 1
+    assert "image 1 (src='http://127.0.0.1:8000/assets/" in result.stderr
+    assert "src is not an absolute https URL" in result.stderr
+    assert "1 problem(s):" in result.stderr and "not ready to send" in result.stderr
+    assert "HTML size" in result.stdout
 
 
 def test_check_command_names_a_missing_digest(project: Path) -> None:
-    result = run_newsletter("check", "--date", "2026-02-01", cwd=Path.cwd())
+    result = run_newsletter("check", "--date", "2026-02-01")
 
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"

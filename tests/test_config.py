@@ -142,6 +142,7 @@ def test_the_signing_key_file_is_made_with_the_database_readable_only_by_its_own
         load_settings().signing_keys()
 
 
+@pytest.mark.slow
 def test_the_database_folder_must_exist_and_is_never_made(tmp_path: Path) -> None:
     """A relative database_url is taken from the config file's folder; a folder missing there is
     named (a typo must not start an empty database elsewhere), and made by no command."""
@@ -159,6 +160,7 @@ def test_the_database_folder_must_exist_and_is_never_made(tmp_path: Path) -> Non
     assert (tmp_path / "data" / "newsletter.db").is_file()
 
 
+@pytest.mark.slow
 def test_a_missing_key_file_is_an_error_and_never_silently_replaced(tmp_path: Path) -> None:
     """Every link already sent is signed with the key: `serve` started where the key file is not
     must refuse to start, not sign (and check) with a new key."""
@@ -209,6 +211,7 @@ def test_a_key_file_that_cannot_be_created_leaves_no_database_behind(tmp_path: P
     assert len(fixed.signing_keys()[0]) >= 32
 
 
+@pytest.mark.slow
 def test_processes_creating_the_key_at_once_agree_on_one_key(tmp_path: Path) -> None:
     script = (
         "import sys\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import Settings
-from newsletter.digest import Digest, digest_dates, load_digest, parse_digest
+from newsletter.content.digest import Digest, digest_dates, load_digest, parse_digest
 from newsletter.errors import DigestError
 
 from .support import EXAMPLE_DIGEST

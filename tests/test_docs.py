@@ -1,6 +1,8 @@
 """Every command the CLI offers is documented in the README, as sqlite-utils checks its own docs."""
 
-import click
+from typing import Any
+
+import typer
 import typer.main
 
 from newsletter.cli import app
@@ -8,11 +10,14 @@ from newsletter.cli import app
 from .support import ROOT
 
 
-def _command_paths(group: click.Group, prefix: str = "newsletter") -> list[str]:
+def _command_paths(group: Any, prefix: str = "newsletter") -> list[str]:
+    # list_commands/get_command, not .commands: a group may load its commands only when asked.
+    context = typer.Context(group, info_name=prefix)
     paths = []
-    for name, command in group.commands.items():
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
         path = f"{prefix} {name}"
-        paths.extend(_command_paths(command, path) if hasattr(command, "commands") else [path])
+        paths.extend(_command_paths(command, path) if hasattr(command, "list_commands") else [path])
     return paths
 
 

@@ -74,6 +74,7 @@ def test_weekend_unknown_and_bad_dates() -> None:
     assert fake.dates_requested() == ["2026-01-24", "2025-12-25", "23/01/2026", None]
 
 
+@pytest.mark.slow
 def test_hugging_face_faults() -> None:
     papers = make_papers(3, date=DAY)
     with FakeHuggingFace({DAY: papers}) as fake, httpx.Client(base_url=fake.url) as client:
@@ -169,6 +170,7 @@ def test_structured_output_parses_and_names_its_paper() -> None:
     assert call.status == 200 and call.outcome == "ok" and call.finished >= call.started
 
 
+@pytest.mark.slow
 def test_async_concurrent_requests_are_not_mixed_up_nor_serialised() -> None:
     papers = make_papers(10, date=DAY)
     with FakeOpenAI(api_key=KEY) as fake:
@@ -222,6 +224,7 @@ def test_status_faults_reach_the_client(status: int, error: str) -> None:
     assert [c.outcome for c in fake.completions()] == ["status", "ok"]
 
 
+@pytest.mark.slow
 def test_the_client_honours_retry_after() -> None:
     paper = make_papers(1, date=DAY)[0]
     with FakeOpenAI(api_key=KEY) as fake:
@@ -233,6 +236,7 @@ def test_the_client_honours_retry_after() -> None:
     assert fake.calls == 2 and elapsed >= 0.6
 
 
+@pytest.mark.slow
 def test_latency_trips_the_client_timeout_and_only_for_the_chosen_paper() -> None:
     slow_paper, fast_paper = make_papers(2, date=DAY)
     with FakeOpenAI(api_key=KEY) as fake:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import load_settings
-from newsletter.digest import load_digest
+from newsletter.content.digest import load_digest
 from testkit.fake_huggingface import FakeHuggingFace, make_papers
 from testkit.fake_openai import API_KEY as LLM_KEY
 from testkit.fake_openai import FakeOpenAI, mentions
@@ -79,6 +79,7 @@ def top_ids(hf: FakeHuggingFace, n: int = 5) -> list[str]:
     return [item["paper"]["id"] for item in ranked[:n]]
 
 
+@pytest.mark.slow
 def test_a_digest_from_the_model_parses_checks_and_keeps_each_paper_its_own_summary(project: Project) -> None:
     project.llm.slow(0.3)  # the four at once overlap: a mix-up would show
     done = project.generate()
@@ -103,6 +104,7 @@ def test_a_digest_from_the_model_parses_checks_and_keeps_each_paper_its_own_summ
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+@pytest.mark.slow
 def test_generating_again_calls_no_model_and_writes_the_same_bytes(project: Project) -> None:
     assert project.generate().returncode == 0
     first, calls = project.digest.read_bytes(), project.llm.calls
@@ -118,6 +120,7 @@ def test_generating_again_calls_no_model_and_writes_the_same_bytes(project: Proj
     assert sorted(row.paper_id for row in rows) == sorted(top_ids(project.hf)) and all(row.prompt_tokens for row in rows)
 
 
+@pytest.mark.slow
 def test_the_model_is_retried_through_rate_limits_outages_and_bad_answers(project: Project) -> None:
     project.llm.rate_limit(retry_after=0.2, times=1)
     project.llm.fail(503, times=1)
@@ -129,6 +132,7 @@ def test_the_model_is_retried_through_rate_limits_outages_and_bad_answers(projec
     assert len(load_digest(load_settings(project.config), DAY).papers) == 5
 
 
+@pytest.mark.slow
 def test_a_paper_the_model_cannot_summarise_leaves_no_digest_and_the_retry_costs_only_it(project: Project) -> None:
     failing = top_ids(project.hf)[2]
     project.llm.prose(when=mentions(failing))
@@ -143,6 +147,7 @@ def test_a_paper_the_model_cannot_summarise_leaves_no_digest_and_the_retry_costs
     assert [call.subject.id for call in project.llm.completions()[before:]] == [failing]
 
 
+@pytest.mark.slow
 def test_an_obedient_prompt_injection_gets_no_markup_into_the_digest_or_the_email(project: Project) -> None:
     project.llm.inject()
     assert project.generate().returncode == 0
@@ -161,6 +166,7 @@ def test_an_obedient_prompt_injection_gets_no_markup_into_the_digest_or_the_emai
         assert href.startswith(("https://huggingface.co/papers/", "https://news.example.com", "-unsubscribe_url-", "-preferences_url-", "mailto:")), href
 
 
+@pytest.mark.slow
 def test_titles_round_trip_to_the_email_as_the_same_characters(project: Project) -> None:
     [paper] = make_papers(1, date=DAY, seed=7)
     paper.update(title=HOSTILE_TITLE, upvotes=10_000)
@@ -174,6 +180,7 @@ def test_titles_round_trip_to_the_email_as_the_same_characters(project: Project)
     assert html.escape(HOSTILE_TITLE, quote=False) in (project.folder / "issue.html").read_text()
 
 
+@pytest.mark.slow
 def test_without_a_model_the_digest_is_english_from_the_source(project: Project) -> None:
     project.configure(summarizer="none")
     done = project.generate(key=None)
@@ -187,6 +194,7 @@ def test_without_a_model_the_digest_is_english_from_the_source(project: Project)
     assert digest.language == "en"
 
 
+@pytest.mark.slow
 def test_the_source_failing_or_empty_is_exit_3_with_one_line(project: Project) -> None:
     project.hf.fail(503)
     done = project.generate()
@@ -199,6 +207,7 @@ def test_the_source_failing_or_empty_is_exit_3_with_one_line(project: Project) -
     assert not project.digest.exists()
 
 
+@pytest.mark.slow
 def test_a_thumbnail_that_cannot_be_had_leaves_the_card_without_one_and_says_so(project: Project) -> None:
     missing = top_ids(project.hf)[0]
     project.hf.missing_thumbnail(missing)
@@ -209,6 +218,7 @@ def test_a_thumbnail_that_cannot_be_had_leaves_the_card_without_one_and_says_so(
     assert digest.papers[0].thumbnail is None and all(paper.thumbnail for paper in digest.papers[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("values", "key", "expected"),
     [
@@ -225,6 +235,7 @@ def test_missing_model_settings_are_exit_1_naming_them(project: Project, values:
     assert "sk-in-the-file" not in done.stderr and project.llm.calls == 0
 
 
+@pytest.mark.slow
 def test_summaries_are_cached_per_model_language_and_prompt(project: Project) -> None:
     assert project.generate().returncode == 0
     project.configure(summarizer="openai", llm_model="another-model")

@@ -29,7 +29,8 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.fake_smtp import FakeSMTP
 from testkit.projects import API_KEY, LIST, add_list, configure
 
-from .send_helpers import SEND, cli
+from .send_helpers import KEY_ENV, SEND
+from .support import run_newsletter
 
 
 def _b64(text: str) -> str:
@@ -258,7 +259,7 @@ def subscribe_attackers(project: Path) -> None:
         ("subscribers", "import", str(rows), "--list", LIST),
         ("subscribers", "add", "added@example.com", "--list", LIST, "--name", ADD_ATTACK),
     ):
-        run = cli(project, *command)
+        run = run_newsletter(*command, cwd=project, env=KEY_ENV)
         assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -292,18 +293,20 @@ def assert_sendgrid_names_are_text(body: dict) -> None:
         assert name.replace("\u2060", "") == plain_name(TYPED[address])
 
 
+@pytest.mark.slow
 def test_an_attackers_name_sent_to_sendgrid_is_plain_text(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, keep_bodies=True) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
         add_list(settings, LIST)
         subscribe_attackers(project)
-        run = cli(project, *SEND)
+        run = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
         assert run.returncode == 0, run.stdout + run.stderr
     [record] = fake.records
     assert record.body is not None
     assert_sendgrid_names_are_text(record.body)
 
 
+@pytest.mark.slow
 def test_an_attackers_name_sent_over_smtp_forges_nothing(project: Path) -> None:
     with FakeSMTP() as fake:
         settings = configure(
@@ -311,18 +314,19 @@ def test_an_attackers_name_sent_over_smtp_forges_nothing(project: Path) -> None:
         )
         add_list(settings, LIST)
         subscribe_attackers(project)
-        run = cli(project, *SEND)
+        run = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
         assert run.returncode == 0, run.stdout + run.stderr
     assert sorted(fake.delivered()) == sorted(TYPED)
     assert_received_as_sent({received.recipients[0]: received.data for received in fake.received})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["smtp", "sendgrid"])
 def test_an_attackers_name_in_the_dry_runs_outbox_forges_nothing(project: Path, provider: str) -> None:
     settings = configure(project, provider=provider, smtp_host="127.0.0.1", smtp_security="none")
     add_list(settings, LIST)
     subscribe_attackers(project)
-    run = cli(project, *SEND, "--dry-run")
+    run = run_newsletter(*SEND, "--dry-run", cwd=project, env=KEY_ENV)
     assert run.returncode == 0, run.stdout + run.stderr
     outbox = project / "outbox" / "2026-01-23"
     if provider == "smtp":

@@ -4,20 +4,16 @@ unsubscribes that arrive while a big import runs. Real SQLite files throughout."
 from __future__ import annotations
 
 import csv
-import os
 import re
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
-from typer.testing import CliRunner
 
 from newsletter import db
-from newsletter.cli import app
 from newsletter.config import Settings, load_settings
 from newsletter.errors import SubscriberError
 from newsletter.membership import set_status
@@ -25,7 +21,7 @@ from newsletter.subscriber_csv import PROBLEM_LIMIT, export_csv, import_csv
 from newsletter.subscribers import create_list, find_subscriber, get_list, subscribe
 from testkit.projects import engine_of
 
-from .support import ROOT
+from .support import ROOT, run_newsletter
 
 EXAMPLE_LIST = ROOT / "subscribers" / "example.csv"
 
@@ -92,14 +88,9 @@ def events_of(engine: Engine, email: str) -> list[tuple]:
         ]
 
 
-def newsletter_env(settings: Settings) -> dict[str, str]:
-    """The environment of `python -m newsletter` run as another process on this test's database."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "NEWSLETTER_DATABASE_URL": settings.resolved_database_url,
-        "COLUMNS": "400",  # a message on one line, as wide as it is
-    }
+def on_database(settings: Settings) -> dict[str, str | None]:
+    """What `newsletter` run as another process needs in its environment to use this test's database."""
+    return {"NEWSLETTER_DATABASE_URL": settings.resolved_database_url}
 
 
 # -- the example list and CSV dialects ---------------------------------------------------------------
@@ -275,18 +266,13 @@ def test_an_unreadable_file_is_one_error_naming_it_and_writes_nothing(
     assert not (tmp_path / "rejects.csv").exists()
 
 
+@pytest.mark.slow
 def test_the_command_reports_a_bad_header_in_one_line_and_fails(settings: Settings, tmp_path: Path) -> None:
-    env = newsletter_env(settings)
-    newsletter = [sys.executable, "-m", "newsletter"]
-    subprocess.run([*newsletter, "lists", "create", "daily"], env=env, check=True, capture_output=True)
+    env = on_database(settings)
+    assert run_newsletter("lists", "create", "daily", env=env).returncode == 0
     source = write(tmp_path / "contacts.csv", "name;mail\nAnn;ann@example.com\n")
 
-    result = subprocess.run(
-        [*newsletter, "subscribers", "import", str(source), "--list", "daily"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    result = run_newsletter("subscribers", "import", str(source), "--list", "daily", env=env)
 
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
@@ -401,6 +387,7 @@ def big_file(path: Path, rows: int, *, first: list[str], last: list[str]) -> Pat
     )
 
 
+@pytest.mark.slow
 def test_an_unsubscribe_from_another_process_during_an_import_is_not_overridden(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
@@ -418,7 +405,6 @@ def test_an_unsubscribe_from_another_process_during_an_import_is_not_overridden(
         )
     # `early` is read (and seen subscribed) in the first chunk, `late` in the last one.
     source = big_file(tmp_path / "big.csv", 5000, first=[early, lapsed], last=[late])
-    command = [sys.executable, "-m", "newsletter", "subscribers", "unsubscribe", "--list", "daily"]
     outcomes = []
 
     def progress(phase: str, lines: int) -> None:
@@ -426,9 +412,7 @@ def test_an_unsubscribe_from_another_process_during_an_import_is_not_overridden(
             # Another process, while the import is under way: both readers click "unsubscribe".
             for email in (early, late):
                 outcomes.append(
-                    subprocess.run(
-                        [*command, email], env=newsletter_env(settings), capture_output=True, text=True
-                    )
+                    run_newsletter("subscribers", "unsubscribe", "--list", "daily", email, env=on_database(settings))
                 )
 
     report = run_import(engine, settings, source, resubscribe=True, progress=progress)
@@ -542,36 +526,34 @@ def test_an_export_round_trips_through_import(engine: Engine, settings: Settings
     assert oct(exported.stat().st_mode & 0o777) == "0o600"  # it holds people's addresses
 
 
-def test_the_import_and_export_commands(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", settings.resolved_database_url)
-    runner = CliRunner()
-    assert runner.invoke(app, ["lists", "create", "daily-papers", "--if-missing"]).exit_code == 0
+@pytest.mark.slow
+def test_the_import_and_export_commands(settings: Settings, tmp_path: Path) -> None:
+    def newsletter(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_newsletter(*args, env=on_database(settings))
+
+    assert newsletter("lists", "create", "daily-papers", "--if-missing").returncode == 0
     source = write(tmp_path / "in.csv", EXAMPLE_LIST.read_text(encoding="utf-8") + "broken,Broken\n")
 
-    result = runner.invoke(
-        app, ["subscribers", "import", str(source), "--rejects", str(tmp_path / "rej.csv")]
-    )
+    result = newsletter("subscribers", "import", str(source), "--rejects", str(tmp_path / "rej.csv"))
 
     # The valid rows landed, but bad input fails the command (status 2: the import did happen).
-    assert result.exit_code == 2, result.output
-    assert re.search(r"added +20 +20 new subscriber", result.output)
-    assert f"{source}:22: broken: invalid email address 'broken'" in result.output
-    assert result.output.rstrip().splitlines()[-1] == (
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"added +20 +20 new subscriber", result.stdout)
+    assert f"{source}:22: broken: invalid email address 'broken'" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == (
         "error: 1 invalid row(s) not imported (the valid rows were); exit status 2"
     )
     # Duplicates and people who left are no error; importing the same file again still fails on its bad row.
     clean = write(
         tmp_path / "clean.csv", EXAMPLE_LIST.read_text(encoding="utf-8") + "MINJUN.KIM@example.com,Dup\n"
     )
-    assert runner.invoke(app, ["subscribers", "import", str(clean)]).exit_code == 0
-    again = runner.invoke(app, ["subscribers", "import", str(source), "--dry-run", "--json"])
-    assert again.exit_code == 2 and "a dry run: nothing was written" in again.output
+    assert newsletter("subscribers", "import", str(clean)).returncode == 0
+    again = newsletter("subscribers", "import", str(source), "--dry-run", "--json")
+    assert again.returncode == 2 and "a dry run: nothing was written" in again.stderr
     assert (tmp_path / "rej.csv").read_text(encoding="utf-8").count("\n") == 2
 
-    exported = runner.invoke(app, ["subscribers", "export"])
-    assert exported.exit_code == 0
+    exported = newsletter("subscribers", "export")
+    assert exported.returncode == 0, exported.stderr
     assert (
         exported.stdout.splitlines()[1]
         == 'minjun.kim@example.com,김민준,Seoul National University,"LLM, agents"'

@@ -83,8 +83,8 @@ def events_of(engine: Engine, subscriber_id: int) -> list[tuple[str | None, str,
         ("webhook", db.SUBSCRIBED, db.BOUNCED, True),
         ("webhook", db.UNSUBSCRIBED, db.COMPLAINED, True),
         ("webhook", db.COMPLAINED, db.BOUNCED, False),
-        ("sendgrid_sync", db.BOUNCED, db.UNSUBSCRIBED, False),
-        ("sendgrid_sync", db.UNSUBSCRIBED, db.SUBSCRIBED, False),
+        ("provider_sync", db.BOUNCED, db.UNSUBSCRIBED, False),
+        ("provider_sync", db.UNSUBSCRIBED, db.SUBSCRIBED, False),
         # The operator re-subscribes whoever said no (only when asked: subscribe's --resubscribe).
         ("command", db.COMPLAINED, db.SUBSCRIBED, True),
         ("command", db.SUBSCRIBED, db.UNSUBSCRIBED, True),
@@ -111,7 +111,7 @@ def test_a_move_is_made_and_logged_only_if_its_source_may_make_it(
 def test_strength_orders_the_statuses_and_providers_only_strengthen() -> None:
     assert STRENGTH[db.SUBSCRIBED] < STRENGTH[db.UNSUBSCRIBED] < STRENGTH[db.BOUNCED] < STRENGTH[db.COMPLAINED]
     assert STRENGTH[db.UNCONFIRMED] == STRENGTH[db.SUBSCRIBED]
-    for provider in ("webhook", "sendgrid_sync"):
+    for provider in ("webhook", "provider_sync"):
         assert TRANSITIONS[provider] == {
             (old, new) for old in STRENGTH for new in STRENGTH if STRENGTH[old] < STRENGTH[new]
         }

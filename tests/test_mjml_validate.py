@@ -19,10 +19,12 @@ import lxml.html
 import pytest
 
 from newsletter.config import Settings
-from newsletter.digest import load_digest
-from newsletter.render import render_issue, render_mjml
+from newsletter.content.digest import load_digest
+from newsletter.content.render import render_issue, render_mjml
 
 from .support import require_node_tool, write_thumbnails
+
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
 
 def validate(source: str, folder: Path) -> subprocess.CompletedProcess:

@@ -33,6 +33,8 @@ from testkit.servers import free_port, running, serving, wait_for_port
 
 from .support import ROOT
 
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
+
 HOST = "news.example.com"
 RATE = 3
 

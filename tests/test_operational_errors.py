@@ -19,7 +19,7 @@ from newsletter.send.claim import holder_of
 from testkit.projects import LIST, configure, dispose_engine, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import CONTENT, DAY, cli, plan_for
+from .send_helpers import CONTENT, DAY, KEY_ENV, plan_for
 from .support import run_newsletter
 
 
@@ -31,6 +31,7 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -48,6 +49,7 @@ def test_a_bad_or_unreachable_database_url_is_one_line_without_the_password(
     assert expected in line and "s3cret-pw" not in line
 
 
+@pytest.mark.slow
 def test_a_database_folder_that_does_not_exist_is_named_and_never_made(tmp_path: Path) -> None:
     """A mistyped path must not quietly start an empty database (and its folders) somewhere else."""
     mistyped = tmp_path / "subscirbers" / "data"
@@ -77,6 +79,7 @@ def damaged(project: Path, request: pytest.FixtureRequest) -> Path:
     return database
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["random bytes", "truncated"], indirect=True)
 @pytest.mark.parametrize(
     "command",
@@ -91,12 +94,13 @@ def damaged(project: Path, request: pytest.FixtureRequest) -> Path:
 )
 def test_a_damaged_database_is_one_line_naming_the_file(project: Path, damaged: Path, command: tuple[str, ...]) -> None:
     before = damaged.read_bytes()
-    line = _one_error_line(cli(project, *command, timeout=60))
+    line = _one_error_line(run_newsletter(*command, cwd=project, env=KEY_ENV, timeout=60))
     assert line.startswith(f"error: {damaged}: cannot be read as a SQLite database (")
     assert "restore it from a backup, or set database_url to the right file" in line
     assert damaged.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_database_locked_past_the_timeout_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "subscribers").mkdir()  # as a fresh clone has it
     assert run_newsletter("lists", "list", cwd=tmp_path).returncode == 0  # creates the database
@@ -129,6 +133,7 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_naming_the_file(project: Path, full_disk: Path) -> None:
     out = full_disk / "issue.txt"
     line = _one_error_line(run_newsletter("render", "--date", "2026-01-23", "--text", str(out), cwd=project))
@@ -139,6 +144,7 @@ def test_a_full_disk_is_one_line_naming_the_file(project: Path, full_disk: Path)
     assert f"{full_disk}/news.db" in database
 
 
+@pytest.mark.slow
 def test_a_key_file_that_is_a_pipe_is_refused_at_once(tmp_path: Path) -> None:
     (tmp_path / "subscribers").mkdir()
     assert run_newsletter("lists", "list", cwd=tmp_path).returncode == 0
@@ -162,6 +168,7 @@ def test_a_misspelt_variable_is_named_with_the_closest_setting(tmp_path: Path) -
     assert "secret-value" not in result.stderr and not (tmp_path / "elsewhere.db").exists()
 
 
+@pytest.mark.slow
 def test_status_tells_a_dead_sender_from_a_live_one_at_once(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
@@ -174,7 +181,7 @@ def test_status_tells_a_dead_sender_from_a_live_one_at_once(project: Path) -> No
     def claimed_by(holder: str) -> subprocess.CompletedProcess[str]:
         with engine_of(settings).begin() as conn:
             conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock()))
-        return cli(project, "status", "--date", DAY.isoformat(), "--list", LIST)
+        return run_newsletter("status", "--date", DAY.isoformat(), "--list", LIST, cwd=project, env=KEY_ENV)
 
     live = claimed_by(holder_of(os.getpid()))
     assert f"being sent by {os.getpid()}@" in live.stdout and "(heartbeat 0 s ago)" in live.stdout

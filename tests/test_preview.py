@@ -5,12 +5,9 @@ templates."""
 from __future__ import annotations
 
 import io
-import os
 import select
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +16,10 @@ import pytest
 from lxml import html as lxml_html
 from PIL import Image
 
-from newsletter.render import UNSUBSCRIBE_TAG
-from testkit.servers import free_port, running
+from newsletter.content.render import UNSUBSCRIBE_TAG
+from testkit.servers import free_port
 
-from .support import ROOT, write_thumbnails
+from .support import ROOT, run_newsletter, serving_newsletter, start_newsletter, write_thumbnails
 
 
 @pytest.fixture
@@ -35,12 +32,12 @@ def workspace(project: Path) -> dict[str, str]:
         "NEWSLETTER_DIGESTS_DIR": str(project / "digests"),
         "NEWSLETTER_TEMPLATES_DIR": str(project / "templates"),
         "NEWSLETTER_PUBLIC_DIR": str(project / "public"),
-        "PYTHONPATH": str(ROOT),
     }
 
 
-def preview_command(port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "newsletter", "preview", "--no-open", "--port", str(port), *extra]
+def preview(port: int, *extra: str) -> tuple[str, ...]:
+    """The arguments of `newsletter preview` on `port`, without opening a browser."""
+    return ("preview", "--no-open", "--port", str(port), *extra)
 
 
 def wait_for_version(client: httpx.Client, old: str, timeout: float = 10) -> str:
@@ -53,9 +50,10 @@ def wait_for_version(client: httpx.Client, old: str, timeout: float = 10) -> str
     raise AssertionError("the preview's version did not change")
 
 
+@pytest.mark.slow
 def test_the_preview_serves_the_email_with_local_thumbnails(workspace: dict[str, str]) -> None:
     port = free_port()
-    with running(preview_command(port), port, env=workspace), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with serving_newsletter(*preview(port), port=port, env=workspace), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         page = client.get("/")
         assert page.status_code == 200
         frames = lxml_html.document_fromstring(page.text).xpath("//iframe")
@@ -86,11 +84,12 @@ def test_the_preview_serves_the_email_with_local_thumbnails(workspace: dict[str,
         assert client.get("/assets/missing.jpg").status_code == 404
 
 
+@pytest.mark.slow
 def test_the_preview_follows_edits_to_the_digest_and_templates(project: Path, workspace: dict[str, str]) -> None:
     port = free_port()
     digest = project / "digests" / "2026-01-23.md"
     footer = project / "templates" / "footer.mjml.j2"
-    with running(preview_command(port), port, env=workspace), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with serving_newsletter(*preview(port), port=port, env=workspace), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         version = client.get("/version").json()["version"]
 
         digest.write_text(digest.read_text(encoding="utf-8").replace("EvoCUA:", "EvoCUA 2:", 1), encoding="utf-8")
@@ -114,26 +113,27 @@ def test_the_preview_follows_edits_to_the_digest_and_templates(project: Path, wo
         assert client.get("/email").status_code == 200
 
 
+@pytest.mark.slow
 def test_no_open_prints_the_url_and_date_picks_the_digest(project: Path, workspace: dict[str, str]) -> None:
     later = project / "digests" / "2026-01-24.md"
     later.write_text("# 2026-01-24 Daily Papers\n\n## 1. [Later paper](https://example.com/later)\n", encoding="utf-8")
     port = free_port()
-    env = {**os.environ, **workspace}
 
-    process = subprocess.Popen(preview_command(port), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = start_newsletter(*preview(port), env=workspace)
     try:
         ready, _, _ = select.select([process.stdout], [], [], 30)
         assert ready, "the preview printed nothing"
-        assert process.stdout.readline().decode().startswith(f"Previewing at http://127.0.0.1:{port}/")
+        assert process.stdout.readline().startswith(f"Previewing at http://127.0.0.1:{port}/")
         # Without --date: the latest digest.
         assert "Later paper" in httpx.get(f"http://127.0.0.1:{port}/email").text
     finally:
         process.terminate()
         process.wait(10)
         process.stdout.close()
+        process.stderr.close()
 
     port = free_port()
-    with running(preview_command(port, "--date", "2026-01-23"), port, env=workspace):
+    with serving_newsletter(*preview(port, "--date", "2026-01-23"), port=port, env=workspace):
         assert "EvoCUA" in httpx.get(f"http://127.0.0.1:{port}/email").text
 
 
@@ -142,14 +142,13 @@ def test_a_taken_port_is_one_clear_error(workspace: dict[str, str]) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            preview_command(port), env={**os.environ, **workspace}, capture_output=True, text=True, timeout=60
-        )
+        result = run_newsletter(*preview(port), env=workspace, timeout=60)
     assert result.returncode == 1
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in result.stderr.replace("\n", "")
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_broken_preview_template_is_one_clear_error(project: Path, workspace: dict[str, str]) -> None:
     page = project / "templates" / "preview.html.j2"
     lines = page.read_text(encoding="utf-8").splitlines()
@@ -157,7 +156,7 @@ def test_a_broken_preview_template_is_one_clear_error(project: Path, workspace: 
     page.write_text("\n".join(lines) + "\n", encoding="utf-8")
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    with running(preview_command(port), port, env=workspace), httpx.Client(base_url=origin) as client:
+    with serving_newsletter(*preview(port), port=port, env=workspace), httpx.Client(base_url=origin) as client:
         answer = client.get("/")
         email = client.get("/email")
 

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import lxml.html
 import pytest
-from typer.testing import CliRunner
 
-from newsletter.cli import app
 from newsletter.config import Settings, load_settings
-from newsletter.digest import load_digest
+from newsletter.content.digest import load_digest
 from newsletter.errors import NewsletterError, RenderError
-from newsletter.publish import PublishedIssue, page_folder, publish_issue, published_issues
-from newsletter.render import PREFERENCES_TAG, UNSUBSCRIBE_TAG, RenderedIssue, render_issue
+from newsletter.content.publish import PublishedIssue, page_folder, publish_issue, published_issues
+from newsletter.content.render import PREFERENCES_TAG, UNSUBSCRIBE_TAG, RenderedIssue, render_issue
 
 from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
 
@@ -69,10 +67,12 @@ def test_publish_writes_the_web_version_archive_and_feed(project: Path) -> None:
     assert publication.page == page
     assert issue.web_url == "https://papers.example.com/2026-01-23/"
     html = page.read_text()
-    assert UNSUBSCRIBE_TAG not in html and PREFERENCES_TAG not in html
-    full = render_issue(digest, settings, abstract="full")
-    archive = "https://papers.example.com/"
-    assert html == full.html.replace(UNSUBSCRIBE_TAG, archive).replace(PREFERENCES_TAG, archive)
+    assert html == render_issue(digest, settings, abstract="full", page=True).html
+    # A page no one was sent: no reader's link, no "you subscribed", an invitation to sign up instead.
+    assert UNSUBSCRIBE_TAG not in html and PREFERENCES_TAG not in html and "/unsubscribe" not in html
+    assert "구독하셔서 받으신" not in html and "지난 호입니다" in html
+    assert 'href="https://papers.example.com/subscribe/daily-papers"' in html
+    assert 'href="https://papers.example.com/"' in html
     # Every abstract in full, on the card the email's "read the abstract" link lands on.
     document = lxml.html.document_fromstring(html)
     for paper in digest.papers:
@@ -94,16 +94,6 @@ def test_publish_writes_the_web_version_archive_and_feed(project: Path) -> None:
     )
     assert record.published == record.updated == T1
     assert leftovers(project) == []
-
-
-def test_public_unsubscribe_link_asks_by_email_when_configured(project: Path) -> None:
-    settings = at(project, T1, unsubscribe_mailto="leave@example.com")
-
-    publish(settings, "2026-01-23")
-
-    html = (project / "public" / "2026-01-23" / "index.html").read_text()
-    assert 'href="mailto:leave@example.com?subject=unsubscribe"' in html
-    assert UNSUBSCRIBE_TAG not in html
 
 
 def test_archive_and_feed_list_every_issue_newest_first(project: Path) -> None:
@@ -136,7 +126,12 @@ def test_archive_and_feed_list_every_issue_newest_first(project: Path) -> None:
     assert second.find(f"{ATOM}link").get("href") == "https://papers.example.com/2026-01-22/"
     assert second.findtext(f"{ATOM}summary").startswith("정적인 데이터 모방의 한계를 극복하고")
     assert second.findtext(f"{ATOM}updated") == "2026-01-23T07:00:00Z"
-    assert entries[2].findtext(f"{ATOM}published") == "2026-01-24T07:00:00Z"
+    # Dated by the issue's day (midnight in Seoul), though the 21st was published last.
+    assert [entry.findtext(f"{ATOM}published") for entry in entries] == [
+        "2026-01-22T15:00:00Z", "2026-01-21T15:00:00Z", "2026-01-20T15:00:00Z"
+    ]  # fmt: skip
+    archive = (project / "public" / "index.html").read_text()
+    assert 'class="subscribe" href="https://papers.example.com/subscribe/daily-papers"' in archive
 
 
 def test_republishing_keeps_dates_and_rewrites_only_what_changed(project: Path) -> None:
@@ -194,19 +189,17 @@ def test_record_round_trips(project: Path) -> None:
 
 
 def test_publish_command(project: Path) -> None:
-    result = CliRunner().invoke(app, ["publish", "--date", "2026-01-23"])
+    result = run_newsletter("publish", "--date", "2026-01-23")
 
-    assert result.exit_code == 0, result.output
-    # The console wraps at its width, wherever the temporary folder's long path happens to end.
-    output = " ".join(result.output.split())
-    assert "Published the 2026-01-23 issue: http://127.0.0.1:8000/2026-01-23/" in output
-    assert "(1 issue(s))" in output
+    assert result.returncode == 0, result.stderr
+    assert "Published the 2026-01-23 issue: http://127.0.0.1:8000/2026-01-23/" in result.stdout
+    assert "(1 issue(s))" in result.stdout
     assert (project / "public" / "2026-01-23" / "index.html").is_file()
     assert feed_of(project).find(f"{ATOM}entry") is not None
 
 
 def test_publish_command_without_a_digest_fails_and_writes_nothing(project: Path) -> None:
-    result = run_newsletter("publish", "--date", "2026-02-01", cwd=Path.cwd())
+    result = run_newsletter("publish", "--date", "2026-02-01")
 
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"
@@ -216,7 +209,7 @@ def test_publish_command_without_a_digest_fails_and_writes_nothing(project: Path
 def test_publish_command_with_a_broken_digest_names_the_line(project: Path) -> None:
     (project / "digests" / "2026-01-24.md").write_text("# 2026-01-24 Daily Papers (Top 1)\n\n## 1. No link here\n")
 
-    result = run_newsletter("publish", "--date", "2026-01-24", cwd=Path.cwd())
+    result = run_newsletter("publish", "--date", "2026-01-24")
 
     assert result.returncode == 1
     where = project / "digests" / "2026-01-24.md"
@@ -260,7 +253,7 @@ def test_the_publish_command_reports_a_template_error_without_a_traceback(projec
     archive = templates / "archive.html.j2"
     archive.write_text(archive.read_text(encoding="utf-8").replace("{{ title }}", "{{ titel }}", 1), encoding="utf-8")
 
-    result = run_newsletter("publish", "--date", "2026-01-23", cwd=Path.cwd(), env={"NEWSLETTER_TEMPLATES_DIR": str(templates)})
+    result = run_newsletter("publish", "--date", "2026-01-23", env={"NEWSLETTER_TEMPLATES_DIR": str(templates)})
 
     assert result.returncode == 1
     assert re.search(r"^error: .*archive\.html\.j2:\d+: 'titel' is undefined$", result.stderr.strip()), result.stderr

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from lxml import html as lxml_html
 
-from newsletter.assets import assets_dir
+from newsletter.content.assets import assets_dir
 from newsletter.config import Settings, load_settings
-from newsletter.digest import load_digest
+from newsletter.content.digest import load_digest
 from newsletter.errors import ConfigError, RenderError
-from newsletter.render import (
+from newsletter.content.render import (
     CONTRAST_PAIRS,
     DARK,
     FONT_STACK,
@@ -28,6 +28,8 @@ from newsletter.render import (
     display_width,
     environment,
     render_issue,
+    lead_in,
+    lead_in_text,
     short_title,
     wrap_text,
 )
@@ -65,7 +67,8 @@ def test_the_example_issue_has_a_card_per_paper(example) -> None:
 
     assert issue.html.startswith("<!DOCTYPE html>")  # standards mode, not quirks
     assert page.get("lang") == "ko"
-    assert [h.text_content().strip() for h in page.iter("h1")] == [digest.title]
+    # The heading is the day in the reader's language, not the digest file's own title.
+    assert [h.text_content().strip() for h in page.iter("h1")] == ["1월 23일 금요일의 논문"]
     cards = page.find_class("card")
     assert len(cards) == len(digest.papers) == 5
     for card, paper in zip(cards, digest.papers):
@@ -75,7 +78,10 @@ def test_the_example_issue_has_a_card_per_paper(example) -> None:
         assert f"#{paper.rank}" in card.text_content()
         assert f"추천 {paper.upvotes}" in card.text_content()
         assert paper.summary.text in card.text_content()
-        assert [li.text_content().strip() for li in card.iter("li")] == [p.text for p in paper.key_points]
+        # A key point's bracketed label is its bold lead-in.
+        assert [li.text_content().strip() for li in card.iter("li")] == [
+            lxml_html.fragment_fromstring(lead_in(p.html), create_parent=True).text_content() for p in paper.key_points
+        ]
         # The abstract is on the web version, where the card's link lands on the same card.
         assert [h.text_content() for h in card.iter("h3")] == ["핵심 포인트"]
         assert paper.abstract[0].text not in card.text_content()
@@ -128,7 +134,7 @@ def test_email_abstract_says_how_much_of_each_abstract_the_email_carries(
 def test_the_header_preheader_and_footer(example, settings: Settings) -> None:
     digest, issue = example
     page = lxml_html.document_fromstring(issue.html)
-    assert "2026년 1월 23일 금요일" in page.find_class("date")[0].text_content()
+    assert page.find_class("date")[0].text_content().strip() == "2026년 · 논문 5편"
     # The hidden preheader is the first paper's summary, hidden by display and size (never by a
     # colour), then invisible filler.
     (hidden,) = page.find_class("preheader")
@@ -273,7 +279,7 @@ def test_hostile_digest_text_is_escaped(project: Path, settings: Settings) -> No
 
     assert not page.xpath("//body//script | //body//iframe | //*[@onerror]")
     assert not [a for a in page.iter("a") if a.get("href", "").lower().startswith("javascript")]
-    assert page.find(".//h1").text_content() == digest.title
+    assert page.find(".//h1").text_content() == "1월 24일 토요일의 논문"
     assert page.find(".//title").text == issue.subject
     assert issue.subject.startswith("2026년 1월 24일 — </mj-text><mj-raw><script>")
     assert page.find(".//h2").text_content().strip() == digest.papers[0].title
@@ -282,20 +288,20 @@ def test_hostile_digest_text_is_escaped(project: Path, settings: Settings) -> No
     assert "<img src=x onerror=alert(1)>" in page.find_class("summary")[0].text_content()
     assert "{% raw %}끝{% endraw %}" in page.find_class("abstract")[0].text_content()
     # The text part carries the same words, unescaped, and every kept link written out.
-    assert digest.title in issue.text and "좋은 링크 (https://example.com/a?b=1&c=2)" in words(issue.text)
+    assert digest.papers[0].title in words(issue.text) and "좋은 링크 (https://example.com/a?b=1&c=2)" in words(issue.text)
 
 
 def test_the_text_part_is_made_from_the_digest(example, settings: Settings) -> None:
     digest, issue = example
     text = issue.text
     flat = words(text)
-    assert text.startswith(digest.title + "\n2026년 1월 23일 금요일")
+    assert text.startswith("1월 23일 금요일의 논문\n2026년 · 논문 5편")
     for paper in digest.papers:
         assert f"#{paper.rank} {paper.title}" in flat
         assert f"논문 읽기: {paper.url}\n" in text
         assert paper.summary.text in flat
         for point in paper.key_points:
-            assert f"- {point.text}" in flat
+            assert f"- {lead_in_text(point.text)}" in flat
         assert f"초록 읽기: {issue.web_url}#paper-{paper.rank}\n" in text
     assert f"웹에서 보기: {issue.web_url}" in text
     # On a line of its own: each reader's link is much longer than the placeholder.
@@ -337,7 +343,7 @@ def test_an_english_digest_gets_english_words(project: Path, settings: Settings)
     page = lxml_html.document_fromstring(issue.html)
     assert page.get("lang") == "en"
     assert issue.subject == "January 25, 2026 — Attention Is All You Need"
-    assert "Sunday, January 25, 2026" in issue.html and "Read the paper: Attention Is All You Need" in issue.html
+    assert "Papers for Sunday, January 25" in issue.html and "Read the paper: Attention Is All You Need" in issue.html
     assert "7 upvotes" in issue.text
     # No thumbnail (not a Hugging Face paper, none in the digest), no key points, no abstract.
     assert not list(page.iter("img")) and not page.find_class("points") and not page.find_class("abstract")
@@ -395,6 +401,7 @@ def test_a_broken_template_names_its_file_and_line(project: Path) -> None:
         render_issue(load_digest(settings, DAY), settings)
 
 
+@pytest.mark.slow
 def test_the_render_command_writes_both_parts(project: Path, settings: Settings) -> None:
     result = run_newsletter("render", "--date", "2026-01-23", "--out", "out/issue.html", "--text", "out/issue.txt", cwd=project)
     assert result.returncode == 0, result.stderr
@@ -424,3 +431,17 @@ def test_templates_that_expand_to_broken_mjml_fail_cleanly(project: Path) -> Non
     settings = load_settings(config_dir=project, templates_dir=templates)
     with pytest.raises(RenderError, match=r"issue\.mjml\.j2: the expanded MJML does not compile: "):
         render_issue(load_digest(settings, DAY), settings)
+
+
+def test_a_bracketed_label_leads_its_key_point_and_votes_never_stand_alone(example, settings: Settings) -> None:
+    digest, issue = example
+    page = lxml_html.document_fromstring(issue.html)
+    # The example's fourth paper, as its summariser wrote it: "['정보 붕괴(Information Collapse)' 방지] …".
+    leads = {lead.text_content(): lead for lead in page.find_class("lead")}
+    lead = leads["정보 붕괴(Information Collapse) 방지"]
+    assert lead.tag == "strong" and lead.getparent().text_content().startswith("정보 붕괴(Information Collapse) 방지 '정보 붕괴'를")
+    assert "- 정보 붕괴(Information Collapse) 방지: '정보 붕괴'를" in issue.text
+    assert "['" not in issue.text and "['" not in page.text_content()
+    # In the contents, nothing lets a line break before a paper's votes or inside them.
+    for item, paper in zip(page.find_class("contents")[0].iter("li"), digest.papers):
+        assert item.text_content().endswith(f"{short_title(paper.title)}\u2060\xa0▲\xa0{paper.upvotes}")

@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import Settings
-from newsletter.digest import load_digest
-from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.content.digest import load_digest
+from newsletter.content.render import UNSUBSCRIBE_TAG
 from newsletter.report import (
     Selection,
     Tracking,
@@ -38,8 +38,8 @@ from testkit.projects import (
 )
 from testkit.servers import serving
 
-from .send_helpers import cli
-from .support import EXAMPLE_DIGEST
+from .send_helpers import KEY_ENV
+from .support import EXAMPLE_DIGEST, run_newsletter
 
 DAY, NEXT_DAY = "2026-01-23", "2026-01-24"
 TRACKING_ON = {
@@ -58,12 +58,12 @@ def _digests(project: Path) -> None:
 
 
 def _send(project: Path, day: str) -> None:
-    result = cli(project, "send", "--date", day, "--yes")
+    result = run_newsletter("send", "--date", day, "--yes", cwd=project, env=KEY_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _report(project: Path, *args: str) -> dict:
-    result = cli(project, "report", *args, "--json")
+    result = run_newsletter("report", *args, "--json", cwd=project, env=KEY_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
 
@@ -173,6 +173,7 @@ def reported(sent: Sent) -> Sent:
     return sent
 
 
+@pytest.mark.slow
 def test_the_report_counts_each_reader_once_without_machine_opens(reported: Sent) -> None:
     issues = _report(reported.project, "--date", DAY)["issues"]
     titles = {p.rank: p.title for p in load_digest(reported.settings, date(2026, 1, 23)).papers}
@@ -197,6 +198,7 @@ def test_the_report_counts_each_reader_once_without_machine_opens(reported: Sent
     ]
 
 
+@pytest.mark.slow
 def test_every_event_is_stored_once_whatever_the_retries(reported: Sent) -> None:
     e = db.campaign_events.c
     with engine_of(reported.settings).connect() as conn:
@@ -213,14 +215,15 @@ def test_every_event_is_stored_once_whatever_the_retries(reported: Sent) -> None
     # kept as 17 + 1 facts: u1's second open is no new fact, and the 24th's issue never had u4.
     assert event_ids == 23
     assert len(rows) == 18
-    assert stats == {"delivered": 5, "bounce": 1, "open": 5, "click": 5, "spamreport": 1, "group_unsubscribe": 1}
-    assert sorted(r.subscriber_id for r in rows if r.kind == "open" and r.machine_open) == [2, 3]
+    assert stats == {"delivered": 5, "bounced": 1, "opened": 5, "clicked": 5, "spam_report": 1, "unsubscribed": 1}
+    assert sorted(r.subscriber_id for r in rows if r.kind == "opened" and r.machine_open) == [2, 3]
     assert (reported.campaigns[NEXT_DAY], 1, "delivered", False, "") in [tuple(r) for r in rows]
-    assert sorted(r.url for r in rows if r.kind == "click") == sorted(
+    assert sorted(r.url for r in rows if r.kind == "clicked") == sorted(
         [PAPER_1, f"{reported.settings.base_url}/{DAY}/#paper-1", PAPER_2, PAPER_2, f"{reported.settings.base_url}/{DAY}/"]
     )
 
 
+@pytest.mark.slow
 def test_the_next_issue_has_its_own_counts(reported: Sent) -> None:
     [issue] = _report(reported.project, "--date", NEXT_DAY)["issues"]
     assert {k: v for k, v in issue.items() if k != "papers"} == {
@@ -233,6 +236,7 @@ def test_the_next_issue_has_its_own_counts(reported: Sent) -> None:
     assert _report(reported.project)["issues"][0]["date"] == NEXT_DAY  # the latest by default
 
 
+@pytest.mark.slow
 def test_events_for_a_reader_the_campaign_never_had_count_for_nobody(reported: Sent) -> None:
     [issue] = _report(reported.project, "--date", NEXT_DAY)["issues"]
     counts = ("sent", "delivered", "unique_opens", "unique_clicks", "unsubscribes")
@@ -246,8 +250,9 @@ def test_events_for_a_reader_the_campaign_never_had_count_for_nobody(reported: S
     assert set(kept) == {reported.campaigns[DAY]}  # what u4 did with the issue they were sent
 
 
+@pytest.mark.slow
 def test_last_prints_one_line_per_issue_with_a_trend(reported: Sent) -> None:
-    result = cli(reported.project, "report", "--last", "14")
+    result = run_newsletter("report", "--last", "14", cwd=reported.project, env=KEY_ENV)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     [first] = [n for n, line in enumerate(lines) if DAY in line]
@@ -255,22 +260,24 @@ def test_last_prints_one_line_per_issue_with_a_trend(reported: Sent) -> None:
     assert first < second  # oldest first, one line each
     # Open rates 40% then 0%, click rates 60% then 0%: highest to lowest.
     assert "open rate  █▁" in result.stdout and "click rate █▁" in result.stdout
-    detail = cli(reported.project, "report", "--date", DAY)
+    detail = run_newsletter("report", "--date", DAY, cwd=reported.project, env=KEY_ENV)
     assert detail.returncode == 0 and "unique opens" in detail.stdout and "40.0% of delivered" in detail.stdout
 
 
+@pytest.mark.slow
 def test_a_day_without_an_issue_or_an_unknown_list_is_an_error(reported: Sent) -> None:
-    missing = cli(reported.project, "report", "--date", "2026-01-25")
+    missing = run_newsletter("report", "--date", "2026-01-25", cwd=reported.project, env=KEY_ENV)
     assert missing.returncode == 1
     assert "error: no issue was sent on 2026-01-25" in missing.stderr
-    unknown = cli(reported.project, "report", "--list", "nope")
+    unknown = run_newsletter("report", "--list", "nope", cwd=reported.project, env=KEY_ENV)
     assert unknown.returncode == 1 and "no list named 'nope'" in unknown.stderr
-    both = cli(reported.project, "report", "--date", DAY, "--last", "3")
+    both = run_newsletter("report", "--date", DAY, "--last", "3", cwd=reported.project, env=KEY_ENV)
     assert both.returncode == 2
-    bad_week = cli(reported.project, "report", "--week", "2026-W60")
+    bad_week = run_newsletter("report", "--week", "2026-W60", cwd=reported.project, env=KEY_ENV)
     assert bad_week.returncode == 2
 
 
+@pytest.mark.slow
 def test_every_request_sets_tracking_and_unsubscribe_links_are_never_click_tracked(reported: Sent) -> None:
     assert [body["tracking_settings"] for body in reported.bodies] == [TRACKING_ON, TRACKING_ON]
     with engine_of(reported.settings).connect() as conn:
@@ -284,6 +291,7 @@ def test_every_request_sets_tracking_and_unsubscribe_links_are_never_click_track
     assert all(UNSUBSCRIBE_TAG in body["content"][0]["value"] for body in reported.bodies)
 
 
+@pytest.mark.slow
 def test_with_tracking_off_the_report_says_so_instead_of_showing_zeros(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, keep_bodies=True) as fake:
         settings = configure(
@@ -299,10 +307,11 @@ def test_with_tracking_off_the_report_says_so_instead_of_showing_zeros(project: 
     [issue] = _report(project)["issues"]
     assert (issue["sent"], issue["unique_opens"], issue["unique_clicks"]) == (2, None, None)
     assert {p["unique_clicks"] for p in issue["papers"]} == {None}
-    text = cli(project, "report").stdout
+    text = run_newsletter("report", cwd=project, env=KEY_ENV).stdout
     assert "not tracked" in text and "Opens and clicks were not tracked for this issue" in text
 
 
+@pytest.mark.slow
 def test_a_campaign_keeps_the_tracking_it_was_sent_with(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY, track_opens=False)
@@ -313,6 +322,7 @@ def test_a_campaign_keeps_the_tracking_it_was_sent_with(project: Path) -> None:
     assert (issue.unique_opens, issue.unique_clicks) == (None, 0)
 
 
+@pytest.mark.slow
 def test_papers_are_read_from_the_issue_as_sent(reported: Sent) -> None:
     with engine_of(reported.settings).connect() as conn:
         html = conn.execute(select(db.campaigns.c.html).where(db.campaigns.c.id == reported.campaigns[DAY])).scalar_one()

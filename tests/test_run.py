@@ -4,7 +4,6 @@ SendGrid (mail/send and the suppression lists), its exit statuses, its lock, its
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,8 +29,8 @@ from testkit.projects import (
     write_config,
 )
 
-from .send_helpers import cli, delivery_states
-from .support import ROOT
+from .send_helpers import KEY_ENV, delivery_states
+from .support import run_newsletter, start_newsletter
 
 # 20:00 UTC on the 22nd is 05:00 on the 23rd in Seoul: the run's day is the digest's, 2026-01-23.
 NOW = "2026-01-22T20:00:00Z"
@@ -50,7 +49,7 @@ def project_settings(project: Path, fake: FakeSendGrid, **overrides: Any) -> Set
 
 
 def run(project: Path, *args: str, api_key: str | None = API_KEY) -> subprocess.CompletedProcess[str]:
-    return cli(project, "run", "--json", *args, api_key=api_key)
+    return run_newsletter("run", "--json", *args, cwd=project, env={"SENDGRID_API_KEY": api_key})
 
 
 def report_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -87,6 +86,7 @@ def make_weekly(settings: Settings, emails: list[str]) -> None:
         conn.execute(db.memberships.update().where(m.subscriber_id.in_(ids)).values(frequency=db.WEEKLY))
 
 
+@pytest.mark.slow
 def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(project: Path, fake: FakeSendGrid) -> None:
     # 2026-01-23 is a Friday, made the weekly day: the run also sends week 2026-W04's edition (of
     # the one digest of the week so far) to the weekly member.
@@ -144,6 +144,7 @@ def test_a_full_run_publishes_sends_and_syncs_and_a_second_run_does_nothing(proj
     assert [(row.edition, row.issue_date) for row in campaigns(settings)] == [("daily", "2026-01-23"), ("weekly", "2026-W04")]
 
 
+@pytest.mark.slow
 def test_the_weekly_step_waits_for_weekly_day_and_leaves_a_list_without_weekly_members_alone(
     project: Path, fake: FakeSendGrid
 ) -> None:
@@ -167,6 +168,7 @@ def test_the_weekly_step_waits_for_weekly_day_and_leaves_a_list_without_weekly_m
     assert len(fake.records) == 1 and not (project / "public" / "2026-W04").exists()
 
 
+@pytest.mark.slow
 def test_a_weekly_edition_that_fails_its_checks_exits_4_after_the_days_issue_went_out(
     project: Path, fake: FakeSendGrid
 ) -> None:
@@ -192,6 +194,7 @@ def test_a_weekly_edition_that_fails_its_checks_exits_4_after_the_days_issue_wen
     assert not (project / "public" / "2026-W04").exists()
 
 
+@pytest.mark.slow
 def test_a_missing_digest_exits_3_with_one_line_naming_the_file(project: Path, fake: FakeSendGrid) -> None:
     settings = project_settings(project, fake, now="2026-01-24T01:00:00Z")
     seed(settings, 2)
@@ -207,6 +210,7 @@ def test_a_missing_digest_exits_3_with_one_line_naming_the_file(project: Path, f
     assert all(steps[name]["outcome"] == "skipped" for name in daily.STEPS[daily.STEPS.index("digest") + 1 :])
 
 
+@pytest.mark.slow
 def test_a_digest_for_another_date_exits_3_naming_the_file(project: Path, fake: FakeSendGrid) -> None:
     digest = project / "digests" / "2026-01-23.md"
     digest.write_text(digest.read_text(encoding="utf-8").replace("# 2026-01-23", "# 2026-01-22", 1), encoding="utf-8")
@@ -220,6 +224,7 @@ def test_a_digest_for_another_date_exits_3_naming_the_file(project: Path, fake: 
     assert fake.records == []
 
 
+@pytest.mark.slow
 def test_failing_checks_exit_4_and_nothing_is_sent_or_published(project: Path, fake: FakeSendGrid) -> None:
     # A summary so long that the email would be clipped by Gmail: the size check fails.
     digest = project / "digests" / "2026-01-23.md"
@@ -240,16 +245,12 @@ def test_failing_checks_exit_4_and_nothing_is_sent_or_published(project: Path, f
     assert steps["checks"]["outcome"] == "failed" and steps["send"]["outcome"] == "skipped"
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_one_works_and_the_other_exits_5_at_once(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, latency=1.5) as fake:
         settings = project_settings(project, fake, batch_size=1, send_concurrency=1)
         subscribed = seed(settings, 3)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-        first = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "run"], cwd=project, text=True,
-            env={**env, "PYTHONPATH": str(ROOT), "SENDGRID_API_KEY": API_KEY},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        first = start_newsletter("run", cwd=project, env=KEY_ENV)
         try:
             deadline = time.monotonic() + 60
             while not fake.records:  # the first run holds the lock and is sending
@@ -274,6 +275,7 @@ def test_two_runs_at_once_one_works_and_the_other_exits_5_at_once(project: Path)
         assert conn.execute(select(db.run_locks)).all() == []  # released
 
 
+@pytest.mark.slow
 def test_an_uncertain_batch_lets_the_other_steps_finish_and_exits_6(project: Path) -> None:
     suppressions = {"bounces": [{"email": "u3@example.com", "created": CREATED, "reason": "550"}]}
     with FakeSendGrid(api_key=API_KEY, script=["drop"], suppressions=suppressions) as fake:
@@ -300,6 +302,7 @@ def test_an_uncertain_batch_lets_the_other_steps_finish_and_exits_6(project: Pat
         assert fake.delivered().count("u1@example.com") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "value", "named"),
     [
@@ -323,6 +326,7 @@ def test_a_bad_setting_exits_1_with_one_line_naming_it_and_sends_nothing(
     assert report_of(done)["status"] == 1
 
 
+@pytest.mark.slow
 def test_a_date_in_the_future_exits_2_naming_the_timezone(project: Path, fake: FakeSendGrid) -> None:
     seed(project_settings(project, fake, timezone="UTC"), 2)  # 2026-01-22 in UTC
 
@@ -334,6 +338,7 @@ def test_a_date_in_the_future_exits_2_naming_the_timezone(project: Path, fake: F
     assert fake.records == []
 
 
+@pytest.mark.slow
 def test_a_usage_error_still_prints_the_json_line_and_exits_2(project: Path, fake: FakeSendGrid) -> None:
     seed(project_settings(project, fake), 1)
     for args, named in [(["--date", "2026-13-01"], "'--date'"), (["--date"], "'--date'"), (["--bogus"], "--bogus")]:
@@ -347,6 +352,7 @@ def test_a_usage_error_still_prints_the_json_line_and_exits_2(project: Path, fak
     assert fake.records == []
 
 
+@pytest.mark.slow
 def test_run_lists_limits_the_send_to_those_lists(project: Path, fake: FakeSendGrid) -> None:
     settings = project_settings(project, fake, run_lists=[LIST])
     subscribed = seed(settings, 2)
@@ -359,6 +365,7 @@ def test_run_lists_limits_the_send_to_those_lists(project: Path, fake: FakeSendG
     assert [entry["list"] for entry in steps_of(done)["send"]["lists"]] == [LIST]
 
 
+@pytest.mark.slow
 def test_without_an_api_key_the_sync_is_skipped_and_said_so(project: Path, fake: FakeSendGrid) -> None:
     seed(project_settings(project, fake), 1)
 
@@ -395,6 +402,7 @@ def test_the_default_day_is_today_in_the_timezone_setting(project: Path) -> None
     assert daily.run_date(utc, None).isoformat() == "2026-01-22"
 
 
+@pytest.mark.slow
 def test_another_days_broken_digest_fails_the_weekly_step_alone_with_exit_1(project: Path, fake: FakeSendGrid) -> None:
     broken = project / "digests" / "2026-01-21.md"
     broken.write_text("# 2026-01-21 Daily Papers\n\n## 1. A title without its link\n", encoding="utf-8")

@@ -19,7 +19,10 @@ from testkit.fake_huggingface import FakeHuggingFace, make_papers
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, configure, seed
 
-from .send_helpers import cli
+from .send_helpers import KEY_ENV
+from .support import run_newsletter
+
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
 DAY = date(2026, 1, 26)  # a Monday: no weekly edition
 NOW = "2026-01-25T22:00:00Z"  # 07:00 on the 26th in Seoul
@@ -46,7 +49,7 @@ def settings_for(project: Path, fake: FakeSendGrid, hf: FakeHuggingFace, **overr
 
 
 def run(project: Path, command: str = "run", *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    done = cli(project, command, "--json", *args)
+    done = run_newsletter(command, "--json", *args, cwd=project, env=KEY_ENV)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert [step["step"] for step in report["steps"]] == list(daily.STEPS)
     return done, {step["step"]: step["outcome"] for step in report["steps"]}
@@ -98,7 +101,7 @@ def test_with_review_the_editors_alone_get_it_until_it_is_approved_then_every_re
     assert test["subject"].startswith("[TEST] ")
     text = next(part["value"] for part in test["content"] if part["type"] == "text/plain")
     assert "/unsubscribe/" not in text and "https://news.example.com/" in text  # its links open the archive
-    status = cli(project, "status", "--date", str(DAY))
+    status = run_newsletter("status", "--date", str(DAY), cwd=project, env=KEY_ENV)
     assert "Awaiting approval" in status.stdout
 
     # Run again: the editors have it already. Edited: they get the edited issue.
@@ -116,5 +119,5 @@ def test_with_review_the_editors_alone_get_it_until_it_is_approved_then_every_re
     # Approved twice, or run again: nobody gets it twice.
     assert run(project, "approve")[0].returncode == 0 and run(project)[0].returncode == 0
     assert len(fake.delivered()) == 5
-    nothing = cli(project, "approve", "--date", "2026-01-25")
+    nothing = run_newsletter("approve", "--date", "2026-01-25", cwd=project, env=KEY_ENV)
     assert nothing.returncode == 1 and "nothing awaits approval for 2026-01-25" in nothing.stderr

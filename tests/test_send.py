@@ -18,15 +18,15 @@ from newsletter import db, send
 from newsletter.errors import SendError
 from newsletter.membership import set_status
 from newsletter.providers.sendgrid import SendGrid
-from newsletter.render import UNSUBSCRIBE_TAG
+from newsletter.content.render import UNSUBSCRIBE_TAG
 from newsletter.send import addressing, campaigns
 from newsletter.subscribers import MailingList
 from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
-from .send_helpers import cli, delivery_states
-from .support import ROOT
+from .send_helpers import KEY_ENV, delivery_states
+from .support import ROOT, run_newsletter
 
 DAY = date(2026, 1, 23)
 
@@ -75,6 +75,7 @@ def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids
         assert len(json.dumps(personalization["substitutions"]).encode()) < 10_000
 
 
+@pytest.mark.slow
 def test_a_send_snapshots_the_list_batches_it_and_records_every_answer(project: Path, fake: FakeSendGrid) -> None:
     settings = real_settings(project, fake)
     subscribed = seed(settings, 2503, unsubscribed=(5, 1500))
@@ -126,18 +127,20 @@ def test_an_unsubscribe_during_the_send_is_honoured_by_later_batches(project: Pa
     assert report.counts == {**dict.fromkeys(campaigns.STATES, 0), "sent": 29, "skipped": 1}
 
 
+@pytest.mark.slow
 def test_a_finished_send_is_not_repeated(project: Path, fake: FakeSendGrid) -> None:
     real_settings(project, fake)
     seed(real_settings(project, fake), 3)
-    first = cli(project, "send", "--date", "2026-01-23", "--yes")
+    first = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
     assert first.returncode == 0, first.stderr
-    again = cli(project, "send", "--date", "2026-01-23", "--yes")
+    again = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
 
     assert again.returncode == 0, again.stderr
     assert "Nothing to do" in again.stdout and "3 sent" in again.stdout
     assert len(fake.records) == 1
 
 
+@pytest.mark.slow
 def test_a_resume_sends_what_was_left_with_the_content_stored_at_the_start(project: Path) -> None:
     # The second request meets an outage (no retries allowed): the send stops, resumable.
     with FakeSendGrid(api_key=API_KEY, script=["202", "503"], keep_bodies=True) as fake:
@@ -161,6 +164,7 @@ def test_a_resume_sends_what_was_left_with_the_content_stored_at_the_start(proje
     assert len(contents) == 1 and len(subjects) == 1 and "EvoCUA" in subjects.pop()
 
 
+@pytest.mark.slow
 def test_status_lists_counts_failures_and_reasons(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, reject={"u2@example.com"}) as fake:
         settings = real_settings(project, fake, batch_size=4)
@@ -179,26 +183,28 @@ def test_status_lists_counts_failures_and_reasons(project: Path) -> None:
         ("u2@example.com", "SendGrid answered 400: Does not contain a valid address. (personalizations.0.to.0.email)")
     ]
     assert state.skipped == {"bounced before sending": 1}
-    shown = cli(project, "status", "--date", "2026-01-23")
+    shown = run_newsletter("status", "--date", "2026-01-23", cwd=project, env=KEY_ENV)
     assert shown.returncode == 0, shown.stderr
     for expected in ("finished", "u2@example.com", "Does not contain a valid address", "bounced before sending"):
         assert expected in shown.stdout
     assert "sent" in shown.stdout and " 4 " in shown.stdout
 
 
+@pytest.mark.slow
 def test_status_before_any_send_says_so(project: Path) -> None:
     settings = configure(project)
     seed(settings, 1)
-    shown = cli(project, "status", "--date", "2026-01-23")
+    shown = run_newsletter("status", "--date", "2026-01-23", cwd=project, env=KEY_ENV)
     assert shown.returncode == 0 and "No send to list 'daily-papers' has started" in shown.stdout
 
 
+@pytest.mark.slow
 def test_a_dry_run_writes_the_exact_requests_and_the_first_message_and_records_nothing(
     project: Path, fake: FakeSendGrid
 ) -> None:
     settings = real_settings(project, fake, batch_size=2)
     seed(settings, 5)
-    run = cli(project, "send", "--date", "2026-01-23", "--dry-run", "--yes")
+    run = run_newsletter("send", "--date", "2026-01-23", "--dry-run", "--yes", cwd=project, env=KEY_ENV)
     assert run.returncode == 0, run.stderr
 
     outbox = project / "outbox" / "2026-01-23"
@@ -232,15 +238,16 @@ def test_a_dry_run_writes_the_exact_requests_and_the_first_message_and_records_n
         assert conn.execute(select(db.campaigns)).all() == []
         assert conn.execute(select(db.deliveries)).all() == []
     # The dry run made no later real send think anything had gone out.
-    real = cli(project, "send", "--date", "2026-01-23", "--yes")
+    real = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
     assert real.returncode == 0, real.stderr
     assert sorted(fake.delivered()) == sorted(f"u{n}@example.com" for n in range(1, 6))
 
 
+@pytest.mark.slow
 def test_without_an_api_key_a_real_send_stops_and_points_to_dry_run(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    run = cli(project, "send", "--date", "2026-01-23", "--yes", api_key=None)
+    run = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project)
     assert run.returncode == 1
     assert "SENDGRID_API_KEY is not set" in run.stderr and "--dry-run" in run.stderr
     assert "Traceback" not in run.stderr
@@ -248,10 +255,14 @@ def test_without_an_api_key_a_real_send_stops_and_points_to_dry_run(project: Pat
         assert conn.execute(select(db.campaigns)).all() == []
 
 
+@pytest.mark.slow
 def test_a_test_send_goes_to_the_given_addresses_only_and_is_not_the_issues_delivery(project: Path, fake: FakeSendGrid) -> None:
     settings = real_settings(project, fake)
     seed(settings, 4)
-    run = cli(project, "send", "--date", "2026-01-23", "--yes", "--to", "editor@example.org", "--to", "u3@example.com")
+    run = run_newsletter(
+        "send", "--date", "2026-01-23", "--yes", "--to", "editor@example.org", "--to", "u3@example.com",
+        cwd=project, env=KEY_ENV,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "✓ editor@example.org: sent by SendGrid" in run.stdout and "✓ u3@example.com: sent by SendGrid" in run.stdout
 
@@ -266,10 +277,11 @@ def test_a_test_send_goes_to_the_given_addresses_only_and_is_not_the_issues_deli
         assert conn.execute(select(db.campaigns)).all() == []
 
 
+@pytest.mark.slow
 def test_sandbox_mode_is_validated_by_sendgrid_and_not_recorded(project: Path, fake: FakeSendGrid) -> None:
     settings = real_settings(project, fake, batch_size=2)
     seed(settings, 3)
-    run = cli(project, "send", "--date", "2026-01-23", "--yes", "--sandbox")
+    run = run_newsletter("send", "--date", "2026-01-23", "--yes", "--sandbox", cwd=project, env=KEY_ENV)
     assert run.returncode == 0, run.stderr
     assert [r.status for r in fake.records] == [200, 200]
     assert all(r.body["mail_settings"] == {"sandbox_mode": {"enable": True}} for r in fake.records)
@@ -278,6 +290,7 @@ def test_sandbox_mode_is_validated_by_sendgrid_and_not_recorded(project: Path, f
         assert conn.execute(select(db.deliveries)).all() == []
 
 
+@pytest.mark.slow
 def test_failing_checks_stop_the_send_unless_forced(project: Path, fake: FakeSendGrid) -> None:
     templates = project / "templates"
     shutil.copytree(ROOT / "templates", templates)
@@ -286,13 +299,13 @@ def test_failing_checks_stop_the_send_unless_forced(project: Path, fake: FakeSen
     settings = real_settings(project, fake, templates_dir=str(templates))
     seed(settings, 2)
 
-    stopped = cli(project, "send", "--date", "2026-01-23", "--yes")
+    stopped = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
     assert stopped.returncode == 1
     assert "check(s) failed" in stopped.stderr and "text part" in stopped.stderr
     assert fake.records == []
     with engine_of(settings).connect() as conn:
         assert conn.execute(select(db.campaigns)).all() == []
 
-    forced = cli(project, "send", "--date", "2026-01-23", "--yes", "--force")
+    forced = run_newsletter("send", "--date", "2026-01-23", "--yes", "--force", cwd=project, env=KEY_ENV)
     assert forced.returncode == 0, forced.stderr
     assert sorted(fake.delivered()) == ["u1@example.com", "u2@example.com"]

@@ -21,6 +21,8 @@ from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
 from .support import prism
 
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
+
 DAY = date(2026, 1, 23)
 
 

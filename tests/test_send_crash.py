@@ -13,13 +13,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from newsletter import db
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, configure, engine_of, seed
 
-from .send_helpers import SEND, cli, delivery_states, kill_at_random, start_sender
+from .send_helpers import KEY_ENV, SEND, delivery_states, kill_at_random
+from .support import run_newsletter, start_newsletter
+
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
 
 def delivered_from_log(log: Path) -> Counter[str]:
@@ -55,13 +59,13 @@ def test_a_sender_killed_while_its_request_is_out_resumes_without_resending_it(p
     with FakeSendGrid(api_key=API_KEY, log=log, on_request=kill_during_second_request) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, batch_size=10, send_concurrency=1)
         addresses = seed(settings, 45)
-        sender["process"] = start_sender(project)
+        sender["process"] = start_newsletter(*SEND, cwd=project, env=KEY_ENV)
         sender["process"].wait(120)
         assert sender["process"].returncode == -9
         lost = batches_in(settings, "in_flight")
         assert len(lost) == 1
 
-        resumed = cli(project, *SEND)
+        resumed = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
         assert resumed.returncode == 0, resumed.stderr
         assert "1 batch(es) are uncertain" in resumed.stderr
         assert batches_in(settings, "uncertain") == lost
@@ -70,7 +74,7 @@ def test_a_sender_killed_while_its_request_is_out_resumes_without_resending_it(p
         assert uncertain == emails_of_batches(settings, lost) == set(addresses[10:20])
         assert delivered_from_log(log) == Counter(addresses)  # the lost batch did arrive, once
 
-        resent = cli(project, *SEND, "--resend-uncertain")
+        resent = run_newsletter(*SEND, "--resend-uncertain", cwd=project, env=KEY_ENV)
         assert resent.returncode == 0, resent.stderr
     assert {state for state, _, _ in delivery_states(settings).values()} == {"sent"}
     assert delivered_from_log(log) == Counter(addresses) + Counter(addresses[10:20])
@@ -90,7 +94,7 @@ def test_many_random_kills_never_deliver_twice_and_leave_every_recipient_recorde
         print(f"CRASH_SEED={seed_value}: {kills} kills, {len(lost)} answer(s) lost")
         assert kills >= 15, f"only {kills} kills before the send finished"
 
-        final = cli(project, *SEND)
+        final = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
         assert final.returncode == 0, final.stderr
 
         states = delivery_states(settings)
@@ -112,7 +116,7 @@ def test_many_random_kills_never_deliver_twice_and_leave_every_recipient_recorde
                 message_ids.update(dict.fromkeys(record["emails"], record["message_id"]))
         assert all(states[a][1] == message_ids[a] for a in sent)
 
-        resent = cli(project, *SEND, "--resend-uncertain")
+        resent = run_newsletter(*SEND, "--resend-uncertain", cwd=project, env=KEY_ENV)
         assert resent.returncode == 0, resent.stderr
     after = delivery_states(settings)
     assert {a for a, (state, _, _) in after.items() if state != "sent"} <= {"u77@example.com"}
@@ -124,11 +128,11 @@ def test_a_second_sender_of_the_same_campaign_stops_with_a_clear_message(project
     with FakeSendGrid(api_key=API_KEY, script=["hang"], hang=4) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, send_concurrency=1)
         seed(settings, 3)
-        first = start_sender(project)
+        first = start_newsletter(*SEND, cwd=project, env=KEY_ENV)
         deadline = time.monotonic() + 60
         while not fake.records and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = cli(project, *SEND)
+        second = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
         first.wait(60)
     assert second.returncode == 1
     assert "is being sent by another process" in second.stderr

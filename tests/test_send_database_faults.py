@@ -5,6 +5,7 @@ error answer. Against the fake SendGrid on 127.0.0.1 and a real SQLite file held
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,8 +20,8 @@ from newsletter.errors import SendError
 from testkit.fake_sendgrid import EVERY, HUGE, OUTSIDE, FakeSendGrid
 from testkit.projects import API_KEY, LIST, engine_of, seed
 
-from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
-from .support import ROOT
+from .send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
+from .support import ROOT, run_newsletter
 
 # Takes the database's write lock (BEGIN EXCLUSIVE) at random moments and holds it for longer than
 # the sender's database_timeout, then lets go, until told to stop.
@@ -41,6 +42,7 @@ LOCKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed_value", [1, 2])
 def test_a_database_locked_past_its_timeout_at_random_moments_never_sends_twice(
     project: Path, seed_value: int
@@ -62,7 +64,7 @@ def test_a_database_locked_past_its_timeout_at_random_moments_never_sends_twice(
         try:
             assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
             for _ in range(40):
-                run = cli(project, "send", "--date", DAY.isoformat(), "--yes")
+                run = run_newsletter("send", "--date", DAY.isoformat(), "--yes", cwd=project, env=KEY_ENV)
                 if run.returncode != 0:
                     stops.append(run.stderr.strip())
                 if send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock()).campaign.finished_at is not None:
@@ -87,6 +89,7 @@ def test_a_database_locked_past_its_timeout_at_random_moments_never_sends_twice(
     assert all(states[a][0] == "uncertain" for a in never_sent)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", [OUTSIDE, EVERY])
 def test_a_400_about_the_whole_request_leaves_everyone_pending(project: Path, step: str) -> None:
     with FakeSendGrid(api_key=API_KEY, script=[step]) as fake:
@@ -104,25 +107,26 @@ def test_a_400_about_the_whole_request_leaves_everyone_pending(project: Path, st
     assert Counter(fake.delivered()) == Counter(addresses)
 
 
+@pytest.mark.slow
 def test_a_50_mb_error_answer_is_read_stored_and_shown_clipped(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=[HUGE]) as fake:
         settings = settings_for(project, fake.url, batch_size=10, send_concurrency=1)
         seed(settings, 30)
         peak = project / "peak-rss-kb"
-        # The real command, in a process of its own whose peak memory it reports: VmHWM, its own
-        # high-water mark (ru_maxrss would carry over the forking test process's size).
-        program = (
-            "import re, sys\n"
-            "from newsletter.cli import main\n"
-            f"sys.argv = ['newsletter', 'send', '--date', '{DAY}', '--list', '{LIST}', '--yes']\n"
-            "try:\n    main()\n"
-            "finally:\n"
+        # The real command, in a process of its own that reports its peak memory as it exits: VmHWM,
+        # its own high-water mark (ru_maxrss would carry over the forking test process's size).
+        reporter = project / "reporter"
+        reporter.mkdir()
+        (reporter / "sitecustomize.py").write_text(
+            "import atexit, re\n"
+            "@atexit.register\n"
+            "def report() -> None:\n"
             f"    peak = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read())[1]\n"
             f"    open({str(peak)!r}, 'w').write(peak)\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", program], cwd=project, capture_output=True, text=True, timeout=120,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "SENDGRID_API_KEY": API_KEY, "COLUMNS": "200"},
+        result = run_newsletter(
+            "send", "--date", DAY.isoformat(), "--list", LIST, "--yes",
+            cwd=project, env={**KEY_ENV, "PYTHONPATH": f"{reporter}{os.pathsep}{ROOT}"},
         )  # fmt: skip
     assert result.returncode == 1
     assert "refused the message itself" in result.stderr and "more characters" in result.stderr

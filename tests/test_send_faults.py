@@ -22,9 +22,11 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
+from .send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
+from .support import run_newsletter
 
 
+@pytest.mark.slow
 def test_a_400_is_split_until_the_bad_addresses_are_alone(project: Path) -> None:
     bad = {"u17@example.com", "u500@example.com", "u999@example.com"}
     with FakeSendGrid(api_key=API_KEY, reject=bad) as fake:
@@ -59,21 +61,24 @@ def test_a_400_about_the_message_itself_stops_the_send_without_splitting(project
     assert report.counts["pending"] == 30 and not report.finished
 
 
+@pytest.mark.slow
 def test_401_stops_the_whole_send_at_once_and_a_good_key_resumes_it(project: Path) -> None:
     with FakeSendGrid(api_key="the-right-key") as fake:
         settings = settings_for(project, fake.url, batch_size=10, send_concurrency=2)
         addresses = seed(settings, 95)
-        run = cli(project, "send", "--date", "2026-01-23", "--yes")
+        run = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
         assert run.returncode == 1
         assert "SendGrid refused the API key (401)" in run.stderr and API_KEY not in run.stderr + run.stdout
         assert len(fake.records) <= 2  # at most one request per worker, then nothing
         assert set(s for s, _, _ in delivery_states(settings).values()) == {"pending"}
 
-        resumed = cli(project, "send", "--date", "2026-01-23", "--yes", api_key="the-right-key")
+        right_key = {"SENDGRID_API_KEY": "the-right-key"}
+        resumed = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=right_key)
         assert resumed.returncode == 0, resumed.stderr
     assert Counter(fake.delivered()) == Counter(addresses)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wait_header", ["retry_after", "reset_in"])
 def test_429_waits_as_long_as_sendgrid_asks(project: Path, wait_header: str) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["429"], **{wait_header: 2}) as fake:
@@ -87,6 +92,7 @@ def test_429_waits_as_long_as_sendgrid_asks(project: Path, wait_header: str) -> 
     assert second.time - first.time >= 1.0
 
 
+@pytest.mark.slow
 def test_5xx_is_retried_and_then_sent(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["500", "503"]) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
@@ -96,6 +102,7 @@ def test_5xx_is_retried_and_then_sent(project: Path) -> None:
     assert report.finished and report.counts["sent"] == 3 and report.requests == 3
 
 
+@pytest.mark.slow
 def test_an_outage_longer_than_the_retries_stops_and_leaves_the_batch_pending(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["503"] * 3) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1, max_retries=2)
@@ -108,6 +115,7 @@ def test_an_outage_longer_than_the_retries_stops_and_leaves_the_batch_pending(pr
     assert resumed.finished and Counter(fake.delivered()) == Counter(addresses)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["drop", "hang"])
 def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Path, fault: str) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["202", fault], hang=5) as fake:
@@ -125,12 +133,12 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
         assert batch.size == 2 and "may have been delivered" in batch.error
         state = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
         assert [b.id for b in state.uncertain_batches] == [batch.id] and state.in_flight_batches == []
-        shown = cli(project, "status", "--date", "2026-01-23")
+        shown = run_newsletter("status", "--date", "2026-01-23", cwd=project, env=KEY_ENV)
         assert "Uncertain batches" in shown.stdout and "may have been delivered" in shown.stdout.replace("\n", " ")
-        resumed = cli(project, "send", "--date", "2026-01-23", "--yes")
+        resumed = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
         assert resumed.returncode == 0, resumed.stderr
         assert "1 batch(es) are uncertain" in resumed.stderr and len(fake.records) == 3
-        again = cli(project, "send", "--date", "2026-01-23", "--yes")
+        again = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
         assert "Nothing to do" in again.stdout and len(fake.records) == 3
 
         resent = send.send_campaign(engine_of(settings), settings, plan_for(settings, resend_uncertain=True))
@@ -142,6 +150,7 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
         assert conn.execute(select(db.batches.c.state).where(db.batches.c.id == batch.id)).scalar() == "resent"
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_is_retried_then_stops_with_nothing_uncertain(project: Path) -> None:
     settings = settings_for(project, f"http://127.0.0.1:{free_port()}", max_retries=2, send_concurrency=1)
     seed(settings, 3)

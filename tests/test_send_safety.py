@@ -6,11 +6,8 @@ of a resumed send is exact, status reads without the write lock and tells live b
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import timedelta
@@ -28,8 +25,8 @@ from newsletter.subscribers import MailingList
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
-from .send_helpers import CONTENT, DAY, cli, delivery_states, plan_for, settings_for
-from .support import ROOT
+from .send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
+from .support import run_newsletter, start_newsletter
 
 
 def unsubscribe(settings, subscriber_id: int) -> None:
@@ -45,6 +42,7 @@ def all_errors(settings) -> str:
     return " ".join(error or "" for error in rows)
 
 
+@pytest.mark.slow
 def test_an_api_key_with_a_line_break_stops_the_send_without_leaking_it_or_losing_anyone(project: Path) -> None:
     secret = "SG.real-secret\n"
     with FakeSendGrid(api_key=API_KEY) as fake:
@@ -58,7 +56,7 @@ def test_an_api_key_with_a_line_break_stops_the_send_without_leaking_it_or_losin
     assert isinstance(report.error, SendError) and "header value is malformed" in str(report.error)
     assert not report.finished and report.counts["pending"] == 6 and report.counts["uncertain"] == 0
     assert "real-secret" not in str(report.error) + all_errors(settings)
-    shown = cli(project, "status", "--date", "2026-01-23")
+    shown = run_newsletter("status", "--date", "2026-01-23", cwd=project, env=KEY_ENV)
     assert "real-secret" not in shown.stdout + shown.stderr and "interrupted" in shown.stdout
 
 
@@ -121,6 +119,7 @@ def test_an_unsubscribe_during_a_retry_wait_is_honoured_by_the_retry(project: Pa
         assert conn.execute(select(db.batches.c.state, db.batches.c.size)).all() == [("sent", 2)]
 
 
+@pytest.mark.slow
 def test_retry_after_as_an_http_date_is_honoured(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["429"], retry_after=2, retry_after_as_date=True) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
@@ -132,6 +131,7 @@ def test_retry_after_as_an_http_date_is_honoured(project: Path) -> None:
     assert second.time - first.time >= 0.9
 
 
+@pytest.mark.slow
 def test_a_failing_heartbeat_stops_the_send_cleanly(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(send, "HEARTBEAT", timedelta(seconds=0.1))
     with FakeSendGrid(api_key=API_KEY, latency=0.5) as fake:
@@ -163,17 +163,13 @@ def test_a_body_that_cannot_be_built_marks_nothing_in_flight(project: Path) -> N
         assert conn.execute(select(db.batches)).all() == []
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_retry_wait_gives_the_batch_back(project: Path) -> None:
     log = project / "requests.jsonl"
     with FakeSendGrid(api_key=API_KEY, script=["429"], retry_after=60, log=log) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, send_concurrency=1)
         addresses = seed(settings, 3)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
-        env.update(PYTHONPATH=str(ROOT), SENDGRID_API_KEY=API_KEY)
-        sender = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", "send", "--date", "2026-01-23", "--yes"],
-            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        sender = start_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
         deadline = time.monotonic() + 60
         while not fake.records and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -183,13 +179,14 @@ def test_ctrl_c_during_a_retry_wait_gives_the_batch_back(project: Path) -> None:
         assert sender.returncode != 0 and "Traceback" not in stderr
         states = {state for state, _, _ in delivery_states(settings).values()}
         assert states == {"pending"}
-        resumed = cli(project, "send", "--date", "2026-01-23", "--yes")
+        resumed = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
         assert resumed.returncode == 0, resumed.stderr
     assert Counter(fake.delivered()) == Counter(addresses)
     with engine_of(settings).connect() as conn:
         assert sorted(conn.execute(select(db.batches.c.state)).scalars()) == ["returned", "sent"]
 
 
+@pytest.mark.slow
 def test_a_dry_run_of_a_resumed_send_writes_exactly_the_requests_the_resume_sends(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["202", "503"], keep_bodies=True) as fake:
         settings = settings_for(project, fake.url, batch_size=4, send_concurrency=1, max_retries=0)
@@ -221,6 +218,7 @@ def test_a_dry_run_of_a_new_send_uses_the_campaign_id_the_send_will_get(project:
     assert written == fake.records[0].body
 
 
+@pytest.mark.slow
 def test_status_reads_while_another_process_holds_the_write_lock(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
@@ -229,7 +227,7 @@ def test_status_reads_while_another_process_holds_the_write_lock(project: Path) 
     try:
         writer.execute("BEGIN IMMEDIATE")  # a long import, say
         started = time.monotonic()
-        shown = cli(project, "status", "--date", "2026-01-23", timeout=30)
+        shown = run_newsletter("status", "--date", "2026-01-23", cwd=project, env=KEY_ENV, timeout=30)
         assert shown.returncode == 0, shown.stderr
         assert time.monotonic() - started < 15 and "pending" in shown.stdout
     finally:
@@ -249,7 +247,7 @@ def test_status_shows_a_live_senders_batches_as_in_flight_not_uncertain(project:
         conn.execute(db.campaigns.update().values(claimed_by="42@sender#abc#def", claimed_at=now))
     live = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
     assert [b.id for b in live.in_flight_batches] == [batch] and live.uncertain_batches == []
-    shown = cli(project, "status", "--date", "2026-01-23")
+    shown = run_newsletter("status", "--date", "2026-01-23", cwd=project, env=KEY_ENV)
     assert "In flight (being sent by 42@sender)" in shown.stdout and "Uncertain" not in shown.stdout
 
     with engine_of(settings).begin() as conn:  # the sender went silent: it died

@@ -12,17 +12,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from PIL import Image
 
 from newsletter import db
 from newsletter.config import load_settings
-from newsletter.render import DARK, LIGHT
+from newsletter.content.render import DARK, LIGHT
 from newsletter.tokens import UnsubscribeLinks
 from testkit.projects import add_list, add_subscribers, engine_of, write_config
 from testkit.servers import serving
 
 from .support import CHROMIUM, require_chromium
 from .web import status_of
+
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
 
 def _png(colour: str) -> bytes:

@@ -6,10 +6,8 @@ line); the same command then sends the rest, nobody twice. A second signal stops
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,22 +22,14 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.fake_smtp import FakeSMTP
 from testkit.projects import API_KEY, configure, engine_of, seed
 
-from .send_helpers import SEND, cli, delivery_states
-from .support import ROOT
+from .send_helpers import KEY_ENV, SEND, delivery_states
+from .support import run_newsletter, start_newsletter
+
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
 NOW = "2026-01-22T20:00:00Z"  # 05:00 on the 23rd in Seoul: the run's day is the example digest's
 RUN = ["run", "--json"]
 LATENCY = 2.5  # seconds the provider takes to answer: the signal comes while a request is out
-
-
-def start(project: Path, args: list[str]) -> subprocess.Popen[str]:
-    """`python -m newsletter ARGS` as a process of its own, to be signalled."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_") and k != "SENDGRID_API_KEY"}
-    env.update(PYTHONPATH=str(ROOT), COLUMNS="200", SENDGRID_API_KEY=API_KEY)
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", *args],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
 
 
 def signal_at(request: int, sender: dict[str, subprocess.Popen[str]], number: signal.Signals, again_after: float | None = None):
@@ -81,7 +71,7 @@ def test_a_signal_during_the_daily_runs_send_records_the_answers_out_and_the_run
     with FakeSendGrid(api_key=API_KEY, latency=LATENCY, on_request=signal_at(2, sender, number)) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, now=NOW, batch_size=100, send_concurrency=2)
         readers = seed(settings, 450)
-        sender["process"] = start(project, RUN)
+        sender["process"] = start_newsletter(*RUN, cwd=project, env=KEY_ENV)
         out, err = sender["process"].communicate(timeout=120)
 
         assert sender["process"].returncode == daily.STOPPED == 7, err
@@ -99,7 +89,7 @@ def test_a_signal_during_the_daily_runs_send_records_the_answers_out_and_the_run
         assert [steps[name]["outcome"] for name in ("weekly", "sync", "purge")] == ["skipped"] * 3
         assert any("newsletter run --date 2026-01-23 resumes" in line for line in errors_in(err))
 
-        again = cli(project, *RUN)
+        again = run_newsletter(*RUN, cwd=project, env=KEY_ENV)
 
         assert again.returncode == 0, again.stderr
         assert json_line(again.stdout)["status"] == 0
@@ -117,7 +107,7 @@ def test_a_signal_during_send_over_smtp_records_the_messages_out_and_the_send_re
             project, provider="smtp", smtp_host="127.0.0.1", smtp_port=fake.port, smtp_security="none", send_concurrency=2
         )
         readers = seed(settings, 6)
-        sender["process"] = start(project, SEND)
+        sender["process"] = start_newsletter(*SEND, cwd=project, env=KEY_ENV)
         _out, err = sender["process"].communicate(timeout=120)
 
         assert sender["process"].returncode == 7, err
@@ -125,7 +115,7 @@ def test_a_signal_during_send_over_smtp_records_the_messages_out_and_the_send_re
         [error] = errors_in(err)
         assert f"stopped by {number.name}" in error and "run the same command again to resume" in error
 
-        again = cli(project, *SEND)
+        again = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
 
         assert again.returncode == 0, again.stderr
     assert states(settings) == {"sent": 6}
@@ -138,7 +128,7 @@ def test_a_provider_silent_past_read_timeout_leaves_its_readers_uncertain_and_th
     with FakeSendGrid(api_key=API_KEY, script=["hang"], hang=20, on_request=hook) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, now=NOW, batch_size=2, send_concurrency=1, read_timeout=2)
         seed(settings, 5)
-        sender["process"] = start(project, RUN)
+        sender["process"] = start_newsletter(*RUN, cwd=project, env=KEY_ENV)
         started = time.monotonic()
         out, err = sender["process"].communicate(timeout=120)
 
@@ -148,7 +138,7 @@ def test_a_provider_silent_past_read_timeout_leaves_its_readers_uncertain_and_th
         report = json_line(out)
         assert report["status"] == 6 and "stopped by SIGTERM" in report["error"]
 
-        again = cli(project, *RUN)
+        again = run_newsletter(*RUN, cwd=project, env=KEY_ENV)
 
         assert again.returncode == 6, again.stderr  # the uncertain readers still are
     assert states(settings) == {"uncertain": 2, "sent": 3}
@@ -161,7 +151,7 @@ def test_a_second_signal_stops_at_once_leaving_the_requests_out_uncertain(projec
     with FakeSendGrid(api_key=API_KEY, latency=10, on_request=hook) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, batch_size=2, send_concurrency=1)
         seed(settings, 5)
-        sender["process"] = start(project, SEND)
+        sender["process"] = start_newsletter(*SEND, cwd=project, env=KEY_ENV)
         started = time.monotonic()
         sender["process"].communicate(timeout=120)
 
@@ -169,7 +159,7 @@ def test_a_second_signal_stops_at_once_leaving_the_requests_out_uncertain(projec
         assert sender["process"].returncode in (-signal.SIGINT, 128 + signal.SIGINT)
         assert states(settings) == {"uncertain": 2, "pending": 3}
 
-        again = cli(project, *SEND)
+        again = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
 
         assert again.returncode == 0 and "1 batch(es) are uncertain" in again.stderr
     assert states(settings) == {"uncertain": 2, "sent": 3}

@@ -30,8 +30,8 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, add_subscribers, engine_of, write_config
 from testkit.servers import free_port, serving
 
-from .send_helpers import cli
-from .support import Chromium, require_chromium
+from .send_helpers import KEY_ENV
+from .support import Chromium, require_chromium, run_newsletter
 from .web import events_of, status_of
 
 _CONFIRM = re.compile(r"https?://[^\s\"<>]+/confirm/[^\s\"<>]+")
@@ -126,6 +126,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             yield Site(url, settings, fake, double, single, http, log)
 
 
+@pytest.mark.slow
 def test_the_form_works_without_javascript_and_is_accessible(site: Site) -> None:
     page = site.http.get(f"{site.url}/subscribe/papers")
     assert page.status_code == 200
@@ -139,6 +140,7 @@ def test_the_form_works_without_javascript_and_is_accessible(site: Site) -> None
     assert site.http.get(f"{site.url}/subscribe/no-such-list").status_code == 404
 
 
+@pytest.mark.slow
 def test_double_opt_in_confirm_then_one_welcome(site: Site) -> None:
     email = "new.reader@example.com"
     answer = site.sign_up(email, name="New Reader", frequency="weekly")
@@ -187,6 +189,7 @@ def test_single_opt_in_subscribes_and_welcomes_at_once(site: Site) -> None:
     assert "Welcome" in subject_of(mail)
 
 
+@pytest.mark.slow
 def test_every_address_state_gets_the_same_page(site: Site) -> None:
     states = {
         "state.new@example.com": None,
@@ -214,6 +217,7 @@ def test_every_address_state_gets_the_same_page(site: Site) -> None:
     assert len(site.mails_to("state.subscribed@example.com", expect=2, wait=2.5)) == 1
 
 
+@pytest.mark.slow
 def test_at_most_three_confirmations_a_day(site: Site) -> None:
     email = "eager@example.com"
     for n in range(5):
@@ -221,6 +225,7 @@ def test_at_most_three_confirmations_a_day(site: Site) -> None:
     assert len(site.mails_to(email, expect=4, wait=3)) == 3
 
 
+@pytest.mark.slow
 def test_the_daily_limits_are_per_address_whatever_the_lists(site: Site) -> None:
     email = "many.lists@example.com"
     for n, name in enumerate(["papers", "alpha", "beta"] * 2):
@@ -237,6 +242,7 @@ def test_the_daily_limits_are_per_address_whatever_the_lists(site: Site) -> None
     assert [subject_of(mail)[:7] for mail in site.mails_to(reader, expect=2, wait=3)] == ["이미 구독 중"]
 
 
+@pytest.mark.slow
 def test_a_client_over_its_hourly_rate_gets_the_same_page_and_no_mail(site: Site) -> None:
     client = "192.0.2.200"
     limit = site.settings.signup_rate_per_hour
@@ -255,6 +261,7 @@ def test_a_client_over_its_hourly_rate_gets_the_same_page_and_no_mail(site: Site
     assert len(site.mails_to("other.client@example.com", expect=1)) == 1
 
 
+@pytest.mark.slow
 def test_a_filled_honeypot_stores_and_sends_nothing_and_answers_as_a_person_would(site: Site) -> None:
     email, bot, person = "bot@example.com", "192.0.2.221", "192.0.2.222"
     caught = site.sign_up(email, client=bot, website="https://spam.example")
@@ -327,6 +334,7 @@ def test_an_expired_link_offers_a_fresh_one(site: Site) -> None:
     assert status_of(site.settings, site.double, sid) == db.SUBSCRIBED
 
 
+@pytest.mark.slow
 def test_a_fresh_link_past_the_days_limit_says_so(site: Site) -> None:
     sid, email = _unconfirmed(site, "used.up@example.com")
     old = ConfirmLinks(site.settings).url(site.double, sid, email, datetime.now(timezone.utc) - timedelta(days=8))
@@ -337,6 +345,7 @@ def test_a_fresh_link_past_the_days_limit_says_so(site: Site) -> None:
     assert len(site.mails_to(email, expect=4, wait=2)) == 3
 
 
+@pytest.mark.slow
 def test_a_confirmation_link_ends_after_its_days_whatever_the_readers_status(site: Site) -> None:
     (sid,) = add_subscribers(site.settings, site.double, ["long.subscribed@example.com"])
     links = ConfirmLinks(site.settings)
@@ -389,6 +398,7 @@ def test_nul_in_a_field_or_the_path_is_a_400_never_a_500(site: Site) -> None:
             assert answer.status_code == 400, path
 
 
+@pytest.mark.slow
 def test_two_confirms_at_the_same_moment_send_one_welcome(site: Site) -> None:
     email = "twice@example.com"
     site.sign_up(email, client="192.0.2.60")
@@ -453,14 +463,15 @@ def test_the_unsubscribe_page_offers_weekly_instead(site: Site) -> None:
     assert 'action="../preferences/' not in site.http.get(f"{site.url}/unsubscribe/{token}").text
 
 
+@pytest.mark.slow
 def test_an_import_can_require_confirmation(site: Site) -> None:
     folder = site.settings.config_dir
     add_subscribers(site.settings, site.double, ["already.in@example.com"])
     (folder / "readers.csv").write_text(
         "email,name\nimported.one@example.com,One\nimported.two@example.com,Two\nalready.in@example.com,\n"
     )
-    done = cli(folder, "--config", str(folder / "newsletter.toml"), "subscribers", "import", "readers.csv",
-               "--list", "papers", "--require-confirmation")  # fmt: skip
+    done = run_newsletter("--config", str(folder / "newsletter.toml"), "subscribers", "import", "readers.csv",
+                          "--list", "papers", "--require-confirmation", cwd=folder, env=KEY_ENV)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Confirmation mails sent: 2 of 2" in done.stderr
     for email in ("imported.one@example.com", "imported.two@example.com"):
@@ -472,12 +483,16 @@ def test_an_import_can_require_confirmation(site: Site) -> None:
     # Without the option the operator vouches: an unconfirmed sign-up in the file is subscribed.
     (sid,) = add_subscribers(site.settings, site.double, ["vouched@example.com"], db.UNCONFIRMED)
     (folder / "vouched.csv").write_text("email\nvouched@example.com\n")
-    done = cli(folder, "--config", str(folder / "newsletter.toml"), "subscribers", "import", "vouched.csv", "--list", "papers")
+    done = run_newsletter(
+        "--config", str(folder / "newsletter.toml"), "subscribers", "import", "vouched.csv", "--list", "papers",
+        cwd=folder, env=KEY_ENV,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert status_of(site.settings, site.double, sid) == db.SUBSCRIBED
     assert site.mails_to("vouched@example.com", expect=1, wait=1) == []
 
 
+@pytest.mark.slow
 def test_a_reader_signs_up_and_confirms_in_chromium(site: Site, tmp_path_factory: pytest.TempPathFactory) -> None:
     shots = tmp_path_factory.getbasetemp() / "screenshots"
     shots.mkdir(exist_ok=True)
@@ -521,6 +536,7 @@ def test_a_reader_signs_up_and_confirms_in_chromium(site: Site, tmp_path_factory
     assert ["Welcome" in subject_of(m) for m in mails] == [False, True]
 
 
+@pytest.mark.slow
 def test_a_mail_the_server_cannot_send_stays_pending_for_the_next_try(tmp_path: Path) -> None:
     # No API key: the sign-up is recorded, and its confirmation mail is not lost in flight.
     config = write_config(tmp_path)
@@ -542,6 +558,7 @@ def test_a_mail_the_server_cannot_send_stays_pending_for_the_next_try(tmp_path: 
     assert membership(settings, 1, "early@example.com").status == db.UNCONFIRMED
 
 
+@pytest.mark.slow  # it reads the log the tests above leave, most of them slow: it runs with them
 def test_the_servers_log_holds_no_address_and_no_token(site: Site) -> None:
     # Last in the module: by now the server has answered every kind of request above, refused a
     # client over its rate and failed to send nothing.
@@ -570,3 +587,35 @@ def test_the_log_filter_takes_addresses_and_tokens_out_of_messages_and_traceback
     written = stream.getvalue()
     assert "Traceback" in written and "duplicate key" in written
     assert "example.com" not in written.casefold() and token not in written and "A" * 43 not in written
+
+
+@pytest.mark.slow
+def test_a_server_stopped_mid_queue_sends_every_mail_it_claimed_and_the_next_one_the_rest(tmp_path: Path) -> None:
+    port, readers = free_port(), 300
+    with FakeSendGrid(api_key=API_KEY, latency=0.01) as fake:
+        config = write_config(
+            tmp_path, base_url=f"http://127.0.0.1:{port}", sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY,
+            send_rate_limit=1000.0, signup_rate_per_hour=100_000,
+        )  # fmt: skip
+        settings = load_settings(config)
+        with engine_of(settings).begin() as conn:
+            create_list(conn, "papers", now=settings.clock())
+        m = db.messages.c
+        for attempt in range(2):
+            with serving(config, port=port) as url, httpx.Client(timeout=30) as http:
+                if attempt == 0:
+                    for n in range(readers):
+                        http.post(f"{url}/subscribe/papers", data={"email": f"queued{n}@example.com"})
+                    while not fake.delivered():  # the queue is being taken: stop the server now
+                        time.sleep(0.01)
+                else:
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and len(fake.delivered()) < readers:
+                        time.sleep(0.05)
+            # Stopped (SIGTERM): every mail claimed went out; the rest of the queue waits.
+            with engine_of(settings).connect() as conn:
+                states = dict(conn.execute(select(m.state, func.count()).group_by(m.state)).all())
+                queued = conn.execute(select(func.count()).select_from(db.signup_requests)).scalar_one()
+            assert set(states) <= {db.SENT} and states.get(db.SENT, 0) == len(fake.delivered())
+            assert states.get(db.SENT, 0) + queued == readers
+    assert sorted(fake.delivered()) == sorted(f"queued{n}@example.com" for n in range(readers))

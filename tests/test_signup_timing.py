@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from newsletter import db
 from newsletter.config import load_settings
@@ -24,6 +25,8 @@ from newsletter.subscribers import create_list
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, add_subscribers, engine_of, write_config
 from testkit.servers import free_port, serving
+
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
 ADDRESSES = 200
 SPLITS = 20

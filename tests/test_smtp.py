@@ -43,7 +43,8 @@ from testkit.fake_smtp import DROP, HANG, FakeSMTP, delivered_from_log
 from testkit.projects import LIST, add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import SEND, cli, delivery_states, kill_at_random, plan_for, start_sender
+from .send_helpers import KEY_ENV, SEND, delivery_states, kill_at_random, plan_for
+from .support import run_newsletter, start_newsletter
 
 # The fake server logs in over plain connections on purpose (smtp_security = "none" with a login).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -170,6 +171,7 @@ def test_several_connections_each_carry_many_messages() -> None:
     assert min(per_connection.values()) >= 10
 
 
+@pytest.mark.slow
 def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
     with FakeSMTP(idle_timeout=0.3) as fake:
         provider = SMTP(smtp_settings(fake.port, send_concurrency=1))
@@ -421,6 +423,7 @@ def test_readers_with_unusual_names_and_addresses_get_their_message(project: Pat
     assert "does not offer SMTPUTF8" in (delivery_states(settings)["josé@example.com"][2] or "")
 
 
+@pytest.mark.slow
 def test_temporary_refusals_are_retried_then_sent(project: Path) -> None:
     with FakeSMTP(greylist=2, script=["250", "451"]) as fake:
         settings = smtp_project(project, fake.port, send_concurrency=1)
@@ -449,6 +452,7 @@ def test_a_lost_reply_to_data_makes_that_reader_uncertain_and_stops_the_send(pro
     assert Counter(fake.delivered()) == Counter(addresses)  # the lost one did arrive, once
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_stops_the_send_with_everyone_pending_and_the_same_command_resumes(project: Path) -> None:
     port = free_port()
     settings = smtp_project(project, port, max_retries=1)
@@ -475,20 +479,22 @@ def test_a_refused_login_stops_the_send_with_everyone_pending(project: Path, mon
     assert set(states_by_address(settings).values()) == {"pending"}
 
 
+@pytest.mark.slow
 def test_an_smtp_login_without_its_password_stops_before_anything_is_sent(project: Path) -> None:
     with FakeSMTP() as fake:
         settings = smtp_project(project, fake.port, smtp_username="sender")
         seed(settings, 2)
-        run = cli(project, *SEND)
+        run = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
     assert run.returncode == 1
     assert "NEWSLETTER_SMTP_PASSWORD is not set" in run.stderr
     assert fake.received == [] and set(states_by_address(settings).values()) <= {"pending"}
 
 
+@pytest.mark.slow
 def test_a_dry_run_writes_each_readers_message(project: Path) -> None:
     settings = smtp_project(project, free_port())
     seed(settings, 3)
-    run = cli(project, *SEND, "--dry-run")
+    run = run_newsletter(*SEND, "--dry-run", cwd=project, env=KEY_ENV)
     assert run.returncode == 0, run.stderr
     outbox = project / "outbox" / "2026-01-23"
     files = sorted(outbox.glob("batch-*.eml"))
@@ -506,6 +512,7 @@ def test_a_dry_run_writes_each_readers_message(project: Path) -> None:
 # -- killed senders ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sender_killed_before_the_reply_to_data_resumes_without_resending_that_reader(project: Path) -> None:
     sender: dict[str, subprocess.Popen[str]] = {}
 
@@ -518,23 +525,24 @@ def test_a_sender_killed_before_the_reply_to_data_resumes_without_resending_that
     with FakeSMTP(log=log, on_message=kill_at_the_fifth_message) as fake:
         settings = smtp_project(project, fake.port, send_concurrency=1)
         addresses = seed(settings, 12)
-        sender["process"] = start_sender(project)
+        sender["process"] = start_newsletter(*SEND, cwd=project, env=KEY_ENV)
         sender["process"].wait(120)
         assert sender["process"].returncode == -9
 
-        resumed = cli(project, *SEND)
+        resumed = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
         assert resumed.returncode == 0, resumed.stderr
         assert "1 batch(es) are uncertain" in resumed.stderr
         states = states_by_address(settings)
         assert [a for a, state in states.items() if state == "uncertain"] == ["u5@example.com"]
         assert delivered_from_log(log) == Counter(addresses)
 
-        resent = cli(project, *SEND, "--resend-uncertain")
+        resent = run_newsletter(*SEND, "--resend-uncertain", cwd=project, env=KEY_ENV)
         assert resent.returncode == 0, resent.stderr
     assert set(states_by_address(settings).values()) == {"sent"}
     assert delivered_from_log(log) == Counter(addresses) + Counter(["u5@example.com"])
 
 
+@pytest.mark.slow
 def test_many_random_kills_never_deliver_twice_and_leave_every_reader_recorded(project: Path) -> None:
     seed_value = int(os.environ.get("CRASH_SEED", time.time_ns()))  # CRASH_SEED=… replays a run
     rng = random.Random(seed_value)
@@ -546,7 +554,7 @@ def test_many_random_kills_never_deliver_twice_and_leave_every_reader_recorded(p
         print(f"CRASH_SEED={seed_value}: {kills} kills")
         assert kills >= 10, f"only {kills} kills before the send finished"
 
-        final = cli(project, *SEND)
+        final = run_newsletter(*SEND, cwd=project, env=KEY_ENV)
         assert final.returncode == 0, final.stderr
 
         states = states_by_address(settings)
@@ -561,7 +569,7 @@ def test_many_random_kills_never_deliver_twice_and_leave_every_reader_recorded(p
         assert states["u77@example.com"] in ("failed", "uncertain")
         assert "u77@example.com" not in received
 
-        resent = cli(project, *SEND, "--resend-uncertain")
+        resent = run_newsletter(*SEND, "--resend-uncertain", cwd=project, env=KEY_ENV)
         assert resent.returncode == 0, resent.stderr
     after = states_by_address(settings)
     assert {a for a, state in after.items() if state != "sent"} <= {"u77@example.com"}

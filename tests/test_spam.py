@@ -20,6 +20,8 @@ from testkit.projects import write_config
 
 from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
 
+pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
+
 SPAM_RULES_REFUSED = ("HTML_FONT_LOW_CONTRAST", "LONGLN_", "BASE64_LENGTH_", "MIME_QP_LONG_LINE")
 
 

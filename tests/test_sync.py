@@ -111,6 +111,7 @@ def _sync_state(settings: Settings) -> dict[str, int]:
         return dict(conn.execute(select(db.sync_state.c.kind, db.sync_state.c.last_created)).all())
 
 
+@pytest.mark.slow
 def test_sync_against_the_spec_with_prism(tmp_path: Path) -> None:
     with prism("tsg_suppressions_v3.json") as url:
         config = write_config(tmp_path, sendgrid_api_url=url)
@@ -137,7 +138,7 @@ def test_sync_against_the_spec_with_prism(tmp_path: Path) -> None:
         assert status_of(settings, daily, example) == db.BOUNCED
         assert status_of(settings, daily, bystander) == db.SUBSCRIBED
         assert [source for *_, source in events_of(settings, user2)] == [
-            "sendgrid_sync"
+            "provider_sync"
         ] * 2  # unsubscribed, complained
         assert _sync_state(settings) == {
             "unsubscribes": 1443651154,
@@ -155,6 +156,7 @@ def test_sync_against_the_spec_with_prism(tmp_path: Path) -> None:
         assert len(events_of(settings, user1)) == 4  # daily and weekly: unsubscribed, then complained
 
 
+@pytest.mark.slow
 def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) -> None:
     settings = _settings(tmp_path, fake.url)
     daily = add_list(settings, "daily-papers")
@@ -191,6 +193,7 @@ def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) 
     assert _sync_state(settings)["unsubscribes"] == newest + 12
 
 
+@pytest.mark.slow
 def test_statuses_only_get_stronger_and_unknown_addresses_are_counted(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:
@@ -208,9 +211,10 @@ def test_statuses_only_get_stronger_and_unknown_addresses_are_counted(
     assert status_of(settings, weekly, complainer) == db.UNSUBSCRIBED
     assert status_of(settings, daily, odd) == db.BOUNCED
     assert results["spam_reports"].unknown == 1
-    assert events_of(settings, odd) == [(daily, db.BOUNCED, db.SUBSCRIBED, "sendgrid_sync")]
+    assert events_of(settings, odd) == [(daily, db.BOUNCED, db.SUBSCRIBED, "provider_sync")]
 
 
+@pytest.mark.slow
 def test_a_missing_api_key_is_one_clear_error_and_asks_nothing(tmp_path: Path, fake: FakeSendGrid) -> None:
     config = write_config(tmp_path, sendgrid_api_url=fake.url)
     settings = load_settings(config)
@@ -222,6 +226,7 @@ def test_a_missing_api_key_is_one_clear_error_and_asks_nothing(tmp_path: Path, f
     assert fake.requests == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_key_stops_the_sync_without_showing_the_key(
     tmp_path: Path, fake: FakeSendGrid, status: int
@@ -234,6 +239,7 @@ def test_a_refused_key_stops_the_sync_without_showing_the_key(
     assert len(fake.requests) == 1  # no retry: every later request would be refused too
 
 
+@pytest.mark.slow
 def test_rate_limits_and_server_errors_are_retried(tmp_path: Path, fake: FakeSendGrid) -> None:
     settings = _settings(tmp_path, fake.url, max_retries=2)
     daily = add_list(settings, "daily-papers")
@@ -246,6 +252,7 @@ def test_rate_limits_and_server_errors_are_retried(tmp_path: Path, fake: FakeSen
     assert status_of(settings, daily, reader) == db.BOUNCED
 
 
+@pytest.mark.slow
 def test_an_interrupted_sync_loses_nothing(tmp_path: Path, fake: FakeSendGrid) -> None:
     settings = _settings(tmp_path, fake.url, max_retries=0)
     daily = add_list(settings, "daily-papers")
@@ -265,10 +272,11 @@ def test_an_interrupted_sync_loses_nothing(tmp_path: Path, fake: FakeSendGrid) -
     assert (unsubscribes.fetched, unsubscribes.changed) == (700, 200)
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
     with engine_of(settings).connect() as conn:
-        logged = conn.execute(select(func.count()).where(db.events.c.source == "sendgrid_sync")).scalar_one()
+        logged = conn.execute(select(func.count()).where(db.events.c.source == "provider_sync")).scalar_one()
     assert logged == 700
 
 
+@pytest.mark.slow
 def test_a_key_from_a_crlf_env_file_is_sent_without_its_line_break(
     tmp_path: Path, fake: FakeSendGrid
 ) -> None:
@@ -278,6 +286,7 @@ def test_a_key_from_a_crlf_env_file_is_sent_without_its_line_break(
     assert {authorization for _, _, authorization in fake.requests} == {f"Bearer {API_KEY}"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "bad_key", [API_KEY[:8] + "\r" + API_KEY[8:], API_KEY + "키"], ids=["CR inside", "non-ASCII"]
 )

@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from newsletter import db
@@ -17,7 +18,8 @@ from testkit.fake_sendgrid import DROP, FakeSendGrid
 from testkit.projects import API_KEY, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import cli, settings_for
+from .send_helpers import KEY_ENV, settings_for
+from .support import run_newsletter
 
 MESSAGE = Message("Please confirm", "<p>Confirm</p>", "Confirm", "papers@example.com", "Daily Papers")
 
@@ -32,6 +34,7 @@ def rows(settings) -> list[tuple[str, str, str | None]]:
         return [tuple(row) for row in conn.execute(select(m.key, m.state, m.message_id).order_by(m.id))]
 
 
+@pytest.mark.slow
 def test_a_message_goes_out_once_however_often_it_is_asked_for(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url)
@@ -43,6 +46,7 @@ def test_a_message_goes_out_once_however_often_it_is_asked_for(project: Path) ->
     assert rows(settings) == [(confirmation().key, "sent", first.message_id)]
 
 
+@pytest.mark.slow
 def test_callers_at_the_same_moment_send_it_once(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, latency=0.2) as fake:
         settings = settings_for(project, fake.url)
@@ -63,6 +67,7 @@ def test_callers_at_the_same_moment_send_it_once(project: Path) -> None:
     assert {outcome.state for outcome in outcomes if not outcome.sent_now} <= {"sent", "uncertain"}
 
 
+@pytest.mark.slow
 def test_a_lost_answer_is_uncertain_and_never_sent_again(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=[DROP]) as fake:
         settings = settings_for(project, fake.url, max_retries=0)
@@ -85,6 +90,7 @@ def test_a_crash_after_the_request_left_leaves_it_uncertain(project: Path) -> No
     assert (outcome.state, outcome.sent_now) == ("uncertain", False) and fake.records == []
 
 
+@pytest.mark.slow
 def test_nothing_sent_leaves_it_pending_and_a_later_try_sends_it(project: Path) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     settings = settings_for(project, down, max_retries=0)
@@ -96,6 +102,7 @@ def test_nothing_sent_leaves_it_pending_and_a_later_try_sends_it(project: Path) 
     assert (sent.state, sent.sent_now) == ("sent", True) and fake.delivered() == ["ann@example.com"]
 
 
+@pytest.mark.slow
 def test_a_refused_address_is_failed_with_the_providers_reason(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, reject={"ann@example.com"}) as fake:
         settings = settings_for(project, fake.url)
@@ -105,12 +112,14 @@ def test_a_refused_address_is_failed_with_the_providers_reason(project: Path) ->
     assert (again.state, again.sent_now) == ("failed", False) and len(fake.records) == 1
 
 
+@pytest.mark.slow
 def test_a_test_send_is_a_message_per_address_and_no_delivery_of_the_issue(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, keep_bodies=True) as fake:
         settings = settings_for(project, fake.url)
         seed(settings, 3)
-        first = cli(project, "send", "--date", "2026-01-23", "--to", "u2@example.com", "--to", "guest@example.org", "--yes")
-        second = cli(project, "send", "--date", "2026-01-23", "--to", "guest@example.org", "--yes")
+        to = ("--to", "u2@example.com", "--to", "guest@example.org")
+        first = run_newsletter("send", "--date", "2026-01-23", *to, "--yes", cwd=project, env=KEY_ENV)
+        second = run_newsletter("send", "--date", "2026-01-23", *to[2:], "--yes", cwd=project, env=KEY_ENV)
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
     assert "✓ u2@example.com: sent by SendGrid" in first.stdout and "✓ guest@example.org" in first.stdout

@@ -75,6 +75,7 @@ def _member(
     return subscriber_id, f"{site.url}/unsubscribe/{site.links.token(site.list_id, subscriber_id, email)}"
 
 
+@pytest.mark.slow
 def test_get_shows_a_confirmation_page_and_changes_nothing(site: Site, client: httpx.Client) -> None:
     subscriber_id, url = _member(site, "reader.get@example.com")
     for _ in range(3):  # a mail scanner, a link preview, the reader
@@ -326,6 +327,7 @@ def _link_signed_before_addresses_were(list_id: int, subscriber_id: int) -> str:
     return signer.sign(f"{list_id:x}.{subscriber_id:x}").decode("ascii")  # below 10, base 16 is base 36
 
 
+@pytest.mark.slow
 def test_links_already_in_inboxes_keep_working_after_the_upgrade(tmp_path: Path) -> None:
     """Never lose an unsubscribe: links sent before the signature covered the address still work,
     for the subscribers who existed then, and for no one added since."""
@@ -356,6 +358,7 @@ def test_a_new_database_accepts_no_link_signed_the_old_way(site: Site, client: h
     assert status_of(site.settings, site.list_id, subscriber_id) == db.SUBSCRIBED
 
 
+@pytest.mark.slow
 def test_links_signed_with_a_rotated_out_key_still_work(tmp_path: Path) -> None:
     old_settings = load_settings(write_config(tmp_path, secret_key="the-old-signing-key"))
     list_id = add_list(old_settings, "daily-papers")
@@ -367,6 +370,7 @@ def test_links_signed_with_a_rotated_out_key_still_work(tmp_path: Path) -> None:
     assert status_of(old_settings, list_id, subscriber_id) == db.UNSUBSCRIBED
 
 
+@pytest.mark.slow
 def test_unsubscribes_arriving_while_an_import_writes(site: Site) -> None:
     """Another process's write transactions delay the answers; none is lost or refused."""
     readers = [f"busy{n}@example.com" for n in range(40)]

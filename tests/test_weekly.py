@@ -18,20 +18,20 @@ import pytest
 from sqlalchemy import select
 
 from newsletter import db, send
-from newsletter.checks import SIZE_LIMIT_BYTES, run_checks
+from newsletter.content.checks import SIZE_LIMIT_BYTES, run_checks
 from newsletter.config import Settings
-from newsletter.digest import load_week
-from newsletter.edition import DAILY, WEEKLY, Edition
+from newsletter.content.digest import load_week
+from newsletter.content.edition import DAILY, WEEKLY, Edition
 from newsletter.errors import DigestError
 from newsletter.membership import set_frequency
-from newsletter.render import render_issue, wording_for
+from newsletter.content.render import render_issue, wording_for
 from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, add_subscribers, configure, engine_of, seed
 from testkit.servers import serving
 
-from .send_helpers import cli
-from .support import EXAMPLE_DIGEST, write_thumbnails
+from .send_helpers import KEY_ENV
+from .support import EXAMPLE_DIGEST, run_newsletter, write_thumbnails
 from .test_spam import SPAM_RULES_REFUSED, spamassassin
 
 WEEK = Edition.parse_week("2026-W04")  # Monday 2026-01-19 to Sunday 2026-01-25
@@ -147,15 +147,16 @@ def test_an_iso_week_is_parsed_strictly() -> None:
     assert (DAILY, WEEKLY) == (db.DAILY, db.WEEKLY) and db.FREQUENCIES == (DAILY, WEEKLY)
 
 
+@pytest.mark.slow
 def test_bad_week_options_are_one_usage_error_naming_the_option(project: Path) -> None:
     configure(project)
     for command in ("render", "check", "publish", "send", "status", "report"):
         for week in ("2026W4", "2026-W54"):
-            done = cli(project, command, "--week", week)
+            done = run_newsletter(command, "--week", week, cwd=project, env=KEY_ENV)
             assert done.returncode == 2, (command, done.stderr)
             [error] = [line for line in done.stderr.splitlines() if "Error" in line]
             assert "'--week'" in error and week in error
-    both = cli(project, "send", "--date", "2026-01-23", "--week", "2026-W04", "--yes")
+    both = run_newsletter("send", "--date", "2026-01-23", "--week", "2026-W04", "--yes", cwd=project, env=KEY_ENV)
     assert both.returncode == 2 and "give --date or --week, not both" in both.stderr
 
 
@@ -189,7 +190,7 @@ def test_a_paper_counts_once_with_its_most_upvotes_and_its_first_day(project: Pa
 
 def test_a_week_without_digests_is_one_error_naming_the_folder_and_its_days(project: Path) -> None:
     configure(project)
-    done = cli(project, "render", "--week", "2026-W05")
+    done = run_newsletter("render", "--week", "2026-W05", cwd=project, env=KEY_ENV)
     assert done.returncode == 1
     [error] = done.stderr.strip().splitlines()
     assert error.startswith("error: no digest for week 2026-W05 (2026-01-26 to 2026-02-01)")
@@ -246,6 +247,7 @@ def test_a_week_is_named_in_the_digests_language() -> None:
 # -- sending -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_daily_issues_reach_daily_members_and_the_weekly_edition_weekly_members_once(project: Path) -> None:
     write_week(project)
     with FakeSendGrid(api_key=API_KEY, keep_bodies=True) as fake:
@@ -254,11 +256,11 @@ def test_daily_issues_reach_daily_members_and_the_weekly_edition_weekly_members_
         weekly = ["w1@example.com", "w2@example.com"]
         make_weekly(settings, weekly)
 
-        day = cli(project, "send", "--date", "2026-01-23", "--yes")
+        day = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
         assert day.returncode == 0, day.stderr
         assert sorted(fake.delivered()) == daily
 
-        dry = cli(project, "send", "--week", "2026-W04", "--dry-run", "--yes")
+        dry = run_newsletter("send", "--week", "2026-W04", "--dry-run", "--yes", cwd=project, env=KEY_ENV)
         assert dry.returncode == 0, dry.stderr
         outbox = project / "outbox" / "2026-W04"
         assert str(outbox) in dry.stdout.replace("\n", "") and "2 subscribed weekly member(s)" in dry.stdout
@@ -268,12 +270,12 @@ def test_daily_issues_reach_daily_members_and_the_weekly_edition_weekly_members_
         assert message["Subject"] == "주간 논문 2026년 1월 19일–25일 — EvoCUA 외 9편"
         assert len(fake.records) == 1  # the dry run sent nothing
 
-        week = cli(project, "send", "--week", "2026-W04", "--yes")
+        week = run_newsletter("send", "--week", "2026-W04", "--yes", cwd=project, env=KEY_ENV)
         assert week.returncode == 0, week.stderr
         assert sorted(fake.delivered()) == sorted(daily + weekly)  # each once
         assert fake.records[1].body["subject"] == message["Subject"]
 
-        again = cli(project, "send", "--week", "2026-W04", "--yes")
+        again = run_newsletter("send", "--week", "2026-W04", "--yes", cwd=project, env=KEY_ENV)
         assert again.returncode == 0 and "Nothing to do: the 2026-W04 weekly edition to list 'daily-papers' was sent" in again.stdout
         assert len(fake.records) == 2
 
@@ -285,15 +287,15 @@ def test_daily_issues_reach_daily_members_and_the_weekly_edition_weekly_members_
     weekly_id = campaigns[1].id
     assert [(r.email, r.state) for r in readers if r.campaign_id == weekly_id] == [(e, "sent") for e in weekly]
 
-    status = cli(project, "status", "--week", "2026-W04")
+    status = run_newsletter("status", "--week", "2026-W04", cwd=project, env=KEY_ENV)
     assert status.returncode == 0, status.stderr
     assert f"Campaign #{weekly_id}: the 2026-W04 weekly edition to list 'daily-papers'" in status.stdout
     assert "finished" in status.stdout and re.search(r"sent\s+│\s+2 ", status.stdout)
-    latest = cli(project, "status")  # the latest issue: the week's edition, dated by its Sunday
+    latest = run_newsletter("status", cwd=project, env=KEY_ENV)  # the latest issue: the week's edition, dated by its Sunday
     assert f"Campaign #{weekly_id}:" in latest.stdout
 
     # The email's "view in browser" and "read the abstract" links land on the published week.
-    published = cli(project, "publish", "--week", "2026-W04")
+    published = run_newsletter("publish", "--week", "2026-W04", cwd=project, env=KEY_ENV)
     assert published.returncode == 0, published.stderr
     assert "Published the 2026-W04 weekly edition: http://127.0.0.1:8000/2026-W04/" in published.stdout
     page = lxml.html.fromstring((project / "public" / "2026-W04" / "index.html").read_text(encoding="utf-8"))
@@ -303,17 +305,18 @@ def test_daily_issues_reach_daily_members_and_the_weekly_edition_weekly_members_
     assert "2026-W04/" in (project / "public" / "index.html").read_text(encoding="utf-8")
 
     # The report keys the weekly edition by its week; --week also selects the week's daily issues.
-    report = cli(project, "report", "--week", "2026-W04", "--json")
+    report = run_newsletter("report", "--week", "2026-W04", "--json", cwd=project, env=KEY_ENV)
     assert report.returncode == 0, report.stderr
     daily_issue, weekly_issue = json.loads(report.stdout)["issues"]
     assert (daily_issue["date"], daily_issue["edition"], daily_issue["sent"]) == ("2026-01-23", DAILY, 2)
     assert "date" not in weekly_issue
     assert (weekly_issue["week"], weekly_issue["edition"], weekly_issue["sent"]) == ("2026-W04", WEEKLY, 2)
     assert [(p["rank"], p["url"]) for p in weekly_issue["papers"]] == [(n, url) for n, (url, _, _) in enumerate(TOP, 1)]
-    newest = json.loads(cli(project, "report", "--json").stdout)["issues"]
+    newest = json.loads(run_newsletter("report", "--json", cwd=project, env=KEY_ENV).stdout)["issues"]
     assert [i.get("week") for i in newest] == ["2026-W04"]
 
 
+@pytest.mark.slow
 def test_a_member_who_switches_before_their_batch_gets_the_other_edition_instead(project: Path) -> None:
     write_week(project)
     with FakeSendGrid(api_key=API_KEY) as fake:
@@ -334,12 +337,13 @@ def test_a_member_who_switches_before_their_batch_gets_the_other_edition_instead
     assert state.skipped == {"switched to the weekly edition before sending": 1}
 
 
+@pytest.mark.slow
 def test_spamassassin_finds_nothing_to_hold_against_the_weekly_edition(project: Path, tmp_path: Path) -> None:
     write_week(project)
     settings = configure(project, outbox_dir=str(project / "outbox"))
     seed(settings, 0)
     make_weekly(settings, ["reader@example.com"])
-    done = cli(project, "send", "--week", "2026-W04", "--dry-run", "--yes")
+    done = run_newsletter("send", "--week", "2026-W04", "--dry-run", "--yes", cwd=project, env=KEY_ENV)
     assert done.returncode == 0, done.stderr
 
     score, rules, report = spamassassin((project / "outbox" / "2026-W04" / "first-recipient.eml").read_bytes(), tmp_path)
@@ -347,6 +351,7 @@ def test_spamassassin_finds_nothing_to_hold_against_the_weekly_edition(project: 
     assert not [rule for rule in rules if rule.startswith(SPAM_RULES_REFUSED)], report
 
 
+@pytest.mark.slow
 def test_a_reader_who_switches_on_their_preferences_page_gets_the_weekly_edition_only(project: Path) -> None:
     write_week(project)
     with FakeSendGrid(api_key=API_KEY) as fake:
@@ -356,12 +361,13 @@ def test_a_reader_who_switches_on_their_preferences_page_gets_the_weekly_edition
         with serving(project / "newsletter.toml") as url, httpx.Client(timeout=30) as http:
             assert http.post(f"{url}/preferences/{token}", data={"frequency": "weekly"}).status_code == 200
 
-        assert cli(project, "send", "--date", "2026-01-23", "--yes").returncode == 0
+        assert run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV).returncode == 0
         assert fake.delivered() == ["u2@example.com"]
-        assert cli(project, "send", "--week", "2026-W04", "--yes").returncode == 0
+        assert run_newsletter("send", "--week", "2026-W04", "--yes", cwd=project, env=KEY_ENV).returncode == 0
         assert fake.delivered() == ["u2@example.com", "u1@example.com"]
 
 
+@pytest.mark.slow
 def test_on_weekly_day_a_reader_who_switches_during_either_send_gets_one_of_the_two_issues_once(project: Path) -> None:
     # Sunday: the run sends the day's issue, then the week's edition. During the daily send w1
     # (weekly) switches to daily, after the daily snapshot left them out: they get the weekly
@@ -380,13 +386,13 @@ def test_on_weekly_day_a_reader_who_switches_during_either_send_gets_one_of_the_
         with engine_of(settings).begin() as conn:  # everyone joined days before
             conn.execute(db.memberships.update().values(updated_at=settings.clock() - timedelta(days=3)))
 
-        done = cli(project, "run", "--json")
+        done = run_newsletter("run", "--json", cwd=project, env=KEY_ENV)
 
         assert done.returncode == 0, done.stderr
         sent = [(record.emails, "주간" in record.body["subject"]) for record in fake.records]
         assert sent == [(["u1@example.com"], False), (["u2@example.com"], True), (["w2@example.com"], True), (["w1@example.com"], True)]
 
-        again = cli(project, "run", "--json")
+        again = run_newsletter("run", "--json", cwd=project, env=KEY_ENV)
 
         assert again.returncode == 0, again.stderr
         assert len(fake.records) == 4
@@ -396,6 +402,7 @@ def test_on_weekly_day_a_reader_who_switches_during_either_send_gets_one_of_the_
     assert weekly.counts[db.SENT] == 3 and not weekly.skipped
 
 
+@pytest.mark.slow
 def test_a_weekly_edition_sent_first_leaves_the_days_issue_to_who_switched_to_weekly_after_it(project: Path) -> None:
     # The reverse order (the week's edition sent by hand before Sunday's issue): u1 switches to
     # weekly after the weekly snapshot left them out, and gets Sunday's daily issue; a reader who
@@ -408,11 +415,11 @@ def test_a_weekly_edition_sent_first_leaves_the_days_issue_to_who_switched_to_we
         seed(settings, 2)  # u1, u2: daily
         make_weekly(settings, ["w1@example.com"])
 
-        week = cli(project, "send", "--week", "2026-W04", "--yes")
+        week = run_newsletter("send", "--week", "2026-W04", "--yes", cwd=project, env=KEY_ENV)
         assert week.returncode == 0, week.stderr
         add_subscribers(settings, 1, ["new@example.com"])
         make_weekly(settings, ["new-weekly@example.com"])
-        day = cli(project, "send", "--date", "2026-01-25", "--yes")
+        day = run_newsletter("send", "--date", "2026-01-25", "--yes", cwd=project, env=KEY_ENV)
         assert day.returncode == 0, day.stderr
 
     assert fake.delivered() == ["w1@example.com", "u2@example.com", "new@example.com", "u1@example.com"]

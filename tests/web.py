@@ -72,7 +72,7 @@ def batch_with_unstorable_text(
 
 # What the batch above leaves in webhook_events and campaign_stats (text escaped, nothing dropped).
 UNSTORABLE_EVENT_IDS = {"mixed-unsubscribe", "mixed-nul-\\u0000", "mixed-bounce", "mixed-\\ud800", "mixed-delivered"}
-UNSTORABLE_COUNTS = {"unsubscribe": 1, "spamreport": 1, "bounce": 1, "open\\u0000": 1, "delivered": 1}
+UNSTORABLE_COUNTS = {"unsubscribed": 1, "spam_report": 1, "bounced": 1, "other": 1, "delivered": 1}
 UNSTORABLE_BOUNCE_DETAIL = "SendGrid bounce event: 550 5.1.1 <\\u0000> unknown \\ud800 user"
 
 

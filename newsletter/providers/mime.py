@@ -13,7 +13,8 @@ from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid
 
-from . import PERSONAL_TAGS, Message, Recipient
+from ..addresses import wire_address
+from .base import PERSONAL_TAGS, Message, Recipient
 from .headers import address_header, header_text
 
 # Headers whose value is a list of <URL>s (RFC 2369, RFC 2919): folded only between the entries,
@@ -44,17 +45,6 @@ def _url_list(value: str) -> list[str]:
 
 WIRE = _WirePolicy(linesep="\r\n", max_line_length=76)
 UTF8_WIRE = WIRE.clone(utf8=True)
-
-
-def wire_address(email: str) -> str:
-    """The address as it goes on the wire: an internationalised domain in its ASCII (IDNA) form,
-    which every server takes; only a non-ASCII local part then still needs SMTPUTF8."""
-    local, _, domain = email.rpartition("@")
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass  # not a name IDNA can spell: sent as it is, with SMTPUTF8
-    return f"{local}@{domain}"
 
 
 @functools.lru_cache(maxsize=8)

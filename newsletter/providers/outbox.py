@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
-from . import Answer, Batch, Provider, Verdict
+from .base import Answer, Batch, Provider, Verdict
 from .mime import mime_message
 
 EML_NAME = "first-recipient.eml"

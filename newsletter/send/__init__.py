@@ -33,6 +33,7 @@ import math
 import secrets
 import signal
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -43,7 +44,7 @@ from sqlalchemy import Engine, func, select
 
 from .. import db
 from ..config import Settings
-from ..edition import Edition
+from ..content.edition import Edition
 from ..errors import (
     CheckFailed,
     DatabaseError,
@@ -86,7 +87,7 @@ from .transactional import Outcome, Outgoing, send_messages
 from .unrecorded import UnrecordedReport, send_unrecorded, test_readers
 
 if TYPE_CHECKING:
-    from ..checks import CheckReport
+    from ..content.checks import CheckReport
 
 T = TypeVar("T")
 
@@ -172,7 +173,7 @@ def issue_to_send(settings: Settings, edition: Edition | None) -> Edition:
     """The issue to send: `edition`, or by default the latest digest's daily issue."""
     if edition is not None:
         return edition
-    from ..digest import load_digest
+    from ..content.digest import load_digest
 
     return Edition.daily(load_digest(settings).date)
 
@@ -180,9 +181,9 @@ def issue_to_send(settings: Settings, edition: Edition | None) -> Edition:
 def render_and_check(settings: Settings, edition: Edition) -> tuple[Content, CheckReport]:
     """Render the issue once and run the pre-send checks on it."""
     # Imported here: rendering pulls in MJML and premailer, which status and resumes never need.
-    from ..checks import run_checks
-    from ..digest import load_issue
-    from ..render import render_issue
+    from ..content.checks import run_checks
+    from ..content.digest import load_issue
+    from ..content.render import render_issue
 
     issue = render_issue(load_issue(settings, edition), settings)
     return Content(issue.subject, issue.html, issue.text), run_checks(issue)
@@ -225,11 +226,30 @@ def execute(
     sandbox mode."""
     if to and not sandbox and not isinstance(provider, Outbox):
         return send_test(engine, settings, plan, provider, to)
-    if to or sandbox or isinstance(provider, Outbox):
+    if not records_delivery(provider, to=to, sandbox=sandbox):
         return send_unrecorded(engine, settings, plan, provider, to=to, sandbox=sandbox)
     return send_campaign(
         engine, settings, plan, provider=provider, on_progress=on_progress, interruption=interruption
     )
+
+
+def records_delivery(provider: Provider, *, to: Sequence[str] = (), sandbox: bool = False) -> bool:
+    """Whether `execute` sends the issue for real and records it: not a test (`to`), not a
+    sandbox send, not a dry run (`provider` is an Outbox)."""
+    return not (to or sandbox or isinstance(provider, Outbox))
+
+
+def send_issue(
+    engine: Engine, settings: Settings, plan: SendPlan, provider: Provider, *, to: Sequence[str] = (),
+    sandbox: bool = False, watch: Callable[[SendPlan], AbstractContextManager[Callable[[Progress], None]]] | None = None,
+) -> SendReport | UnrecordedReport | list[Outcome]:  # fmt: skip
+    """`newsletter send`, once the plan is confirmed: `execute`, where the recorded send (or its
+    resume) is stopped gently by SIGINT or SIGTERM (see Interruption) and shows its progress through
+    what `watch(plan)` opens, which is given each Progress."""
+    if not records_delivery(provider, to=to, sandbox=sandbox):
+        return execute(engine, settings, plan, provider, to=to, sandbox=sandbox)
+    with Interruption() as interruption, (watch(plan) if watch else nullcontext(None)) as on_progress:
+        return execute(engine, settings, plan, provider, on_progress=on_progress, interruption=interruption)
 
 
 def send_test(
@@ -607,8 +627,10 @@ class _CampaignRun:
         elif verdict is Verdict.RETRY_LATER:
             await self._give_back(exchange, answer.reason)
             self._halt(SendError(f"{answer.reason}, still after {self._settings.max_retries} retries. {_RESUME}"))
-        elif verdict is Verdict.RECIPIENTS_REFUSED and len(recipients) == 1:
-            await self._close(exchange, db.FAILED, error=answer.reason)
+        elif verdict is Verdict.EACH_ANSWERED or (verdict is Verdict.RECIPIENTS_REFUSED and len(recipients) == 1):
+            sent, failed = await self._db(self._store.settle_each, exchange, answer)
+            self._live.pop(exchange.batch_id, None)
+            self._move((db.IN_FLIGHT, -len(recipients)), (db.SENT, sent), (db.FAILED, failed))
         elif verdict is Verdict.RECIPIENTS_REFUSED or (verdict is Verdict.TOO_LARGE and len(recipients) > 1):
             await self._split(exchange, _parts(answer.refused, recipients))
         else:

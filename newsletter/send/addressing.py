@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..addresses import ascii_domain
 from ..config import Settings
 from ..providers import Batch, Message, Provider, Recipient
 from ..subscribers import MailingList
@@ -87,5 +88,5 @@ def list_id_header(list_name: str, from_email: str) -> str:
     domain, which mail clients file and filter the issues by."""
     # A list name is letters, digits, '.', '_' and '-'; a label may not hold empty dot-atoms.
     label = re.sub(r"\.+", ".", list_name.lower()).strip(".")
-    domain = from_email.rpartition("@")[2].encode("idna").decode("ascii").lower()
+    domain = ascii_domain(from_email.rpartition("@")[2])
     return f"<{label}.{domain}>"

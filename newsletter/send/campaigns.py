@@ -40,10 +40,12 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import db
 from ..config import WEEKDAYS, Settings
-from ..edition import DAILY, WEEKLY, Edition
+from ..content.edition import DAILY, WEEKLY, Edition
 from ..errors import SendError
 from ..membership import members_query, receives_issues
+from ..providers import Answer
 from ..subscribers import MailingList
+from ..suppressions import suppress
 from .addressing import Content, Reader
 from ..db import aware
 from .claim import SILENT_AFTER, STALE_AFTER, Claim, holder_is_dead
@@ -225,7 +227,7 @@ Found = tuple[Any, str | None, str | None]
 
 
 # The statements every batch runs, built once with parameters: building a statement costs more than
-# running it, and a send to SMTP runs them for every reader.
+# running it, and a provider that takes one reader a request runs them for every reader.
 _d, _m, _s, _b = db.deliveries.c, db.memberships.c, db.subscribers.c, db.batches.c
 _ROWS = (
     select(_d.id, _d.subscriber_id, _d.email, _s.name)
@@ -291,6 +293,14 @@ _SETTLE_FINAL = _BATCH_IN_FLIGHT.values(
 )
 _SETTLE_RETURNED = _BATCH_IN_FLIGHT.values(state=bindparam("b_state"), updated_at=bindparam("b_now"), batch_id=None)
 _SETTLE_OTHER = _BATCH_IN_FLIGHT.values(state=bindparam("b_state"), updated_at=bindparam("b_now"))
+# One recipient the provider refused in a batch it otherwise accepted.
+_REFUSE_ONE = (
+    db.deliveries.update()
+    .where(_d.id == bindparam("delivery"), _d.state == db.IN_FLIGHT)
+    .values(state=db.FAILED, updated_at=bindparam("b_now"), error=bindparam("b_error"))
+)
+# What a membership's event log says suppressed it: the provider's answer to a send.
+ANSWER_SOURCE = "provider_answer"
 
 
 def _statuses(conn: Connection, list_id: int, rows: Sequence[Any], *, lock: bool) -> list[Found]:
@@ -530,6 +540,35 @@ class BatchStore:
             settle = _SETTLE_RETURNED if state == db.RETURNED else _SETTLE_OTHER
             conn.execute(settle, {"batch": batch_id, "b_now": now, "b_state": target})
 
+    def settle_each(self, exchange: Exchange, answer: Answer) -> tuple[int, int]:
+        """Settle a batch the provider answered recipient by recipient: the refused failed (their
+        addresses suppressed where the provider will not send to them again), the others sent.
+        Returns (sent, failed)."""
+        with self._engine.begin() as conn:
+            return self._settle_each(conn, exchange, answer)
+
+    def _settle_each(self, conn: Connection, exchange: Exchange, answer: Answer) -> tuple[int, int]:
+        now = self._clock()
+        refused = [(position, exchange.recipients[position]) for position in sorted(answer.refused)]
+        if refused:
+            conn.execute(
+                _REFUSE_ONE,
+                [
+                    {"delivery": reader.id, "b_now": now, "b_error": answer.reasons.get(position, answer.reason)}
+                    for position, reader in refused
+                ],
+            )
+        for position in sorted(answer.suppressed & answer.refused):
+            reader = exchange.recipients[position]
+            suppress(
+                conn, subscriber_id=reader.subscriber_id, status=db.BOUNCED, source=ANSWER_SOURCE, now=now,
+                detail=answer.reasons.get(position, answer.reason),
+            )  # fmt: skip
+        sent = len(exchange.recipients) - len(refused)
+        state = db.SENT if sent else db.FAILED
+        self._close(conn, exchange.batch_id, state, message_id=answer.message_id, error=answer.reason or None)
+        return sent, len(refused)
+
     def finish(self, left: Iterable[Exchange]) -> tuple[dict[str, int], bool, list[BatchInfo]]:
         """End the run: batches `left` in flight are settled by the answer they got (when recording
         it failed), else become uncertain if a request of them may have reached the provider, else go
@@ -539,6 +578,8 @@ class BatchStore:
             for exchange in left:
                 if exchange.answer is not None and exchange.answer.accepted and not exchange.out:
                     self._close(conn, exchange.batch_id, db.SENT, message_id=exchange.answer.message_id)
+                elif exchange.answer is not None and exchange.answer.delivered_some and not exchange.out:
+                    self._settle_each(conn, exchange, exchange.answer)
                 elif exchange.maybe_delivered:
                     self._close(conn, exchange.batch_id, db.UNCERTAIN, error=INTERRUPTED)
                 else:

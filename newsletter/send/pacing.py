@@ -71,7 +71,7 @@ class Exchange:
 
     @property
     def maybe_delivered(self) -> bool:
-        return self.out or self.lost or (self.answer is not None and self.answer.accepted)
+        return self.out or self.lost or (self.answer is not None and self.answer.delivered_some)
 
 
 class Emptied(Exception):

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 
 from .. import db
 from ..config import Settings
-from ..edition import Edition
+from ..content.edition import Edition
 from ..errors import ProviderAuthError, SendError
 from ..membership import members_query
 from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict

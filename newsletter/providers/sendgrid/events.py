@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import binascii
 import json
-import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,13 +19,37 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 
 from ... import db
 from ...errors import ConfigError
-from .. import Event
+from ..base import Event, EventKind, Refusal, storable, tag_id
+
+if TYPE_CHECKING:
+    from ...config import Settings
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 
 # A signed request replayed later than this is refused (either way, to allow for clock skew).
 MAX_AGE = timedelta(minutes=10)
+
+# SendGrid's batches are far smaller; anything bigger is not SendGrid.
+MAX_WEBHOOK_BODY = 10 * 1024 * 1024
+
+_BAD_SIGNATURE = Refusal(403, "bad or stale signature")
+
+# SendGrid's event names in ours. Its unsubscribes from one group (our list) and from everything
+# are one kind: which lists they leave is the event's suppression.
+KINDS = {
+    "processed": EventKind.PROCESSED,
+    "delivered": EventKind.DELIVERED,
+    "deferred": EventKind.DEFERRED,
+    "dropped": EventKind.DROPPED,
+    "bounce": EventKind.BOUNCED,
+    "open": EventKind.OPENED,
+    "click": EventKind.CLICKED,
+    "spamreport": EventKind.SPAM_REPORT,
+    "unsubscribe": EventKind.UNSUBSCRIBED,
+    "group_unsubscribe": EventKind.UNSUBSCRIBED,
+    "group_resubscribe": EventKind.RESUBSCRIBED,
+}
 
 # Why SendGrid dropped a message, for the reasons that say something about the address (the others,
 # such as "Spam Content" or "Invalid SMTPAPI header", are about the message and change no status).
@@ -35,6 +59,34 @@ DROP_REASONS = {
     "Unsubscribed Address": db.UNSUBSCRIBED,
     "Spam Reporting Address": db.COMPLAINED,
 }
+
+
+def feedback(settings: Settings) -> Feedback | Refusal:
+    """The signed Event Webhook; never unsigned events (anyone could unsubscribe anyone)."""
+    if not settings.sendgrid_webhook_public_key:
+        return Refusal(503, "the signed Event Webhook is not configured")
+    return Feedback(WebhookVerifier(settings.sendgrid_webhook_public_key))
+
+
+class Feedback:
+    """The Event Webhook as the server takes it: the signature headers (fresh) before the body, the
+    signature over the body, then the events."""
+
+    max_body = MAX_WEBHOOK_BODY
+
+    def __init__(self, verifier: WebhookVerifier) -> None:
+        self._verifier = verifier
+
+    def check_headers(self, headers: Mapping[str, str], now: datetime) -> Refusal | None:
+        fresh = self._verifier.fresh(headers.get(SIGNATURE_HEADER, ""), headers.get(TIMESTAMP_HEADER, ""), now)
+        return None if fresh else _BAD_SIGNATURE
+
+    def check_body(self, body: bytes, headers: Mapping[str, str]) -> Refusal | None:
+        signed = self._verifier.verify(body, headers.get(SIGNATURE_HEADER, ""), headers.get(TIMESTAMP_HEADER, ""))
+        return None if signed else _BAD_SIGNATURE
+
+    def events(self, body: bytes) -> list[Event | None]:
+        return parse_events(body)
 
 
 class WebhookVerifier:
@@ -87,13 +139,13 @@ def parse_events(body: bytes) -> list[Event | None]:
 
 def events_from(items: list[Any]) -> list[Event | None]:
     """SendGrid's event objects as Events (None for an item that is not one)."""
-    return [_event(_storable(item)) if isinstance(item, dict) and isinstance(item.get("event"), str) else None for item in items]
+    return [_event(storable(item)) if isinstance(item, dict) and isinstance(item.get("event"), str) else None for item in items]
 
 
 def _event(event: dict[str, Any]) -> Event:
     return Event(
         id=_event_id(event),
-        kind=event["event"][:30],
+        kind=KINDS.get(event["event"], EventKind.OTHER),
         email=event["email"] if isinstance(event.get("email"), str) else None,
         campaign_id=_int_arg(event, "campaign_id"),
         list_id=_int_arg(event, "list_id"),
@@ -122,27 +174,9 @@ def _timestamp(event: dict[str, Any]) -> datetime | None:
     return None
 
 
-# What neither database stores in text: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _storable(event: dict[str, Any]) -> dict[str, Any]:
-    """The event with NUL and lone surrogates in its values written out as their JSON escapes
-    (`\\u0000`, `\\ud800`): visible in a stored reason instead of failing the write. Only top-level
-    values are ever stored or looked up."""
-    return {
-        key: _UNSTORABLE.sub(_escape, value) if isinstance(value, str) else value
-        for key, value in event.items()
-    }
-
-
-def _escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match[0]):04x}"
-
-
 def _event_id(event: dict[str, Any]) -> str | None:
     value = event.get("sg_event_id")
-    # webhook_events.sg_event_id holds 100 characters (SendGrid's ids are about 22): a longer one is
+    # webhook_events.event_id holds 100 characters (SendGrid's ids are about 22): a longer one is
     # not SendGrid's, and would fail the insert (and the batch) on PostgreSQL.
     return value if isinstance(value, str) and 0 < len(value) <= 100 else None
 
@@ -171,19 +205,9 @@ def _status_change(event: dict[str, Any]) -> tuple[str, bool] | None:
     return None
 
 
-# Ids are positive 64-bit integers: a bigger number makes the database driver fail (SQLite raises
-# OverflowError), which would roll back the batch and have SendGrid retry it for a day.
-MAX_ID = 2**63 - 1
-
-
 def _int_arg(event: dict[str, Any], name: str) -> int | None:
     """One of our custom_args (SendGrid returns them as the strings we sent), if it is a valid id."""
-    value = event.get(name)
-    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) <= 19:
-        value = int(value)  # the length check first: int() refuses over 4300 digits (ValueError)
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID:
-        return value
-    return None
+    return tag_id(event.get(name))
 
 
 def _detail(event: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import httpx
 
 from ...config import Settings
 from ...errors import MissingAPIKey
-from .. import MAX_REASON, RequestImpossible, clip
+from ..base import MAX_REASON, RequestImpossible, clip
 
 # SendGrid's error answers are a few hundred bytes. Of a bigger one (a proxy's page, a broken
 # server) only this much is read: a 50 MB answer must not fill memory.
@@ -52,7 +52,8 @@ def client(settings: Settings, *, connections: int, accept: str = "application/j
         raise MissingAPIKey(
             "SENDGRID_API_KEY is not set, so SendGrid cannot be used. Set it to an API key with the "
             "Mail Send permission (and read access to suppressions for `subscribers sync`), or preview "
-            "a send with --dry-run (it writes what would be sent to an outbox folder and sends nothing)."
+            "a send with --dry-run (it writes what would be sent to an outbox folder and sends nothing).",
+            credential="SENDGRID_API_KEY",
         )
     return httpx.AsyncClient(
         base_url=settings.sendgrid_api_url,

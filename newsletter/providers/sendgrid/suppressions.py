@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ import httpx
 from ... import db
 from ...config import Settings
 from ...errors import ProviderAuthError, SendError
+from ..base import Suppression, SuppressionList
 from . import http
 
 # SendGrid's limit for one page of a suppression list.
@@ -26,55 +26,43 @@ MAX_PAGE_BYTES = 16 * 1024 * 1024
 MAX_RETRY_DELAY = 60.0
 
 
-@dataclass(frozen=True)
-class SuppressionList:
-    kind: str  # the key in sync_state
-    path: str
-    status: str  # what it makes of a membership
-    label: str
-
-
 # Invalid emails are marked bounced: SendGrid drops every message to them, exactly as for a bounce,
-# and nothing the reader does can make the address deliverable.
+# and nothing the reader does can make the address deliverable. (The sync_state keys predate a
+# second provider; they stay, so that a sync goes on from where the last one stopped.)
 SUPPRESSION_LISTS = (
-    SuppressionList("unsubscribes", "/v3/suppression/unsubscribes", db.UNSUBSCRIBED, "SendGrid global unsubscribes"),
-    SuppressionList("bounces", "/v3/suppression/bounces", db.BOUNCED, "SendGrid bounces"),
-    SuppressionList("spam_reports", "/v3/suppression/spam_reports", db.COMPLAINED, "SendGrid spam reports"),
-    SuppressionList("invalid_emails", "/v3/suppression/invalid_emails", db.BOUNCED, "SendGrid invalid emails"),
+    SuppressionList("unsubscribes", db.UNSUBSCRIBED, "SendGrid global unsubscribes"),
+    SuppressionList("bounces", db.BOUNCED, "SendGrid bounces"),
+    SuppressionList("spam_reports", db.COMPLAINED, "SendGrid spam reports"),
+    SuppressionList("invalid_emails", db.BOUNCED, "SendGrid invalid emails"),
 )
-
-
-@dataclass(frozen=True)
-class Suppression:
-    email: str
-    created: int  # Unix time
-    reason: str | None
+_PATHS = {suppression_list.kind: f"/v3/suppression/{suppression_list.kind}" for suppression_list in SUPPRESSION_LISTS}
 
 
 class Suppressions:
     """Reads the suppression lists through the one SendGrid client, retrying rate limits and
-    server errors. Use as `async with Suppressions(settings) as lists:`."""
+    server errors."""
+
+    lists = SUPPRESSION_LISTS
+    max_page_size = MAX_PAGE_SIZE
 
     def __init__(self, settings: Settings) -> None:
         self._max_retries = settings.max_retries
         self._client = http.client(settings, connections=1)
 
-    async def __aenter__(self) -> Suppressions:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def aclose(self) -> None:
         await self._client.aclose()
 
     async def pages(
         self, suppression_list: SuppressionList, since: int | None, until: int, page_size: int
     ) -> AsyncIterator[list[Suppression]]:
         """The entries created from `since` (inclusive; None: from the start) to `until`."""
+        path = _PATHS[suppression_list.kind]
         offset = 0
         while True:
             params = {"end_time": until, "limit": page_size, "offset": offset}
             if since is not None:
                 params["start_time"] = since
-            page = await self._get_json(suppression_list.path, params)
+            page = await self._get_json(path, params)
             if not isinstance(page, list) or not all(
                 isinstance(entry, dict)
                 and isinstance(entry.get("email"), str)
@@ -82,7 +70,7 @@ class Suppressions:
                 for entry in page
             ):
                 raise SendError(
-                    f"SendGrid answered GET {suppression_list.path} with an unexpected body "
+                    f"SendGrid answered GET {path} with an unexpected body "
                     "(expected a list of {email, created} entries)"
                 )
             yield [_suppression(entry) for entry in page]

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import aiosmtplib
 
-from ..errors import ConfigError, SendError
-from . import (
+from ...errors import ConfigError, SendError
+from ..base import (
     MAX_REASON,
     Answer,
     AnswerLost,
@@ -39,10 +39,10 @@ from . import (
     Verdict,
     clip,
 )
-from .mime import mime_message, wire_address
+from ..mime import mime_message, wire_address
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ...config import Settings
 
 # A line of the payload that starts with "." gets a second one (RFC 5321 4.5.2), so that only the
 # terminator ends the message.

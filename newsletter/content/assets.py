@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from .config import Settings
+from ..config import Settings
 from .digest import Digest, Paper, absolute_url
-from .files import write_atomic
+from ..files import write_atomic
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -17,10 +17,10 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from .edition import Edition
-from .errors import DigestError
+from ..errors import DigestError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import lxml.html
 from lxml import etree
 
 from .digest import absolute_url, safe_url
-from .errors import CheckFailed
+from ..errors import CheckFailed
 from .render import GMAIL_CLIP_BYTES, PREFERENCES_TAG, UNSUBSCRIBE_TAG, RenderedIssue
 
 # The size check counts every personal placeholder at this length, since each recipient's own link

@@ -4,7 +4,8 @@ The public folder is served at settings.base_url, so an issue whose web_url is
 `<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`, and a weekly edition's
 (`<base_url>/2026-W04/`) to `public/2026-W04/index.html`; the archive and the feed list it dated by its
 week's Sunday. The web version is the
-email's template with every abstract in full: the email's cards link to their abstracts there. Beside each page an
+email's template with every abstract in full (the email's cards link to their abstracts there) and a
+page's footer: an invitation to the sign-up form instead of a reader's links. Beside each page an
 `issue.json` records what the archive and the feed show of it; the archive and the feed are rebuilt
 from every such record found, so publishing one date keeps all the others. Every file is written
 atomically, and only after every output has been rendered, so a template error changes nothing;
@@ -19,15 +20,16 @@ import fcntl
 import json
 import re
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Iterator
+from zoneinfo import ZoneInfo
 
-from .config import Settings
+from ..config import Settings
 from .digest import Digest, Week
-from .errors import NewsletterError, RenderError
-from .files import write_atomic
-from .render import RenderedIssue, render_issue, render_template
+from ..errors import NewsletterError, RenderError
+from ..files import write_atomic
+from .render import render_issue, render_template, signup_url, wording_for
 
 PAGE = "index.html"
 RECORD = "issue.json"
@@ -92,11 +94,11 @@ class Publication:
 def publish_issue(source: Digest | Week, settings: Settings) -> Publication:
     """Write the web version of a day's issue or a week's edition, then rebuild the archive and the
     feed from every issue."""
-    issue = render_issue(source, settings, abstract="full")
+    issue = render_issue(source, settings, abstract="full", page=True)
     public = settings.path(settings.public_dir)
     folder = page_folder(issue.web_url, settings)
     page, record_file = folder / PAGE, folder / RECORD
-    html = web_version(issue, settings)
+    html = issue.html
     archive, feed = public / PAGE, public / FEED
     public.mkdir(parents=True, exist_ok=True)
     with _locked(public):
@@ -151,21 +153,6 @@ def page_folder(web_url: str, settings: Settings) -> Path:
     return settings.path(settings.public_dir).joinpath(*parts)
 
 
-def public_unsubscribe_url(settings: Settings) -> str:
-    """What the web version's unsubscribe link points to: a public page has no recipient, so it
-    asks by email when an unsubscribe address is configured and leads to the archive otherwise."""
-    if settings.unsubscribe_mailto:
-        return f"mailto:{settings.unsubscribe_mailto}?subject=unsubscribe"
-    return f"{settings.base_url}/"
-
-
-def web_version(issue: RenderedIssue, settings: Settings) -> str:
-    """The issue's HTML as the public page shows it: no personal placeholder left in it (a public
-    page has no reader whose preferences it could show: that link leads to the archive)."""
-    html, _ = issue.personalised(public_unsubscribe_url(settings), f"{settings.base_url}/")
-    return html
-
-
 def render_archive(issues: list[PublishedIssue], settings: Settings) -> str:
     return render_template(settings, ARCHIVE_TEMPLATE, {"issues": issues, **_common(issues, settings)})
 
@@ -177,10 +164,16 @@ def render_feed(issues: list[PublishedIssue], settings: Settings) -> str:
 
 def _common(issues: list[PublishedIssue], settings: Settings) -> dict:
     newest_change = max((found.updated for found in issues), default=settings.clock())
+    language = issues[0].language if issues else "en"
     return {
+        "words": wording_for(language),
+        "signup_url": signup_url(settings),
+        # An entry is dated by its issue's day (midnight where the newsletter lives), not by when it
+        # was published: a late publish of an old day sorts where that day belongs.
+        "issued": lambda found: datetime.combine(found.date, time(), ZoneInfo(settings.timezone)),
         "title": settings.from_name,
         "author": settings.from_name,
-        "language": issues[0].language if issues else "en",
+        "language": language,
         "archive_url": f"{settings.base_url}/",
         "feed_url": f"{settings.base_url}/{FEED}",
         "updated": newest_change,

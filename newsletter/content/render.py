@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import jinja2
+from markupsafe import Markup
 from mjml import mjml2html
 
 from .assets import Thumbnail, resolve_thumbnail
-from .config import Settings
+from ..config import Settings
 from .digest import PREFERENCES_TAG, UNSUBSCRIBE_TAG, Digest, Paper, Week
 from .edition import Edition
-from .errors import RenderError
+from ..errors import RenderError
 
 # UNSUBSCRIBE_TAG and PREFERENCES_TAG (defined beside the parser that keeps them out of digests; the
 # sender and the checks import them from here) are the placeholders that each recipient's personal
@@ -130,10 +131,15 @@ class Wording:
     papers: str  # "{n}"
     and_more: str  # "{n}": the subject's {more} when there is more than one paper
     why: str  # "{name}"
+    page_why: str  # "{name}": the web version's footer, which no one was sent
+    archive_about: str  # "{name}": what the archive is
+    subscribe: str  # the web version's and the archive's link to the sign-up form
+    archive: str
     view_in_browser: str
     preferences: str  # the reader's page: daily or weekly, or leave
     unsubscribe: str
-    readable_date: Callable[[date], str]  # with the weekday, for the header
+    daily_title: Callable[[date], str]  # a day's issue's heading, from its date
+    year: Callable[[date], str]  # under that heading, before the number of papers
     short_date: Callable[[date], str]  # the subject's {date}
     day: Callable[[date], str]  # a weekly card's day, short, with the weekday
     date_range: Callable[[date, date], str]  # a week, its year and month said once when they are
@@ -180,10 +186,15 @@ WORDING: dict[str, Wording] = {
         papers="논문 {n}편",
         and_more=" 외 {n}편",
         why="{name} 뉴스레터를 구독하셔서 받으신 메일입니다.",
+        page_why="{name} 뉴스레터의 지난 호입니다. 새 호를 메일로 받아 보세요.",
+        archive_about="{name} 뉴스레터의 지난 호를 모두 모았습니다. 새 호를 메일로 받아 보세요.",
+        subscribe="구독하기",
+        archive="지난 호",
         view_in_browser="웹에서 보기",
         preferences="수신 설정",
         unsubscribe="구독 해지",
-        readable_date=lambda d: f"{d.year}년 {d.month}월 {d.day}일 {_KO_WEEKDAYS[d.weekday()]}요일",
+        daily_title=lambda d: f"{d.month}월 {d.day}일 {_KO_WEEKDAYS[d.weekday()]}요일의 논문",
+        year=lambda d: f"{d.year}년",
         short_date=lambda d: f"{d.year}년 {d.month}월 {d.day}일",
         day=lambda d: f"{d.month}월 {d.day}일 ({_KO_WEEKDAYS[d.weekday()]})",
         date_range=_ko_range,
@@ -202,10 +213,15 @@ WORDING: dict[str, Wording] = {
         papers="{n} papers",
         and_more=" and {n} more",
         why="You are receiving this because you subscribed to {name}.",
+        page_why="An issue of {name}. Get the next ones by email.",
+        archive_about="Every issue of {name} so far. Get the next ones by email.",
+        subscribe="Subscribe",
+        archive="Archive",
         view_in_browser="View in browser",
         preferences="Preferences",
         unsubscribe="Unsubscribe",
-        readable_date=lambda d: f"{_EN_WEEKDAYS[d.weekday()]}, {_EN_MONTHS[d.month - 1]} {d.day}, {d.year}",
+        daily_title=lambda d: f"Papers for {_EN_WEEKDAYS[d.weekday()]}, {_EN_MONTHS[d.month - 1]} {d.day}",
+        year=lambda d: str(d.year),
         short_date=lambda d: f"{_EN_MONTHS[d.month - 1]} {d.day}, {d.year}",
         day=lambda d: f"{_EN_WEEKDAYS[d.weekday()][:3]}, {_EN_MONTHS[d.month - 1][:3]} {d.day}",
         date_range=_en_range,
@@ -256,13 +272,14 @@ class Card:
 
 
 def render_issue(
-    source: Digest | Week, settings: Settings, *, abstract: AbstractShown | None = None
+    source: Digest | Week, settings: Settings, *, abstract: AbstractShown | None = None, page: bool = False
 ) -> RenderedIssue:
     """The issue's email, from a day's digest or a week's (the weekly edition): compiled,
     CSS-inlined HTML and the plain-text part. `abstract` overrides settings.email_abstract (the web
-    version shows every abstract in full). Never touches the network."""
+    version shows every abstract in full). With `page`, the web version: its footer invites to sign
+    up instead of saying why a reader got it, and holds no reader's link. Never touches the network."""
     issue = _issue(source, settings)
-    context = _context(issue, settings, abstract or settings.email_abstract)
+    context = {**_context(issue, settings, abstract or settings.email_abstract), "page": page}
     mjml_source = render_template(settings, MJML_TEMPLATE, context)
     html = _inline_css(*_compile_mjml(mjml_source))
     text = render_template(settings, TEXT_TEMPLATE, context)
@@ -280,8 +297,13 @@ def render_issue(
 def render_mjml(source: Digest | Week, settings: Settings) -> str:
     """The Jinja-expanded MJML of an issue, before compilation (what the reference MJML compiler
     validates and compiles in the tests)."""
-    context = _context(_issue(source, settings), settings, settings.email_abstract)
+    context = {**_context(_issue(source, settings), settings, settings.email_abstract), "page": False}
     return render_template(settings, MJML_TEMPLATE, context)
+
+
+def signup_url(settings: Settings) -> str:
+    """The sign-up form the public pages invite to: the default list's."""
+    return f"{settings.base_url}/subscribe/{settings.default_list}"
 
 
 def web_url(settings: Settings, edition: Edition) -> str:
@@ -295,7 +317,8 @@ class _Issue:
 
     edition: Edition
     date: date  # RenderedIssue.date
-    title: str
+    title: str  # the heading readers see
+    source_title: str  # the subject's {title}: the digest's own, or the weekly edition's heading
     dated: str  # the header's line under the title, before the number of papers
     when: str  # the subject's {date}
     contents: str  # the heading of the list of its papers
@@ -312,6 +335,7 @@ def _issue(source: Digest | Week, settings: Settings) -> _Issue:
             edition=edition,
             date=edition.last_day,
             title=title,
+            source_title=title,
             dated=words.weekly_line,
             # The subject names the week, which a reader tells apart from a daily issue's date.
             when=title,
@@ -325,8 +349,11 @@ def _issue(source: Digest | Week, settings: Settings) -> _Issue:
     return _Issue(
         edition=source.edition,
         date=source.date,
-        title=source.title,
-        dated=words.readable_date(source.date),
+        # The digest's own title ("2026-01-23 Daily Papers (Top 5)") is its author's file name for
+        # it; readers get the day in their language.
+        title=words.daily_title(source.date),
+        source_title=source.title,
+        dated=words.year(source.date),
         when=words.short_date(source.date),
         contents=words.contents,
         cards=[Card(paper, resolve_thumbnail(paper, source, settings)) for paper in source.papers],
@@ -346,7 +373,7 @@ def _subject(issue: _Issue, settings: Settings) -> str:
         first=short_title(papers[0].title) if papers else issue.title,
         more=words.and_more.format(n=len(papers) - 1) if len(papers) > 1 else "",
         papers=len(papers),
-        title=issue.title,
+        title=issue.source_title,
         from_name=settings.from_name,
     ).strip()
 
@@ -385,6 +412,8 @@ def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict
         # spaces to break at, so only Korean gets it.
         "keep_words_whole": language == "ko",
         "web_url": web_url(settings, issue.edition),
+        "archive_url": f"{settings.base_url}/",
+        "signup_url": signup_url(settings),
         "unsubscribe_url": UNSUBSCRIBE_TAG,
         "preferences_url": PREFERENCES_TAG,
         "settings": settings,
@@ -413,7 +442,35 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     )
     env.filters["rfc3339"] = rfc3339
     env.filters["wrap"] = wrap_text
+    env.filters["lead_in"] = lead_in
+    env.filters["lead_in_text"] = lead_in_text
     return env
+
+
+# A key point that opens with a label in brackets, as summarisers write them:
+# "['정보 붕괴(Information Collapse)' 방지] 대규모 …". The label becomes a bold lead-in.
+_LABEL_HTML = re.compile(r"^\[(?P<label>[^\[\]<]{1,120})\]\s*(?P<rest>\S)")
+_LABEL_TEXT = re.compile(r"^\[(?P<label>[^\[\]]{1,120})\]\s*(?P<rest>\S)")
+_QUOTES = "'\"‘’“”`"
+_QUOTE_ENTITIES = re.compile(r"^(?:&#x27;|&quot;|&#39;|['\"‘’“”`])+|(?:&#x27;|&quot;|&#39;|['\"‘’“”`])+(?=\s|$)")
+
+
+def lead_in(html: str) -> Markup:
+    """A key point's HTML with its bracketed label, if any, as a bold lead-in, quotes taken off."""
+    found = _LABEL_HTML.match(html)
+    if found is None:
+        return Markup(html)
+    label = _QUOTE_ENTITIES.sub("", found["label"]).strip()
+    return Markup(f'<strong class="lead">{label}</strong> {html[found.start("rest"):]}')
+
+
+def lead_in_text(text: str) -> str:
+    """The same for the plain-text part: "label: the rest"."""
+    found = _LABEL_TEXT.match(text)
+    if found is None:
+        return text
+    label = " ".join(word.strip(_QUOTES) for word in found["label"].split()).strip()
+    return f"{label}: {text[found.start('rest'):]}"
 
 
 def environment(settings: Settings) -> jinja2.Environment:

@@ -33,12 +33,12 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from . import db
-from .config import Settings
+from .. import db
+from ..config import Settings
 from .digest import without_personal_tags
-from .providers.headers import plain_text
-from .errors import ConfigError, DigestExists, GenerateError
-from .files import atomic_file
+from ..providers.headers import plain_text
+from ..errors import ConfigError, DigestExists, GenerateError
+from ..files import atomic_file
 
 PAPER_URL = "https://huggingface.co/papers/{id}"
 # An arXiv id ("2601.15876", "2601.15876v2") or another id Hugging Face gives a paper: it names a

@@ -20,9 +20,9 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainT
 from starlette.routing import Route
 
 from .assets import asset_file
-from .config import Settings
+from ..config import Settings
 from .digest import load_digest
-from .errors import ConfigError, NewsletterError, RenderError
+from ..errors import ConfigError, NewsletterError, RenderError
 from .render import GMAIL_CLIP_BYTES, RenderedIssue, render_issue, render_template
 
 PREVIEW_TEMPLATE = "preview.html.j2"

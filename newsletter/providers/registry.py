@@ -1,0 +1,128 @@
+"""Which mail providers there are, and the one way the rest of the package reaches them.
+
+Each provider registers its name and where its parts live, as import paths: the settings section
+(a light module of pydantic fields, read when the settings are), the factory of its Provider, and
+the capabilities it has, if any (`feedback`: its webhook; `suppressions`: its suppression lists).
+Nothing but the settings section is imported until a command asks for it, so that loading the
+settings imports no provider's HTTP or SMTP client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from ..config import Settings
+    from .base import Feedback, Provider, Refusal, SuppressionSource
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A provider's parts. `settings` names a module with `Section` (its settings, mixed into
+    Settings) and `batch_limit(settings)`; the others are "module:callable" taking the settings:
+    `factory(settings, connect=...)` → Provider; `feedback(settings)` → Feedback, or the Refusal
+    that answers every webhook request while it is not configured; `suppressions(settings)` →
+    SuppressionSource."""
+
+    name: str
+    settings: str
+    factory: str
+    feedback: str | None = None
+    suppressions: str | None = None
+
+
+REGISTERED = (
+    Registration(
+        "sendgrid",
+        settings="newsletter.providers.sendgrid.settings",
+        factory="newsletter.providers.sendgrid.mail:SendGrid",
+        feedback="newsletter.providers.sendgrid.events:feedback",
+        suppressions="newsletter.providers.sendgrid.suppressions:Suppressions",
+    ),
+    Registration("smtp", settings="newsletter.providers.smtp.settings", factory="newsletter.providers.smtp.client:SMTP"),
+    Registration(
+        "postmark",
+        settings="newsletter.providers.postmark.settings",
+        factory="newsletter.providers.postmark.mail:Postmark",
+        feedback="newsletter.providers.postmark.webhooks:feedback",
+        suppressions="newsletter.providers.postmark.suppressions:Suppressions",
+    ),
+)
+
+_BY_NAME = {registration.name: registration for registration in REGISTERED}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_BY_NAME)
+
+
+def sections() -> tuple[type[BaseModel], ...]:
+    """Every provider's settings section, for config to build Settings from."""
+    return tuple(_settings_module(registration).Section for registration in REGISTERED)
+
+
+def environment_only() -> tuple[str, ...]:
+    """The provider settings a config file must not hold (secrets)."""
+    return tuple(name for section in sections() for name in getattr(section, "ENVIRONMENT_ONLY", ()))
+
+
+def registration(name: str) -> Registration:
+    return _BY_NAME[name]
+
+
+def provider_for(settings: Settings, *, connect: bool = True) -> Provider:
+    """The configured provider, its credentials checked (nothing is connected yet). With
+    `connect=False` it only prepares requests, for the dry run, and needs no credentials."""
+    factory: Callable[..., Provider] = _load(registration(settings.provider).factory)
+    return factory(settings, connect=connect)
+
+
+def batch_limit(settings: Settings) -> int:
+    """Recipients per request with the configured provider, known before it is made (a send's plan)."""
+    limit: int = _settings_module(registration(settings.provider)).batch_limit(settings)
+    return limit
+
+
+def feedback(settings: Settings) -> dict[str, Feedback | Refusal]:
+    """Each provider that has a webhook, by name: its Feedback, or the Refusal answering it while
+    it is not configured."""
+    return {
+        each.name: _load(each.feedback)(settings) for each in REGISTERED if each.feedback is not None
+    }
+
+
+def suppressions(settings: Settings) -> SuppressionSource | None:
+    """The configured provider's suppression lists, or None if it keeps none (MissingAPIKey if
+    its credentials are not set)."""
+    path = registration(settings.provider).suppressions
+    return None if path is None else _load(path)(settings)
+
+
+def lazily(package: str, module: str, names: Iterable[str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` that loads `names` from its `module` when first asked for: a
+    provider's package is imported for its settings section, and must not import its client then."""
+    wanted = frozenset(names)
+
+    def load(name: str) -> Any:
+        if name not in wanted:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{module}"), name)
+
+    return load
+
+
+def _settings_module(registration: Registration) -> ModuleType:
+    return importlib.import_module(registration.settings)
+
+
+@cache
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)

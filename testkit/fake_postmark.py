@@ -1,0 +1,238 @@
+"""The project's own fake Postmark (/email/batch, and the suppression dump it is given), on
+127.0.0.1, for tests and benchmarks.
+
+It answers like Postmark (200 with one {ErrorCode, Message, MessageID, SubmittedAt, To} per message;
+request errors as {ErrorCode, Message}) and misbehaves as the fake SendGrid does: per-message error
+codes for chosen addresses (300 invalid, 406 inactive), 401 for a wrong token, a scripted sequence
+of answers for the first requests (429, 500, 422, "drop": read the request and close the connection
+unanswered, "hang": answer only after `hang` seconds; like Postmark after a lost answer, both count
+the request's messages as delivered), and latency on every answer. Every request is recorded in
+memory and, with a log file, appended to it as one JSON line as soon as it is read, so that a test
+can count what each address received even across killed senders.
+
+In a test:     with FakePostmark(token="t", errors={"bad@example.com": 300}) as fake: fake.url
+As a process:  python -m testkit.fake_postmark --port 8026 --token t --log requests.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .loopback import LoopbackFake, reply
+
+DROP, HANG = "drop", "hang"
+TOKEN_HEADER = "X-Postmark-Server-Token"
+
+_MESSAGES = {
+    300: "Invalid email request",
+    406: "You tried to send to recipient(s) that have been marked as inactive.",
+    401: "Request does not contain a valid Server token.",
+    422: "Invalid JSON",
+    429: "Rate limit exceeded",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+@dataclass
+class Record:
+    seq: int
+    time: float
+    status: int | str
+    delivered: list[str]  # the addresses accepted for delivery
+    refused: list[str]
+    message_ids: dict[str, str]  # address → MessageID, for those accepted
+    token: str | None
+    messages: list[dict[str, Any]] | None = None  # kept only with keep_bodies
+
+
+@dataclass
+class Behaviour:
+    token: str | None = None  # answer 401 unless X-Postmark-Server-Token is this
+    errors: dict[str, int] = field(default_factory=dict)  # address → the ErrorCode of its message
+    script: list[str] = field(default_factory=list)  # the answers to the first requests, in order
+    latency: float = 0.0  # seconds before every answer
+    hang: float = 60.0
+    retry_after: float | None = None  # header on 429s
+    log: Path | None = None
+    keep_bodies: bool = False
+    on_request: Callable[[Record], None] | None = None  # called once the request is recorded
+    # The suppression dump, per stream: {"EmailAddress", "SuppressionReason", "Origin", "CreatedAt"}.
+    suppressions: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+
+class FakePostmark(LoopbackFake):
+    def __init__(self, port: int = 0, **behaviour: Any) -> None:
+        super().__init__(_handler(self), port)
+        self.behaviour = Behaviour(**behaviour)
+        self.records: list[Record] = []
+        self._lock = threading.Lock()
+        self._script = list(self.behaviour.script)
+        self._log = open(self.behaviour.log, "a", encoding="utf-8") if self.behaviour.log else None
+
+    def close(self) -> None:
+        super().close()
+        if self._log:
+            self._log.close()
+
+    def delivered(self) -> list[str]:
+        """Every address delivered to, once per delivery (duplicates show as repeats)."""
+        with self._lock:
+            return [email for record in self.records for email in record.delivered]
+
+    def answer(self, token: str | None, raw: bytes) -> tuple[int | str, dict[str, str], bytes]:
+        behaviour = self.behaviour
+        messages = _messages(raw, whole=behaviour.keep_bodies)
+        with self._lock:
+            step = self._script.pop(0) if self._script else None
+            seq = len(self.records) + 1
+        headers: dict[str, str] = {}
+        results: list[dict[str, Any]] = []
+        if behaviour.token is not None and token != behaviour.token:
+            status: int | str = 401
+        elif step in (DROP, HANG):
+            status = step
+            results = [_result(message, 0) for message in messages or []]
+        elif step is not None and step != "200":
+            status = int(step)
+            if status == 429 and behaviour.retry_after is not None:
+                headers["Retry-After"] = f"{behaviour.retry_after:g}"
+        elif not isinstance(messages, list) or not 1 <= len(messages) <= 500:
+            status = 422
+        else:
+            status = 200
+            results = [_result(message, behaviour.errors.get(_address(message), 0)) for message in messages]
+        accepted = {r["To"]: r["MessageID"] for r in results if r["ErrorCode"] == 0}
+        record = Record(
+            seq=seq,
+            time=time.time(),
+            status=status,
+            delivered=list(accepted),
+            refused=[r["To"] for r in results if r["ErrorCode"] != 0],
+            message_ids=accepted,
+            token=token,
+            messages=messages if behaviour.keep_bodies else None,
+        )
+        with self._lock:
+            self.records.append(record)
+            if self._log:
+                line = {k: v for k, v in record.__dict__.items() if k not in ("messages", "token")}
+                self._log.write(json.dumps(line) + "\n")
+                self._log.flush()
+        if behaviour.on_request:
+            behaviour.on_request(record)
+        payload: Any = results
+        if isinstance(status, int) and status != 200:
+            # Postmark's code for a missing or wrong token is 10; the others here mirror the status.
+            payload = {"ErrorCode": 10 if status == 401 else status, "Message": _MESSAGES.get(status, "error")}
+        return status, {**headers, "Content-Type": "application/json"}, json.dumps(payload).encode()
+
+
+# A message's "To" key: quotes inside a JSON string are escaped, so this matches keys only.
+_TO = re.compile(rb'"To":("(?:[^"\\]|\\.)*")')
+
+
+def _messages(raw: bytes, *, whole: bool) -> list[Any] | None:
+    """The request's messages (None if it is no JSON array): parsed whole when kept, else only
+    their To fields, which is all an answer needs (a benchmark sends gigabytes of bodies)."""
+    if whole or not raw.lstrip().startswith(b"["):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+    return [{"To": json.loads(match[1])} for match in _TO.finditer(raw)]
+
+
+def _address(message: Any) -> str:
+    """The address of a message's To ("Name" <a@b> or a@b)."""
+    to = message.get("To", "") if isinstance(message, dict) else ""
+    return to[to.rindex("<") + 1 : -1] if to.endswith(">") else to
+
+
+def _result(message: Any, code: int) -> dict[str, Any]:
+    now = datetime.now(timezone.utc).isoformat()
+    if code:
+        return {"ErrorCode": code, "Message": _MESSAGES.get(code, "error"), "To": _address(message)}
+    return {"ErrorCode": 0, "Message": "OK", "MessageID": str(uuid.uuid4()), "SubmittedAt": now, "To": _address(message)}
+
+
+def _handler(fake: FakePostmark) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as Postmark
+
+        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path != "/email/batch":
+                reply(self, 404, {}, b"{}")
+                return
+            status, headers, content = fake.answer(self.headers.get(TOKEN_HEADER), raw)
+            if status == DROP:
+                self.close_connection = True
+                return
+            time.sleep(fake.behaviour.hang if status == HANG else fake.behaviour.latency)
+            reply(self, 200 if status == HANG else int(status), headers, content)
+
+        def do_GET(self) -> None:  # noqa: N802
+            parts = urlsplit(self.path)
+            segments = parts.path.split("/")  # "", "message-streams", stream, "suppressions", "dump"
+            if len(segments) != 5 or segments[1] != "message-streams" or segments[3:] != ["suppressions", "dump"]:
+                reply(self, 404, {}, b"{}")
+                return
+            if fake.behaviour.token is not None and self.headers.get(TOKEN_HEADER) != fake.behaviour.token:
+                reply(self, 401, {}, json.dumps({"ErrorCode": 10, "Message": _MESSAGES[401]}).encode())
+                return
+            query = dict(parse_qsl(parts.query))
+            entries = [
+                entry
+                for entry in fake.behaviour.suppressions.get(segments[2], [])
+                if entry["SuppressionReason"] == query.get("SuppressionReason", entry["SuppressionReason"])
+                and query.get("fromdate", "") <= entry["CreatedAt"][:10] <= query.get("todate", "9999")
+            ]
+            reply(self, 200, {"Content-Type": "application/json"}, json.dumps({"Suppressions": entries}).encode())
+
+        def log_message(self, *_: Any) -> None:
+            pass  # the JSONL log is the record
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--token")
+    parser.add_argument("--error", action="append", default=[], metavar="ADDRESS=CODE", help="that message's ErrorCode")
+    parser.add_argument("--script", default="", help="comma-separated answers to the first requests")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--hang", type=float, default=60.0)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args()
+    errors = {address: int(code) for address, _, code in (item.rpartition("=") for item in args.error)}
+    with FakePostmark(
+        args.port,
+        token=args.token,
+        errors=errors,
+        script=[step for step in args.script.split(",") if step],
+        latency=args.latency,
+        hang=args.hang,
+        log=args.log,
+    ):
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Postmark, the third provider, through the real CLI against the fake Postmark (testkit/fake_postmark):
+a send of each reader's own message, per-message refusals (406 also suppresses), retries of 429
+and 5xx, a refused token stopping with everyone pending, a sender killed mid-send resumed without
+sending twice, the dry run's outbox, the webhooks (only with the basic credentials) and the sync of
+its suppression list. Asserted on what the fake received and on the database."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from newsletter import db
+from newsletter.config import Settings
+from newsletter.providers import AnswerLost, Verdict
+from newsletter.providers.postmark.http import HTTPAnswer
+from newsletter.providers.postmark.mail import verdict
+from testkit.fake_postmark import FakePostmark, Record
+from testkit.projects import add_list, add_subscribers, configure, engine_of, seed
+from testkit.servers import serving
+
+from .send_helpers import SEND, delivery_states
+from .support import run_newsletter, start_newsletter
+from .web import events_of, status_of
+
+TOKEN = "pm-server-token-never-printed"
+ENV = {"POSTMARK_SERVER_TOKEN": TOKEN}
+WEBHOOK_USER, WEBHOOK_PASSWORD = "postmark", "webhook-password-never-printed"
+
+
+def postmark_project(project: Path, fake: FakePostmark, **overrides: object) -> Settings:
+    return configure(project, provider="postmark", postmark_api_url=fake.url, max_retries=3, **overrides)
+
+
+def delivered_from_log(log: Path) -> Counter[str]:
+    received: Counter[str] = Counter()
+    for line in log.read_text().splitlines():
+        received.update(json.loads(line)["delivered"])
+    return received
+
+
+def test_each_reader_gets_their_own_message_in_batches_of_the_limit(project: Path) -> None:
+    with FakePostmark(token=TOKEN, keep_bodies=True) as fake:
+        settings = postmark_project(project, fake, batch_size=3)
+        addresses = seed(settings, 7)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode == 0, run.stderr
+    assert sorted(len(record.delivered) for record in fake.records) == [1, 3, 3]
+    assert Counter(fake.delivered()) == Counter(addresses)
+    states = delivery_states(settings)
+    assert {state for state, _, _ in states.values()} == {"sent"}
+    messages = [message for record in fake.records for message in record.messages or []]
+    links = set()
+    for message in messages:
+        headers = {header["Name"]: header["Value"] for header in message["Headers"]}
+        link = headers["List-Unsubscribe"].strip("<>").split(">")[0]
+        assert link in message["HtmlBody"] and link in message["TextBody"]
+        assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" and "List-Id" in headers
+        assert message["MessageStream"] == "broadcast" and message["Metadata"]["list_id"] == "1"
+        links.add(link)
+    assert len(links) == 7  # each reader's own
+    assert '"Reader 1" <u1@example.com>' in {message["To"] for message in messages}
+    assert TOKEN not in run.stdout + run.stderr
+
+
+def test_refused_messages_fail_alone_and_an_inactive_recipient_is_suppressed(project: Path) -> None:
+    with FakePostmark(token=TOKEN, errors={"u2@example.com": 300, "u3@example.com": 406}) as fake:
+        settings = postmark_project(project, fake, batch_size=5)
+        addresses = seed(settings, 5)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode == 0, run.stderr
+    assert len(fake.records) == 1  # nothing is sent twice: the others were accepted
+    states = delivery_states(settings)
+    assert {a: s for a, (s, _, _) in states.items()} == {
+        **dict.fromkeys(addresses, "sent"), "u2@example.com": "failed", "u3@example.com": "failed"
+    }
+    assert "ErrorCode 406" in (states["u3@example.com"][2] or "")
+    assert status_of(settings, 1, 3) == db.BOUNCED  # inactive at Postmark: suppressed here too
+    assert status_of(settings, 1, 2) == db.SUBSCRIBED  # a bad address, not a suppression
+    assert events_of(settings, 3)[-1][1:] == (db.BOUNCED, db.SUBSCRIBED, "provider_answer")
+
+
+def test_rate_limits_and_server_errors_are_retried(project: Path) -> None:
+    with FakePostmark(token=TOKEN, script=["429", "500", "503"], retry_after=0) as fake:
+        settings = postmark_project(project, fake, batch_size=10, send_concurrency=1)
+        addresses = seed(settings, 4)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode == 0, run.stderr
+    assert [record.status for record in fake.records] == [429, 500, 503, 200]
+    assert Counter(fake.delivered()) == Counter(addresses)
+
+
+def test_a_refused_token_stops_the_send_with_everyone_pending(project: Path) -> None:
+    with FakePostmark(token="another-token") as fake:
+        settings = postmark_project(project, fake, batch_size=2, send_concurrency=1)
+        seed(settings, 5)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode != 0
+    assert "POSTMARK_SERVER_TOKEN" in run.stderr and TOKEN not in run.stdout + run.stderr
+    assert len(fake.records) == 1 and fake.delivered() == []
+    assert {state for state, _, _ in delivery_states(settings).values()} == {"pending"}
+
+
+def test_a_request_error_stops_the_send_with_everyone_pending(project: Path) -> None:
+    with FakePostmark(token=TOKEN, script=["422"]) as fake:
+        settings = postmark_project(project, fake, batch_size=2, send_concurrency=1)
+        seed(settings, 5)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode != 0 and "422" in run.stderr
+    assert {state for state, _, _ in delivery_states(settings).values()} == {"pending"}
+
+
+def test_a_sender_killed_while_its_request_is_out_resumes_without_resending_it(project: Path) -> None:
+    sender: dict[str, subprocess.Popen[str]] = {}
+
+    def kill_during_second_request(record: Record) -> None:
+        if record.seq == 2:
+            sender["process"].kill()  # SIGKILL before Postmark's answer leaves
+            sender["process"].wait()
+
+    log = project / "requests.jsonl"
+    with FakePostmark(token=TOKEN, log=log, on_request=kill_during_second_request) as fake:
+        settings = postmark_project(project, fake, batch_size=10, send_concurrency=1)
+        addresses = seed(settings, 45)
+        sender["process"] = start_newsletter(*SEND, cwd=project, env=ENV)
+        sender["process"].wait(120)
+        assert sender["process"].returncode == -9
+
+        resumed = run_newsletter(*SEND, cwd=project, env=ENV)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "1 batch(es) are uncertain" in resumed.stderr
+        uncertain = {a for a, (state, _, _) in delivery_states(settings).items() if state == "uncertain"}
+        assert uncertain == set(addresses[10:20])
+        again = run_newsletter(*SEND, cwd=project, env=ENV)
+        assert again.returncode == 0, again.stderr
+    assert delivered_from_log(log) == Counter(addresses)  # the lost batch did arrive, once
+
+
+def test_the_dry_run_writes_the_batches_postmark_would_get(project: Path) -> None:
+    with FakePostmark(token=TOKEN) as fake:
+        settings = postmark_project(project, fake, batch_size=2)
+        seed(settings, 3)
+        run = run_newsletter(*SEND[:-1], "--dry-run", "--yes", cwd=project, env={})
+    assert run.returncode == 0, run.stderr
+    assert fake.records == []
+    outbox = project / "outbox" / "2026-01-23"
+    batches = [json.loads(path.read_bytes()) for path in sorted(outbox.glob("batch-*.json"))]
+    assert [[message["To"] for message in batch] for batch in batches] == [
+        ['"Reader 1" <u1@example.com>', '"Reader 2" <u2@example.com>'], ['"Reader 3" <u3@example.com>']
+    ]
+    assert (outbox / "first-recipient.eml").is_file()
+    assert {state for state, _, _ in delivery_states(settings).values()} <= set()
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_webhooks_are_taken_only_with_the_credentials_and_applied_once(project: Path) -> None:
+    config = project / "newsletter.toml"
+    settings = configure(project, postmark_webhook_user=WEBHOOK_USER)
+    list_id = add_list(settings, "daily-papers")
+    bouncer, complainer, leaver = add_subscribers(
+        settings, list_id, ["bouncer@example.com", "complainer@example.com", "leaver@example.com"]
+    )
+    bounce = {"RecordType": "Bounce", "ID": 42, "Type": "HardBounce", "Email": "bouncer@example.com",
+              "BouncedAt": "2026-01-23T10:00:00.1234567-04:00", "Inactive": True, "Metadata": {"list_id": str(list_id)}}  # fmt: skip
+    complaint = {"RecordType": "SpamComplaint", "ID": 43, "Type": "SpamComplaint", "Email": "complainer@example.com"}
+    change = {"RecordType": "SubscriptionChange", "Recipient": "leaver@example.com", "SuppressSending": True,
+              "SuppressionReason": "ManualSuppression", "Origin": "Recipient", "ChangedAt": "2026-01-23T10:00:00Z"}  # fmt: skip
+    with serving(config) as url, httpx.Client(timeout=30) as client:
+        hook = f"{url}/webhooks/postmark"
+        assert client.post(hook, json=bounce).status_code == 503  # no password set: nothing is taken
+    env = {"NEWSLETTER_POSTMARK_WEBHOOK_PASSWORD": WEBHOOK_PASSWORD}
+    with serving(config, env=env) as url, httpx.Client(timeout=30) as client:
+        hook = f"{url}/webhooks/postmark"
+        assert client.post(hook, json=bounce).status_code == 401
+        assert client.post(hook, json=bounce, headers=_basic(WEBHOOK_USER, "wrong")).status_code == 401
+        assert status_of(settings, list_id, bouncer) == db.SUBSCRIBED
+        good = _basic(WEBHOOK_USER, WEBHOOK_PASSWORD)
+        for event in (bounce, bounce, complaint, change):
+            assert client.post(hook, json=event, headers=good).status_code == 200
+        assert client.post(hook, content=b"[]", headers=good).status_code == 400
+        # SendGrid's path is still served (unconfigured here: refused, as before).
+        assert client.post(f"{url}/webhooks/sendgrid", content=b"[]").status_code == 503
+    assert status_of(settings, list_id, bouncer) == db.BOUNCED
+    assert status_of(settings, list_id, complainer) == db.COMPLAINED
+    assert status_of(settings, list_id, leaver) == db.UNSUBSCRIBED
+    assert [source for *_, source in events_of(settings, bouncer)][-1] == "webhook"
+    with engine_of(settings).connect() as conn:
+        ids = set(conn.execute(select(db.webhook_events.c.event_id)).scalars())
+    assert {"postmark-Bounce-42", "postmark-SpamComplaint-43"} <= ids and len(ids) == 3
+
+
+def test_sync_reads_the_streams_suppressions(project: Path) -> None:
+    entries = [
+        {"EmailAddress": "u1@example.com", "SuppressionReason": "HardBounce", "Origin": "Recipient", "CreatedAt": "2026-01-20T08:00:00Z"},
+        {"EmailAddress": "u2@example.com", "SuppressionReason": "SpamComplaint", "Origin": "Recipient", "CreatedAt": "2026-01-21T08:00:00Z"},
+        {"EmailAddress": "u3@example.com", "SuppressionReason": "ManualSuppression", "Origin": "Recipient", "CreatedAt": "2026-01-22T08:00:00Z"},
+        {"EmailAddress": "stranger@example.com", "SuppressionReason": "HardBounce", "Origin": "Recipient", "CreatedAt": "2026-01-22T09:00:00Z"},
+    ]  # fmt: skip
+    with FakePostmark(token=TOKEN, suppressions={"broadcast": entries}) as fake:
+        settings = postmark_project(project, fake)
+        seed(settings, 4)
+        first = run_newsletter("subscribers", "sync", cwd=project, env=ENV)
+        again = run_newsletter("subscribers", "sync", cwd=project, env=ENV)
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert "Postmark hard bounces (broadcast): 2 fetched (the whole list)" in first.stdout
+    assert "1 unknown address" in first.stdout and TOKEN not in first.stdout + first.stderr
+    assert [status_of(settings, 1, n) for n in (1, 2, 3, 4)] == [db.BOUNCED, db.COMPLAINED, db.UNSUBSCRIBED, db.SUBSCRIBED]
+    assert events_of(settings, 1)[-1][-1] == "provider_sync"
+    assert "0 membership(s) changed" in again.stdout
+
+
+def test_the_token_is_never_read_from_the_config_file(project: Path) -> None:
+    (project / "newsletter.toml").write_text(f'provider = "postmark"\npostmark_server_token = "{TOKEN}"\n')
+    run = run_newsletter("subscribers", "sync", cwd=project, env={})
+    assert run.returncode != 0
+    assert "set POSTMARK_SERVER_TOKEN in the environment" in run.stderr and TOKEN not in run.stderr
+
+
+def test_a_200_without_one_result_per_message_is_a_lost_answer_and_sender_errors_refuse_the_message() -> None:
+    ok = {"ErrorCode": 0, "Message": "OK", "MessageID": "m-1", "To": "a@example.com"}
+    sender = {"ErrorCode": 400, "Message": "Sender signature not found"}
+    with pytest.raises(AnswerLost):  # which message was accepted is unknown: none is settled
+        verdict(HTTPAnswer(200, [ok]), 2)
+    assert verdict(HTTPAnswer(200, [sender, sender]), 2).verdict is Verdict.MESSAGE_REFUSED
+    mixed = verdict(HTTPAnswer(200, [ok, {"ErrorCode": 406, "Message": "inactive"}, {"ErrorCode": 300, "Message": "bad"}]), 3)
+    assert (mixed.verdict, mixed.refused, mixed.suppressed, mixed.message_id) == (
+        Verdict.EACH_ANSWERED, frozenset({1, 2}), frozenset({1}), "m-1"
+    )
+    assert verdict(HTTPAnswer(401, None), 2).verdict is Verdict.AUTH_REFUSED
+    assert verdict(HTTPAnswer(422, {"ErrorCode": 402, "Message": "Invalid JSON"}), 2).verdict is Verdict.MESSAGE_REFUSED
+    later = verdict(HTTPAnswer(503, None, retry_after=2.0), 2)
+    assert (later.verdict, later.retry_after) == (Verdict.RETRY_LATER, 2.0)
