@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from PIL import Image, ImageDraw
 
-from testkit.loopback import LoopbackFake
+from testkit.loopback import LoopbackFake, reply
 
 API_PATH = "/api/daily_papers"
 THUMBNAIL_PREFIX = "/thumbnails/"
@@ -339,15 +339,7 @@ def _handler(fake: FakeHuggingFace) -> type[BaseHTTPRequestHandler]:
             if delay:
                 time.sleep(delay)  # this connection's thread only
             status, headers, content = fake._answer(request, fault)
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            try:
-                self.wfile.write(content)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # a client that gave up (its timeout) while we waited
+            reply(self, status, headers, content)
             request.status, request.finished = status, time.time()
 
         def log_message(self, *_: Any) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from testkit.loopback import LoopbackFake
+from testkit.loopback import LoopbackFake, reply
 
 API_KEY = "sk-fake-test-key"
 COMPLETIONS_PATH = "/v1/chat/completions"
@@ -844,15 +844,7 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 status, headers, content, delay = fake._respond(call)
                 if delay:
                     time.sleep(delay)  # this connection's thread only
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                try:
-                    self.wfile.write(content)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (its timeout) while we waited
+                reply(self, status, headers, content)
                 call.status = status
             finally:
                 call.finished = time.time()

@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from testkit.loopback import reply
+
 # Script steps: an HTTP status ("202", "429", "500"…), "drop" (read the request, then close the
 # connection without answering) or "hang" (read it, then answer only after `hang` seconds). Like
 # SendGrid after a lost answer, "drop" and "hang" count the request as delivered.
@@ -267,7 +269,7 @@ def _handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             if self.path != "/v3/mail/send":
-                self._reply(404, {}, json.dumps(_errors(("not found", None))).encode())
+                reply(self, 404, {}, json.dumps(_errors(("not found", None))).encode())
                 return
             status, headers, content, _ = fake.answer(self.headers.get("Authorization"), raw)
             if status == DROP:
@@ -278,7 +280,7 @@ def _handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
                 status = 202
             elif fake.behaviour.latency:
                 time.sleep(fake.behaviour.latency)
-            self._reply(int(status), headers, content)
+            reply(self, int(status), headers, content)
 
         def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
             from urllib.parse import parse_qsl, urlsplit
@@ -286,10 +288,10 @@ def _handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             kind = parts.path.removeprefix("/v3/suppression/")
             if not parts.path.startswith("/v3/suppression/"):
-                self._reply(404, {}, json.dumps(_errors(("not found", None))).encode())
+                reply(self, 404, {}, json.dumps(_errors(("not found", None))).encode())
                 return
             if fake.behaviour.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.behaviour.api_key}":
-                self._reply(401, {}, json.dumps(_errors(("authorization required", None))).encode())
+                reply(self, 401, {}, json.dumps(_errors(("authorization required", None))).encode())
                 return
             query = dict(parse_qsl(parts.query))
             low, high = int(query.get("start_time", 0)), int(query.get("end_time", 2**62))
@@ -297,18 +299,8 @@ def _handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
             entries.sort(key=lambda e: e["created"], reverse=True)
             offset, limit = int(query.get("offset", 0)), int(query.get("limit", 500))
             content = json.dumps(entries[offset : offset + limit]).encode()
-            self._reply(200, {"Content-Type": "application/json"}, content)
+            reply(self, 200, {"Content-Type": "application/json"}, content)
 
-        def _reply(self, status: int, headers: dict[str, str], content: bytes) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            try:
-                self.wfile.write(content)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # a client that reads answers with a cap (HUGE) hangs up once it has enough
 
         def log_message(self, *_: Any) -> None:
             pass  # the JSONL log is the record

@@ -52,8 +52,8 @@ KEY_POINT_MAX = 400
 PARAGRAPH_MAX = 3000
 PARAGRAPHS_MAX = 12
 KEY_POINTS = 3
-# A thumbnail larger than this is no thumbnail.
-THUMBNAIL_MAX_BYTES = 10 * 1024 * 1024
+# An answer larger than this is neither a day's papers nor a thumbnail.
+ANSWER_MAX_BYTES = 10 * 1024 * 1024
 # Tries of a model whose answer is not the JSON the schema asks for (HTTP failures are retried by the
 # openai client itself, honouring Retry-After).
 ANSWER_TRIES = 3
@@ -157,8 +157,8 @@ class Source:
                 problem = f"{what} could not be reached ({type(error).__name__})"
             else:
                 if answer.status_code == 200:
-                    if len(answer.content) > THUMBNAIL_MAX_BYTES:
-                        raise GenerateError(f"{what} answered more than {THUMBNAIL_MAX_BYTES // 2**20} MB")
+                    if len(answer.content) > ANSWER_MAX_BYTES:
+                        raise GenerateError(f"{what} answered more than {ANSWER_MAX_BYTES // 2**20} MB")
                     return answer
                 problem = f"{what} answered {answer.status_code}"
                 if answer.status_code not in (429, 500, 502, 503, 504):
@@ -270,6 +270,8 @@ class ByModel:
         return Summary(sections, cached=False, tokens=prompt_tokens + completion_tokens)
 
     async def _ask(self, paper: SourcePaper) -> tuple[Sections, int, int]:
+        # Imported where a model is asked: the package costs a few tenths of a second to import,
+        # which `summarizer = "none"` and every other command never need.
         import openai
 
         messages = [{"role": "system", "content": self._prompts.system}, {"role": "user", "content": self._prompts.user(paper)}]
@@ -558,17 +560,17 @@ def generate_day(
     on_paper: Callable[[SourcePaper], None] = lambda paper: None,
 ) -> Generated:
     """generate_digest with the configured source and summarizer, built here (the command's edge)."""
-    summarizer_needs = settings.summarizer == "openai"
-    if summarizer_needs and not settings.llm_model:
+    uses_model = settings.summarizer == "openai"
+    if uses_model and not settings.llm_model:
         raise ConfigError("summarizer = 'openai' needs llm_model: the model to ask (e.g. 'gpt-4o-mini', or a local model's name)")
-    if summarizer_needs and settings.llm_api_key is None:
+    if uses_model and settings.llm_api_key is None:
         raise ConfigError("summarizer = 'openai' needs NEWSLETTER_LLM_API_KEY in the environment (any value for a local server without keys)")
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
 
     async def run() -> Generated:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
             summarizer: Summarizer = FromTheSource()
-            if summarizer_needs:
+            if uses_model:
                 import openai
 
                 assert settings.llm_api_key is not None and settings.llm_model is not None
@@ -587,13 +589,13 @@ def generate_day(
                     source=Source(client, settings.source_url),
                     summarizer=summarizer,
                     top=top or settings.digest_top,
-                    language=settings.digest_language if summarizer_needs else "en",
+                    language=settings.digest_language if uses_model else "en",
                     concurrency=settings.llm_concurrency,
                     force=force,
                     on_paper=on_paper,
                 )
             finally:
-                if summarizer_needs:
+                if uses_model:
                     await model_client.close()
 
     return asyncio.run(run())
