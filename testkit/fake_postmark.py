@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .loopback import LoopbackFake, reply
+from .loopback import LoopbackFake, remember, reply
 
 DROP, HANG = "drop", "hang"
 TOKEN_HEADER = "X-Postmark-Server-Token"
@@ -125,12 +125,7 @@ class FakePostmark(LoopbackFake):
             token=token,
             messages=messages if behaviour.keep_bodies else None,
         )
-        with self._lock:
-            self.records.append(record)
-            if self._log:
-                line = {k: v for k, v in record.__dict__.items() if k not in ("messages", "token")}
-                self._log.write(json.dumps(line) + "\n")
-                self._log.flush()
+        remember(self._lock, self.records, self._log, record, ("messages", "token"))
         if behaviour.on_request:
             behaviour.on_request(record)
         payload: Any = results

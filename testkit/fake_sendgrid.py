@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from testkit.loopback import reply
+from testkit.loopback import remember, reply
 
 # Script steps: an HTTP status ("202", "429", "500"…), "drop" (read the request, then close the
 # connection without answering) or "hang" (read it, then answer only after `hang` seconds). Like
@@ -168,12 +168,7 @@ class FakeSendGrid:
             authorization=authorization,
             body=body if behaviour.keep_bodies else None,
         )
-        with self._lock:
-            self.records.append(record)
-            if self._log:
-                line = {k: v for k, v in record.__dict__.items() if k not in ("body", "authorization")}
-                self._log.write(json.dumps(line) + "\n")
-                self._log.flush()
+        remember(self._lock, self.records, self._log, record, ("body", "authorization"))
         if behaviour.on_request:
             behaviour.on_request(record)
         content = json.dumps(payload).encode() if payload is not None else b""

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import IO, Any, Self
 
 
 def reply(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], content: bytes) -> None:
@@ -19,6 +20,16 @@ def reply(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str],
         handler.wfile.write(content)
     except (BrokenPipeError, ConnectionResetError):
         pass  # a client that gave up (its timeout, its cap on an answer) while we answered
+
+
+def remember(lock: threading.Lock, records: list[Any], log: IO[str] | None, record: Any, private: tuple[str, ...]) -> None:
+    """Keep a request's record, and write it as a JSON line to `log` without its `private` fields
+    (bodies, credentials): a fake in a process of its own tells its test this way."""
+    with lock:
+        records.append(record)
+        if log:
+            log.write(json.dumps({k: v for k, v in record.__dict__.items() if k not in private}) + "\n")
+            log.flush()
 
 
 class _Server(ThreadingHTTPServer):
