@@ -244,3 +244,38 @@ def test_summaries_are_cached_per_model_language_and_prompt(project: Project) ->
     assert project.llm.calls == calls + 5
     with engine_of(load_settings(project.config)).connect() as conn:
         assert conn.execute(select(func.count()).select_from(db.summaries)).scalar_one() == 10
+
+
+def test_markup_split_by_bidi_controls_or_doubled_tags_is_still_removed(project: Path) -> None:
+    hostile = [
+        "http\u202a://evil.example/x", "w\u202aww.evil.example", "java\u202escript:alert(1)",
+        "<scr\u202aipt>alert(1)</scr\u202aipt>", "--unsubscribe_url--", "-preferences\u202a_url-",
+    ]  # fmt: skip
+    project.llm.answer = lambda body: {"summary": " ".join(hostile), "key_points": hostile[:3], "abstract": hostile[3:]}
+    [paper, *others] = make_papers(3, date=DAY, seed=5)
+    paper.update(title="--unsubscribe_url-- \u202e", upvotes=10_000)
+    blank = {**make_papers(1, date=DAY, seed=6)[0], "title": " \u202e "}  # shows as nothing: no card
+    project.hf.set_papers(DAY, [paper, blank, *others])
+    done = project.generate()
+    assert done.returncode == 0, done.stderr
+    digest = load_digest(load_settings(project.config), DAY)  # the parser takes what was written
+    assert len(digest.papers) == 3 and digest.papers[0].title == "unsubscribe_url"
+    text = project.digest.read_text().casefold()
+    for gone in ("evil.example", "javascript", "<scr", "-unsubscribe_url-", "-preferences_url-"):
+        assert gone not in text.replace("\\", ""), gone
+
+
+def test_a_thumbnail_that_decodes_to_too_many_pixels_is_no_thumbnail() -> None:
+    import io
+
+    from PIL import Image
+
+    from newsletter.content.generate import THUMBNAIL_MAX_PIXELS, _image_extension
+
+    side = int(THUMBNAIL_MAX_PIXELS**0.5) + 1
+    bomb = io.BytesIO()
+    Image.new("1", (side, side)).save(bomb, "PNG")  # a few kilobytes, gigabytes once decoded as RGBA
+    assert len(bomb.getvalue()) < 100_000 and _image_extension(bomb.getvalue()) is None
+    small = io.BytesIO()
+    Image.new("RGB", (160, 84)).save(small, "PNG")
+    assert _image_extension(small.getvalue()) == "png"

@@ -82,9 +82,13 @@ _UNSUBSCRIBE_TAG = re.compile("|".join(re.escape(tag) for tag in PERSONAL_TAGS),
 
 
 def without_personal_tags(text: str) -> str:
-    """`text` with every personal tag's dashes dropped ("unsubscribe_url"): text from outside written
-    into a digest stays text, and carries no reader's link."""
-    return _UNSUBSCRIBE_TAG.sub(lambda found: found.group(0).strip("-"), text)
+    """`text` as the parser reads it (clean_text), with every personal tag's dashes dropped
+    ("unsubscribe_url"), until none is left ("--unsubscribe_url--" holds a second one): text from
+    outside written into a digest stays text, and carries no reader's link."""
+    text = clean_text(text)
+    while (untagged := _UNSUBSCRIBE_TAG.sub(lambda found: found.group(0).strip("-"), text)) != text:
+        text = untagged
+    return text
 
 
 _TAG_MESSAGE = (

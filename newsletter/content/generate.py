@@ -35,25 +35,31 @@ from sqlalchemy.engine import Engine
 
 from .. import db
 from ..config import Settings
-from .digest import without_personal_tags
+from .digest import clean_text, without_personal_tags
 from ..providers.headers import plain_text
 from ..errors import ConfigError, DigestExists, GenerateError
 from ..files import atomic_file
 
 PAPER_URL = "https://huggingface.co/papers/{id}"
-# An arXiv id ("2601.15876", "2601.15876v2") or another id Hugging Face gives a paper: it names a
-# file and goes into a URL, so nothing else passes.
-_PAPER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# An arXiv id ("2601.15876", "2601.15876v2"), which is what Hugging Face's papers are named by: it
+# names a file and goes into a URL, so nothing else passes.
+_PAPER_ID = re.compile(r"\d{4}\.\d{4,5}(?:v\d{1,3})?")
 
 # What one field of a summary may hold, in characters, and how many paragraphs an abstract may have:
 # a model that runs on (or is told to) cannot fill the email.
+# Bumped with every change to what markup_to_text keeps: it is part of the prompt version, so a
+# summary cleaned by an older rule is made anew rather than served from the cache.
+CLEANING = 2
+TITLE_MAX = 300
 SUMMARY_MAX = 1200
 KEY_POINT_MAX = 400
 PARAGRAPH_MAX = 3000
 PARAGRAPHS_MAX = 12
 KEY_POINTS = 3
-# An answer larger than this is neither a day's papers nor a thumbnail.
+# An answer larger than this is neither a day's papers nor a thumbnail, which also has at most
+# THUMBNAIL_MAX_PIXELS: a small file can decode to gigabytes.
 ANSWER_MAX_BYTES = 10 * 1024 * 1024
+THUMBNAIL_MAX_PIXELS = 25_000_000
 # Tries of a model whose answer is not the JSON the schema asks for (HTTP failures are retried by the
 # openai client itself, honouring Retry-After).
 ANSWER_TRIES = 3
@@ -95,11 +101,15 @@ def _source_paper(item: Any) -> SourcePaper | None:
     paper_id, title = paper.get("id"), paper.get("title") or item.get("title")
     if not isinstance(paper_id, str) or not _PAPER_ID.fullmatch(paper_id) or not isinstance(title, str):
         return None
+    # A title the digest would show as nothing (blanks, bidi controls) makes no card.
+    title = " ".join(without_personal_tags(title).split())[:TITLE_MAX]
+    if not title:
+        return None
     upvotes = paper.get("upvotes")
     thumbnail = item.get("thumbnail")
     return SourcePaper(
         id=paper_id,
-        title=" ".join(title.split()),
+        title=title,
         abstract=_text(paper.get("summary")),
         upvotes=upvotes if isinstance(upvotes, int) and not isinstance(upvotes, bool) and upvotes >= 0 else 0,
         ai_summary=_text(paper.get("ai_summary")),
@@ -152,13 +162,13 @@ class Source:
         delay = 1.0
         for attempt in range(1, self.TRIES + 1):
             try:
-                answer = await self._client.get(url, params=params)
+                answer = await self._read(url, params)
             except httpx.HTTPError as error:
                 problem = f"{what} could not be reached ({type(error).__name__})"
             else:
+                if answer is None:
+                    raise GenerateError(f"{what} answered more than {ANSWER_MAX_BYTES // 2**20} MB")
                 if answer.status_code == 200:
-                    if len(answer.content) > ANSWER_MAX_BYTES:
-                        raise GenerateError(f"{what} answered more than {ANSWER_MAX_BYTES // 2**20} MB")
                     return answer
                 problem = f"{what} answered {answer.status_code}"
                 if answer.status_code not in (429, 500, 502, 503, 504):
@@ -169,12 +179,26 @@ class Source:
         raise GenerateError(f"{problem} ({url.split('?')[0]})")
 
 
+    async def _read(self, url: str, params: dict[str, str] | None) -> httpx.Response | None:
+        """The answer, its body read whole, or None once it runs past ANSWER_MAX_BYTES: read as it
+        streams in, so an endless answer costs no more memory than that."""
+        async with self._client.stream("GET", url, params=params) as answer:
+            body = bytearray()
+            async for chunk in answer.aiter_bytes():
+                body += chunk
+                if len(body) > ANSWER_MAX_BYTES:
+                    return None
+        return httpx.Response(answer.status_code, headers=answer.headers, content=bytes(body), request=answer.request)
+
+
 def _image_extension(data: bytes) -> str | None:
     """The extension of an image Pillow can read, or None."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > THUMBNAIL_MAX_PIXELS:
+                return None
             image.verify()
             kind = image.format
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
@@ -339,7 +363,9 @@ def markup_to_text(markup: str, limit: int) -> str:
     """`markup` (a model's Markdown or HTML) as the plain text a reader would see, one line, at most
     `limit` characters: tags, scripts and styles, images and link targets removed; a link keeps its
     words, and Markdown inside an HTML block is read as Markdown too."""
-    text = _LEFTOVER_TAG.sub(" ", _text_of(markup, depth=2))
+    # The parser's cleaning first: a bidi control inside "java\u202escript:" or "<scr\u202aipt>"
+    # would otherwise hide it from the passes below and vanish after them.
+    text = _LEFTOVER_TAG.sub(" ", _text_of(clean_text(markup), depth=2))
     text = _LEFTOVER_LINK.sub(lambda found: "" if found[1] else found[2], text)
     # Mail clients make links of URLs in text: a model's summary needs none, so none is left.
     return _capped(plain_text(_URL.sub(" ", text)), limit)
@@ -541,7 +567,8 @@ def prompts_from(templates_dir: Path, language: str) -> Prompts:
     environment = Environment(loader=FileSystemLoader(folder), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     system, user = (environment.get_template(name) for name in ("summarize.system.j2", "summarize.user.j2"))
     sources = "".join((folder / name).read_text(encoding="utf-8") for name in ("summarize.system.j2", "summarize.user.j2"))
-    version = hashlib.sha256((sources + json.dumps(SCHEMA, sort_keys=True)).encode()).hexdigest()[:16]
+    signed = f"{sources}{json.dumps(SCHEMA, sort_keys=True)}{CLEANING}"
+    version = hashlib.sha256(signed.encode()).hexdigest()[:16]
     context = {"language": language_name, "key_points": KEY_POINTS}
     return Prompts(
         system=system.render(context),
