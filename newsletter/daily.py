@@ -17,16 +17,15 @@
 Every step is idempotent (a send is recorded per issue and list, publishing rewrites the same files,
 a sync reads only what is new), so a second run of a day does nothing and exits 0, and a run stopped
 by SIGINT or SIGTERM (exit 7: the send records the answers to the requests it has out, and no step
-starts after) is resumed by running the same day again. One run at a time, whatever the host: a row
-in `run_locks`, taken by compare-and-set and renewed by a heartbeat, as a send's claim is
-(send/claim.py). The lock is checked before every step, never held across hosts by a
+starts after) is resumed by running the same day again. One run at a time, whatever the host:
+the lease "daily-run" (store/lease.py), taken by compare-and-set and renewed by a heartbeat, as a
+send's claim is. The lock is checked before every step, never held across hosts by a
 process that stopped renewing it for STALE_AFTER.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Self
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError
 
 from . import db
 from .config import WEEKDAYS, Settings
@@ -50,8 +48,7 @@ from .errors import (
     RunDateError,
     RunLocked,
 )
-from .db import aware
-from .send.claim import HEARTBEAT, STALE_AFTER, holder_is_dead, holder_of
+from .store.lease import HEARTBEAT, STALE_AFTER, Holder, Lease
 
 if TYPE_CHECKING:
     from .content.digest import Digest
@@ -192,7 +189,7 @@ def run_day(
     before anything is done; every later failure is in the report.
     """
     lists = run_lists(engine, settings)
-    with RunLock(engine, settings, f"the run of {day.isoformat()}") as lock:
+    with RunLock(engine, settings.clock, f"the run of {day.isoformat()}") as lock:
         return _Run(engine, settings, day, lists, lock, on_step, interruption).run()
 
 
@@ -540,17 +537,16 @@ def _describe(error: BaseException) -> str:
 
 
 class RunLock:
-    """One run at a time: the row LOCK_NAME of run_locks, taken by compare-and-set on what was read,
-    renewed every HEARTBEAT by a thread, taken over only when its holder has been silent for
-    STALE_AFTER or is a process of this machine that no longer exists, and deleted on release."""
+    """One run at a time: the lease LOCK_NAME, renewed every HEARTBEAT by a thread, taken over only
+    when its holder has been silent for STALE_AFTER or is a process of this machine that no longer
+    exists, and given back on release."""
 
-    def __init__(self, engine: Engine, settings: Settings, describe: str) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime], describe: str) -> None:
         self._engine = engine
-        self._clock = settings.clock
-        self._timeout = settings.database_timeout
         self._describe = describe
-        self.holder = holder_of(os.getpid())
-        self._lost: str | None = None
+        self._lease = Lease(LOCK_NAME, clock, refused=self._refused, lost=self._taken_over)
+        self.holder = self._lease.holder
+        self._lost: RunLocked | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
 
@@ -559,81 +555,49 @@ class RunLock:
         self._thread.start()
         return self
 
+    def acquire(self) -> None:
+        with self._engine.begin() as conn:
+            self._lease.acquire(conn)
+
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
         self.release()
 
-    def acquire(self) -> None:
-        lock = db.run_locks.c
-        now = self._clock()
-        with self._engine.begin() as conn:
-            row = conn.execute(select(db.run_locks).where(lock.name == LOCK_NAME).with_for_update()).first()
-            if row is not None and row.holder != self.holder:
-                silent = now - aware(row.heartbeat_at)
-                if silent < STALE_AFTER and not holder_is_dead(row.holder):
-                    raise self._held(row.holder, row.acquired_at, silent)
-            if row is not None:
-                # Compare-and-set on what was read: of two runs that judged the same lock stale,
-                # exactly one takes it over.
-                taken = conn.execute(
-                    db.run_locks.update()
-                    .where(lock.name == LOCK_NAME, lock.holder == row.holder, lock.heartbeat_at == row.heartbeat_at)
-                    .values(holder=self.holder, acquired_at=now, heartbeat_at=now)
-                ).rowcount
-                if taken == 1:
-                    return
-        if row is None:
-            try:
-                with self._engine.begin() as conn:
-                    conn.execute(
-                        db.run_locks.insert().values(name=LOCK_NAME, holder=self.holder, acquired_at=now, heartbeat_at=now)
-                    )
-                return
-            except IntegrityError:
-                pass  # another run inserted it first
-        with db.reading(self._engine) as conn:
-            row = conn.execute(select(db.run_locks).where(lock.name == LOCK_NAME)).first()
-        if row is None:
-            raise RunLocked(f"another run took the run lock just now and released it; {self._describe} did not start")
-        raise self._held(row.holder, row.acquired_at, self._clock() - aware(row.heartbeat_at))
+    def release(self) -> None:
+        try:
+            with self._engine.begin() as conn:
+                self._lease.release(conn)
+        except NewsletterError:
+            pass  # the lock goes stale and is taken over; the run's own outcome is what matters
 
     def check(self) -> None:
         """RunLocked if another run has taken the lock over (this one was silent too long)."""
         if self._lost is not None:
-            raise RunLocked(self._lost)
-
-    def release(self) -> None:
-        lock = db.run_locks.c
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(db.run_locks.delete().where(lock.name == LOCK_NAME, lock.holder == self.holder))
-        except NewsletterError:
-            pass  # the lock goes stale and is taken over; the run's own outcome is what matters
+            raise self._lost
 
     def _beat(self) -> None:
-        lock = db.run_locks.c
         while not self._stop.wait(HEARTBEAT.total_seconds()):
             try:
                 with self._engine.begin() as conn:
-                    kept = conn.execute(
-                        db.run_locks.update()
-                        .where(lock.name == LOCK_NAME, lock.holder == self.holder)
-                        .values(heartbeat_at=self._clock())
-                    ).rowcount
+                    self._lease.touch(conn)
+            except RunLocked as lost:
+                self._lost = lost
+                return
             except Exception:  # noqa: BLE001, S112 - a database that fails now may answer at the next beat
                 continue
-            if kept != 1:
-                self._lost = (
-                    f"another run took the run lock over (this one was silent for over "
-                    f"{int(STALE_AFTER.total_seconds())} s); {self._describe} stopped"
-                )
-                return
 
-    def _held(self, holder: str, since: datetime, silent: Any) -> RunLocked:
-        who = holder.split("#")[0]
+    def _refused(self, holder: Holder | None) -> RunLocked:
+        if holder is None:
+            return RunLocked(f"another run took the run lock just now; {self._describe} did not start")
         return RunLocked(
-            f"another run holds the run lock: {who}, since {aware(since):%Y-%m-%d %H:%M:%S} UTC (last "
-            f"heartbeat {max(0, int(silent.total_seconds()))} s ago); {self._describe} did not start. A "
+            f"another run holds the run lock: {holder.who}, since {holder.since:%Y-%m-%d %H:%M:%S} UTC (last "
+            f"heartbeat {holder.seconds_silent} s ago); {self._describe} did not start. A "
             f"lock with no heartbeat for {int(STALE_AFTER.total_seconds())} s is taken over."
+        )
+
+    def _taken_over(self) -> RunLocked:
+        return RunLocked(
+            f"another run took the run lock over (this one was silent for over "
+            f"{int(STALE_AFTER.total_seconds())} s); {self._describe} stopped"
         )

@@ -175,9 +175,6 @@ campaigns = Table(
     Column("text", Text, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("finished_at", TS),
-    # The atomic claim that keeps two send processes from sending the same campaign.
-    Column("claimed_by", String(100)),
-    Column("claimed_at", TS),
     # "daily": issue_date is the digest's date (2026-01-23); "weekly": the ISO week (2026-W04).
     Column("edition", String(10), nullable=False, server_default=DAILY),
     UniqueConstraint("issue_date", "list_id"),
@@ -293,13 +290,13 @@ messages = Table(
 )
 
 
-# The daily run's lock (newsletter/daily.py): one row per lock while a run holds it, taken and
-# renewed by compare-and-set, so that it holds across hosts sharing a PostgreSQL database.
-run_locks = Table(
-    "run_locks",
+# One holder at a time for a named piece of work, across hosts sharing a PostgreSQL database: the
+# daily run ("daily-run") and the send of each campaign ("campaign:<id>"). Owned by store/lease.py.
+leases = Table(
+    "leases",
     metadata,
     Column("name", String(40), primary_key=True),
-    Column("holder", String(200), nullable=False),  # "pid@host#…", as send claims name their holder
+    Column("holder", String(200), nullable=False),  # "pid@host#space#nonce"
     Column("acquired_at", TS, nullable=False),
     Column("heartbeat_at", TS, nullable=False),
 )
@@ -395,8 +392,20 @@ def _create_campaign_events(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+# The daily run's lock as migration 5 made it; migration 11 makes it one of the leases.
+_run_locks = Table(
+    "run_locks",
+    MetaData(),
+    Column("name", String(40), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("acquired_at", TS, nullable=False),
+    Column("heartbeat_at", TS, nullable=False),
+)
+
+
 def _create_run_locks(conn: Connection) -> None:
-    run_locks.create(conn, checkfirst=True)  # a database made since has it already
+    if not inspect(conn).has_table(leases.name):  # a database made since has the leases instead
+        _run_locks.create(conn, checkfirst=True)
 
 
 def _add_signup(conn: Connection) -> None:
@@ -497,6 +506,27 @@ def _neutral_provider_names(conn: Connection) -> None:
         conn.execute(campaign_events.update().where(facts.kind == old).values(kind=new))
 
 
+def _one_lease(conn: Connection) -> None:
+    # The run lock's rows and the campaigns' send claims (claimed_by, claimed_at) become leases; a
+    # database made since has only the leases.
+    leases.create(conn, checkfirst=True)
+    if inspect(conn).has_table(_run_locks.name):
+        conn.execute(leases.insert().from_select(list(_run_locks.c.keys()), select(_run_locks)))
+        _run_locks.drop(conn)
+    if "claimed_by" in {column["name"] for column in inspect(conn).get_columns(campaigns.name)}:
+        claimed = Table(campaigns.name, MetaData(), Column("id", Integer), Column("claimed_by", String(100)), Column("claimed_at", TS))
+        claims = conn.execute(
+            select(claimed).where(claimed.c.claimed_by.is_not(None), claimed.c.claimed_at.is_not(None))
+        ).all()
+        if claims:
+            conn.execute(
+                leases.insert(),
+                [{"name": f"campaign:{id_}", "holder": by, "acquired_at": at, "heartbeat_at": at} for id_, by, at in claims],
+            )
+        conn.exec_driver_sql("ALTER TABLE campaigns DROP COLUMN claimed_by")
+        conn.exec_driver_sql("ALTER TABLE campaigns DROP COLUMN claimed_at")
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _create_all,
     _index_deliveries_by_id,
@@ -508,6 +538,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _queue_signups_and_key_addresses_exactly,
     _generate_and_review,
     _neutral_provider_names,
+    _one_lease,
 ]
 
 

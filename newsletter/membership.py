@@ -121,6 +121,11 @@ _JOIN = db.memberships.insert().values(
     created_at=bindparam("now"),
     updated_at=bindparam("now"),
 )
+_CONSENT = (
+    db.memberships.update()
+    .where(*_THIS)
+    .values(consent_at=bindparam("b_at"), consent_source=bindparam("b_source"), consent_ip=bindparam("b_ip"))
+)
 _LOG = db.events.insert()
 _EVENT_COLUMNS = ["subscriber_id", "list_id", "status", "previous_status", "source", "detail", "created_at"]
 
@@ -256,10 +261,18 @@ def compare_and_set_many(
 
 
 def set_frequency(
-    conn: Connection, *, list_id: int, subscriber_id: int, frequency: str, source: str, now: datetime
+    conn: Connection,
+    *,
+    list_id: int,
+    subscriber_id: int,
+    frequency: str,
+    source: str,
+    now: datetime,
+    subscribed_only: bool = True,
 ) -> bool:
-    """Switch a subscribed member between the daily issues and the weekly edition, logged like a
-    status change (the status stays); True if it changed."""
+    """Switch a member between the daily issues and the weekly edition, logged like a status change
+    (the status stays); True if it changed. Only a subscribed member's, unless `subscribed_only` is
+    off: a sign-up keeps the choice of someone unconfirmed, or who left, for when they confirm."""
     if frequency not in db.FREQUENCIES:
         raise ValueError(f"unknown frequency {frequency!r}")
     m = db.memberships.c
@@ -267,7 +280,7 @@ def set_frequency(
         select(m.status).where(*_THIS, m.frequency != frequency).with_for_update(),
         {"list": list_id, "subscriber": subscriber_id},
     ).scalar()
-    if status != SUBSCRIBED:
+    if status is None or (subscribed_only and status != SUBSCRIBED):
         return False
     conn.execute(
         # updated_at stays: it says when the status last changed (purges and confirmations read it).
@@ -285,6 +298,16 @@ def set_frequency(
         detail=f"frequency: {frequency}",
     )
     return True
+
+
+def record_consent(
+    conn: Connection, *, list_id: int, subscriber_id: int, source: str, now: datetime, ip: str | None
+) -> None:
+    """Record when, how and (when asked to) from where a member consented to the list's mail."""
+    conn.execute(
+        _CONSENT,
+        {"list": list_id, "subscriber": subscriber_id, "b_at": now, "b_source": source, "b_ip": ip},
+    )
 
 
 def log_event(

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import db
 from .config import Settings
 from .errors import SubscriberError, TokenError
-from .membership import compare_and_set
+from .membership import compare_and_set, record_consent, set_frequency
 from .providers import Message, Provider, Recipient
 from .content.publish import PublishedIssue, published_issues
 from .content.render import DARK, FONT_STACK, LIGHT, render_template
@@ -166,7 +166,7 @@ def sign_up(conn: Connection, request: SignUpRequest, *, now: datetime, today: d
             now=now,
             detail=f"signed up on the form ({mailing_list.optin} opt-in)",
         )
-        _set_frequency(conn, mailing_list.id, subscriber_id, form.frequency)
+        _choose_frequency(conn, mailing_list.id, subscriber_id, form.frequency, now)
         if joined == db.SUBSCRIBED:
             _record_consent(conn, mailing_list, subscriber_id, now=now, ip=None)
         member = Member(mailing_list, subscriber_id, email, name, joined, form.frequency, now)
@@ -179,7 +179,7 @@ def sign_up(conn: Connection, request: SignUpRequest, *, now: datetime, today: d
         return claimed(conn, notice, now)
     else:
         # Unconfirmed, or left: the choice is kept for when they confirm.
-        _set_frequency(conn, mailing_list.id, subscriber_id, form.frequency)
+        _choose_frequency(conn, mailing_list.id, subscriber_id, form.frequency, now)
         member = replace(_member_of(row), frequency=form.frequency)
     return claimed(conn, confirmation_due(conn, member, today, newsletter), now)
 
@@ -285,13 +285,6 @@ _MEMBERSHIP = (
     .where(_m.list_id == bindparam("list"), _m.subscriber_id == bindparam("subscriber"))
 )
 _LOCKED_MEMBERSHIP = _MEMBERSHIP.with_for_update(of=db.memberships)
-_THIS_MEMBERSHIP = db.memberships.update().where(
-    _m.list_id == bindparam("list"), _m.subscriber_id == bindparam("subscriber")
-)
-_SET_FREQUENCY = _THIS_MEMBERSHIP.values(frequency=bindparam("b_frequency"))
-_SET_CONSENT = _THIS_MEMBERSHIP.values(
-    consent_at=bindparam("b_at"), consent_source=bindparam("b_source"), consent_ip=bindparam("b_ip")
-)
 
 
 def _subscriber_for(conn: Connection, form: SignUpForm, now: datetime) -> tuple[int, str, str | None]:
@@ -311,14 +304,15 @@ def _upsert(dialect: str) -> Insert:
     return insert_into(db.subscribers).on_conflict_do_nothing(index_elements=[_s.email_key])
 
 
-def _set_frequency(conn: Connection, list_id: int, subscriber_id: int, frequency: str) -> None:
-    conn.execute(_SET_FREQUENCY, {"list": list_id, "subscriber": subscriber_id, "b_frequency": frequency})
+def _choose_frequency(conn: Connection, list_id: int, subscriber_id: int, frequency: str, now: datetime) -> None:
+    set_frequency(
+        conn, list_id=list_id, subscriber_id=subscriber_id, frequency=frequency, source="signup", now=now, subscribed_only=False
+    )
 
 
 def _record_consent(conn: Connection, mailing_list: MailingList, subscriber_id: int, *, now: datetime, ip: str | None) -> None:
     source = f"signup form, {mailing_list.optin} opt-in"
-    values = {"list": mailing_list.id, "subscriber": subscriber_id, "b_at": now, "b_source": source, "b_ip": ip}
-    conn.execute(_SET_CONSENT, values)
+    record_consent(conn, list_id=mailing_list.id, subscriber_id=subscriber_id, source=source, now=now, ip=ip)
 
 
 def _membership_row(conn: Connection, list_id: int, subscriber_id: int, *, lock: bool = False) -> object | None:

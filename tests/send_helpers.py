@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +75,16 @@ def plan_for(settings: Settings, content: addressing.Content = CONTENT, *, resen
         campaign=campaign, checks=None, counts=counts, recipients=again if campaign else 0,
         batch_size=settings.batch_size, resend_uncertain=resend_uncertain,
     )
+
+
+def hold_campaign(settings: Settings, campaign_id: int, holder: str, heartbeat_at: datetime) -> None:
+    """Make `holder` the holder of the campaign's lease, last heard of at `heartbeat_at`."""
+    name = campaigns.lease_name(campaign_id)
+    with engine_of(settings).begin() as conn:
+        conn.execute(db.leases.delete().where(db.leases.c.name == name))
+        conn.execute(db.leases.insert().values(name=name, holder=holder, acquired_at=heartbeat_at, heartbeat_at=heartbeat_at))
+
+
+def campaign_holder(settings: Settings, campaign_id: int) -> str | None:
+    with engine_of(settings).connect() as conn:
+        return conn.execute(select(db.leases.c.holder).where(db.leases.c.name == campaigns.lease_name(campaign_id))).scalar()

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from newsletter import db, send
-from newsletter.send.claim import holder_of
+from newsletter.store.lease import holder_of
 from testkit.projects import LIST, configure, dispose_engine, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import CONTENT, DAY, KEY_ENV, plan_for
+from .send_helpers import CONTENT, DAY, KEY_ENV, hold_campaign, plan_for
 from .support import run_newsletter
 
 
@@ -179,8 +179,7 @@ def test_status_tells_a_dead_sender_from_a_live_one_at_once(project: Path) -> No
         conn.execute(db.deliveries.update().values(state="in_flight", batch_id=batch))
 
     def claimed_by(holder: str) -> subprocess.CompletedProcess[str]:
-        with engine_of(settings).begin() as conn:
-            conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock()))
+        hold_campaign(settings, campaign.id, holder, settings.clock())
         return run_newsletter("status", "--date", DAY.isoformat(), "--list", LIST, cwd=project, env=KEY_ENV)
 
     live = claimed_by(holder_of(os.getpid()))

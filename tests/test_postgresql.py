@@ -390,12 +390,13 @@ def test_a_send_honours_an_unsubscribe_stops_on_an_outage_and_resumes(
         with engine.connect() as conn:
             states = {r.email: (r.state, r.message_id, r.error) for r in conn.execute(select(d.email, d.state, d.message_id, d.error))}
             campaign = conn.execute(select(db.campaigns)).one()
+            leases = conn.execute(select(db.leases)).all()
             batches = sorted(tuple(r) for r in conn.execute(select(db.batches.c.state, db.batches.c.size)))
         assert unsubscribe_at_start not in states
         assert states["r250@example.com"] == (db.SKIPPED, None, "unsubscribed before sending")
         message_ids = {email: r.message_id for r in fake.records for email in r.emails if r.delivered}
         assert all(states[e] == (db.SENT, message_ids[e], None) for e in expected)
-        assert campaign.finished_at is not None and campaign.claimed_by is None
+        assert campaign.finished_at is not None and leases == []
         assert db.RETURNED in [state for state, _ in batches]
 
         # A finished send is not repeated, through the CLI too.
@@ -679,21 +680,21 @@ def test_the_daily_runs_lock_holds_across_connections_and_is_released(pg_setting
     from newsletter.errors import RunLocked
 
     engine = engine_of(pg_settings)
-    with RunLock(engine, pg_settings, "the first run") as first:
+    with RunLock(engine, pg_settings.clock, "the first run") as first:
         # Another host's run: its own engine, so nothing is shared but the database.
         elsewhere = db.connect(pg_settings)
         try:
             with pytest.raises(RunLocked, match=r"another run holds the run lock: \d+@"):
-                RunLock(elsewhere, pg_settings, "the second run").acquire()
+                RunLock(elsewhere, pg_settings.clock, "the second run").acquire()
         finally:
             elsewhere.dispose()
         with engine.connect() as conn:
-            assert conn.execute(select(db.run_locks.c.holder)).scalar_one() == first.holder
-    second = RunLock(engine, pg_settings, "a later run")
+            assert conn.execute(select(db.leases.c.holder)).scalar_one() == first.holder
+    second = RunLock(engine, pg_settings.clock, "a later run")
     second.acquire()
     second.release()
     with engine.connect() as conn:
-        assert conn.execute(select(db.run_locks)).all() == []
+        assert conn.execute(select(db.leases)).all() == []
 
 
 def test_simultaneous_sign_ups_of_one_address_and_nul_are_never_a_500(project: Path, database_url: str) -> None:

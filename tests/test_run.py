@@ -272,7 +272,7 @@ def test_two_runs_at_once_one_works_and_the_other_exits_5_at_once(project: Path)
         assert first.returncode == 0, err
         assert sorted(fake.delivered()) == subscribed  # once each
     with engine_of(settings).connect() as conn:
-        assert conn.execute(select(db.run_locks)).all() == []  # released
+        assert conn.execute(select(db.leases)).all() == []  # released
 
 
 @pytest.mark.slow
@@ -380,19 +380,19 @@ def test_without_an_api_key_the_sync_is_skipped_and_said_so(project: Path, fake:
 def test_a_lock_left_by_a_dead_run_is_taken_over_at_once(project: Path, fake: FakeSendGrid) -> None:
     settings = project_settings(project, fake)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    from newsletter.send.claim import holder_of
+    from newsletter.store.lease import holder_of
 
     engine = engine_of(settings)
     with engine.begin() as conn:
         now = settings.clock()
-        conn.execute(db.run_locks.insert().values(
+        conn.execute(db.leases.insert().values(
             name=daily.LOCK_NAME, holder=holder_of(int(gone.stdout)), acquired_at=now, heartbeat_at=now))  # fmt: skip
 
-    with daily.RunLock(engine, settings, "this run") as lock:
+    with daily.RunLock(engine, settings.clock, "this run") as lock:
         with pytest.raises(RunLocked, match="another run holds the run lock"):
-            daily.RunLock(engine, settings, "a second run").acquire()
+            daily.RunLock(engine, settings.clock, "a second run").acquire()
         with engine.connect() as conn:
-            assert conn.execute(select(db.run_locks.c.holder)).scalar_one() == lock.holder
+            assert conn.execute(select(db.leases.c.holder)).scalar_one() == lock.holder
 
 
 def test_the_default_day_is_today_in_the_timezone_setting(project: Path) -> None:

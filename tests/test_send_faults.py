@@ -17,12 +17,13 @@ from sqlalchemy import select
 from newsletter import db, send
 from newsletter.errors import ProviderAuthError, SendError, SendInProgress
 from newsletter.providers.sendgrid import SendGrid
-from newsletter.send import addressing, claim, unrecorded
+from newsletter.send import addressing, campaigns, unrecorded
+from newsletter.store import lease
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
+from .send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
 from .support import run_newsletter
 
 
@@ -166,12 +167,12 @@ def test_a_fresh_claim_keeps_a_second_sender_out(project: Path) -> None:
     plan = plan_for(settings)
     campaign = send.start_campaign(engine_of(settings), settings, DAY, plan.mailing_list, CONTENT)
     engine = engine_of(settings)
-    first = claim.Claim(settings.clock, campaign.id, "the issue")
+    first = campaigns.claim(settings.clock, campaign.id, "the issue")
     with engine.begin() as conn:
         first.acquire(conn)
     with pytest.raises(SendInProgress, match="being sent by another process"):
         with engine.begin() as conn:
-            claim.Claim(settings.clock, campaign.id, "the issue").acquire(conn)
+            campaigns.claim(settings.clock, campaign.id, "the issue").acquire(conn)
 
 
 def test_a_claim_is_taken_over_when_its_holder_died_or_went_silent(project: Path) -> None:
@@ -181,15 +182,13 @@ def test_a_claim_is_taken_over_when_its_holder_died_or_went_silent(project: Path
     engine = engine_of(settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    c = db.campaigns.c
-    for holder, age in ((claim.holder_of(dead.pid), timedelta(0)),
-                        ("1@another-host#silent", claim.STALE_AFTER + timedelta(seconds=1))):
-        with engine.begin() as conn:
-            conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock() - age))
-        taker = claim.Claim(settings.clock, campaign.id, "the issue")
+    for holder, age in ((lease.holder_of(dead.pid), timedelta(0)),
+                        ("1@another-host#silent", lease.STALE_AFTER + timedelta(seconds=1))):
+        hold_campaign(settings, campaign.id, holder, settings.clock() - age)
+        taker = campaigns.claim(settings.clock, campaign.id, "the issue")
         with engine.begin() as conn:
             taker.acquire(conn)
-            assert conn.execute(select(c.claimed_by)).scalar() == taker.holder
+        assert campaign_holder(settings, campaign.id) == taker.holder
 
 
 def test_a_dead_pid_on_the_same_hostname_but_another_pid_namespace_keeps_its_fresh_claim(project: Path) -> None:
@@ -201,11 +200,10 @@ def test_a_dead_pid_on_the_same_hostname_but_another_pid_namespace_keeps_its_fre
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     for holder in (f"{dead.pid}@{socket.gethostname()}#elsewhere", f"{dead.pid}@{socket.gethostname()}#0123456789ab#x"):
-        with engine.begin() as conn:
-            conn.execute(db.campaigns.update().values(claimed_by=holder, claimed_at=settings.clock()))
+        hold_campaign(settings, campaign.id, holder, settings.clock())
         with pytest.raises(SendInProgress, match="being sent by another process"):
             with engine.begin() as conn:
-                claim.Claim(settings.clock, campaign.id, "the issue").acquire(conn)
+                campaigns.claim(settings.clock, campaign.id, "the issue").acquire(conn)
 
 
 def test_a_sender_that_loses_its_claim_stops(project: Path) -> None:
@@ -214,7 +212,7 @@ def test_a_sender_that_loses_its_claim_stops(project: Path) -> None:
     def steal(record) -> None:
         if record.seq == 1:
             with engine_of(settings_box["s"]).begin() as conn:
-                conn.execute(db.campaigns.update().values(claimed_by="1@elsewhere#x"))
+                conn.execute(db.leases.update().values(holder="1@elsewhere#x"))
 
     with FakeSendGrid(api_key=API_KEY, on_request=steal) as fake:
         settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1)

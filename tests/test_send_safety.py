@@ -25,7 +25,7 @@ from newsletter.subscribers import MailingList
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
-from .send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
+from .send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
 from .support import run_newsletter, start_newsletter
 
 
@@ -138,17 +138,16 @@ def test_a_failing_heartbeat_stops_the_send_cleanly(project: Path, monkeypatch: 
         settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1)
         seed(settings, 6)
         with engine_of(settings).begin() as conn:
-            # Only a renewal keeps claimed_by and changes claimed_at: the database fails just that.
+            # Only a renewal keeps the holder and changes the heartbeat: the database fails just that.
             conn.exec_driver_sql(
-                "CREATE TRIGGER broken_heartbeat BEFORE UPDATE OF claimed_at ON campaigns "
-                "WHEN NEW.claimed_by = OLD.claimed_by BEGIN SELECT RAISE(ABORT, 'disk failure'); END"
+                "CREATE TRIGGER broken_heartbeat BEFORE UPDATE OF heartbeat_at ON leases "
+                "WHEN NEW.holder = OLD.holder BEGIN SELECT RAISE(ABORT, 'disk failure'); END"
             )
         report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
     assert isinstance(report.error, SendError) and "renewing this send's claim" in str(report.error)
     assert len(fake.records) == 1 and not report.finished
     assert (report.counts["sent"], report.counts["pending"], report.counts["in_flight"]) == (2, 4, 0)
-    with engine_of(settings).connect() as conn:
-        assert conn.execute(select(db.campaigns.c.claimed_by)).scalar() is None
+    assert campaign_holder(settings, report.campaign.id) is None
 
 
 def test_a_body_that_cannot_be_built_marks_nothing_in_flight(project: Path) -> None:
@@ -244,14 +243,13 @@ def test_status_shows_a_live_senders_batches_as_in_flight_not_uncertain(project:
         batch = conn.execute(db.batches.insert().values(
             campaign_id=campaign.id, state="in_flight", size=2, started_at=now)).inserted_primary_key[0]
         conn.execute(db.deliveries.update().values(state="in_flight", batch_id=batch))
-        conn.execute(db.campaigns.update().values(claimed_by="42@sender#abc#def", claimed_at=now))
+    hold_campaign(settings, campaign.id, "42@sender#abc#def", now)
     live = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
     assert [b.id for b in live.in_flight_batches] == [batch] and live.uncertain_batches == []
     shown = run_newsletter("status", "--date", "2026-01-23", cwd=project, env=KEY_ENV)
     assert "In flight (being sent by 42@sender)" in shown.stdout and "Uncertain" not in shown.stdout
 
-    with engine_of(settings).begin() as conn:  # the sender went silent: it died
-        conn.execute(db.campaigns.update().values(claimed_at=now - timedelta(minutes=5)))
+    hold_campaign(settings, campaign.id, "42@sender#abc#def", now - timedelta(minutes=5))  # silent: it died
     dead = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
     assert dead.in_flight_batches == [] and [b.id for b in dead.uncertain_batches] == [batch]
 

@@ -175,6 +175,7 @@ def test_double_opt_in_confirm_then_one_welcome(site: Site) -> None:
     sid = subscriber_id(site.settings, email)
     assert [event[1:] for event in events_of(site.settings, sid)] == [
         (db.UNCONFIRMED, None, "signup"),
+        (db.UNCONFIRMED, db.UNCONFIRMED, "signup"),  # the frequency chosen on the form: weekly
         (db.SUBSCRIBED, db.UNCONFIRMED, "confirmation"),
     ]
 

@@ -3,8 +3,9 @@ Edition: a day's daily issue, which goes to the list's daily members, or a week'
 goes to its weekly members.
 
 The pieces, in this package: addressing.py gives each reader their own link and prepares the
-provider's requests (newsletter/providers/ moves them), pacing.py paces and retries them, claim.py
-keeps a second process out, campaigns.py holds every SQL statement (and the delivery state machine),
+provider's requests (newsletter/providers/ moves them), pacing.py paces and retries them, the
+campaign's lease (store/lease.py) keeps a second process out, campaigns.py holds every SQL statement
+(and the delivery state machine),
 unrecorded.py does the sends that record nothing (dry run, test addresses, sandbox). This __init__ holds the public entry points: plan_send, send_campaign,
 campaign_status.
 
@@ -62,6 +63,7 @@ from ..providers import (
     provider_for,
 )
 from ..providers.outbox import Outbox
+from ..store.lease import HEARTBEAT, Holder, holder
 from ..subscribers import MailingList, get_list
 from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Content, Reader
@@ -71,17 +73,16 @@ from .campaigns import (
     BatchStore,
     Campaign,
     Marked,
-    Sender,
     batch_infos,
+    claim,
     companion_of,
     count_audience,
     find_campaign,
     find_companion,
-    sender_of,
+    lease_name,
     start_campaign,
     state_counts,
 )
-from .claim import HEARTBEAT, Claim
 from .pacing import Emptied, Exchange, RateLimiter, Requests, Stopped
 from .transactional import Outcome, Outgoing, send_messages
 from .unrecorded import UnrecordedReport, send_unrecorded, test_readers
@@ -113,7 +114,10 @@ class SendPlan:
 
     @property
     def html_bytes(self) -> int:
-        return len(self.content.html.encode("utf-8"))
+        """The HTML's size as a reader receives it, as `newsletter check` reports it."""
+        from ..content.checks import received_bytes
+
+        return received_bytes(self.content.html)
 
     @property
     def batches(self) -> int:
@@ -385,8 +389,8 @@ class _CampaignRun:
         self._resend_uncertain = plan.resend_uncertain
         self._on_progress = on_progress
         self._interruption = interruption
-        claim = Claim(settings.clock, campaign.id, plan.describe)
-        self._store = BatchStore(engine, settings.clock, campaign, claim, companion_of(settings, campaign.issue))
+        lease = claim(settings.clock, campaign.id, plan.describe)
+        self._store = BatchStore(engine, settings.clock, campaign, lease, companion_of(settings, campaign.issue))
         # The workers' transactions, and the heartbeat's, queue here rather than in SQLite's busy
         # handler (see db.one_writer_at_a_time).
         self._writes = db.one_writer_at_a_time(engine)
@@ -688,7 +692,7 @@ class CampaignStatus:
     skipped: dict[str, int]  # reason → recipients
     uncertain_batches: list[BatchInfo]  # answers lost, or left in flight by a sender that died
     in_flight_batches: list[BatchInfo]  # out right now, by the live sender
-    sender: Sender | None  # the process holding the claim, live or not
+    sender: Holder | None  # the process holding the campaign's lease, live or not
 
     @property
     def total(self) -> int:
@@ -721,8 +725,7 @@ def campaign_status(
                 select(d.error, func.count()).where(mine, d.state == db.SKIPPED).group_by(d.error)
             )
         }
-        claim = conn.execute(select(c.claimed_by, c.claimed_at).where(c.id == campaign.id)).one()
-        sender = sender_of(claim.claimed_by, claim.claimed_at, now)
+        sender = holder(conn, lease_name(campaign.id), now)
         live = sender is not None and sender.live
         # In flight without a live sender: its process died; the next run calls them uncertain.
         uncertain = [db.UNCERTAIN] if live else [db.UNCERTAIN, db.IN_FLIGHT]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Select, Update, and_, bindparam, func, literal, select
@@ -41,14 +41,13 @@ from sqlalchemy.exc import IntegrityError
 from .. import db
 from ..config import WEEKDAYS, Settings
 from ..content.edition import DAILY, WEEKLY, Edition
-from ..errors import SendError
+from ..errors import SendError, SendInProgress
 from ..membership import members_query, receives_issues
 from ..providers import Answer
+from ..store.lease import STALE_AFTER, Holder, Lease
 from ..subscribers import MailingList
 from ..suppressions import suppress
 from .addressing import Content, Reader
-from ..db import aware
-from .claim import SILENT_AFTER, STALE_AFTER, Claim, holder_is_dead
 from .pacing import Exchange
 
 STATES = (db.SENT, db.FAILED, db.UNCERTAIN, db.SKIPPED, db.PENDING, db.IN_FLIGHT)
@@ -379,7 +378,7 @@ class BatchStore:
         engine: Engine,
         clock: Callable[[], datetime],
         campaign: Campaign,
-        claim: Claim,
+        claim: Lease,
         companion: Edition | None = None,
     ) -> None:
         self._engine = engine
@@ -606,34 +605,26 @@ def batch_infos(conn: Connection, campaign_id: int, states: Sequence[str]) -> li
     return [BatchInfo(row.id, row.size, row.started_at, row.error) for row in rows]
 
 
-@dataclass(frozen=True)
-class Sender:
-    """The process holding a campaign's claim, as `status` shows it."""
+def lease_name(campaign_id: int) -> str:
+    return f"campaign:{campaign_id}"
 
-    who: str  # "pid@host"
-    heartbeat_age: timedelta
-    dead: bool  # a process of this machine that no longer exists
 
-    @property
-    def live(self) -> bool:
-        """Whether it still sends (its in-flight batches are out now), as far as can be told: a
-        process elsewhere is only known by its heartbeat, renewed every HEARTBEAT."""
-        return not self.dead and self.heartbeat_age < SILENT_AFTER
+def claim(clock: Callable[[], datetime], campaign_id: int, describe: str) -> Lease:
+    """This process's exclusive right to send one campaign: the campaign's lease."""
+    stale = int(STALE_AFTER.total_seconds())
 
-    @property
-    def describe(self) -> str:
-        seconds = max(0, int(self.heartbeat_age.total_seconds()))
-        if self.dead:
-            return f"{self.who}, which has stopped (no such process; last heartbeat {seconds} s ago)"
-        if self.live:
-            return f"{self.who} (heartbeat {seconds} s ago)"
-        return (
-            f"{self.who}, silent for {seconds} s: it may have died (a new send takes over after "
-            f"{int(STALE_AFTER.total_seconds())} s)"
+    def refused(holder: Holder | None) -> SendInProgress:
+        if holder is None:
+            return SendInProgress(f"{describe} was claimed by another process just now")
+        return SendInProgress(
+            f"{describe} is being sent by another process ({holder.who}, last heartbeat "
+            f"{holder.seconds_silent} s ago). Let it finish, or if it has died, run the command again: "
+            f"a claim with no heartbeat for {stale} s is taken over."
         )
 
+    def lost() -> SendInProgress:
+        return SendInProgress(
+            f"{describe}: another process took over this send (this one was silent for over {stale} s); stopping"
+        )
 
-def sender_of(claimed_by: str | None, claimed_at: datetime | None, now: datetime) -> Sender | None:
-    if claimed_by is None or claimed_at is None:
-        return None
-    return Sender(claimed_by.split("#")[0], now - aware(claimed_at), holder_is_dead(claimed_by))
+    return Lease(lease_name(campaign_id), clock, refused=refused, lost=lost)
