@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 DATE   ?= 2026-01-23
 LIST   ?= daily-papers
 
-.PHONY: demo test test-fast setup test-setup bench clean
+.PHONY: demo test test-fast setup test-setup bench clean install
 
 $(BIN)/newsletter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ demo: setup
 	$(BIN)/newsletter subscribers import subscribers/example.csv --list $(LIST)
 	$(BIN)/newsletter publish --date $(DATE)
 	$(BIN)/newsletter send --date $(DATE) --list $(LIST) --dry-run --yes
+
+# Production: the package alone (not editable, no test tools, the templates inside it) in a
+# virtualenv of its own at PREFIX, which the contrib/ units run; then `newsletter init` in the
+# project's folder (README, Deployment). `make install PREFIX=…` puts it elsewhere.
+PREFIX ?= /opt/newsletter
+install:
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet --upgrade pip
+	$(PREFIX)/bin/pip install --quiet .
+	@echo "installed $(PREFIX)/bin/newsletter; next: newsletter init in the project's folder"
 
 # Debian's Chromium and a Korean font for the browser tests, its PostgreSQL server for
 # tests/test_postgresql.py (any version), its SpamAssassin for tests/test_spam.py, its nginx for

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextvars
 import difflib
 import os
+import re
 import secrets
 import stat
 import tempfile
 from datetime import date, datetime, timezone
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
@@ -89,6 +90,9 @@ class Settings(*registry.sections(), BaseSettings):  # type: ignore[misc]
     subject_template: str = "{date} — {first}{more}"
     # How much of each paper's abstract the email carries; the web version always carries all of it.
     email_abstract: Literal["none", "first-paragraph", "full"] = "none"
+    # The one language of every page and mail readers see. None: an issue's pages and mail speak
+    # its digest's language, the pages and mails no digest decides digest_language's.
+    language: Literal["ko", "en"] | None = None
 
     # Open and click tracking, set explicitly on every request (the account's defaults are not
     # relied on). Unsubscribe links are never click-tracked, whatever these say.
@@ -472,17 +476,50 @@ def environment_warnings(environ: Mapping[str, str]) -> list[str]:
     """One warning per NEWSLETTER_* variable that no setting reads (a typo is otherwise silently
     ignored and the default used), naming the closest known variable. Values are never quoted."""
     known = environment_names()
+    # Compared without the shared prefix, which would make every name look alike.
+    by_stem = {name.removeprefix("NEWSLETTER_"): name for name in known}
     warnings = []
     for variable in sorted(environ):
         upper = variable.upper()
         if not upper.startswith("NEWSLETTER_") or upper in known:
             continue
-        # Compared without the shared prefix, which would make every name look alike.
-        by_stem = {name.removeprefix("NEWSLETTER_"): name for name in known}
-        close = difflib.get_close_matches(upper.removeprefix("NEWSLETTER_"), by_stem, n=1, cutoff=0.6)
-        hint = f"; did you mean {by_stem[close[0]]}?" if close else ""
+        close = _closest(upper.removeprefix("NEWSLETTER_"), by_stem)
+        hint = f"; did you mean {by_stem[close]}?" if close else ""
         warnings.append(f"environment variable {variable} is not a setting and is ignored{hint}")
     return warnings
+
+
+def _closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name `name` is most likely a misspelling of, or None: the one way a setting's
+    name is suggested, for the environment's variables and the config file's keys."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key(key: str, config_file: Path | None) -> str:
+    """`newsletter.toml:4: unknown setting 'batch_sise'; did you mean 'batch_size'?`: a key of the
+    config file that is no setting (or a key given to load_settings, without a file)."""
+    # Secrets too: `smtp_pasword` is best answered with smtp_password, whose own error then says
+    # that it belongs in the environment.
+    close = _closest(key, (name for name, field in Settings.model_fields.items() if not field.exclude))
+    unknown = f"unknown setting {key!r}" + (f"; did you mean {close!r}?" if close else "")
+    if config_file is None:
+        return unknown
+    line = _key_line(config_file, key)
+    return f"{config_file}:{line}: {unknown}" if line else f"{config_file}: {unknown}"
+
+
+def _key_line(config_file: Path, key: str) -> int | None:
+    """The line of the config file that sets `key` (`key = …`, a dotted `key.sub = …`, or a
+    `[key]` table), or None. tomllib tells no positions, so the file is scanned for the key at the
+    start of a line, bare or quoted."""
+    quoted = re.escape(key)
+    starts = re.compile(rf"""\s*\[*\s*(?:{quoted}|"{quoted}"|'{quoted}')\s*[=.\]]""")
+    try:
+        lines = config_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((number for number, line in enumerate(lines, start=1) if starts.match(line)), None)
 
 
 def _describe(error: ValidationError, config_file: Path | None) -> str:
@@ -496,6 +533,11 @@ def _describe(error: ValidationError, config_file: Path | None) -> str:
             lines.append(f"bad settings (from {where}): {message}")
             continue
         key = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            # Only a file (or the caller) can give a key that is no setting: the environment
+            # source reads the variables of known settings alone.
+            lines.append(_unknown_key(key, config_file))
+            continue
         # A value given under its alias is reported under the setting's name.
         key = aliases.get(key.upper(), key)
         env = next((variable for variable, name in names.items() if name == key), f"NEWSLETTER_{key.upper()}")

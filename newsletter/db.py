@@ -681,6 +681,19 @@ def _report_failures(engine: Engine, shown_url: str, timeout: float) -> None:
         raise DatabaseError(f"the database {shown_url} failed: {reason}") from original
 
 
+def schema_version_of(url: str, timeout: float) -> int:
+    """The schema version of the database at `url` (0: none), read without migrating it; waits no
+    longer than `timeout` for a connection. DatabaseError when it cannot be read."""
+    engine = _create_engine(url, timeout)
+    try:
+        with reading(engine) as conn:
+            if not inspect(conn).has_table(schema_version.name):
+                return 0
+            return conn.execute(select(func.max(schema_version.c.version))).scalar() or 0
+    finally:
+        engine.dispose()
+
+
 def aware(moment: datetime) -> datetime:
     """A stored time as an aware one: SQLite hands back naive datetimes, and every stored one is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -16,7 +16,10 @@ reader the campaign had a delivery for: an event's campaign id is a tag, not a p
   or one-click) after it was sent and before the list's next issue, plus the readers the provider
   reports unsubscribing from that campaign;
 - opens and clicks that were not tracked are None, never 0: a campaign's tracking is read from
-  campaign_tracking, else taken to be the current settings'.
+  campaign_tracking, else taken to be the current settings';
+- an issue of which no event at all was stored says why (`webhook`) rather than let its zeros pass
+  for readers: its provider has no webhook, the webhook is not configured, it has never sent an
+  event, or it has sent nothing for this issue (events of others were stored).
 
 An issue is a day's daily issue or a week's weekly edition (edition.Edition), keyed by its date or its
 ISO week; the two go to different readers of a list (its daily and its weekly members), so an issue's
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.engine import Connection
 
 from . import db
@@ -51,6 +54,48 @@ _LEAVING_SOURCES = ("unsubscribe_page", "one_click", "preferences_page")
 class Tracking:
     opens: bool
     clicks: bool
+
+
+# What the provider's webhook did for an issue (IssueReport.webhook): sent events for it, or why none
+# were stored.
+REPORTING = "reporting"
+NO_WEBHOOK = "no webhook"  # the provider reports no events (a relay)
+NOT_CONFIGURED = "not configured"  # the webhook refuses every request until it is set up
+NEVER_SENT = "never sent"  # set up, but no event of any issue was ever stored
+SILENT = "silent"  # events of other issues were stored, none of this one
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """The configured provider's webhook as the command finds it: where the provider must post its
+    events, and, when it takes none, why (NO_WEBHOOK, or NOT_CONFIGURED and the provider's words)."""
+
+    provider: str
+    url: str
+    refused: str | None = None
+    reason: str = ""
+
+    def state(self, has_events: bool, any_stored: bool) -> str:
+        """An issue's IssueReport.webhook: REPORTING, or why it has no event."""
+        if has_events:
+            return REPORTING
+        if self.refused is not None:
+            return self.refused
+        return SILENT if any_stored else NEVER_SENT
+
+    def explain(self, state: str) -> str | None:
+        """Why an issue in `state` has no event, for a person; None when it has some."""
+        unknown = "deliveries, bounces, opens and clicks are not known"
+        return {
+            REPORTING: None,
+            NO_WEBHOOK: f"no events: {self.provider} has no webhook; {unknown}",
+            NOT_CONFIGURED: f"no events from {self.provider}: {self.reason}; {unknown}",
+            NEVER_SENT: (
+                f"no events from {self.provider}: its webhook is configured but has never sent one "
+                f"(the provider must post them to {self.url})"
+            ),
+            SILENT: f"no events from {self.provider} yet for the issue, though its webhook has sent other issues'",
+        }[state]
 
 
 @dataclass(frozen=True)
@@ -74,6 +119,8 @@ class IssueReport:
     spam_reports: int
     unsubscribes: int
     papers: list[PaperClicks]
+    webhook: str  # REPORTING, or why no event of the provider's was stored for the issue
+    no_events: str | None  # that why, for a person (Webhook.explain); None when REPORTING
 
     def rate(self, count: int | None, *, of_sent: bool = False) -> float | None:
         """`count` as a share of the delivered (bounces: of the sent), or None."""
@@ -93,6 +140,7 @@ class IssueReport:
             "bounces": self.bounces,
             "spam_reports": self.spam_reports,
             "unsubscribes": self.unsubscribes,
+            "webhook": self.webhook,
             "papers": [
                 {"rank": p.rank, "title": p.title, "url": p.url, "unique_clicks": p.unique_clicks}
                 for p in self.papers
@@ -120,9 +168,10 @@ class Selection:
         return f"no issue has been sent{where} yet"
 
 
-def issue_reports(conn: Connection, selection: Selection, tracking: Tracking) -> list[IssueReport]:
+def issue_reports(conn: Connection, selection: Selection, tracking: Tracking, webhook: Webhook) -> list[IssueReport]:
     """The reports of the selected issues, oldest first (by list, then date); NoIssueSent if there
-    are none. `tracking`: what is assumed for a campaign that did not record its own."""
+    are none. `tracking`: what is assumed for a campaign that did not record its own; `webhook`:
+    the configured provider's, to say why an issue has no event."""
     if selection.list_name is not None:
         get_list(conn, selection.list_name)  # an unknown list is named as such
     campaigns = _campaigns(conn, selection)
@@ -133,8 +182,12 @@ def issue_reports(conn: Connection, selection: Selection, tracking: Tracking) ->
     readers = _readers(conn, ids)
     recorded = _tracking(conn, ids)
     leavers = _leavers(conn, campaigns)
+    e = db.campaign_events.c
+    any_stored = conn.execute(select(exists().select_from(db.campaign_events))).scalar_one()
     reports = []
     for campaign in campaigns:
+        has_events = any_stored and conn.execute(select(exists().where(e.campaign_id == campaign.id))).scalar_one()
+        state = webhook.state(has_events, any_stored)
         tracked = recorded.get(campaign.id, tracking)
         counts = readers[campaign.id]
         papers, links = papers_of(campaign.html)
@@ -155,6 +208,8 @@ def issue_reports(conn: Connection, selection: Selection, tracking: Tracking) ->
                     PaperClicks(rank, title, url, by_rank.get(rank, 0) if tracked.clicks else None)
                     for rank, title, url in papers
                 ],
+                webhook=state,
+                no_events=webhook.explain(state),
             )
         )
     return reports

@@ -33,7 +33,7 @@ from .errors import SubscriberError, TokenError
 from .membership import compare_and_set, record_consent, set_frequency
 from .providers import Message, Provider, Recipient
 from .content.publish import PublishedIssue, published_issues
-from .content.render import DARK, FONT_STACK, LIGHT, render_template
+from .content.render import DARK, FONT_STACK, LIGHT, render_macro, render_template
 from .send.transactional import Outcome, Outgoing, claim, send_messages
 from .addresses import email_key, normalise_email
 from .providers.headers import plain_name
@@ -89,7 +89,7 @@ class Due:
 
     @property
     def subject(self) -> str:
-        return _SUBJECTS[self.kind].format(name=self.newsletter)
+        return _RECORDED_AS[self.kind].format(name=self.newsletter)
 
 
 def claimed(conn: Connection, due: Due | None, now: datetime) -> Due | None:
@@ -335,10 +335,16 @@ def _member_of(row: object) -> Member:
     )
 
 
+def find_member(conn: Connection, list_id: int, subscriber_id: int) -> Member | None:
+    """The member of the list with this subscriber id, with their list; None if there is none."""
+    row = _membership_row(conn, list_id, subscriber_id)
+    return None if row is None else _member_of(row)
+
+
 def _member(conn: Connection, mailing_list: MailingList, subscriber_id: int) -> Member:
-    row = _membership_row(conn, mailing_list.id, subscriber_id)
-    assert row is not None, "the membership was just read or written in this transaction"
-    return _member_of(row)
+    member = find_member(conn, mailing_list.id, subscriber_id)
+    assert member is not None, "the membership was just read or written in this transaction"
+    return member
 
 
 def send_confirmations(
@@ -369,10 +375,12 @@ def send_confirmations(
 
 # -- the mails ----------------------------------------------------------------------------------------
 
-_SUBJECTS: dict[MailKind, str] = {
-    CONFIRM: "구독 확인 · Confirm your subscription to {name}",
-    WELCOME: "{name} 구독을 환영합니다 · Welcome to {name}",
-    ALREADY: "이미 구독 중입니다 · You are already subscribed to {name}",
+# What the mail records (messages.subject) say of each, for the operator; the mail's own subject is
+# templates/mail/subjects.j2's, in the readers' language.
+_RECORDED_AS: dict[MailKind, str] = {
+    CONFIRM: "Confirm your subscription to {name}",
+    WELCOME: "Welcome to {name}",
+    ALREADY: "You are already subscribed to {name}",
 }
 
 
@@ -409,7 +417,7 @@ def compose(
         "fonts": FONT_STACK,
     }
     message = Message(
-        subject=due.subject,
+        subject=render_macro(settings, "mail/subjects.j2", due.kind, settings.from_name),
         html=render_template(settings, f"mail/{due.kind}.html.j2", context),
         text=render_template(settings, f"mail/{due.kind}.txt.j2", context),
         sender_email=settings.from_email,

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
 from . import db
 from .config import Settings
-from .errors import SendError, SubscriberError
+from .errors import ProviderAuthError, SendError, SubscriberError
 from .membership import compare_and_set
-from .providers import Suppression, SuppressionList, SuppressionSource, registry
+from .providers import AnswerLost, RequestImpossible, Suppression, SuppressionList, SuppressionSource, Verdict, registry
 from .addresses import email_key, normalise_email
 
 
@@ -96,7 +97,8 @@ def sync_suppressions(
     entry made in that same second is not missed; re-applying one changes nothing) up to now, which
     keeps the paging stable while entries are added. Each page is applied in its own transaction,
     and the list's sync_state advances only once every page is in: an interrupted sync repeats some
-    work and loses none. A suppression applies to every list the address is on.
+    work and loses none. A suppression applies to every list the address is on. Every request goes
+    through the send's retry loop (rate limits, outages, lost answers; `max_retries`).
     """
     source = source or registry.suppressions(settings)
     if source is None:
@@ -105,9 +107,26 @@ def sync_suppressions(
 
 
 async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, page_size: int) -> list[SyncResult]:
+    # Imported here: the send package imports this module (`suppress`).
+    from .send.pacing import Exchange, RateLimiter, Requests
+
     if not 1 <= page_size <= source.max_page_size:
         await source.aclose()
         raise ValueError(f"page_size must be 1..{source.max_page_size}")
+    # A read changes nothing at the provider: one whose answer was lost is asked again too.
+    requests = Requests(source, RateLimiter(settings.send_rate_limit), settings, retry_lost=True)
+
+    async def fetch(request: Any) -> Any:
+        try:
+            answer = await requests.post(Exchange(0, [], request))
+        except (RequestImpossible, AnswerLost) as error:
+            raise SendError(str(error)) from None
+        if answer.verdict is Verdict.AUTH_REFUSED:
+            raise ProviderAuthError(answer.reason)
+        if answer.verdict is not Verdict.ACCEPTED:
+            raise SendError(answer.reason)
+        return answer.body
+
     results = []
     try:
         for suppression_list in source.lists:
@@ -118,7 +137,7 @@ async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, p
             until = int(settings.clock().timestamp())
             result = SyncResult(suppression_list, since)
             newest = since
-            async for page in source.pages(suppression_list, since, until, page_size):
+            async for page in source.pages(suppression_list, since, until, page_size, fetch):
                 with engine.begin() as conn:
                     for entry in page:
                         result.fetched += 1

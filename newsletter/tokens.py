@@ -129,10 +129,13 @@ class UnsubscribeLinks:
     def url(self, list_id: int, subscriber_id: int, email: str) -> str:
         return f"{self._base_url}/unsubscribe/{self.token(list_id, subscriber_id, email)}"
 
-    @property
-    def archive_url(self) -> str:
-        """Where a test copy's personal links lead, for an address that is no subscriber."""
-        return f"{self._base_url}/"
+    def test_copy_url(self, list_id: int, subscriber_id: int, email: str) -> str:
+        """Where a test copy's unsubscribe and preferences links lead: a page that says the mail is a
+        test and changes nothing. A subscriber's copy carries their token, so that it holds links of
+        the length a real copy's have; an address that is no subscriber's (`subscriber_id` 0), none."""
+        if subscriber_id == 0:
+            return f"{self._base_url}/test-copy"
+        return f"{self._base_url}/test-copy/{self.token(list_id, subscriber_id, email)}"
 
     def preferences_url(self, list_id: int, subscriber_id: int, email: str) -> str:
         """The reader's preferences page (daily or weekly, or leave): the same token as their

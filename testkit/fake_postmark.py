@@ -1,5 +1,5 @@
-"""The project's own fake Postmark (/email/batch, and the suppression dump it is given), on
-127.0.0.1, for tests and benchmarks.
+"""The project's own fake Postmark (/email/batch, the suppression dump it is given, and GET
+/server), on 127.0.0.1, for tests and benchmarks.
 
 It answers like Postmark (200 with one {ErrorCode, Message, MessageID, SubmittedAt, To} per message;
 request errors as {ErrorCode, Message}) and misbehaves as the fake SendGrid does: per-message error
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .fake_sendgrid import Reads
 from .loopback import LoopbackFake, remember, reply
 
 DROP, HANG = "drop", "hang"
@@ -71,6 +72,8 @@ class Behaviour:
     on_request: Callable[[Record], None] | None = None  # called once the request is recorded
     # The suppression dump, per stream: {"EmailAddress", "SuppressionReason", "Origin", "CreatedAt"}.
     suppressions: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    read_script: list[str] = field(default_factory=list)  # the answers to the first reads of it (Reads)
+    server_name: str = "Daily Papers"  # answered to GET /server
 
 
 class FakePostmark(LoopbackFake):
@@ -80,6 +83,7 @@ class FakePostmark(LoopbackFake):
         self.records: list[Record] = []
         self._lock = threading.Lock()
         self._script = list(self.behaviour.script)
+        self.reads = Reads(self.behaviour.read_script, self.behaviour.retry_after, _error, self._dump)
         self._log = open(self.behaviour.log, "a", encoding="utf-8") if self.behaviour.log else None
 
     def close(self) -> None:
@@ -100,11 +104,13 @@ class FakePostmark(LoopbackFake):
             seq = len(self.records) + 1
         headers: dict[str, str] = {}
         results: list[dict[str, Any]] = []
+        # One submission time for the batch: 500 clock readings would cost the benchmark's fake.
+        now = datetime.now(timezone.utc).isoformat()
         if behaviour.token is not None and token != behaviour.token:
             status: int | str = 401
         elif step in (DROP, HANG):
             status = step
-            results = [_result(message, 0) for message in messages or []]
+            results = [_result(message, 0, now) for message in messages or []]
         elif step is not None and step != "200":
             status = int(step)
             if status == 429 and behaviour.retry_after is not None:
@@ -113,7 +119,7 @@ class FakePostmark(LoopbackFake):
             status = 422
         else:
             status = 200
-            results = [_result(message, behaviour.errors.get(_address(message), 0)) for message in messages]
+            results = [_result(message, behaviour.errors.get(_address(message), 0), now) for message in messages]
         accepted = {r["To"]: r["MessageID"] for r in results if r["ErrorCode"] == 0}
         record = Record(
             seq=seq,
@@ -133,6 +139,21 @@ class FakePostmark(LoopbackFake):
             # Postmark's code for a missing or wrong token is 10; the others here mirror the status.
             payload = {"ErrorCode": 10 if status == 401 else status, "Message": _MESSAGES.get(status, "error")}
         return status, {**headers, "Content-Type": "application/json"}, json.dumps(payload).encode()
+
+    def _dump(self, stream: str, query: dict[str, str]) -> dict[str, Any]:
+        """A stream's suppressions of the reason and days (inclusive) asked for."""
+        entries = [
+            entry
+            for entry in self.behaviour.suppressions.get(stream, [])
+            if entry["SuppressionReason"] == query.get("SuppressionReason", entry["SuppressionReason"])
+            and query.get("fromdate", "") <= entry["CreatedAt"][:10] <= query.get("todate", "9999")
+        ]
+        return {"Suppressions": entries}
+
+
+def _error(status: int) -> dict[str, Any]:
+    """Postmark's JSON error for a read answered `status`."""
+    return {"ErrorCode": status, "Message": _MESSAGES.get(status, "error")}
 
 
 # A message's "To" key: quotes inside a JSON string are escaped, so this matches keys only.
@@ -156,8 +177,7 @@ def _address(message: Any) -> str:
     return to[to.rindex("<") + 1 : -1] if to.endswith(">") else to
 
 
-def _result(message: Any, code: int) -> dict[str, Any]:
-    now = datetime.now(timezone.utc).isoformat()
+def _result(message: Any, code: int, now: str) -> dict[str, Any]:
     if code:
         return {"ErrorCode": code, "Message": _MESSAGES.get(code, "error"), "To": _address(message)}
     return {"ErrorCode": 0, "Message": "OK", "MessageID": str(uuid.uuid4()), "SubmittedAt": now, "To": _address(message)}
@@ -182,20 +202,18 @@ def _handler(fake: FakePostmark) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             parts = urlsplit(self.path)
             segments = parts.path.split("/")  # "", "message-streams", stream, "suppressions", "dump"
-            if len(segments) != 5 or segments[1] != "message-streams" or segments[3:] != ["suppressions", "dump"]:
+            dump = len(segments) == 5 and segments[1] == "message-streams" and segments[3:] == ["suppressions", "dump"]
+            if not dump and parts.path != "/server":
                 reply(self, 404, {}, b"{}")
                 return
             if fake.behaviour.token is not None and self.headers.get(TOKEN_HEADER) != fake.behaviour.token:
                 reply(self, 401, {}, json.dumps({"ErrorCode": 10, "Message": _MESSAGES[401]}).encode())
                 return
-            query = dict(parse_qsl(parts.query))
-            entries = [
-                entry
-                for entry in fake.behaviour.suppressions.get(segments[2], [])
-                if entry["SuppressionReason"] == query.get("SuppressionReason", entry["SuppressionReason"])
-                and query.get("fromdate", "") <= entry["CreatedAt"][:10] <= query.get("todate", "9999")
-            ]
-            reply(self, 200, {"Content-Type": "application/json"}, json.dumps({"Suppressions": entries}).encode())
+            if not dump:
+                server = {"ID": 1, "Name": fake.behaviour.server_name, "DeliveryType": "Live"}
+                reply(self, 200, {"Content-Type": "application/json"}, json.dumps(server).encode())
+                return
+            reply(self, *fake.reads.answer(segments[2], dict(parse_qsl(parts.query)), self.headers.get(TOKEN_HEADER)))
 
         def log_message(self, *_: Any) -> None:
             pass  # the JSONL log is the record

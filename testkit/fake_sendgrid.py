@@ -1,5 +1,5 @@
 """The project's own fake SendGrid v3 mail/send server, on 127.0.0.1, for tests and benchmarks
-(it also serves the suppression lists it is given, read-only).
+(it also serves the suppression lists it is given, read-only, and the API key's scopes).
 
 It answers like SendGrid (202 + X-Message-Id; errors as {"errors": [{"message", "field", "help"}]})
 and can be told to misbehave: 400 for chosen addresses, 401 for a wrong key, a scripted sequence of
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ class Behaviour:
     # The suppression lists (kind, e.g. "bounces" → entries {"email", "created", …}), answered to
     # GET /v3/suppression/<kind> as SendGrid does: start_time/end_time inclusive, newest first, paged.
     suppressions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    read_script: list[str] = field(default_factory=list)  # the answers to the first reads of them (Reads)
+    scopes: tuple[str, ...] = ("mail.send",)  # answered to GET /v3/scopes
 
 
 class FakeSendGrid:
@@ -77,6 +80,7 @@ class FakeSendGrid:
         self.records: list[Record] = []
         self._lock = threading.Lock()
         self._script = list(self.behaviour.script)
+        self.reads = Reads(self.behaviour.read_script, self.behaviour.retry_after, _read_error, self._page)
         self._log = open(self.behaviour.log, "a", encoding="utf-8") if self.behaviour.log else None
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self._server.daemon_threads = True
@@ -175,6 +179,77 @@ class FakeSendGrid:
         if content:
             headers["Content-Type"] = "application/json"
         return status, headers, content, record
+
+    def _page(self, kind: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        """A page of a suppression list: start_time/end_time inclusive, newest first, limit/offset."""
+        low, high = int(query.get("start_time", 0)), int(query.get("end_time", 2**62))
+        entries = [e for e in self.behaviour.suppressions.get(kind, []) if low <= e["created"] <= high]
+        entries.sort(key=lambda e: e["created"], reverse=True)
+        offset, limit = int(query.get("offset", 0)), int(query.get("limit", 500))
+        return entries[offset : offset + limit]
+
+
+@dataclass
+class Read:
+    """A GET of a suppression list, as received: which list (SendGrid's kind, Postmark's stream)."""
+
+    seq: int
+    time: float
+    name: str
+    query: dict[str, str]
+    status: int
+    credential: str | None
+
+
+class Reads:
+    """A fake's suppression-list reads, answered as its read script says and recorded: a step is an
+    HTTP status ("200": the list's own page; "429", "501"…: the provider's JSON `error` for it, a 429
+    with Retry-After if the fake has one) or "NNN-page" (that status with a gateway's HTML page)."""
+
+    def __init__(
+        self,
+        script: list[str],
+        retry_after: float | None,
+        error: Callable[[int], Any],
+        page: Callable[[str, dict[str, str]], Any],
+    ) -> None:
+        self.records: list[Read] = []
+        self._script = list(script)
+        self._retry_after = retry_after
+        self._error = error
+        self._page = page
+        self._lock = threading.Lock()
+
+    def answer(self, name: str, query: dict[str, str], credential: str | None) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            step = self._script.pop(0) if self._script else "200"
+            seq = len(self.records) + 1
+        code, _, page = step.partition("-")
+        status = int(code)
+        headers = {"Content-Type": "application/json"}
+        if page:
+            headers, content = {"Content-Type": "text/html"}, error_page(status, credential)
+        else:
+            content = json.dumps(self._page(name, query) if status == 200 else self._error(status)).encode()
+            if status == 429 and self._retry_after is not None:
+                headers["Retry-After"] = f"{self._retry_after:g}"
+        remember(self._lock, self.records, None, Read(seq, time.time(), name, query, status, credential), ())
+        return status, headers, content
+
+
+def error_page(status: int, credential: str | None) -> bytes:
+    """A gateway's error page, in front of any API: a title, a style, and a script that echoes the
+    request's credential (as a debugging proxy may), none of which is the page's text."""
+    phrase = HTTPStatus(status).phrase
+    return (
+        f"<!DOCTYPE html>\n<html><head><title>{status} {phrase}</title><style>h1 {{ color: red }}</style>"
+        f"<script>var seen = {json.dumps(credential)};</script></head>\n"
+        f"<body><h1>{phrase}</h1>\n<p>The gateway could not serve this request.</p></body></html>\n"
+    ).encode()
+
+
+def _read_error(status: int) -> dict[str, Any]:
+    return _errors((_REASONS.get(status, "error"), None))
 
 
 _REASONS = {
@@ -282,19 +357,17 @@ def _handler(fake: FakeSendGrid) -> type[BaseHTTPRequestHandler]:
 
             parts = urlsplit(self.path)
             kind = parts.path.removeprefix("/v3/suppression/")
-            if not parts.path.startswith("/v3/suppression/"):
+            if parts.path != "/v3/scopes" and not parts.path.startswith("/v3/suppression/"):
                 reply(self, 404, {}, json.dumps(_errors(("not found", None))).encode())
                 return
             if fake.behaviour.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.behaviour.api_key}":
                 reply(self, 401, {}, json.dumps(_errors(("authorization required", None))).encode())
                 return
-            query = dict(parse_qsl(parts.query))
-            low, high = int(query.get("start_time", 0)), int(query.get("end_time", 2**62))
-            entries = [e for e in fake.behaviour.suppressions.get(kind, []) if low <= e["created"] <= high]
-            entries.sort(key=lambda e: e["created"], reverse=True)
-            offset, limit = int(query.get("offset", 0)), int(query.get("limit", 500))
-            content = json.dumps(entries[offset : offset + limit]).encode()
-            reply(self, 200, {"Content-Type": "application/json"}, content)
+            if parts.path == "/v3/scopes":
+                content = json.dumps({"scopes": list(fake.behaviour.scopes)}).encode()
+                reply(self, 200, {"Content-Type": "application/json"}, content)
+                return
+            reply(self, *fake.reads.answer(kind, dict(parse_qsl(parts.query)), self.headers.get("Authorization")))
 
 
         def log_message(self, *_: Any) -> None:

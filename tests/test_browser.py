@@ -20,12 +20,14 @@ from PIL import Image, ImageFilter
 
 from newsletter.config import load_settings
 from newsletter.content.digest import load_digest
-from newsletter.content.render import DARK, LIGHT, render_issue
+from newsletter.content.publish import publish_issue
+from newsletter.content.render import DARK, LANGUAGES, LIGHT, render_issue, render_template
 from testkit.servers import free_port, running
 
 from .support import (
-    EXAMPLE_DIGEST, NODE_BIN, Chromium, contrast, require_chromium, require_node_tool, serving_newsletter, write_thumbnails,
+    EXAMPLE_DIGEST, NODE_BIN, ROOT, Chromium, contrast, require_chromium, require_node_tool, serving_newsletter, write_thumbnails,
 )  # fmt: skip
+from .test_language import NEWSLETTER, PAGE_DATA, PAGES, archive_entries, assert_speaks, issue_data
 
 pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 
@@ -210,6 +212,53 @@ def test_korean_renders_in_a_korean_font(browser: Chromium, issue_url: str) -> N
     assert fonts & korean, fonts
 
 
+# -- one language per page --------------------------------------------------------------------------
+
+LANGUAGE_SHOTS = Path("/tmp/i18n-shots")  # to look at after a run, by name: page, language, width, scheme
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory):
+    """For each language, its public folder (the web version and the archive, published) and the
+    sign-up page as `newsletter serve` renders it, served over HTTP: {language: base URL}."""
+    project = tmp_path_factory.mktemp("sites")
+    (project / "digests").mkdir()
+    shutil.copy(EXAMPLE_DIGEST, project / "digests")
+    write_thumbnails(project / "digests" / EXAMPLE_DIGEST.name)
+    port = free_port()
+    urls = {}
+    for language in LANGUAGES:
+        base = f"http://127.0.0.1:{port}/{language}"
+        settings = load_settings(config_dir=project, base_url=base, public_dir=project / "public" / language,
+                                 asset_base_url=f"{base}/assets", language=language)  # fmt: skip
+        publish_issue(load_digest(settings), settings)
+        signup = project / "public" / language / "subscribe" / "daily-papers" / "index.html"
+        signup.parent.mkdir(parents=True)
+        context = {**NEWSLETTER, **PAGES[0][1], "postal_address": settings.postal_address, "membership": None, "masked_email": ""}
+        signup.write_text(render_template(settings, "subscribe.html.j2", context), encoding="utf-8")
+        urls[language] = base
+    server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(project / "public")]
+    with running(server, port):
+        yield urls
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [PHONE, DESKTOP])
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_each_language_in_chromium(browser: Chromium, sites: dict[str, str], language: str, width: int, scheme: str) -> None:
+    """The web version, the archive and the sign-up page: in one language, fitting the width."""
+    LANGUAGE_SHOTS.mkdir(exist_ok=True)
+    data = [*issue_data(load_settings(config_dir=ROOT)), *PAGE_DATA]
+    for name, path in [("web", "/2026-01-23/"), ("archive", "/"), ("signup", "/subscribe/daily-papers/")]:
+        page = browser.page(width, dark=scheme == "dark")
+        page.goto(sites[language] + path)
+        seen = page.evaluate("""({lang: document.documentElement.lang, html: document.documentElement.outerHTML,
+            scrollWidth: Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)})""")
+        assert seen["lang"] == language and seen["scrollWidth"] <= width, (name, seen["scrollWidth"])
+        assert_speaks(language, seen["html"], [*data, *archive_entries(seen["html"])])
+        page.screenshot(LANGUAGE_SHOTS / f"{name}-{language}-{width}-{scheme}.png")
+
+
 # -- the preview page --------------------------------------------------------------------------
 
 
@@ -243,6 +292,21 @@ def test_the_preview_toggles_widths_and_reloads_itself(browser: Chromium, projec
         page.evaluate(wait)
         assert page.evaluate("location.hash") == "#desktop"
         assert "EvoCUA Reloaded:" in page.evaluate("document.querySelector('.desktop iframe').contentDocument.body.textContent")
+
+
+def test_the_preview_fits_a_phone(browser: Chromium, project: Path, screenshots: Path) -> None:
+    """On a 390 px phone the page does not scroll sideways: each frame narrows to the window."""
+    port = free_port()
+    env = {"NEWSLETTER_DIGESTS_DIR": str(project / "digests"), "NEWSLETTER_PUBLIC_DIR": str(project / "public")}
+    with serving_newsletter("preview", "--no-open", "--port", str(port), port=port, env=env):
+        page = browser.page(390)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.evaluate("new Promise((done) => setTimeout(done, 300))")
+        width = "Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+        assert page.evaluate(width) == 390
+        frames = "[...document.querySelectorAll('iframe')].map((frame) => frame.getBoundingClientRect().right)"
+        assert max(page.evaluate(frames)) <= 390
+        page.screenshot(screenshots / "preview-390.png")
 
 
 # -- a missing tool fails the run ------------------------------------------------------------------

@@ -50,6 +50,33 @@ def test_a_bad_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('digests_dir = "d"\n\n# sizes\nbatch_sise = 10\n', "4: unknown setting 'batch_sise'; did you mean 'batch_size'?"),
+        ('  "track_open" = false\n', "1: unknown setting 'track_open'; did you mean 'track_opens'?"),
+        ('base_url = "https://x.example"\n[smtp_hots]\nport = 2\n', "2: unknown setting 'smtp_hots'; did you mean 'smtp_host'?"),
+        # A secret is suggested too: its own error then says where it belongs.
+        ('smtp_pasword = "x"\n', "1: unknown setting 'smtp_pasword'; did you mean 'smtp_password'?"),
+        ("zzz = 1\n", "1: unknown setting 'zzz'"),
+    ],
+)
+def test_an_unknown_key_names_the_file_its_line_and_the_closest_setting(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "newsletter.toml").write_text(toml)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value) == f"{tmp_path / 'newsletter.toml'}:{message}"
+
+
+def test_the_command_says_so_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "newsletter.toml").write_text("batch_sise = 10\n")
+    done = run_newsletter("lists", "list", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (
+        1,
+        f"error: {tmp_path / 'newsletter.toml'}:1: unknown setting 'batch_sise'; did you mean 'batch_size'?\n",
+    )
+
+
 def test_a_config_file_that_does_not_parse_names_the_file(tmp_path: Path) -> None:
     config = tmp_path / "broken.toml"
     config.write_text("batch_size = [\n")

@@ -6,6 +6,7 @@ its suppression list. Asserted on what the fake received and on the database."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -18,9 +19,10 @@ from sqlalchemy import select
 
 from newsletter import db
 from newsletter.config import Settings
-from newsletter.providers import AnswerLost, Verdict
+from newsletter.providers import PREFERENCES_TAG, UNSUBSCRIBE_TAG, AnswerLost, Batch, Message, Recipient, Verdict
+from newsletter.providers.postmark import mail
 from newsletter.providers.postmark.http import HTTPAnswer
-from newsletter.providers.postmark.mail import verdict
+from newsletter.providers.postmark.mail import Postmark, verdict
 from testkit.fake_postmark import FakePostmark, Record
 from testkit.projects import add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import serving
@@ -67,6 +69,55 @@ def test_each_reader_gets_their_own_message_in_batches_of_the_limit(project: Pat
     assert len(links) == 7  # each reader's own
     assert '"Reader 1" <u1@example.com>' in {message["To"] for message in messages}
     assert TOKEN not in run.stdout + run.stderr
+
+
+def test_a_batch_is_byte_for_byte_each_readers_message_encoded_whole(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body is spliced from pieces encoded once per mailing: it must be exactly what encoding
+    each reader's own message whole gives, written out (the dry run) and streamed in chunks alike."""
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
+    monkeypatch.setattr(mail, "CHUNK_BYTES", 100)  # many chunks, cut anywhere in a message
+    html = f'<p>"À" \\ 한국어</p><a href="{UNSUBSCRIBE_TAG}" clicktracking="off">leave</a> <a href="{PREFERENCES_TAG}">x</a>'
+    text = f"À \\ \"한국어\"\n{UNSUBSCRIBE_TAG}\n{PREFERENCES_TAG}\n"
+    message = Message("Today's papers", html, text, "papers@example.com", "Daily Papers", "editor@example.com",
+                      {"List-Id": "<daily-papers.example.com>"})  # fmt: skip
+    names = {1: "Reader 1", 2: 'Ann "Q" \\ Ö', 3: None}
+    tos = {1: '"Reader 1" <u1@example.com>', 2: '"Ann \\"Q\\" \\\\ Ö" <u2@example.com>', 3: "u3@example.com"}
+    readers = [
+        Recipient(
+            f"u{n}@example.com", names[n], f"https://news.example.com/unsubscribe/{n}?a=1&b=\"{n}\"",
+            {"List-Unsubscribe": f"<https://news.example.com/unsubscribe/{n}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+            {"campaign_id": "7", "subscriber_id": str(n)},
+            f"https://news.example.com/preferences/{n}" if n != 3 else None,  # reader 3's tag stays as it is
+        )  # fmt: skip
+        for n in names
+    ]
+    with FakePostmark(token=TOKEN, keep_bodies=True) as fake:
+        provider = Postmark(postmark_project(project, fake))
+        prepared = provider.prepare(Batch(message, readers))
+
+        async def send_once() -> Verdict:
+            try:
+                return (await provider.send(prepared)).verdict
+            finally:
+                await provider.aclose()
+
+        assert asyncio.run(send_once()) is Verdict.ACCEPTED
+    expected = []
+    for n, reader in zip(names, readers):
+        filled = [html.replace('clicktracking="off"', 'clicktracking="off" data-pm-no-track'), text]
+        for tag, url in ((UNSUBSCRIBE_TAG, reader.unsubscribe_url), (PREFERENCES_TAG, reader.preferences_url)):
+            filled = [part.replace(tag, url or tag) for part in filled]
+        expected.append({
+            "To": tos[n],
+            "Headers": [{"Name": name, "Value": value} for name, value in {**message.headers, **reader.headers}.items()],
+            "Metadata": reader.tags, "HtmlBody": filled[0], "TextBody": filled[1],
+            "From": '"Daily Papers" <papers@example.com>', "Subject": "Today's papers", "MessageStream": "broadcast",
+            "TrackOpens": True, "TrackLinks": "HtmlOnly", "ReplyTo": "editor@example.com",
+        })  # fmt: skip
+    assert provider.wire(prepared) == [("json", json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode())]
+    [record] = fake.records
+    assert record.messages == expected  # what went over the wire, in its chunks
+    assert len({message["Headers"][1]["Value"] for message in expected}) == 3  # each reader's own
 
 
 def test_refused_messages_fail_alone_and_an_inactive_recipient_is_suppressed(project: Path) -> None:

@@ -21,8 +21,11 @@ from newsletter.config import Settings
 from newsletter.content.digest import load_digest
 from newsletter.content.render import UNSUBSCRIBE_TAG
 from newsletter.report import (
+    NEVER_SENT,
+    SILENT,
     Selection,
     Tracking,
+    Webhook,
     issue_reports,
     papers_of,
     sparkline,
@@ -127,6 +130,9 @@ def _event(sent: Sent, kind: str, reader: int, event_id: str, day: str = DAY, **
     }
 
 
+# A configured webhook, for the reports made through the library.
+WEBHOOK = Webhook("sendgrid", "https://news.example.com/webhooks/sendgrid")
+
 PAPER_1 = "https://huggingface.co/papers/2601.15876"
 PAPER_2 = "https://huggingface.co/papers/2601.15165"
 
@@ -190,6 +196,7 @@ def test_the_report_counts_each_reader_once_without_machine_opens(reported: Sent
             "bounces": 1,
             "spam_reports": 1,
             "unsubscribes": 2,  # u4 by one-click after this issue, u2 through SendGrid
+            "webhook": "reporting",
             "papers": [
                 {"rank": p.rank, "title": titles[p.rank], "url": p.url, "unique_clicks": {1: 1, 2: 2}.get(p.rank, 0)}
                 for p in papers
@@ -229,6 +236,7 @@ def test_the_next_issue_has_its_own_counts(reported: Sent) -> None:
     assert {k: v for k, v in issue.items() if k != "papers"} == {
         "date": NEXT_DAY, "list": "daily-papers", "edition": "daily", "sent": 5, "delivered": 1,
         "unique_opens": 0, "unique_clicks": 0, "bounces": 0, "spam_reports": 0, "unsubscribes": 0,
+        "webhook": "reporting",
     }  # fmt: skip
     # u4 left after the 23rd's issue and was not sent the 24th's; the week has both.
     week = _report(reported.project, "--week", "2026-W04")["issues"]
@@ -312,13 +320,63 @@ def test_with_tracking_off_the_report_says_so_instead_of_showing_zeros(project: 
 
 
 @pytest.mark.slow
+def test_without_events_the_report_says_the_webhook_is_not_configured(project: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        seed(configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY), 2)
+        _send(project, DAY)
+    [issue] = _report(project)["issues"]
+    assert (issue["sent"], issue["delivered"], issue["webhook"]) == (2, 0, "not configured")
+    text = run_newsletter("report", cwd=project, env=KEY_ENV).stdout
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 4}
+    assert rows == {
+        "sent": "2", "delivered": "no events", "unique opens": "no events", "unique clicks": "no events",
+        "bounces": "no events", "spam reports": "no events", "unsubscribes": "0",
+    }  # fmt: skip
+    assert (
+        "No events from sendgrid: the signed Event Webhook is not configured; deliveries, bounces, opens and clicks "
+        "are not known.\n"
+    ) in text
+    assert "0.0%" not in text and "Clicks per paper" not in text
+
+
+@pytest.mark.slow
+def test_without_events_the_report_tells_a_silent_webhook_from_one_that_never_sent(tmp_path: Path) -> None:
+    _digests(tmp_path)
+    with FakeSendGrid(api_key=API_KEY) as fake:
+        settings = configure(tmp_path, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
+        seed(settings, 1)
+        _send(tmp_path, DAY)
+        _send(tmp_path, NEXT_DAY)
+    latest = Selection(day=date(2026, 1, 24))
+    with engine_of(settings).connect() as conn:
+        [never] = issue_reports(conn, latest, Tracking(True, True), WEBHOOK)
+    assert (never.webhook, never.no_events) == (
+        NEVER_SENT,
+        "no events from sendgrid: its webhook is configured but has never sent one "
+        "(the provider must post them to https://news.example.com/webhooks/sendgrid)",
+    )
+    with engine_of(settings).begin() as conn:  # the first issue's delivery came: the webhook works
+        first = conn.execute(select(db.campaigns.c.id).where(db.campaigns.c.issue_date == DAY)).scalar_one()
+        conn.execute(
+            db.campaign_events.insert().values(
+                campaign_id=first, subscriber_id=1, kind="delivered", machine_open=False, url="", at=settings.clock()
+            )
+        )
+        [silent] = issue_reports(conn, latest, Tracking(True, True), WEBHOOK)
+    assert (silent.webhook, silent.no_events) == (
+        SILENT,
+        "no events from sendgrid yet for the issue, though its webhook has sent other issues'",
+    )
+
+
+@pytest.mark.slow
 def test_a_campaign_keeps_the_tracking_it_was_sent_with(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY, track_opens=False)
         seed(settings, 1)
         _send(project, DAY)
     with engine_of(settings).connect() as conn:  # tracking turned on again since
-        [issue] = issue_reports(conn, Selection(), Tracking(True, True))
+        [issue] = issue_reports(conn, Selection(), Tracking(True, True), WEBHOOK)
     assert (issue.unique_opens, issue.unique_clicks) == (None, 0)
 
 

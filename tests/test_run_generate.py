@@ -100,7 +100,7 @@ def test_with_review_the_editors_alone_get_it_until_it_is_approved_then_every_re
     [test] = [record.body for record in fake.records]
     assert test["subject"].startswith("[TEST] ")
     text = next(part["value"] for part in test["content"] if part["type"] == "text/plain")
-    assert "/unsubscribe/" not in text and "https://news.example.com/" in text  # its links open the archive
+    assert "/unsubscribe/" not in text and "https://news.example.com/test-copy" in text
     status = run_newsletter("status", "--date", str(DAY), cwd=project, env=KEY_ENV)
     assert "Awaiting approval" in status.stdout
 

@@ -4,6 +4,8 @@ confirmation links of every kind, and the preferences page."""
 
 from __future__ import annotations
 
+import gettext
+import html
 import io
 import logging
 import re
@@ -21,11 +23,13 @@ from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
+from newsletter.content.render import page_language, render_macro, translations
 from newsletter.membership import compare_and_set
-from newsletter.server import RedactingFilter
+from newsletter.readers import refusal
 from newsletter.signup import client_key, inspect_link
 from newsletter.subscribers import create_list
 from newsletter.tokens import ConfirmLinks, UnsubscribeLinks
+from newsletter.web import RedactingFilter
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, add_subscribers, engine_of, write_config
 from testkit.servers import free_port, serving
@@ -70,6 +74,10 @@ class Site:
             time.sleep(0.05)
         time.sleep(0.3)
         return self._bodies(email)
+
+    def subject(self, kind: str) -> str:
+        """The subject of the sign-up mails of `kind`, in the readers' language."""
+        return render_macro(self.settings, "mail/subjects.j2", kind, self.settings.from_name)
 
     def _bodies(self, email: str) -> list[dict]:
         return [r.body for r in list(self.fake.records) if r.delivered and email in r.emails and r.body]
@@ -148,7 +156,7 @@ def test_double_opt_in_confirm_then_one_welcome(site: Site) -> None:
     site.settled()
     assert membership(site.settings, site.double, email).status == db.UNCONFIRMED
     [mail] = site.mails_to(email, expect=1)
-    assert subject_of(mail).startswith("구독 확인")
+    assert subject_of(mail) == site.subject("confirm")
     link = confirm_link(mail)
     assert link.startswith(f"{site.settings.base_url}/confirm/")
 
@@ -168,7 +176,7 @@ def test_double_opt_in_confirm_then_one_welcome(site: Site) -> None:
     # Replayed: nothing more changes, nothing more is sent.
     assert site.http.post(link, data={"confirm": "yes"}).status_code == 200
     mails = site.mails_to(email, expect=3, wait=1.5)
-    assert [subject_of(m)[:6] for m in mails] == ["구독 확인 ", "Daily "]
+    assert [subject_of(m) for m in mails] == [site.subject("confirm"), site.subject("welcome")]
     welcome = text_of(mails[1])
     assert "/preferences/" in welcome and "/unsubscribe/" in welcome
     assert mails[1]["personalizations"][0]["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -187,7 +195,7 @@ def test_single_opt_in_subscribes_and_welcomes_at_once(site: Site) -> None:
     row = membership(site.settings, site.single, email)
     assert (row.status, row.consent_source) == (db.SUBSCRIBED, "signup form, single opt-in")
     [mail] = site.mails_to(email, expect=1)
-    assert "Welcome" in subject_of(mail)
+    assert subject_of(mail) == site.subject("welcome")
 
 
 @pytest.mark.slow
@@ -208,9 +216,9 @@ def test_every_address_state_gets_the_same_page(site: Site) -> None:
     assert len({tuple(sorted(answer.headers.keys())) for answer in pages.values()}) == 1
     # What each one got: a confirmation, except the subscribed reader (a notice, and no change).
     site.settled()
-    assert subject_of(site.mails_to("state.subscribed@example.com", expect=1)[0]).startswith("이미 구독 중")
+    assert subject_of(site.mails_to("state.subscribed@example.com", expect=1)[0]) == site.subject("already")
     for email in ("state.new@example.com", "state.unconfirmed@example.com", "state.unsubscribed@example.com"):
-        assert subject_of(site.mails_to(email, expect=1)[0]).startswith("구독 확인"), email
+        assert subject_of(site.mails_to(email, expect=1)[0]) == site.subject("confirm"), email
     assert membership(site.settings, site.double, "state.unsubscribed@example.com").status == db.UNSUBSCRIBED
     assert membership(site.settings, site.double, "state.subscribed@example.com").status == db.SUBSCRIBED
     # The notice goes at most once a day.
@@ -240,7 +248,7 @@ def test_the_daily_limits_are_per_address_whatever_the_lists(site: Site) -> None
     for n, name in enumerate(["papers", "open", "papers"]):
         site.sign_up(reader, list_name=name, client=f"192.0.2.{110 + n}")
     site.settled()
-    assert [subject_of(mail)[:7] for mail in site.mails_to(reader, expect=2, wait=3)] == ["이미 구독 중"]
+    assert [subject_of(mail) for mail in site.mails_to(reader, expect=2, wait=3)] == [site.subject("already")]
 
 
 @pytest.mark.slow
@@ -284,12 +292,49 @@ def test_a_filled_honeypot_stores_and_sends_nothing_and_answers_as_a_person_woul
     assert len(site.mails_to(email, expect=2, wait=2)) == 1  # the person's confirmation, and only that
 
 
-@pytest.mark.parametrize("typed", ["not-an-address", "two@@example.com", ""])
-def test_an_invalid_address_gets_the_form_again_with_a_message(site: Site, typed: str) -> None:
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ("not-an-address", "Please check the email address: it has no @"),
+        ("two@@example.com", "Please check the email address: it has more than one @"),
+        ("reader@", "Please check the email address: there is no domain after the @"),
+        ("", "Please enter your email address"),
+    ],
+)
+def test_an_invalid_address_gets_the_form_again_with_one_line_in_our_words(site: Site, typed: str, said: str) -> None:
     answer = site.sign_up(typed, name="Kept Name")
     assert answer.status_code == 400
-    assert 'role="alert"' in answer.text and "aria-invalid=\"true\"" in answer.text
-    assert "Please enter a valid email address" in answer.text and 'value="Kept Name"' in answer.text
+    assert 'role="alert"' in answer.text and "aria-invalid=\"true\"" in answer.text and 'value="Kept Name"' in answer.text
+    # In the pages' language, and never the validator's own words.
+    words = translations(page_language(site.settings)).gettext(said)
+    assert f'role="alert">{html.escape(words)}</p>' in answer.text and "@-sign" not in answer.text
+
+
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ("  ", "Please enter your email address"),
+        ("reader.example.com", "Please check the email address: it has no @"),
+        ("reader＠example.com", "Please check the email address: it has no @"),
+        ("a@b@example.com", "Please check the email address: it has more than one @"),
+        ("@example.com", "Please check the email address: there is nothing before the @"),
+        ("reader@ ", "Please check the email address: there is no domain after the @"),
+        ("r" * 65 + "@example.com", "Please check the email address: it is too long"),
+        ("reader@" + "d" * 250 + ".com", "Please check the email address: it is too long"),
+        ("reader@example", "Please check the email address: the domain after the @ is not valid"),
+        ("reader@exa mple.com", "Please check the email address: the domain after the @ is not valid"),
+        ("reader@localhost", "Please check the email address: the domain after the @ is not valid"),
+        ("re ader@example.com", "Please check the email address: the part before the @ holds a character no address may have"),
+        # The address is good: the NUL was elsewhere (no browser sends one).
+        ("reader@example.com", "Please check what you typed"),
+    ],
+)
+def test_a_refused_address_is_told_in_one_line_of_our_words(typed: str, said: str) -> None:
+    assert refusal(typed, gettext.NullTranslations()) == said
+
+
+def test_the_refusal_reads_in_korean_on_a_korean_page() -> None:
+    assert refusal("reader@", translations("ko")) == "이메일 주소를 확인해 주세요: @ 뒤에 도메인이 없습니다"
 
 
 def _unconfirmed(site: Site, email: str) -> tuple[int, str]:
@@ -342,7 +387,8 @@ def test_a_fresh_link_past_the_days_limit_says_so(site: Site) -> None:
     old = old.replace(site.settings.base_url, site.url)
     pages = [site.http.post(old, data={"resend": "yes"}).text for _ in range(4)]
     assert ["새 확인 메일을 보냈습니다" in page for page in pages] == [True, True, True, False]
-    assert "No more links today" in pages[3] and 'name="resend"' not in pages[3]
+    limit = translations(page_language(site.settings)).gettext("No more links today")
+    assert limit in pages[3] and 'name="resend"' not in pages[3]
     assert len(site.mails_to(email, expect=4, wait=2)) == 3
 
 
@@ -419,7 +465,7 @@ def test_two_confirms_at_the_same_moment_send_one_welcome(site: Site) -> None:
         thread.join()
     assert answers == [200] * 4
     mails = site.mails_to(email, expect=3, wait=2)
-    assert [("Welcome" in subject_of(mail)) for mail in mails] == [False, True]
+    assert [subject_of(mail) for mail in mails] == [site.subject("confirm"), site.subject("welcome")]
     sid = subscriber_id(site.settings, email)
     assert [event[3] for event in events_of(site.settings, sid)] == ["signup", "confirmation"]
 
@@ -534,7 +580,7 @@ def test_a_reader_signs_up_and_confirms_in_chromium(site: Site, tmp_path_factory
     row = membership(site.settings, site.double, "browser.reader@example.com")
     assert (row.status, row.frequency) == (db.SUBSCRIBED, db.WEEKLY)
     mails = site.mails_to("browser.reader@example.com", expect=3, wait=2)
-    assert ["Welcome" in subject_of(m) for m in mails] == [False, True]
+    assert [subject_of(m) for m in mails] == [site.subject("confirm"), site.subject("welcome")]
 
 
 @pytest.mark.slow

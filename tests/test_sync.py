@@ -1,16 +1,15 @@
 """`newsletter subscribers sync`: SendGrid's suppression lists, from Stoplight Prism serving the real
-OpenAPI spec, and from a small fake of our own for what Prism cannot show (its answers are the
-spec's fixed examples): paging, start_time, retries, refusals and an interrupted sync."""
+OpenAPI spec, and from the fake SendGrid and fake Postmark (testkit) for what Prism cannot show (its
+answers are the spec's fixed examples): paging, start_time, retries through the send's retry loop,
+what is never retried, error pages summarised in one line, refusals and an interrupted sync."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Callable, Iterator
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from sqlalchemy import func, select
@@ -18,7 +17,10 @@ from sqlalchemy import func, select
 from newsletter import db
 from newsletter.config import Settings, load_settings
 from newsletter.errors import MissingAPIKey, ProviderAuthError, SendError
+from newsletter.providers.answers import summary
 from newsletter.suppressions import sync_suppressions
+from testkit.fake_postmark import FakePostmark
+from testkit.fake_sendgrid import FakeSendGrid, error_page
 from testkit.projects import add_list, add_subscribers, engine_of, write_config
 from testkit.servers import free_port
 
@@ -26,76 +28,22 @@ from .support import prism, run_newsletter
 from .web import events_of, status_of
 
 API_KEY = "SG.test-key-that-must-never-be-printed"
+TOKEN = "pm-server-token-never-printed"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z, the pinned clock of these tests
-
-
-class FakeSendGrid:
-    """SendGrid's suppression-list endpoints on 127.0.0.1: filters by start_time/end_time (inclusive),
-    pages newest first with limit/offset, and records every request."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, list[dict]] = {
-            "unsubscribes": [],
-            "bounces": [],
-            "spam_reports": [],
-            "invalid_emails": [],
-        }
-        self.requests: list[tuple[str, dict[str, str], str | None]] = []
-        # Given (kind, query), an HTTP status to answer instead of the page, or None.
-        self.fail: Callable[[str, dict[str, str]], int | None] = lambda kind, query: None
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-                parts = urlsplit(self.path)
-                kind = parts.path.removeprefix("/v3/suppression/")
-                query = dict(parse_qsl(parts.query))
-                fake.requests.append((kind, query, self.headers.get("Authorization")))
-                status = fake.fail(kind, query)
-                if status is not None:
-                    self._answer(status, {"errors": [{"message": f"scripted {status}", "field": None}]})
-                    return
-                low, high = int(query.get("start_time", 0)), int(query.get("end_time", 2**62))
-                matching = [e for e in fake.entries[kind] if low <= e["created"] <= high]
-                matching.sort(key=lambda e: e["created"], reverse=True)
-                offset, limit = int(query["offset"]), int(query["limit"])
-                assert 1 <= limit <= 500, "SendGrid refuses a page over 500"
-                self._answer(200, matching[offset : offset + limit])
-
-            def _answer(self, status: int, payload: object) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                if status in (429, 500, 503):
-                    self.send_header("Retry-After", "0")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def add(self, kind: str, email: str, created: int, **extra: object) -> None:
-        self.entries[kind].append({"email": email, "created": created, **extra})
-
-    def pages(self, kind: str) -> list[dict[str, str]]:
-        return [query for name, query, _ in self.requests if name == kind]
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeSendGrid]:
-    server = FakeSendGrid()
-    yield server
-    server.close()
+    with FakeSendGrid(api_key=API_KEY, retry_after=0) as server:
+        yield server
+
+
+def _add(fake: FakeSendGrid, kind: str, email: str, created: int, **extra: object) -> None:
+    fake.behaviour.suppressions.setdefault(kind, []).append({"email": email, "created": created, **extra})
+
+
+def _reads(fake: FakeSendGrid, kind: str) -> list[dict[str, str]]:
+    return [read.query for read in fake.reads.records if read.name == kind]
 
 
 def _settings(folder: Path, api_url: str, **values: object) -> Settings:
@@ -163,17 +111,17 @@ def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) 
     emails = [f"reader{n}@example.com" for n in range(1203)]
     ids = add_subscribers(settings, daily, emails)
     for n, email in enumerate(emails):
-        fake.add("unsubscribes", email, NOW - 5000 + n)
+        _add(fake, "unsubscribes", email, NOW - 5000 + n)
 
     [unsubscribes, *others] = sync_suppressions(engine_of(settings), settings)
     assert (unsubscribes.fetched, unsubscribes.changed, unsubscribes.unknown) == (1203, 1203, 0)
-    pages = fake.pages("unsubscribes")
+    pages = _reads(fake, "unsubscribes")
     assert [(p["offset"], p["limit"], p.get("start_time"), p["end_time"]) for p in pages] == [
         ("0", "500", None, str(NOW)),
         ("500", "500", None, str(NOW)),
         ("1000", "500", None, str(NOW)),
     ]
-    assert all(auth == f"Bearer {API_KEY}" for _, _, auth in fake.requests)
+    assert all(read.credential == f"Bearer {API_KEY}" for read in fake.reads.records)
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
     newest = NOW - 5000 + 1202
     assert _sync_state(settings) == {"unsubscribes": newest}  # the other lists had nothing yet
@@ -183,11 +131,11 @@ def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) 
         settings, daily, ["late1@example.com", "late2@example.com", "late3@example.com", "same@example.com"]
     )
     for n, email in enumerate(["late1@example.com", "late2@example.com", "late3@example.com"]):
-        fake.add("unsubscribes", email, newest + 10 + n)
-    fake.add("unsubscribes", "same@example.com", newest)
-    fake.requests.clear()
+        _add(fake, "unsubscribes", email, newest + 10 + n)
+    _add(fake, "unsubscribes", "same@example.com", newest)
+    fake.reads.records.clear()
     [again, *_] = sync_suppressions(engine_of(settings), settings)
-    assert [p["start_time"] for p in fake.pages("unsubscribes")] == [str(newest)]
+    assert [p["start_time"] for p in _reads(fake, "unsubscribes")] == [str(newest)]
     assert (again.fetched, again.changed) == (5, 4)  # reader1202 comes again and changes nothing
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in new_ids)
     assert _sync_state(settings)["unsubscribes"] == newest + 12
@@ -202,9 +150,9 @@ def test_statuses_only_get_stronger_and_unknown_addresses_are_counted(
     (complainer,) = add_subscribers(settings, daily, ["complainer@example.com"], db.COMPLAINED)
     add_subscribers(settings, weekly, ["complainer@example.com"])
     (odd,) = add_subscribers(settings, daily, ["odd..dots@example.com"])
-    fake.add("unsubscribes", "complainer@example.com", NOW - 10)
-    fake.add("invalid_emails", "odd..dots@example.com", NOW - 10, reason="Invalid address")
-    fake.add("spam_reports", "nobody@example.com", NOW - 10)
+    _add(fake, "unsubscribes", "complainer@example.com", NOW - 10)
+    _add(fake, "invalid_emails", "odd..dots@example.com", NOW - 10, reason="Invalid address")
+    _add(fake, "spam_reports", "nobody@example.com", NOW - 10)
 
     results = {result.suppression_list.kind: result for result in sync_suppressions(engine_of(settings), settings)}
     assert status_of(settings, daily, complainer) == db.COMPLAINED  # not weakened to unsubscribed
@@ -223,52 +171,40 @@ def test_a_missing_api_key_is_one_clear_error_and_asks_nothing(tmp_path: Path, f
     result = run_newsletter("--config", str(config), "subscribers", "sync")
     assert result.returncode == 1
     assert result.stderr.count("SENDGRID_API_KEY is not set") == 1 and "Traceback" not in result.stderr
-    assert fake.requests == []
+    assert fake.reads.records == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("status", [401, 403])
-def test_a_refused_key_stops_the_sync_without_showing_the_key(
-    tmp_path: Path, fake: FakeSendGrid, status: int
-) -> None:
-    settings = _settings(tmp_path, fake.url)
-    fake.fail = lambda kind, query: status
-    with pytest.raises(ProviderAuthError) as raised:
-        sync_suppressions(engine_of(settings), settings)
-    assert f"HTTP {status}" in str(raised.value) and API_KEY not in str(raised.value)
-    assert len(fake.requests) == 1  # no retry: every later request would be refused too
+def test_a_refused_key_stops_the_sync_without_showing_the_key(tmp_path: Path, status: int) -> None:
+    with FakeSendGrid(read_script=[str(status)]) as fake:
+        settings = _settings(tmp_path, fake.url)
+        with pytest.raises(ProviderAuthError) as raised:
+            sync_suppressions(engine_of(settings), settings)
+    assert str(raised.value) == (
+        f"SendGrid refused the API key ({status}): check SENDGRID_API_KEY and that the key has read access "
+        "to suppressions (GET /v3/suppression/unsubscribes)"
+    )
+    assert len(fake.reads.records) == 1  # no retry: every later request would be refused too
 
 
 @pytest.mark.slow
-def test_rate_limits_and_server_errors_are_retried(tmp_path: Path, fake: FakeSendGrid) -> None:
-    settings = _settings(tmp_path, fake.url, max_retries=2)
-    daily = add_list(settings, "daily-papers")
-    (reader,) = add_subscribers(settings, daily, ["reader@example.com"])
-    fake.add("bounces", "reader@example.com", NOW - 1)
-    scripted = [429, 503]
-    fake.fail = lambda kind, query: scripted.pop(0) if kind == "bounces" and scripted else None
-    sync_suppressions(engine_of(settings), settings)
-    assert len(fake.pages("bounces")) == 3
-    assert status_of(settings, daily, reader) == db.BOUNCED
+def test_an_interrupted_sync_loses_nothing(tmp_path: Path) -> None:
+    with FakeSendGrid(api_key=API_KEY, read_script=["200", "500"]) as fake:
+        settings = _settings(tmp_path, fake.url, max_retries=0)
+        daily = add_list(settings, "daily-papers")
+        ids = add_subscribers(settings, daily, [f"r{n}@example.com" for n in range(700)])
+        for n in range(700):
+            _add(fake, "unsubscribes", f"r{n}@example.com", NOW - 1000 + n)
+        with pytest.raises(SendError) as raised:
+            sync_suppressions(engine_of(settings), settings)
+        assert str(raised.value) == "GET /v3/suppression/unsubscribes failed: SendGrid answered 500: internal server error"
+        # The first page is in; the list's sync point has not moved, so the next sync reads it all again.
+        changed = sum(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
+        assert changed == 500
+        assert _sync_state(settings) == {}
 
-
-@pytest.mark.slow
-def test_an_interrupted_sync_loses_nothing(tmp_path: Path, fake: FakeSendGrid) -> None:
-    settings = _settings(tmp_path, fake.url, max_retries=0)
-    daily = add_list(settings, "daily-papers")
-    ids = add_subscribers(settings, daily, [f"r{n}@example.com" for n in range(700)])
-    for n in range(700):
-        fake.add("unsubscribes", f"r{n}@example.com", NOW - 1000 + n)
-    fake.fail = lambda kind, query: 500 if query.get("offset") == "500" else None
-    with pytest.raises(SendError, match="SendGrid answered 500: scripted 500"):
-        sync_suppressions(engine_of(settings), settings)
-    # The first page is in; the list's sync point has not moved, so the next sync reads it all again.
-    changed = sum(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
-    assert changed == 500
-    assert _sync_state(settings) == {}
-
-    fake.fail = lambda kind, query: None
-    [unsubscribes, *_] = sync_suppressions(engine_of(settings), settings)
+        [unsubscribes, *_] = sync_suppressions(engine_of(settings), settings)
     assert (unsubscribes.fetched, unsubscribes.changed) == (700, 200)
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
     with engine_of(settings).connect() as conn:
@@ -283,7 +219,7 @@ def test_a_key_from_a_crlf_env_file_is_sent_without_its_line_break(
     config = write_config(tmp_path, sendgrid_api_url=fake.url)
     result = run_newsletter("--config", str(config), "subscribers", "sync", env={"SENDGRID_API_KEY": API_KEY + "\r\n"})
     assert result.returncode == 0, result.stderr
-    assert {authorization for _, _, authorization in fake.requests} == {f"Bearer {API_KEY}"}
+    assert {read.credential for read in fake.reads.records} == {f"Bearer {API_KEY}"}
 
 
 @pytest.mark.slow
@@ -298,7 +234,7 @@ def test_a_key_that_cannot_be_a_header_stops_the_sync_before_any_request(
     assert result.returncode == 1
     assert result.stderr.startswith("error: bad setting 'sendgrid_api_key' (SENDGRID_API_KEY")
     assert "Traceback" not in result.stderr and API_KEY[8:20] not in result.stderr + result.stdout
-    assert fake.requests == []
+    assert fake.reads.records == []
     with engine_of(load_settings(config)).connect() as conn:
         assert conn.execute(select(func.count()).select_from(db.events)).scalar_one() == 0
 
@@ -309,3 +245,102 @@ def test_an_unreachable_sendgrid_is_named_with_the_socket_error_only(tmp_path: P
     expected = r"could not reach SendGrid at http://127\.0\.0\.1:\d+/v3/suppression/\w+ \(ConnectError: [^)]*\)$"
     with pytest.raises(SendError, match=expected):
         sync_suppressions(engine_of(settings), settings)
+
+
+# -- what is asked again, and what an error says: both providers, through the CLI ----------------------
+
+# Where each provider's first read goes.
+FIRST_READ = {
+    "sendgrid": "GET /v3/suppression/unsubscribes",
+    "postmark": "GET /message-streams/broadcast/suppressions/dump",
+}
+SECRETS = {"sendgrid": API_KEY, "postmark": TOKEN}
+
+
+@contextmanager
+def _sync_with(
+    provider: str, folder: Path, read_script: list[str]
+) -> Iterator[tuple[FakeSendGrid | FakePostmark, Settings, subprocess.CompletedProcess[str]]]:
+    """`subscribers sync` (max_retries = 2) against the provider's fake, its reads answered as
+    `read_script` says; one reader on the list, on the first list read."""
+    if provider == "sendgrid":
+        entries = {"unsubscribes": [{"email": "reader@example.com", "created": NOW}]}
+        fake: FakeSendGrid | FakePostmark = FakeSendGrid(
+            api_key=API_KEY, retry_after=0, read_script=read_script, suppressions=entries
+        )
+        config = {"sendgrid_api_url": fake.url}
+        env = {"SENDGRID_API_KEY": API_KEY}
+    else:
+        entry = {"EmailAddress": "reader@example.com", "SuppressionReason": "HardBounce", "Origin": "Recipient", "CreatedAt": "2026-01-01T00:00:00Z"}  # fmt: skip
+        fake = FakePostmark(token=TOKEN, retry_after=0, read_script=read_script, suppressions={"broadcast": [entry]})
+        config = {"provider": "postmark", "postmark_api_url": fake.url}
+        env = {"POSTMARK_SERVER_TOKEN": TOKEN}
+    with fake:
+        path = write_config(folder, max_retries=2, **config)
+        settings = load_settings(path)
+        add_subscribers(settings, add_list(settings, "daily-papers"), ["reader@example.com"])
+        yield fake, settings, run_newsletter("--config", str(path), "subscribers", "sync", env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("provider", ["sendgrid", "postmark"])
+def test_rate_limits_and_outages_are_asked_again_until_the_list_is_read(tmp_path: Path, provider: str) -> None:
+    with _sync_with(provider, tmp_path, ["429", "503"]) as (fake, settings, sync):
+        assert sync.returncode == 0, sync.stderr
+    assert [read.status for read in fake.reads.records][:3] == [429, 503, 200]
+    assert len({read.name for read in fake.reads.records[:3]}) == 1  # the same list, asked again
+    assert status_of(settings, 1, 1) in (db.UNSUBSCRIBED, db.BOUNCED)
+    assert "1 membership(s) changed" in sync.stdout.splitlines()[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("provider", "step", "answered"),
+    [
+        ("sendgrid", "501-page", "SendGrid answered 501: 501 Not Implemented"),
+        ("sendgrid", "505-page", "SendGrid answered 505: 505 HTTP Version Not Supported"),
+        ("sendgrid", "400", "SendGrid answered 400: Bad Request"),
+        ("postmark", "501-page", "Postmark answered 501: 501 Not Implemented"),
+        ("postmark", "422", "Postmark answered 422: Invalid JSON (ErrorCode 422)"),
+    ],
+)
+def test_a_501_or_a_4xx_is_asked_once_and_told_in_one_line(
+    tmp_path: Path, provider: str, step: str, answered: str
+) -> None:
+    with _sync_with(provider, tmp_path, [step]) as (fake, settings, sync):
+        pass
+    assert sync.returncode == 1
+    assert sync.stderr == f"error: {FIRST_READ[provider]} failed: {answered}\n"
+    assert len(fake.reads.records) == 1
+    assert SECRETS[provider] not in sync.stdout + sync.stderr
+    assert status_of(settings, 1, 1) == db.SUBSCRIBED
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("provider", "answered"),
+    [
+        ("sendgrid", "SendGrid answered 429: too many requests"),
+        ("postmark", "Postmark answered 429: Rate limit exceeded (ErrorCode 429)"),
+    ],
+)
+def test_retries_stop_after_max_retries(tmp_path: Path, provider: str, answered: str) -> None:
+    with _sync_with(provider, tmp_path, ["429"] * 3) as (fake, _, sync):
+        pass
+    assert sync.returncode == 1
+    assert sync.stderr == f"error: {FIRST_READ[provider]} failed: {answered}\n"
+    assert len(fake.reads.records) == 3  # the first try and max_retries more
+
+
+def test_an_error_body_becomes_one_line_of_at_most_200_characters_without_the_key() -> None:
+    assert summary(error_page(502, f"Bearer {API_KEY}"), secret=API_KEY) == "502 Bad Gateway"
+    untitled = (
+        f"<html><head><style>p {{ margin: 0 }}</style></head><body><script>var key = '{API_KEY}';</script>"
+        f"<h1>Bad Gateway</h1><p>The upstream\r\nanswered <code>{API_KEY}</code>.</p></body></html>"
+    )
+    assert summary(untitled.encode(), secret=API_KEY) == "Bad Gateway The upstream answered [redacted]."
+    echoed = f"upstream error\r\nAuthorization: Bearer {API_KEY}\n\x1b[2J".encode()
+    assert summary(echoed, secret=API_KEY) == "upstream error Authorization: Bearer [redacted] [2J"
+    long = summary(b"word " * 100, secret=None)
+    assert long == "word " * 35 + "wo… (322 more characters)" and len(long) == 200
+    assert summary(b"", secret=None) == summary(b" \n ", secret=None) == "no error message"

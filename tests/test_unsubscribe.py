@@ -21,7 +21,10 @@ from sqlalchemy import func, select
 
 from newsletter import db
 from newsletter.config import Settings, load_settings
-from newsletter.subscribers import erase_subscriber
+from newsletter.content.render import page_language, translations
+from newsletter.providers import registry
+from newsletter.send.addressing import Addressing, Content, Reader
+from newsletter.subscribers import erase_subscriber, get_list
 from newsletter.tokens import UnsubscribeLinks
 from testkit.projects import (
     add_list,
@@ -230,6 +233,38 @@ def test_the_mailto_target_is_percent_encoded() -> None:
         "<https://papers.example.com/unsubscribe/t>, "
         "<mailto:leave%3Fnow%26x%3D1@example.com?subject=unsubscribe>"
     )
+
+
+def test_a_test_copys_links_lead_to_a_page_that_says_so_and_change_nothing(site: Site, client: httpx.Client) -> None:
+    member_id, _ = _member(site, "tester.member@example.com")
+    (elsewhere_id,) = add_subscribers(site.settings, site.other_list_id, ["tester.elsewhere@example.com"])
+    with engine_of(site.settings).connect() as conn:
+        mailing_list = get_list(conn, "daily-papers")
+    # Without a campaign, as send_test addresses an issue to the --to addresses.
+    addressing = Addressing(
+        site.settings,
+        Content("[TEST] Daily Papers", "<p>issue</p>", "issue"),
+        mailing_list=mailing_list,
+        campaign_id=None,
+        links=site.links,
+        provider=registry.provider_for(site.settings, connect=False),
+    )
+    copies = {
+        "a member of the list": addressing.recipient(Reader(0, member_id, "tester.member@example.com", None)),
+        "a subscriber of another list": addressing.recipient(Reader(0, elsewhere_id, "tester.elsewhere@example.com", None)),
+        "no subscriber": addressing.recipient(Reader(0, 0, "editor@example.org", None)),
+    }
+    title = translations(page_language(site.settings)).gettext("This email is a test copy")
+    for who, copy in copies.items():
+        # No List-Unsubscribe: a mail client's button would do nothing.
+        assert copy.headers == {} and copy.tags == {}, who
+        assert copy.unsubscribe_url == copy.preferences_url and "/test-copy" in str(copy.unsubscribe_url), who
+        page = client.get(str(copy.unsubscribe_url).replace(site.settings.base_url, site.url))
+        assert page.status_code == 200 and f"<h1>{title}</h1>" in page.text, who
+        assert page.headers["cache-control"] == "no-store" and "set-cookie" not in page.headers
+        assert "tester" not in page.text and "editor" not in page.text
+    assert status_of(site.settings, site.list_id, member_id) == db.SUBSCRIBED
+    assert events_of(site.settings, member_id) == [] and events_of(site.settings, elsewhere_id) == []
 
 
 def test_a_bounced_address_stays_bounced_and_cannot_resubscribe(site: Site, client: httpx.Client) -> None:

@@ -154,8 +154,8 @@ def test_bad_week_options_are_one_usage_error_naming_the_option(project: Path) -
         for week in ("2026W4", "2026-W54"):
             done = run_newsletter(command, "--week", week, cwd=project, env=KEY_ENV)
             assert done.returncode == 2, (command, done.stderr)
-            [error] = [line for line in done.stderr.splitlines() if "Error" in line]
-            assert "'--week'" in error and week in error
+            [error] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+            assert error == f"error: --week: '{week}' is not a week; use YYYY-Www, e.g. 2026-W04"
     both = run_newsletter("send", "--date", "2026-01-23", "--week", "2026-W04", "--yes", cwd=project, env=KEY_ENV)
     assert both.returncode == 2 and "give --date or --week, not both" in both.stderr
 

@@ -16,9 +16,11 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import sys
-from collections.abc import Iterator, MutableMapping
-from datetime import datetime
+import textwrap
+from collections.abc import Iterator, MutableMapping, Sequence
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
@@ -41,6 +43,16 @@ if TYPE_CHECKING:
 # Every command of the root, in the order of `newsletter --help`: the module of this package that
 # holds it, and its summary, the first paragraph of its help (which loading the command checks).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "init": (
+        "init",
+        "Start a project in this folder: a commented newsletter.toml from a few questions, the database, "
+        "its signing key and the list (no demo data).",
+    ),
+    "doctor": (
+        "doctor",
+        "Check what production needs: https base_url, the key file, the database, the provider's "
+        "credentials, the webhook, the proxy, the digest's source and model, the day's digest.",
+    ),
     "serve": ("serve", "Serve the sign-up, confirmation, preferences and unsubscribe pages, each provider's webhook (/webhooks/<provider>) and the public archive folder."),
     "generate": (
         "generate",
@@ -166,6 +178,18 @@ app = typer.Typer(
 )
 
 console = Console()
+
+
+def invoked_as() -> str:
+    """How to run `newsletter` again as this process was run: by its name when that is what PATH
+    finds (make demo's .venv/bin is not on PATH), else by its path."""
+    program = Path(sys.argv[0]).resolve()
+    on_path = shutil.which("newsletter")
+    if on_path is not None and Path(on_path).resolve() == program:
+        return "newsletter"
+    if program.name == "newsletter":
+        return os.path.relpath(program) if program.is_relative_to(Path.cwd()) else str(program)
+    return f"{sys.executable} -m newsletter"
 err_console = Console(stderr=True)
 
 
@@ -173,7 +197,7 @@ err_console = Console(stderr=True)
 def _root(
     ctx: typer.Context,
     config: Annotated[
-        Optional[Path], typer.Option("--config", help="TOML config file (default: ./newsletter.toml).")
+        Optional[Path], typer.Option("--config", metavar="FILE", help="TOML config file (default: ./newsletter.toml).")
     ] = None,
 ) -> None:
     ctx.obj = config
@@ -203,36 +227,67 @@ def engine_from(ctx: typer.Context) -> Engine:
 
 # -- the options several commands take --------------------------------------------------------------
 
+
+class OptionError(typer.BadParameter):
+    """Options that cannot be taken, told as one `error:` line (exit status 2, a usage error) naming
+    the option whose value it is: `--date: '2026-13-01' is not a date; use YYYY-MM-DD, e.g.
+    2026-01-23`. Click's own usage errors (an unknown option, a missing value) keep their usage
+    line, which shows what the command takes."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message, param_hint=option)
+
+    def format_message(self) -> str:
+        return self.message if self.param_hint is None else f"{self.param_hint}: {self.message}"
+
+    def show(self, file: object = None) -> None:
+        print_error(self.format_message())
+
+
+def parse_day(text: str) -> date:
+    """--date's value."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise OptionError(f"{text!r} is not a date; use YYYY-MM-DD, e.g. 2026-01-23", "--date") from None
+
+
+def parse_week(text: str) -> Edition:
+    """--week's value: the weekly edition of that ISO week."""
+    try:
+        return Edition.parse_week(text)
+    except ValueError:
+        raise OptionError(f"{text!r} is not a week; use YYYY-Www, e.g. 2026-W04", "--week") from None
+
+
 # The day of the digest an issue is made from; without it, the latest digest in digests_dir.
 IssueDate = Annotated[
-    Optional[datetime],
-    typer.Option("--date", formats=["%Y-%m-%d"], help="Digest date, YYYY-MM-DD (default: the latest digest)."),
+    Optional[date],
+    typer.Option("--date", metavar="DATE", parser=parse_day, help="Digest date, YYYY-MM-DD (default: the latest digest)."),
 ]
 # Instead of a day's issue, the weekly edition made from an ISO week's digests.
 IssueWeek = Annotated[
-    Optional[str],
-    typer.Option("--week", metavar="YYYY-Www", help="The weekly edition of this ISO week, e.g. 2026-W04 (instead of --date)."),
+    Optional[Edition],
+    typer.Option(
+        "--week", metavar="WEEK", parser=parse_week, help="The weekly edition of this ISO week, e.g. 2026-W04 (instead of --date)."
+    ),
 ]
-ListName = Annotated[Optional[str], typer.Option("--list", help="List name (default: settings.default_list).")]
+ListName = Annotated[
+    Optional[str], typer.Option("--list", metavar="LIST", help="List name (default: the default_list setting).")
+]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 StatusFilter = Annotated[
     Optional[str],
-    typer.Option("--status", help="Only this status: subscribed, unsubscribed, bounced or complained."),
+    typer.Option("--status", metavar="STATUS", help="Only this status: subscribed, unsubscribed, bounced or complained."),
 ]
 
 
-def edition_from(date: datetime | None, week: str | None) -> Edition | None:
-    """The issue --date or --week names (None: neither was given); a usage error for both, or for a
-    week that is not one."""
-    if date is not None and week is not None:
-        raise typer.BadParameter("give --date or --week, not both", param_hint="'--date' / '--week'")
-    if week is not None:
-        try:
-            return Edition.parse_week(week)
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="'--week'") from None
-    return Edition.daily(date.date()) if date is not None else None
+def edition_from(day: date | None, week: Edition | None) -> Edition | None:
+    """The issue --date or --week names (None: neither was given); a usage error for both."""
+    if day is not None and week is not None:
+        raise OptionError("give --date or --week, not both")
+    return week if week is not None else Edition.daily(day) if day is not None else None
 
 
 # -- printing ---------------------------------------------------------------------------------------
@@ -261,6 +316,19 @@ def print_error(message: str) -> None:
 
 def print_warning(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def print_figures(label: str, figures: Sequence[str]) -> None:
+    """`label`, then `figures` separated by commas, on as many lines as the terminal needs, broken
+    between figures and never inside one ("#3 4.7 KB"). Rich breaks a line at any space, a no-break
+    space too; textwrap only at ASCII ones: so textwrap fills the lines, with each figure's own
+    spaces no-break, and rich is handed lines that fit."""
+    keep = "\N{NO-BREAK SPACE}"
+    text = " ".join([label, ", ".join(figure.replace(" ", keep) for figure in figures)] if figures else [label])
+    for line in textwrap.wrap(
+        text, width=console.width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+    ):
+        console.print(escape(line.replace(keep, " ")), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import date as Date
-from datetime import datetime
 from typing import Annotated, Optional
 
 import typer
@@ -13,7 +12,17 @@ from rich.table import Table
 
 from ..errors import GenerateError
 from ..content.generate import Generated, generate_day
-from . import JsonOutput, console, engine_from, err_console, print_error, print_json, print_warning, settings_from
+from . import (
+    JsonOutput,
+    console,
+    engine_from,
+    err_console,
+    parse_day,
+    print_error,
+    print_json,
+    print_warning,
+    settings_from,
+)
 
 app = typer.Typer()
 
@@ -22,17 +31,19 @@ app = typer.Typer()
 def generate(
     ctx: typer.Context,
     date: Annotated[
-        Optional[datetime],
-        typer.Option("--date", formats=["%Y-%m-%d"], help="The day, YYYY-MM-DD (default: today in `timezone`)."),
+        Optional[Date],
+        typer.Option("--date", metavar="DATE", parser=parse_day, help="The day, YYYY-MM-DD (default: today in the timezone setting)."),
     ] = None,
-    top: Annotated[Optional[int], typer.Option("--top", min=1, max=50, help="How many papers (default: digest_top).")] = None,
+    top: Annotated[
+        Optional[int], typer.Option("--top", metavar="N", min=1, max=50, help="How many papers (default: the digest_top setting).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Write the digest anew even if there is one.")] = False,
     as_json: JsonOutput = False,
 ) -> None:
     """Write the day's digest from Hugging Face's Daily Papers, each paper summarised by the
     configured summarizer (exit 3 if the source or the model fails, or the day has no papers)."""
     settings = settings_from(ctx)
-    day = date.date() if date else settings.local_date(settings.clock())
+    day = date or settings.local_date(settings.clock())
     engine = engine_from(ctx)
     progress = Progress(
         TextColumn("{task.description}"),

@@ -10,13 +10,13 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..content.checks import run_checks
+from ..content.checks import kilobytes, received_bytes, run_checks
 from ..content.digest import load_issue
 from ..files import write_atomic
 from ..content.preview import serve_preview
 from ..content.publish import publish_issue
 from ..content.render import GMAIL_CLIP_BYTES, RenderedIssue, render_issue
-from . import IssueDate, IssueWeek, console, edition_from, err_console, settings_from
+from . import IssueDate, IssueWeek, console, edition_from, err_console, print_figures, settings_from
 
 app = typer.Typer()
 
@@ -30,7 +30,8 @@ def check(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None) ->
     report = run_checks(render_issue(source, settings))
     for problem in report.problems:
         err_console.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
-    console.print(report.size_line(), highlight=False)
+    cards = [f"{rank} {kilobytes(size)}" for rank, size in report.card_bytes.items()]
+    print_figures(f"{report.size_line()}; cards" if cards else report.size_line(), cards)
     if not report.ok:
         err_console.print(f"[bold red]{len(report.problems)} problem(s):[/] {source.edition.describe} is not ready to send")
         raise typer.Exit(1)
@@ -56,8 +57,10 @@ def render(
     ctx: typer.Context,
     date: IssueDate = None,
     week: IssueWeek = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the HTML part to this file.")] = None,
-    text: Annotated[Optional[Path], typer.Option("--text", help="Write the plain-text part to this file.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="Write the HTML part to this file.")] = None,
+    text: Annotated[
+        Optional[Path], typer.Option("--text", metavar="FILE", help="Write the plain-text part to this file.")
+    ] = None,
 ) -> None:
     """Render an issue's email: the HTML (--out) and the plain-text part (--text); else HTML to stdout."""
     edition = edition_from(date, week)
@@ -72,21 +75,30 @@ def render(
     _print_rendered(issue, out, text)
 
 
-def _print_rendered(issue: RenderedIssue, *paths: Path | None) -> None:
+def _print_rendered(issue: RenderedIssue, html: Path | None, text: Path | None) -> None:
+    """The subject, the HTML's size as `check` and `send` report it (as a reader receives it), and
+    the files written: the HTML file's own size differs, each reader's links being placeholders."""
     clip = GMAIL_CLIP_BYTES // 1024
-    size = f"[bold red]over Gmail's {clip} KB clip[/]" if issue.html_bytes > GMAIL_CLIP_BYTES else f"(Gmail clips at {clip} KB)"
+    received = received_bytes(issue.html)
+    size = f"[bold red]over Gmail's {clip} KB clip[/]" if received > GMAIL_CLIP_BYTES else f"(Gmail clips at {clip} KB)"
     console.print(f"Subject  {escape(issue.subject)}", highlight=False)
-    console.print(f"HTML     {issue.html_bytes / 1024:.1f} KB {size}", highlight=False)
-    for path in paths:
-        if path is not None:
-            console.print(f"wrote    {escape(str(path))}", highlight=False)
+    console.print(f"HTML     {kilobytes(received)} as a reader receives it {size}", highlight=False)
+    if html is not None:
+        console.print(
+            f"wrote    {escape(str(html))} ({kilobytes(issue.html_bytes)}: placeholders for each reader's links)",
+            highlight=False,
+        )
+    if text is not None:
+        console.print(f"wrote    {escape(str(text))}", highlight=False)
 
 
 @app.command()
 def preview(
     ctx: typer.Context,
     date: IssueDate = None,
-    port: Annotated[int, typer.Option(help="Port to serve the preview on (127.0.0.1).", min=1, max=65535)] = 8025,
+    port: Annotated[
+        int, typer.Option(metavar="PORT", help="Port to serve the preview on (127.0.0.1).", min=1, max=65535)
+    ] = 8025,
     open_browser: Annotated[
         bool, typer.Option("--open/--no-open", help="Open the default browser; --no-open only prints the URL.")
     ] = True,
@@ -98,4 +110,4 @@ def preview(
         if open_browser:
             webbrowser.open(url)
 
-    serve_preview(settings_from(ctx), date.date() if date else None, port=port, ready=ready)
+    serve_preview(settings_from(ctx), date, port=port, ready=ready)

@@ -20,12 +20,13 @@ app.add_typer(lists, name="lists")
 @lists.command("create")
 def lists_create(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="List name: letters, digits, '.', '_' or '-'.")],
-    description: Annotated[str, typer.Option(help="What readers of this list receive.")] = "",
+    name: Annotated[str, typer.Argument(metavar="NAME", help="List name: letters, digits, '.', '_' or '-'.")],
+    description: Annotated[str, typer.Option(metavar="TEXT", help="What readers of this list receive.")] = "",
     optin: Annotated[
         str,
         typer.Option(
             "--optin",
+            metavar="double|single",
             help="How readers who sign up join: double (confirm by mail first) or single (at once).",
         ),
     ] = "double",
@@ -53,26 +54,26 @@ def lists_list(ctx: typer.Context, as_json: JsonOutput = False) -> None:
     if as_json:
         print_json([{**vars(s.list), "counts": s.counts} for s in summaries])
         return
-    table = Table()
-    # Names and counts never shrink; the description takes what width is left.
-    table.add_column("list", no_wrap=True, min_width=max((len(s.list.name) for s in summaries), default=4))
+    # Fits 80 columns: no rules, one space between columns, the counts whole (they never wrap), and
+    # what width is left to the name (folded if it must be) with its description on the lines below.
+    table = Table(box=None, collapse_padding=True, pad_edge=False, header_style="bold underline")
+    table.add_column("list", overflow="fold")
     table.add_column("opt-in", no_wrap=True)
     for status in STATUSES:
         table.add_column(status, justify="right", no_wrap=True, min_width=len(status))
-    table.add_column("description")
     for summary in summaries:
+        description = f"\n[dim]{escape(summary.list.description)}[/]" if summary.list.description else ""
         table.add_row(
-            escape(summary.list.name),
+            f"{escape(summary.list.name)}{description}",
             summary.list.optin,
             *(f"{summary.counts[status]:,}" for status in STATUSES),
-            escape(summary.list.description),
         )
     console.print(table if summaries else "No lists yet: newsletter lists create NAME")
 
 
 @lists.command("show")
 def lists_show(
-    ctx: typer.Context, name: Annotated[str, typer.Argument(help="List name.")], as_json: JsonOutput = False
+    ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="List name.")], as_json: JsonOutput = False
 ) -> None:
     """Show a list and its members counted by status."""
     with engine_from(ctx).begin() as conn:
@@ -91,7 +92,7 @@ def lists_show(
 
 @lists.command("delete")
 def lists_delete(
-    ctx: typer.Context, name: Annotated[str, typer.Argument(help="List name.")], yes: Yes = False
+    ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="List name.")], yes: Yes = False
 ) -> None:
     """Delete a list and its memberships (subscribers stay; `subscribers remove` erases a person)."""
     engine = engine_from(ctx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +15,7 @@ from .. import daily
 from ..daily import FAILED, RunReport, StepResult
 from ..errors import NewsletterError
 from ..send import Interruption
-from . import engine_from, err_console, print_error, settings_from
+from . import engine_from, err_console, parse_day, print_error, settings_from
 
 app = typer.Typer()
 
@@ -37,8 +37,10 @@ class _RunCommand(TyperCommand):
 
 
 RunDate = Annotated[
-    Optional[datetime],
-    typer.Option("--date", formats=["%Y-%m-%d"], help="The day to run, YYYY-MM-DD (default: today in the timezone setting)."),
+    Optional[date],
+    typer.Option(
+        "--date", metavar="DATE", parser=parse_day, help="The day to run, YYYY-MM-DD (default: today in the timezone setting)."
+    ),
 ]
 RunJson = Annotated[
     bool, typer.Option("--json", help="Also print every step's outcome, counts and duration as one JSON object, the last line.")
@@ -65,8 +67,7 @@ def approve_day(ctx: typer.Context, date: RunDate = None, as_json: RunJson = Fal
     _run_the_day(ctx, date, as_json, daily.approve_day)
 
 
-def _run_the_day(ctx: typer.Context, date: datetime | None, as_json: bool, runner: Callable[..., RunReport]) -> None:
-    day = date.date() if date else None
+def _run_the_day(ctx: typer.Context, day: date | None, as_json: bool, runner: Callable[..., RunReport]) -> None:
     try:
         settings = settings_from(ctx)
         day = daily.run_date(settings, day)

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import send as sending
+from ..content.checks import kilobytes
 from ..daily import STOPPED
 from ..providers import Provider
 from ..providers.outbox import Outbox
@@ -29,6 +30,7 @@ from . import (
     console,
     edition_from,
     engine_from,
+    invoked_as,
     err_console,
     print_error,
     settings_from,
@@ -36,13 +38,24 @@ from . import (
 
 app = typer.Typer()
 
+# What a test send (--to) records, wherever it is told: its messages, so that none goes twice, and
+# nothing of the issue's delivery.
+TEST_RECORD = "recorded as test messages, never as the issue's delivery"
+
 Force = Annotated[bool, typer.Option("--force", help="Send even if pre-send checks fail.")]
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Write the requests to an outbox folder; send nothing, record nothing.")
 ]
-OutboxFolder = Annotated[Optional[Path], typer.Option(help="Dry-run folder (default: <outbox_dir>/<date or week>/).")]
+OutboxFolder = Annotated[
+    Optional[Path], typer.Option(metavar="FOLDER", help="Dry-run folder (default: <outbox_dir>/<date or week>/).")
+]
 TestTo = Annotated[
-    Optional[list[str]], typer.Option("--to", help="Send a test to this address only (repeatable); not recorded.")
+    Optional[list[str]],
+    typer.Option(
+        "--to",
+        metavar="ADDRESS",
+        help="Send a test to this address only (repeatable): recorded as a test, never as the issue's delivery.",
+    ),
 ]
 Sandbox = Annotated[
     bool,
@@ -114,12 +127,15 @@ def _summary(plan: SendPlan, to: list[str] | None, *, dry_run: bool, sandbox: bo
     summary.add_row("Issue", escape(plan.content.subject))
     summary.add_row("List", escape(plan.mailing_list.name))
     if to:
-        summary.add_row("Test to", escape(", ".join(to)) + " (not recorded)")
+        summary.add_row("Test to", f"{escape(', '.join(to))} ({TEST_RECORD})")
     else:
         audience = f" {plan.issue.kind} member(s)" if plan.campaign is None else " still to send"
         summary.add_row("Recipients", f"{plan.recipients:,}{audience}")
-        summary.add_row("Requests", f"{plan.batches:,} of up to {plan.batch_size}")
-    summary.add_row("HTML size", f"{plan.html_bytes / 1024:.1f} KB")
+        if plan.batch_size == 1:  # SMTP: a message of their own to each reader
+            summary.add_row("Messages", f"{plan.batches:,}, one per reader")
+        else:
+            summary.add_row("Requests", f"{plan.batches:,}, each of up to {plan.batch_size:,} recipients")
+    summary.add_row("HTML size", f"{kilobytes(plan.html_bytes)} as a reader receives it")
     if plan.campaign is not None:
         summary.add_row(
             "Resuming",
@@ -215,7 +231,7 @@ def _print_tests(outcomes: list[Outcome], provider: str) -> None:
             console.print(f"[green]✓[/] {address}: sent by {provider} ({outcome.message_id or 'no message id'})", highlight=False)
         else:
             err_console.print(f"[red]✗[/] {address}: {outcome.state}: {escape(outcome.error or '')}", highlight=False)
-    console.print("Test messages are recorded as such, never as the issue's delivery.")
+    console.print(f"{len(outcomes):,} test message(s): {TEST_RECORD}.", highlight=False)
     if any(outcome.state != "sent" for outcome in outcomes):
         raise typer.Exit(1)
 
@@ -238,7 +254,7 @@ def _print_unrecorded(copies: UnrecordedReport, provider: Provider, plan: SendPl
 
 def _print_outbox(copies: UnrecordedReport, outbox: Outbox, plan: SendPlan, to: list[str] | None) -> None:
     if to:
-        console.print(f"A real test send would mail {len(to)} address(es) and record nothing.", highlight=False)
+        console.print(f"A real test send would mail {len(to)} address(es): {TEST_RECORD}.", highlight=False)
     elif plan.campaign is None:
         console.print(
             f"A real send would record a campaign for {plan.describe}, snapshot its {plan.recipients:,} "
@@ -264,7 +280,7 @@ def _print_outbox(copies: UnrecordedReport, outbox: Outbox, plan: SendPlan, to: 
     )
     if outbox.html is not None:
         console.print(
-            f"Preview: {outbox.html.absolute().as_uri()} (or `newsletter preview` for phone and desktop widths)",
+            f"Preview: {outbox.html.absolute().as_uri()} (or `{invoked_as()} preview` for phone and desktop widths)",
             highlight=False,
             soft_wrap=True,
         )

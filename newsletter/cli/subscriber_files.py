@@ -24,9 +24,12 @@ _PHASES = {
 _PROBLEMS_SHOWN = 20
 
 
-CsvFile = Annotated[Path, typer.Argument(help="CSV file with a header row naming at least an 'email' column.")]
+CsvFile = Annotated[
+    Path, typer.Argument(metavar="FILE", help="CSV file with a header row naming at least an 'email' column.")
+]
 Rejects = Annotated[
-    Optional[Path], typer.Option(help="Write invalid, duplicate and skipped rows (with line and reason) to this CSV.")
+    Optional[Path],
+    typer.Option(metavar="FILE", help="Write invalid, duplicate and skipped rows (with line and reason) to this CSV."),
 ]
 Resubscribe = Annotated[
     bool, typer.Option("--resubscribe", help="Re-subscribe addresses that had unsubscribed, bounced or complained.")
@@ -130,9 +133,9 @@ def export_command(
     ctx: typer.Context,
     list_name: ListName = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Write to this file (default: standard output).")
+        Optional[Path], typer.Option("--out", metavar="FILE", help="Write to this file (default: standard output).")
     ] = None,
-    status: Annotated[str, typer.Option("--status", help="Members with this status.")] = "subscribed",
+    status: Annotated[str, typer.Option("--status", metavar="STATUS", help="Members with this status.")] = "subscribed",
 ) -> None:
     """Export a list's members as CSV (email, name, attributes) that `subscribers import` reads back.
 

@@ -32,8 +32,8 @@ subscribers = typer.Typer(help="Subscribers: add, import, export, sync with the 
 app = typer.Typer()
 app.add_typer(subscribers, name="subscribers")
 
-Email = Annotated[str, typer.Argument(help="Email address.")]
-OfList = Annotated[Optional[str], typer.Option("--list", help="Only members of this list.")]
+Email = Annotated[str, typer.Argument(metavar="ADDRESS", help="Email address.")]
+OfList = Annotated[Optional[str], typer.Option("--list", metavar="LIST", help="Only members of this list.")]
 
 
 @subscribers.command("sync")
@@ -58,9 +58,9 @@ def subscribers_add(
     ctx: typer.Context,
     email: Email,
     list_name: ListName = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="The subscriber's name.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="The subscriber's name.")] = None,
     attributes: Annotated[
-        Optional[list[str]], typer.Option("--attr", help="An attribute as KEY=VALUE (repeatable).")
+        Optional[list[str]], typer.Option("--attr", metavar="KEY=VALUE", help="An attribute (repeatable).")
     ] = None,
     resubscribe: Annotated[
         bool,
@@ -150,7 +150,7 @@ def subscribers_list(
     ctx: typer.Context,
     list_name: OfList = None,
     status: StatusFilter = None,
-    limit: Annotated[int, typer.Option(help="At most this many rows (0: all).", min=0)] = 100,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most this many rows (0: all).", min=0)] = 100,
     as_json: JsonOutput = False,
 ) -> None:
     """List subscribers with their memberships, by subscriber."""

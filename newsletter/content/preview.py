@@ -23,7 +23,7 @@ from .assets import asset_file
 from ..config import Settings
 from .digest import load_digest
 from ..errors import ConfigError, NewsletterError, RenderError
-from .render import GMAIL_CLIP_BYTES, RenderedIssue, render_issue, render_template
+from .render import BUNDLED_TEMPLATES, GMAIL_CLIP_BYTES, RenderedIssue, render_issue, render_template
 
 PREVIEW_TEMPLATE = "preview.html.j2"
 PHONE_WIDTH = 375
@@ -56,8 +56,10 @@ class Preview:
         return render_issue(load_digest(self.settings, self.day), self.settings)
 
     def version(self) -> str:
-        """Changes whenever a digest or a template file changes (or appears, or goes)."""
-        folders = [self.settings.path(self.settings.digests_dir), self.settings.path(self.settings.templates_dir)]
+        """Changes whenever a digest or a template file changes (or appears, or goes): the bundled
+        templates' too, which a templates_dir of one's own falls back on."""
+        templates = self.settings.path(self.settings.templates_dir).resolve()
+        folders = [self.settings.path(self.settings.digests_dir), *dict.fromkeys([templates, BUNDLED_TEMPLATES])]
         signature = hashlib.sha256()
         for folder in folders:
             for path in sorted(folder.rglob("*")) if folder.is_dir() else []:

@@ -29,7 +29,7 @@ from ..config import Settings
 from .digest import Digest, Week
 from ..errors import NewsletterError, RenderError
 from ..files import write_atomic
-from .render import render_issue, render_template, signup_url, wording_for
+from .render import page_language, reader_language, render_issue, render_template, signup_url
 
 PAGE = "index.html"
 RECORD = "issue.json"
@@ -154,30 +154,31 @@ def page_folder(web_url: str, settings: Settings) -> Path:
 
 
 def render_archive(issues: list[PublishedIssue], settings: Settings) -> str:
-    return render_template(settings, ARCHIVE_TEMPLATE, {"issues": issues, **_common(issues, settings)})
+    return _render(ARCHIVE_TEMPLATE, issues, settings)
 
 
 def render_feed(issues: list[PublishedIssue], settings: Settings) -> str:
-    entries = issues[:FEED_ENTRIES]
-    return render_template(settings, FEED_TEMPLATE, {"issues": entries, **_common(entries, settings)})
+    return _render(FEED_TEMPLATE, issues[:FEED_ENTRIES], settings)
 
 
-def _common(issues: list[PublishedIssue], settings: Settings) -> dict:
+def _render(template: str, issues: list[PublishedIssue], settings: Settings) -> str:
+    """The archive or the feed, in `language`, else in the newest issue's (what its readers got
+    last), else in the pages'."""
+    language = settings.language or (reader_language(issues[0].language) if issues else page_language(settings))
     newest_change = max((found.updated for found in issues), default=settings.clock())
-    language = issues[0].language if issues else "en"
-    return {
-        "words": wording_for(language),
+    context = {
+        "issues": issues,
         "signup_url": signup_url(settings),
         # An entry is dated by its issue's day (midnight where the newsletter lives), not by when it
         # was published: a late publish of an old day sorts where that day belongs.
         "issued": lambda found: datetime.combine(found.date, time(), ZoneInfo(settings.timezone)),
         "title": settings.from_name,
         "author": settings.from_name,
-        "language": language,
         "archive_url": f"{settings.base_url}/",
         "feed_url": f"{settings.base_url}/{FEED}",
         "updated": newest_change,
     }
+    return render_template(settings, template, context, language)
 
 
 def _relative(folder: Path, public: Path) -> str:

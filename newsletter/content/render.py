@@ -10,14 +10,18 @@ Jinja re-reads a template only when its file changes (which is what the live pre
 from __future__ import annotations
 
 import functools
+import gettext
+import io
 import logging
 import re
 import traceback
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jinja2
 from markupsafe import Markup
@@ -114,124 +118,115 @@ CONTRAST_PAIRS: tuple[tuple[str, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
+# The languages readers get pages and mail in. The templates' and this module's messages are
+# written in English, which therefore needs no catalog; every other language has its catalog,
+# locale/<language>/LC_MESSAGES/messages.po (see README, "Languages and templates").
+LANGUAGES = ("ko", "en")
+SOURCE_LANGUAGE = "en"
+LOCALE_DIR = Path(__file__).resolve().parent.parent / "locale"
+
+
+def reader_language(tag: str) -> str:
+    """The language of LANGUAGES a BCP 47 tag asks for ("ko-KR": "ko"), English when none."""
+    primary = tag.split("-")[0].lower()
+    return primary if primary in LANGUAGES else SOURCE_LANGUAGE
+
+
+def page_language(settings: Settings) -> str:
+    """The language of what readers see that no digest decides (the sign-up, confirmation,
+    preferences and unsubscribe pages, the sign-up mails): `language`, else the language digests
+    are written in (`digest_language`)."""
+    return settings.language or reader_language(settings.digest_language)
+
+
+@functools.lru_cache(maxsize=None)
+def translations(language: str) -> gettext.NullTranslations:
+    """The message catalog of `language`, read from its .po file when first asked for: no compiled
+    .mo file to keep in git or to build (Babel compiles it in memory, in milliseconds)."""
+    po_file = LOCALE_DIR / language / "LC_MESSAGES" / "messages.po"
+    if language == SOURCE_LANGUAGE or not po_file.is_file():
+        return gettext.NullTranslations()
+    # Imported here: only a render in a translated language needs them.
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    with po_file.open("rb") as po:
+        catalog = read_po(po, locale=language)
+    compiled = io.BytesIO()
+    write_mo(compiled, catalog)  # fuzzy entries are left out, as msgfmt leaves them
+    compiled.seek(0)
+    return gettext.GNUTranslations(compiled)
+
+
 class Wording:
-    """The email's own words (labels, footer), in the digest's language."""
+    """What this module writes in one language, rather than the templates: the subject's words,
+    the weekly edition's title, the days and weeks. The words come from the language's catalog, the
+    dates from CLDR through Babel, by patterns the catalog gives."""
 
-    contents: str  # the heading of the list of the issue's papers
-    weekly_contents: str  # likewise, in the weekly edition
-    weekly_title: str  # "{range}": the weekly edition's title (and its subject's {date})
-    weekly_line: str  # under the weekly edition's title, before the number of papers
-    key_points: str
-    abstract: str
-    read_abstract: str  # the link to a paper's abstract on the web version
-    read_rest_of_abstract: str  # likewise, when the email shows its first paragraph
-    read_paper: str  # the button, followed by the paper's short name
-    upvotes: str  # "{n}"
-    papers: str  # "{n}"
-    and_more: str  # "{n}": the subject's {more} when there is more than one paper
-    why: str  # "{name}"
-    page_why: str  # "{name}": the web version's footer, which no one was sent
-    archive_about: str  # "{name}": what the archive is
-    subscribe: str  # the web version's and the archive's link to the sign-up form
-    archive: str
-    view_in_browser: str
-    preferences: str  # the reader's page: daily or weekly, or leave
-    unsubscribe: str
-    daily_title: Callable[[date], str]  # a day's issue's heading, from its date
-    year: Callable[[date], str]  # under that heading, before the number of papers
-    short_date: Callable[[date], str]  # the subject's {date}
-    day: Callable[[date], str]  # a weekly card's day, short, with the weekday
-    date_range: Callable[[date, date], str]  # a week, its year and month said once when they are
+    def __init__(self, language: str) -> None:
+        self.language = language
+        self._messages = translations(language)
 
+    @property
+    def weekly_title(self) -> str:
+        """"{range}": the weekly edition's title (and its subject's {date})."""
+        return self._messages.gettext("Weekly papers, {range}")
 
-_KO_WEEKDAYS = "월화수목금토일"
-_EN_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_EN_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-              "September", "October", "November", "December")  # fmt: skip
+    @property
+    def weekly_line(self) -> str:
+        """Under the weekly edition's title, before the number of papers."""
+        return self._messages.gettext("The week's most upvoted papers")
 
+    def and_more(self, others: int) -> str:
+        """The subject's {more}: " 외 4편", " and 4 more"."""
+        return self._messages.ngettext(" and {n} more", " and {n} more", others).format(n=others)
 
-def _ko_range(first: date, last: date) -> str:
-    """"2026년 1월 19일–25일", "2026년 1월 26일–2월 1일", "2025년 12월 29일–2026년 1월 4일"."""
-    end = f"{last.day}일"
-    if (first.year, first.month) != (last.year, last.month):
-        end = f"{last.month}월 {end}"
-    if first.year != last.year:
-        end = f"{last.year}년 {end}"
-    return f"{first.year}년 {first.month}월 {first.day}일–{end}"
+    def daily_title(self, day: date) -> str:
+        """A day's issue's heading: "1월 23일 금요일의 논문", "Papers for Friday, January 23"."""
+        pattern = self._messages.pgettext("date pattern: a day's issue", "EEEE, MMMM d")
+        return self._messages.gettext("Papers for {date}").format(date=self._date(day, pattern))
 
+    def year(self, day: date) -> str:
+        """Under that heading, before the number of papers: "2026년", "2026"."""
+        return self._date(day, self._messages.pgettext("date pattern: the year", "y"))
 
-def _en_range(first: date, last: date) -> str:
-    """"January 19–25, 2026", "January 26 – February 1, 2026", "December 29, 2025 – January 4, 2026"."""
-    start, end = f"{_EN_MONTHS[first.month - 1]} {first.day}", f"{_EN_MONTHS[last.month - 1]} {last.day}"
-    if first.year != last.year:
-        return f"{start}, {first.year} – {end}, {last.year}"
-    if first.month != last.month:
-        return f"{start} – {end}, {last.year}"
-    return f"{start}–{last.day}, {last.year}"
+    def short_date(self, day: date) -> str:
+        """The subject's {date}: "2026년 1월 23일", "January 23, 2026"."""
+        return self._date(day, "long")
 
+    def day(self, day: date) -> str:
+        """A weekly card's day, short, with its weekday: "1월 23일 (금)", "Fri, Jan 23"."""
+        from babel.dates import format_skeleton
 
-WORDING: dict[str, Wording] = {
-    "ko": Wording(
-        contents="오늘의 논문",
-        weekly_contents="이번 주의 논문",
-        weekly_title="주간 논문 {range}",
-        weekly_line="한 주 동안 추천을 가장 많이 받은 논문",
-        key_points="핵심 포인트",
-        abstract="초록",
-        read_abstract="초록 읽기",
-        read_rest_of_abstract="초록 전체 읽기",
-        read_paper="논문 읽기",
-        upvotes="추천 {n}",
-        papers="논문 {n}편",
-        and_more=" 외 {n}편",
-        why="{name} 뉴스레터를 구독하셔서 받으신 메일입니다.",
-        page_why="{name} 뉴스레터의 지난 호입니다. 새 호를 메일로 받아 보세요.",
-        archive_about="{name} 뉴스레터의 지난 호를 모두 모았습니다. 새 호를 메일로 받아 보세요.",
-        subscribe="구독하기",
-        archive="지난 호",
-        view_in_browser="웹에서 보기",
-        preferences="수신 설정",
-        unsubscribe="구독 해지",
-        daily_title=lambda d: f"{d.month}월 {d.day}일 {_KO_WEEKDAYS[d.weekday()]}요일의 논문",
-        year=lambda d: f"{d.year}년",
-        short_date=lambda d: f"{d.year}년 {d.month}월 {d.day}일",
-        day=lambda d: f"{d.month}월 {d.day}일 ({_KO_WEEKDAYS[d.weekday()]})",
-        date_range=_ko_range,
-    ),
-    "en": Wording(
-        contents="In this issue",
-        weekly_contents="This week's papers",
-        weekly_title="Weekly papers, {range}",
-        weekly_line="The week's most upvoted papers",
-        key_points="Key points",
-        abstract="Abstract",
-        read_abstract="Read the abstract",
-        read_rest_of_abstract="Read the whole abstract",
-        read_paper="Read the paper",
-        upvotes="{n} upvotes",
-        papers="{n} papers",
-        and_more=" and {n} more",
-        why="You are receiving this because you subscribed to {name}.",
-        page_why="An issue of {name}. Get the next ones by email.",
-        archive_about="Every issue of {name} so far. Get the next ones by email.",
-        subscribe="Subscribe",
-        archive="Archive",
-        view_in_browser="View in browser",
-        preferences="Preferences",
-        unsubscribe="Unsubscribe",
-        daily_title=lambda d: f"Papers for {_EN_WEEKDAYS[d.weekday()]}, {_EN_MONTHS[d.month - 1]} {d.day}",
-        year=lambda d: str(d.year),
-        short_date=lambda d: f"{_EN_MONTHS[d.month - 1]} {d.day}, {d.year}",
-        day=lambda d: f"{_EN_WEEKDAYS[d.weekday()][:3]}, {_EN_MONTHS[d.month - 1][:3]} {d.day}",
-        date_range=_en_range,
-    ),
-}
+        return format_skeleton("MMMEd", day, locale=self.language)
+
+    def date_range(self, first: date, last: date) -> str:
+        """A week, its year and month said once when they are: "January 19–25, 2026", "January
+        26 – February 1, 2026", "December 29, 2025 – January 4, 2026". (CLDR's own intervals would
+        write Korean weeks with "~".) The first day's pattern ends with what stands between the two."""
+        messages = self._messages
+        if first.year != last.year:
+            start = messages.pgettext("date pattern: a week's first day, another year", "MMMM d, y' – '")
+            end = messages.pgettext("date pattern: a week's last day, another year", "MMMM d, y")
+        elif first.month != last.month:
+            start = messages.pgettext("date pattern: a week's first day, another month", "MMMM d' – '")
+            end = messages.pgettext("date pattern: a week's last day, another month", "MMMM d, y")
+        else:
+            start = messages.pgettext("date pattern: a week's first day, the same month", "MMMM d'–'")
+            end = messages.pgettext("date pattern: a week's last day, the same month", "d, y")
+        return self._date(first, start) + self._date(last, end)
+
+    def _date(self, day: date, pattern: str) -> str:
+        # Imported here: Babel's dates take a tenth of a cold start, which only a render needs.
+        from babel.dates import format_date
+
+        return format_date(day, pattern, locale=self.language)
 
 
+@functools.lru_cache(maxsize=None)
 def wording_for(language: str) -> Wording:
     """The wording for a BCP 47 tag ("ko-KR" uses "ko"); English when the language has none."""
-    return WORDING.get(language.split("-")[0].lower(), WORDING["en"])
+    return Wording(reader_language(language))
 
 
 @dataclass(frozen=True)
@@ -241,7 +236,7 @@ class RenderedIssue:
     preheader: str
     html: str  # holds UNSUBSCRIBE_TAG and PREFERENCES_TAG where the recipient's own URLs go
     text: str  # likewise
-    language: str
+    language: str  # its pages' and mail's: `language`, else its digest's
     web_url: str  # the "view in browser" page of this issue
 
     @property
@@ -280,9 +275,9 @@ def render_issue(
     up instead of saying why a reader got it, and holds no reader's link. Never touches the network."""
     issue = _issue(source, settings)
     context = {**_context(issue, settings, abstract or settings.email_abstract), "page": page}
-    mjml_source = render_template(settings, MJML_TEMPLATE, context)
+    mjml_source = render_template(settings, MJML_TEMPLATE, context, issue.language)
     html = _inline_css(*_compile_mjml(mjml_source))
-    text = render_template(settings, TEXT_TEMPLATE, context)
+    text = render_template(settings, TEXT_TEMPLATE, context, issue.language)
     return RenderedIssue(
         date=issue.date,
         subject=context["subject"],
@@ -297,8 +292,9 @@ def render_issue(
 def render_mjml(source: Digest | Week, settings: Settings) -> str:
     """The Jinja-expanded MJML of an issue, before compilation (what the reference MJML compiler
     validates and compiles in the tests)."""
-    context = {**_context(_issue(source, settings), settings, settings.email_abstract), "page": False}
-    return render_template(settings, MJML_TEMPLATE, context)
+    issue = _issue(source, settings)
+    context = {**_context(issue, settings, settings.email_abstract), "page": False}
+    return render_template(settings, MJML_TEMPLATE, context, issue.language)
 
 
 def signup_url(settings: Settings) -> str:
@@ -313,7 +309,8 @@ def web_url(settings: Settings, edition: Edition) -> str:
 
 @dataclass(frozen=True)
 class _Issue:
-    """What the templates show of a day's digest or of a week's, in the words of its language."""
+    """What the templates show of a day's digest or of a week's, in the words of the issue's
+    language."""
 
     edition: Edition
     date: date  # RenderedIssue.date
@@ -321,13 +318,15 @@ class _Issue:
     source_title: str  # the subject's {title}: the digest's own, or the weekly edition's heading
     dated: str  # the header's line under the title, before the number of papers
     when: str  # the subject's {date}
-    contents: str  # the heading of the list of its papers
+    weekly: bool
     cards: list[Card]
-    language: str
+    language: str  # of its words: `language`, else its digest's
+    data_language: str  # of its digest's text (titles, summaries), which is data, whatever `language` says
 
 
 def _issue(source: Digest | Week, settings: Settings) -> _Issue:
-    words = wording_for(source.language)
+    language = settings.language or reader_language(source.language)
+    words = wording_for(language)
     if isinstance(source, Week):
         edition = source.edition
         title = words.weekly_title.format(range=words.date_range(edition.days[0], edition.last_day))
@@ -339,12 +338,13 @@ def _issue(source: Digest | Week, settings: Settings) -> _Issue:
             dated=words.weekly_line,
             # The subject names the week, which a reader tells apart from a daily issue's date.
             when=title,
-            contents=words.weekly_contents,
+            weekly=True,
             cards=[
                 Card(found.paper, resolve_thumbnail(found.paper, found.digest, settings), found.day)
                 for found in source.papers
             ],
-            language=source.language,
+            language=language,
+            data_language=source.language,
         )
     return _Issue(
         edition=source.edition,
@@ -355,9 +355,10 @@ def _issue(source: Digest | Week, settings: Settings) -> _Issue:
         source_title=source.title,
         dated=words.year(source.date),
         when=words.short_date(source.date),
-        contents=words.contents,
+        weekly=False,
         cards=[Card(paper, resolve_thumbnail(paper, source, settings)) for paper in source.papers],
-        language=source.language,
+        language=language,
+        data_language=source.language,
     )
 
 
@@ -366,12 +367,11 @@ def _subject(issue: _Issue, settings: Settings) -> str:
     2026년 1월 19일–25일 — EvoCUA 외 9편"), the date and the first paper by its short name (the part
     of its title before a colon), which is what a reader recognises and what fits a phone's inbox
     row. The From name is not repeated: the inbox shows it beside the subject."""
-    words = wording_for(issue.language)
     papers = [card.paper for card in issue.cards]
     return settings.subject_template.format(
         date=issue.when,
         first=short_title(papers[0].title) if papers else issue.title,
-        more=words.and_more.format(n=len(papers) - 1) if len(papers) > 1 else "",
+        more=wording_for(issue.language).and_more(len(papers) - 1) if len(papers) > 1 else "",
         papers=len(papers),
         title=issue.source_title,
         from_name=settings.from_name,
@@ -396,7 +396,6 @@ def _preheader(issue: _Issue) -> str:
 
 
 def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict:
-    language = issue.language.split("-")[0].lower()
     return {
         "title": issue.title,
         "cards": issue.cards,
@@ -405,12 +404,14 @@ def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict
         "preheader": _preheader(issue),
         "preheader_filler": PREHEADER_FILLER,
         "readable_date": issue.dated,
-        "contents": issue.contents,
+        "weekly": issue.weekly,
         "words": wording_for(issue.language),
-        "lang": issue.language,
+        # The digest's text is marked with its own language where the issue's words are in another
+        # (lang="ko" inside an English page), for screen readers, hyphenation and fonts.
+        "data_lang": issue.data_language if issue.data_language != issue.language else None,
         # Korean reads best broken between words, never inside one; Chinese and Japanese have no
         # spaces to break at, so only Korean gets it.
-        "keep_words_whole": language == "ko",
+        "keep_words_whole": "ko" in (issue.language, issue.data_language),
         "web_url": web_url(settings, issue.edition),
         "archive_url": f"{settings.base_url}/",
         "signup_url": signup_url(settings),
@@ -424,10 +425,18 @@ def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict
     }
 
 
+# The templates that ship with the package: templates_dir's default, and what a templates_dir of
+# one's own falls back on for every template it does not hold.
+BUNDLED_TEMPLATES = Settings.model_fields["templates_dir"].default_factory().resolve()  # type: ignore[misc]
+
+
 @functools.lru_cache(maxsize=8)
-def _environment(templates_dir: Path) -> jinja2.Environment:
+def _environment(templates_dir: Path, language: str) -> jinja2.Environment:
+    # A folder of one's own is an overlay: its file of a name replaces the bundled one.
+    folders = [templates_dir] if templates_dir == BUNDLED_TEMPLATES else [templates_dir, BUNDLED_TEMPLATES]
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
+        loader=jinja2.FileSystemLoader(folders),
+        extensions=["jinja2.ext.i18n"],
         # The MJML, HTML and XML templates escape every value (each can carry untrusted digest
         # text); the text template writes plain text.
         autoescape=jinja2.select_autoescape(["mjml.j2", "html.j2", "xml.j2"], default=False),
@@ -440,6 +449,13 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
         # each template's source, so an edited template is compiled afresh.
         bytecode_cache=jinja2.FileSystemBytecodeCache(),
     )
+    # {% trans %} blocks' messages with their line breaks and indentation folded, as babel.cfg
+    # extracts them.
+    env.policies["ext.i18n.trimmed"] = True
+    # Newstyle: _("… %(name)s", name=value) escapes the value, and a message missing from the
+    # catalog still fills in its values.
+    env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    env.globals["language"] = language
     env.filters["rfc3339"] = rfc3339
     env.filters["wrap"] = wrap_text
     env.filters["lead_in"] = lead_in
@@ -473,17 +489,32 @@ def lead_in_text(text: str) -> str:
     return f"{label}: {text[found.start('rest'):]}"
 
 
-def environment(settings: Settings) -> jinja2.Environment:
-    """The process's one Jinja environment for the configured templates folder: every template
-    (email, web pages, feed) is loaded through it."""
-    return _environment(settings.path(settings.templates_dir).resolve())
+def environment(settings: Settings, language: str | None = None) -> jinja2.Environment:
+    """The process's Jinja environment for the configured templates folder in `language` (by
+    default page_language's): every template (email, web pages, feed, sign-up mails) is loaded
+    through it, and speaks that language (`_()`, `{% trans %}`, the global `language`)."""
+    return _environment(settings.path(settings.templates_dir).resolve(), language or page_language(settings))
 
 
-def render_template(settings: Settings, name: str, context: dict[str, Any]) -> str:
-    """Template `name` rendered with `context`; any Jinja error becomes a RenderError naming the
-    template file and line."""
+def render_template(settings: Settings, name: str, context: dict[str, Any], language: str | None = None) -> str:
+    """Template `name` rendered with `context` in `language` (by default page_language's); any
+    Jinja error becomes a RenderError naming the template file and line."""
+    with _template_errors(settings, name):
+        return environment(settings, language).get_template(name).render(context)
+
+
+def render_macro(settings: Settings, name: str, macro: str, *args: str) -> str:
+    """Macro `macro` of template `name` called with `args`, in page_language's language: one line
+    of copy (a mail's subject) kept in a template, so that it is translated and overridden as
+    templates are."""
+    with _template_errors(settings, name):
+        return str(getattr(environment(settings).get_template(name).module, macro)(*args))
+
+
+@contextmanager
+def _template_errors(settings: Settings, name: str) -> Iterator[None]:
     try:
-        return environment(settings).get_template(name).render(context)
+        yield
     except jinja2.TemplateSyntaxError as error:
         raise RenderError(f"{error.filename or error.name}:{error.lineno}: {error.message}") from None
     except jinja2.TemplateNotFound as error:

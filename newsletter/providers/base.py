@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +41,8 @@ __all__ = [
     "Event",
     "EventKind",
     "Feedback",
+    "Fetch",
+    "Fetched",
     "Refusal",
     "Suppression",
     "SuppressionList",
@@ -123,6 +125,14 @@ class Answer:
     def delivered_some(self) -> bool:
         """Whether recipients may have been accepted: the batch must never go back to pending."""
         return self.verdict in (Verdict.ACCEPTED, Verdict.EACH_ANSWERED)
+
+
+@dataclass(frozen=True)
+class Fetched(Answer):
+    """The answer to a read (a page of a suppression list): ACCEPTED with its JSON `body`, or why
+    not in the verdicts of a batch's answer, so that one retry loop serves both."""
+
+    body: Any = None
 
 
 class RequestNotSent(Exception):
@@ -285,6 +295,12 @@ class Suppression:
     reason: str | None
 
 
+# The caller's retry loop around `send`: makes a request `pages` prepared, by as many tries as it
+# takes, and hands back the body of its answer (SendError if it got none it can use, with the
+# reason `send` gave).
+Fetch = Callable[[Any], Awaitable[Any]]
+
+
 class SuppressionSource(Protocol):
     """A provider's suppression lists, read page by page from a time on (`subscribers sync`)."""
 
@@ -294,10 +310,16 @@ class SuppressionSource(Protocol):
     @property
     def max_page_size(self) -> int: ...
 
+    async def send(self, request: Any) -> Fetched:
+        """One try at a request of `pages`': its answer, or AnswerLost when none came (a read is
+        asked again either way), or RequestImpossible; their words name the request."""
+        ...
+
     def pages(
-        self, suppression_list: SuppressionList, since: int | None, until: int, page_size: int
+        self, suppression_list: SuppressionList, since: int | None, until: int, page_size: int, fetch: Fetch
     ) -> AsyncIterator[list[Suppression]]:
-        """The entries created from `since` (inclusive; None: from the start) to `until`."""
+        """The entries created from `since` (inclusive; None: from the start) to `until`, each
+        request made through `fetch`."""
         ...
 
     async def aclose(self) -> None: ...

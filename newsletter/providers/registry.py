@@ -2,7 +2,8 @@
 
 Each provider registers its name and where its parts live, as import paths: the settings section
 (a light module of pydantic fields, read when the settings are), the factory of its Provider, and
-the capabilities it has, if any (`feedback`: its webhook; `suppressions`: its suppression lists).
+the capabilities it has, if any (`feedback`: its webhook; `suppressions`: its suppression lists;
+`check`: its credentials tried by a call that changes nothing, for `newsletter doctor`).
 Nothing but the settings section is imported until a command asks for it, so that loading the
 settings imports no provider's HTTP or SMTP client.
 """
@@ -10,7 +11,7 @@ settings imports no provider's HTTP or SMTP client.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -29,13 +30,15 @@ class Registration:
     Settings) and `batch_limit(settings)`; the others are "module:callable" taking the settings:
     `factory(settings, connect=...)` → Provider; `feedback(settings)` → Feedback, or the Refusal
     that answers every webhook request while it is not configured; `suppressions(settings)` →
-    SuppressionSource."""
+    SuppressionSource; `check(settings)` → an awaitable of (what it found, the fix or None when all
+    is well), raising MissingAPIKey when the credentials are not set."""
 
     name: str
     settings: str
     factory: str
     feedback: str | None = None
     suppressions: str | None = None
+    check: str | None = None
 
 
 REGISTERED = (
@@ -45,14 +48,21 @@ REGISTERED = (
         factory="newsletter.providers.sendgrid.mail:SendGrid",
         feedback="newsletter.providers.sendgrid.events:feedback",
         suppressions="newsletter.providers.sendgrid.suppressions:Suppressions",
+        check="newsletter.providers.sendgrid.check:check",
     ),
-    Registration("smtp", settings="newsletter.providers.smtp.settings", factory="newsletter.providers.smtp.client:SMTP"),
+    Registration(
+        "smtp",
+        settings="newsletter.providers.smtp.settings",
+        factory="newsletter.providers.smtp.client:SMTP",
+        check="newsletter.providers.smtp.check:check",
+    ),
     Registration(
         "postmark",
         settings="newsletter.providers.postmark.settings",
         factory="newsletter.providers.postmark.mail:Postmark",
         feedback="newsletter.providers.postmark.webhooks:feedback",
         suppressions="newsletter.providers.postmark.suppressions:Suppressions",
+        check="newsletter.providers.postmark.check:check",
     ),
 )
 
@@ -102,6 +112,13 @@ def suppressions(settings: Settings) -> SuppressionSource | None:
     """The configured provider's suppression lists, or None if it keeps none (MissingAPIKey if
     its credentials are not set)."""
     path = registration(settings.provider).suppressions
+    return None if path is None else _load(path)(settings)
+
+
+def check(settings: Settings) -> Awaitable[tuple[str, str | None]] | None:
+    """The configured provider's credentials tried by a call that changes nothing (`newsletter
+    doctor`): awaited, what it found and the fix (None: all is well); None if it has no such call."""
+    path = registration(settings.provider).check
     return None if path is None else _load(path)(settings)
 
 

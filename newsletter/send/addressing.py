@@ -34,8 +34,8 @@ class Reader:
 
 class Addressing:
     """Prepares a mailing's batches for the provider: the message every reader shares (with the
-    list's List-Id), and per reader the unsubscribe URL, the RFC 8058 headers and, for a campaign,
-    the tags that let the provider's events be mapped back."""
+    list's List-Id), and per reader the unsubscribe URL, the RFC 8058 headers and the tags that let
+    the provider's events be mapped back to `campaign_id`; without one, a test's copies."""
 
     def __init__(
         self,
@@ -69,16 +69,18 @@ class Addressing:
         return self._provider.prepare(batch)
 
     def recipient(self, reader: Reader) -> Recipient:
-        if reader.subscriber_id == 0:
-            # A test address that is no subscriber has nothing to leave: its footer opens the archive,
-            # and no List-Unsubscribe offers a mail client a button that could do nothing.
-            return Recipient(reader.email, reader.name, self._links.archive_url, {}, {}, self._links.archive_url)
+        if self._campaign_id is None:
+            # A test copy leaves nothing: its links open a page that says it is a test, whether or not
+            # its reader is on the list, and no List-Unsubscribe offers a mail client a button that
+            # could do nothing.
+            url = self._links.test_copy_url(self._list_id, reader.subscriber_id, reader.email)
+            return Recipient(reader.email, reader.name, url, {}, {}, url)
         url = self._links.url(self._list_id, reader.subscriber_id, reader.email)
-        tags = (
-            {"campaign_id": str(self._campaign_id), "subscriber_id": str(reader.subscriber_id), "list_id": str(self._list_id)}
-            if self._campaign_id is not None
-            else {}
-        )
+        tags = {
+            "campaign_id": str(self._campaign_id),
+            "subscriber_id": str(reader.subscriber_id),
+            "list_id": str(self._list_id),
+        }
         preferences = self._links.preferences_url(self._list_id, reader.subscriber_id, reader.email)
         return Recipient(reader.email, reader.name, url, self._links.headers(url), tags, preferences)
 

@@ -1,5 +1,6 @@
 """Pacing and retrying a provider's requests: a rate limiter shared by every worker, and the retry
-loop that decides which failures may be repeated without risking a second delivery."""
+loop that decides which failures may be repeated without risking a second delivery. The same loop
+reads the provider's suppression lists (`subscribers sync`): one rule for what is worth asking again."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..config import Settings
-from ..providers import Answer, AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
+from ..providers import Answer, AnswerLost, RequestImpossible, RequestNotSent, Verdict
 from .addressing import Reader
 
 # Capped exponential backoff with jitter; a wait the provider asks for is honoured up to a cap.
@@ -85,14 +86,24 @@ class Stopped(Exception):
 # Before a retry: rebuild the exchange (dropping who left the list); False when nobody is left.
 Refresh = Callable[[Exchange], Awaitable[bool]]
 
+A = TypeVar("A", bound=Answer)
+A_co = TypeVar("A_co", bound=Answer, covariant=True)
 
-class Requests:
+
+class Sender(Protocol[A_co]):
+    """What the loop asks of a provider (or of its suppression lists): one try at a prepared request."""
+
+    async def send(self, prepared: Any) -> A_co: ...
+
+
+class Requests(Generic[A]):
     """One exchange's request to the provider, retrying "retry later" answers (rate limits,
-    outages) and requests that never left (and lost answers only when `retry_lost`), until the
-    limiter is stopped. Returns the last answer; raises RequestNotSent, AnswerLost, RequestImpossible,
-    Emptied when a refresh left nobody to send to, or Stopped."""
+    outages) and requests that never left (and lost answers only when `retry_lost`: a read's, whose
+    repeating changes nothing), until the limiter is stopped. Returns the last answer; raises
+    RequestNotSent, AnswerLost, RequestImpossible, Emptied when a refresh left nobody to send to, or
+    Stopped."""
 
-    def __init__(self, provider: Provider, limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
+    def __init__(self, provider: Sender[A], limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
         self._provider = provider
         self._limiter = limiter
         self._max_retries = settings.max_retries
@@ -100,7 +111,7 @@ class Requests:
         self._random = random.Random()
         self.count = 0
 
-    async def post(self, exchange: Exchange, refresh: Refresh | None = None) -> Answer:
+    async def post(self, exchange: Exchange, refresh: Refresh | None = None) -> A:
         attempt = 0
         while True:
             if attempt:

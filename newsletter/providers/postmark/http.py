@@ -4,14 +4,13 @@ reading of its answers), for /email/batch and the suppression dump alike."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ...errors import MissingAPIKey
+from .. import answers
 from ..base import MAX_REASON, RequestImpossible, clip
 
 if TYPE_CHECKING:
@@ -25,19 +24,21 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class HTTPAnswer:
-    """What Postmark answered: its status, its JSON body (None if it was none), its error in words."""
+    """What Postmark answered: its status, its JSON body (None if it was none), and for an error
+    that is not Postmark's JSON, its body in one line."""
 
     status: int
     body: Any
     retry_after: float | None = None
+    summary: str = "no error message"
 
     @property
     def retryable(self) -> bool:
-        return self.status == 429 or self.status >= 500
+        return answers.retryable(self.status)
 
     @property
     def reason(self) -> str:
-        detail = "no error message"
+        detail = self.summary
         if isinstance(self.body, dict) and self.body.get("Message"):
             detail = f"{self.body['Message']} (ErrorCode {self.body.get('ErrorCode')})"
         return f"Postmark answered {self.status}: {clip(str(detail), MAX_REASON)}"
@@ -107,18 +108,11 @@ async def read(response: httpx.Response) -> HTTPAnswer:
         body = json.loads(content) if len(content) <= MAX_ANSWER_BYTES else None
     except (ValueError, RecursionError):
         body = None
-    retry_after = _retry_after(response.headers.get("Retry-After")) if response.status_code >= 400 else None
-    return HTTPAnswer(response.status_code, body, retry_after)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    if response.status_code < 400:
+        return HTTPAnswer(response.status_code, body)
+    return HTTPAnswer(
+        response.status_code,
+        body,
+        answers.retry_after(response.headers.get("Retry-After")),
+        answers.summary(content, secret=response.request.headers.get(TOKEN_HEADER)),
+    )

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ... import db
-from ...errors import ProviderAuthError, SendError
-from ..base import Suppression, SuppressionList
+from ...errors import SendError
+from ..base import AnswerLost, Fetch, Fetched, Suppression, SuppressionList, Verdict
 from . import http
 
 if TYPE_CHECKING:
@@ -44,37 +44,39 @@ class Suppressions:
         await self._client.aclose()
 
     async def pages(
-        self, suppression_list: SuppressionList, since: int | None, until: int, page_size: int
+        self, suppression_list: SuppressionList, since: int | None, until: int, page_size: int, fetch: Fetch
     ) -> AsyncIterator[list[Suppression]]:
         # Postmark filters by day (inclusive); the exact bounds are applied here.
         params = {"SuppressionReason": self._reasons[suppression_list.kind], "todate": _day(until)}
         if since is not None:
             params["fromdate"] = _day(since)
+        dump = await fetch(self._client.build_request("GET", self._path, params=params))
+        items = dump.get("Suppressions") if isinstance(dump, dict) else None
+        if not isinstance(items, list):
+            raise SendError(f"Postmark answered GET {self._path} with an unexpected body (expected its Suppressions)")
         entries = [
             entry
-            for entry in await self._dump(params)
-            if (since is None or entry.created >= since) and entry.created <= until
+            for entry in map(_suppression, items)
+            if entry is not None and (since is None or entry.created >= since) and entry.created <= until
         ]
         for start in range(0, len(entries), page_size):
             yield entries[start : start + page_size]
 
-    async def _dump(self, params: dict[str, str]) -> list[Suppression]:
+    async def send(self, request: httpx.Request) -> Fetched:
         where = f"GET {self._path}"
         try:
-            response = await self._client.send(self._client.build_request("GET", self._path, params=params), stream=True)
+            response = await self._client.send(request, stream=True)
         except http.IMPOSSIBLE as error:
-            raise SendError(str(http.impossible(error))) from None
+            raise http.impossible(error) from None
         except httpx.TransportError as error:
-            raise SendError(f"could not reach Postmark for {where} ({http.describe(error)})") from None
+            raise AnswerLost(f"could not reach Postmark for {where} ({http.describe(error)})") from None
         answer = await http.read(response)
         if answer.status == 401:
-            raise ProviderAuthError(f"{http.auth_refused(answer.status)} ({where})")
+            return Fetched(Verdict.AUTH_REFUSED, f"{http.auth_refused(answer.status)} ({where})")
         if answer.status != 200:
-            raise SendError(f"{where} failed: {answer.reason}")
-        items = answer.body.get("Suppressions") if isinstance(answer.body, dict) else None
-        if not isinstance(items, list):
-            raise SendError(f"Postmark answered {where} with an unexpected body (expected its Suppressions)")
-        return [entry for entry in map(_suppression, items) if entry is not None]
+            verdict = Verdict.RETRY_LATER if answer.retryable else Verdict.MESSAGE_REFUSED
+            return Fetched(verdict, f"{where} failed: {answer.reason}", retry_after=answer.retry_after)
+        return Fetched(Verdict.ACCEPTED, body=answer.body)
 
 
 def _day(moment: int) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 import httpx
 
 from ...config import Settings
 from ...errors import MissingAPIKey
+from .. import answers
 from ..base import MAX_REASON, RequestImpossible, clip
 
 # SendGrid's error answers are a few hundred bytes. Of a bigger one (a proxy's page, a broken
@@ -32,7 +32,7 @@ class HTTPAnswer:
 
     @property
     def retryable(self) -> bool:
-        return self.status == 429 or self.status >= 500
+        return answers.retryable(self.status)
 
     @property
     def reason(self) -> str:
@@ -136,7 +136,9 @@ def read_answer(response: httpx.Response, content: bytes) -> HTTPAnswer:
             errors.append(violations[:1000])
             fields.append(None)
         if not errors and content:
-            errors.append(clip(content.decode("utf-8", "replace"), 500))
+            # Not SendGrid's JSON: a proxy's page, most likely.
+            key = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
+            errors.append(answers.summary(content, secret=key))
             fields.append(None)
     return HTTPAnswer(
         status=response.status_code,
@@ -148,15 +150,9 @@ def read_answer(response: httpx.Response, content: bytes) -> HTTPAnswer:
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("Retry-After")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                pass
+    wait = answers.retry_after(headers.get("Retry-After"))
+    if wait is not None:
+        return wait
     reset = headers.get("X-RateLimit-Reset")
     if reset:
         try:

@@ -3,7 +3,6 @@ emails), read page by page for `newsletter subscribers sync`."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,8 +11,8 @@ import httpx
 
 from ... import db
 from ...config import Settings
-from ...errors import ProviderAuthError, SendError
-from ..base import Suppression, SuppressionList
+from ...errors import SendError
+from ..base import AnswerLost, Fetch, Fetched, Suppression, SuppressionList, Verdict
 from . import http
 
 # SendGrid's limit for one page of a suppression list.
@@ -21,9 +20,6 @@ MAX_PAGE_SIZE = 500
 
 # A page of 500 entries is some 50 KB; anything past this is not SendGrid's.
 MAX_PAGE_BYTES = 16 * 1024 * 1024
-
-# The longest wait between two tries, whatever a rate limit asks for.
-MAX_RETRY_DELAY = 60.0
 
 
 # Invalid emails are marked bounced: SendGrid drops every message to them, exactly as for a bounce,
@@ -39,21 +35,20 @@ _PATHS = {suppression_list.kind: f"/v3/suppression/{suppression_list.kind}" for 
 
 
 class Suppressions:
-    """Reads the suppression lists through the one SendGrid client, retrying rate limits and
-    server errors."""
+    """Reads the suppression lists through the one SendGrid client, a try at a time: the caller's
+    retry loop decides what is asked again."""
 
     lists = SUPPRESSION_LISTS
     max_page_size = MAX_PAGE_SIZE
 
     def __init__(self, settings: Settings) -> None:
-        self._max_retries = settings.max_retries
         self._client = http.client(settings, connections=1)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def pages(
-        self, suppression_list: SuppressionList, since: int | None, until: int, page_size: int
+        self, suppression_list: SuppressionList, since: int | None, until: int, page_size: int, fetch: Fetch
     ) -> AsyncIterator[list[Suppression]]:
         """The entries created from `since` (inclusive; None: from the start) to `until`."""
         path = _PATHS[suppression_list.kind]
@@ -62,7 +57,7 @@ class Suppressions:
             params = {"end_time": until, "limit": page_size, "offset": offset}
             if since is not None:
                 params["start_time"] = since
-            page = await self._get_json(path, params)
+            page = await fetch(self._client.build_request("GET", path, params=params))
             if not isinstance(page, list) or not all(
                 isinstance(entry, dict)
                 and isinstance(entry.get("email"), str)
@@ -78,43 +73,26 @@ class Suppressions:
                 return
             offset += page_size
 
-    async def _get_json(self, path: str, params: dict[str, int]) -> Any:
-        attempt = 0
-        while True:
-            retries_left = attempt < self._max_retries
-            try:
-                response = await self._client.send(self._client.build_request("GET", path, params=params), stream=True)
-            except tuple(http.IMPOSSIBLE) as error:
-                raise SendError(str(http.impossible(error))) from None
-            except httpx.TransportError as error:
-                if not retries_left:
-                    raise SendError(
-                        f"could not reach SendGrid at {self._client.base_url}{path} ({http.describe(error)})"
-                    ) from None
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
-                continue
-            if response.status_code == 200:
-                try:
-                    return json.loads(await http.read_capped(response, MAX_PAGE_BYTES))
-                except (ValueError, RecursionError):  # not JSON, or cut short at the cap
-                    raise SendError(f"SendGrid answered GET {path} with a body that is not JSON") from None
+    async def send(self, request: httpx.Request) -> Fetched:
+        where = f"GET {request.url.path}"
+        try:
+            response = await self._client.send(request, stream=True)
+        except tuple(http.IMPOSSIBLE) as error:
+            raise http.impossible(error) from None
+        except httpx.TransportError as error:
+            url = request.url.copy_with(query=None)
+            raise AnswerLost(f"could not reach SendGrid at {url} ({http.describe(error)})") from None
+        if response.status_code != 200:
             answer = http.read_answer(response, await http.read_capped(response))
             if answer.status in (401, 403):
-                raise ProviderAuthError(
-                    f"SendGrid refused the API key for GET {path} (HTTP {answer.status}): "
-                    "check SENDGRID_API_KEY and that it may read suppressions"
-                )
-            if answer.retryable and retries_left:
-                delay = answer.retry_after if answer.retry_after is not None else _backoff(attempt)
-                await asyncio.sleep(min(delay, MAX_RETRY_DELAY))
-                attempt += 1
-                continue
-            raise SendError(f"GET {path} failed: {answer.reason}")
-
-
-def _backoff(attempt: int) -> float:
-    return min(0.5 * 2**attempt, MAX_RETRY_DELAY)
+                refused = http.auth_refused(answer.status, "read access to suppressions")
+                return Fetched(Verdict.AUTH_REFUSED, f"{refused} ({where})")
+            verdict = Verdict.RETRY_LATER if answer.retryable else Verdict.MESSAGE_REFUSED
+            return Fetched(verdict, f"{where} failed: {answer.reason}", retry_after=answer.retry_after)
+        try:
+            return Fetched(Verdict.ACCEPTED, body=json.loads(await http.read_capped(response, MAX_PAGE_BYTES)))
+        except (ValueError, RecursionError):  # not JSON, or cut short at the cap: an unexpected body
+            return Fetched(Verdict.ACCEPTED)
 
 
 def _suppression(entry: dict[str, Any]) -> Suppression:

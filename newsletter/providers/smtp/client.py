@@ -360,6 +360,17 @@ class SMTP:
             return f"{self.name} closed the connection"
         return f"{self.name}: {clip(str(error), MAX_REASON)}"
 
+    async def try_login(self) -> Answer | None:
+        """Connect, secure and log in exactly as a send does, then QUIT before any MAIL command:
+        the server's refusal, or None. RequestNotSent or RequestImpossible as for a send."""
+        try:
+            connection = await self._open()
+        except _Refused as refused:
+            return refused.answer
+        self._idle.append(connection)
+        await self.aclose()
+        return None
+
     async def aclose(self) -> None:
         """QUIT every open connection (each waits at most `connect_timeout` for its reply)."""
         connections, self._idle = [*self._idle, *self._busy], []
