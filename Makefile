@@ -37,7 +37,7 @@ install:
 	@echo "installed $(PREFIX)/bin/newsletter; next: newsletter init in the project's folder"
 
 # Debian's Chromium and a Korean font for the browser tests, its PostgreSQL server for
-# tests/test_postgresql.py (any version), its SpamAssassin for tests/test_spam.py, its nginx for
+# tests/test_postgresql.py (any version), its SpamAssassin for tests/content/test_spam.py, its nginx for
 # tests/test_nginx.py (the README's server block in front of `newsletter serve`); the reference
 # MJML compiler and Stoplight Prism from npm (package-lock.json pins them).
 test-setup: setup

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .fake_sendgrid import Reads
-from .loopback import LoopbackFake, remember, reply
+from .loopback import LoopbackFake, Reads, remember, reply
 
 DROP, HANG = "drop", "hang"
 TOKEN_HEADER = "X-Postmark-Server-Token"

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from testkit.loopback import remember, reply
+from testkit.loopback import Reads, remember, reply
 
 # Script steps: an HTTP status ("202", "429", "500"…), "drop" (read the request, then close the
 # connection without answering) or "hang" (read it, then answer only after `hang` seconds). Like
@@ -187,65 +186,6 @@ class FakeSendGrid:
         entries.sort(key=lambda e: e["created"], reverse=True)
         offset, limit = int(query.get("offset", 0)), int(query.get("limit", 500))
         return entries[offset : offset + limit]
-
-
-@dataclass
-class Read:
-    """A GET of a suppression list, as received: which list (SendGrid's kind, Postmark's stream)."""
-
-    seq: int
-    time: float
-    name: str
-    query: dict[str, str]
-    status: int
-    credential: str | None
-
-
-class Reads:
-    """A fake's suppression-list reads, answered as its read script says and recorded: a step is an
-    HTTP status ("200": the list's own page; "429", "501"…: the provider's JSON `error` for it, a 429
-    with Retry-After if the fake has one) or "NNN-page" (that status with a gateway's HTML page)."""
-
-    def __init__(
-        self,
-        script: list[str],
-        retry_after: float | None,
-        error: Callable[[int], Any],
-        page: Callable[[str, dict[str, str]], Any],
-    ) -> None:
-        self.records: list[Read] = []
-        self._script = list(script)
-        self._retry_after = retry_after
-        self._error = error
-        self._page = page
-        self._lock = threading.Lock()
-
-    def answer(self, name: str, query: dict[str, str], credential: str | None) -> tuple[int, dict[str, str], bytes]:
-        with self._lock:
-            step = self._script.pop(0) if self._script else "200"
-            seq = len(self.records) + 1
-        code, _, page = step.partition("-")
-        status = int(code)
-        headers = {"Content-Type": "application/json"}
-        if page:
-            headers, content = {"Content-Type": "text/html"}, error_page(status, credential)
-        else:
-            content = json.dumps(self._page(name, query) if status == 200 else self._error(status)).encode()
-            if status == 429 and self._retry_after is not None:
-                headers["Retry-After"] = f"{self._retry_after:g}"
-        remember(self._lock, self.records, None, Read(seq, time.time(), name, query, status, credential), ())
-        return status, headers, content
-
-
-def error_page(status: int, credential: str | None) -> bytes:
-    """A gateway's error page, in front of any API: a title, a style, and a script that echoes the
-    request's credential (as a debugging proxy may), none of which is the page's text."""
-    phrase = HTTPStatus(status).phrase
-    return (
-        f"<!DOCTYPE html>\n<html><head><title>{status} {phrase}</title><style>h1 {{ color: red }}</style>"
-        f"<script>var seen = {json.dumps(credential)};</script></head>\n"
-        f"<body><h1>{phrase}</h1>\n<p>The gateway could not serve this request.</p></body></html>\n"
-    ).encode()
 
 
 def _read_error(status: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from testkit.projects import API_KEY, webhook_key
 from testkit.servers import free_port
 
 from .support import EXAMPLE_DIGEST, run_newsletter, serving_newsletter
-from .test_smtp import certificate  # noqa: F401 (a fixture: a certificate SSL_CERT_FILE trusts)
+from .providers.test_smtp import certificate  # noqa: F401 (a fixture: a certificate SSL_CERT_FILE trusts)
 
 # The day the checks look at (2026-01-23 in Asia/Seoul), and that day's digest.
 NOW = {"NEWSLETTER_NOW": "2026-01-23T08:00:00+09:00"}

@@ -520,7 +520,7 @@ _VERSION_2_COLUMNS = {
 # Columns a later migration renamed (the provider-neutral names), as (table, old) -> new.
 _RENAMED = {("webhook_events", "sg_event_id"): "event_id"}
 # Columns a later migration moved to another table: a campaign's send claim is its lease now
-# (tests/test_lease.py follows a claim there).
+# (tests/store/test_lease.py follows a claim there).
 _MOVED = {("campaigns", "claimed_by"), ("campaigns", "claimed_at")}
 
 

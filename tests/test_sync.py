@@ -20,7 +20,8 @@ from newsletter.errors import MissingAPIKey, ProviderAuthError, SendError
 from newsletter.providers.answers import summary
 from newsletter.suppressions import sync_suppressions
 from testkit.fake_postmark import FakePostmark
-from testkit.fake_sendgrid import FakeSendGrid, error_page
+from testkit.fake_sendgrid import FakeSendGrid
+from testkit.loopback import error_page
 from testkit.projects import add_list, add_subscribers, engine_of, write_config
 from testkit.servers import free_port
 

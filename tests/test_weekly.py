@@ -32,7 +32,7 @@ from testkit.servers import serving
 
 from .send_helpers import KEY_ENV
 from .support import EXAMPLE_DIGEST, run_newsletter, write_thumbnails
-from .test_spam import SPAM_RULES_REFUSED, spamassassin
+from .content.test_spam import SPAM_RULES_REFUSED, spamassassin
 
 WEEK = Edition.parse_week("2026-W04")  # Monday 2026-01-19 to Sunday 2026-01-25
 EVOCUA = "https://huggingface.co/papers/2601.15876"  # the example digest's first paper

@@ -20,8 +20,8 @@ from newsletter import db
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, configure, engine_of, seed
 
-from .send_helpers import KEY_ENV, SEND, delivery_states, kill_at_random
-from .support import run_newsletter, start_newsletter
+from ..send_helpers import KEY_ENV, SEND, delivery_states, kill_at_random
+from ..support import run_newsletter, start_newsletter
 
 pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 

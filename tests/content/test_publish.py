@@ -17,7 +17,7 @@ from newsletter.errors import NewsletterError, RenderError
 from newsletter.content.publish import PublishedIssue, page_folder, publish_issue, published_issues
 from newsletter.content.render import PREFERENCES_TAG, UNSUBSCRIBE_TAG, RenderedIssue, render_issue
 
-from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
+from ..support import EXAMPLE_DIGEST, ROOT, run_newsletter
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 T1 = datetime(2026, 1, 23, 7, 0, tzinfo=timezone.utc)

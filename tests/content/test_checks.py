@@ -19,7 +19,7 @@ from newsletter.content.render import (
     render_issue,
 )
 
-from .support import run_newsletter
+from ..support import run_newsletter
 
 IMAGE = '<img src="https://cdn.example.com/a.png" alt="A paper" width="552" height="290">'
 FOOTER = (

@@ -34,7 +34,7 @@ from newsletter.content.render import (
     wrap_text,
 )
 
-from .support import EXAMPLE_DIGEST, ROOT, contrast, run_newsletter, write_thumbnails
+from ..support import EXAMPLE_DIGEST, ROOT, contrast, run_newsletter, write_thumbnails
 
 DAY = date(2026, 1, 23)
 

@@ -22,7 +22,7 @@ from newsletter.config import Settings
 from newsletter.content.digest import load_digest
 from newsletter.content.render import render_issue, render_mjml
 
-from .support import require_node_tool, write_thumbnails
+from ..support import require_node_tool, write_thumbnails
 
 pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 

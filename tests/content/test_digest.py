@@ -11,7 +11,7 @@ from newsletter.config import Settings
 from newsletter.content.digest import Digest, digest_dates, load_digest, parse_digest
 from newsletter.errors import DigestError
 
-from .support import EXAMPLE_DIGEST
+from ..support import EXAMPLE_DIGEST
 
 PAPER = """\
 ## {rank}. [{title}](https://huggingface.co/papers/{paper_id})

@@ -16,7 +16,7 @@ from newsletter.content.render import render_issue
 from testkit.projects import add_list, configure, seed
 from testkit.servers import free_port, wait_for_port
 
-from .support import run_newsletter, start_newsletter
+from ..support import run_newsletter, start_newsletter
 
 NARROW = {"COLUMNS": "80"}
 

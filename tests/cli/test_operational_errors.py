@@ -19,8 +19,8 @@ from newsletter.store.lease import holder_of
 from testkit.projects import LIST, configure, dispose_engine, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import CONTENT, DAY, KEY_ENV, hold_campaign, plan_for
-from .support import run_newsletter
+from ..send_helpers import CONTENT, DAY, KEY_ENV, hold_campaign, plan_for
+from ..support import run_newsletter
 
 
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:

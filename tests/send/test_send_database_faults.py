@@ -20,8 +20,8 @@ from newsletter.errors import SendError
 from testkit.fake_sendgrid import EVERY, HUGE, OUTSIDE, FakeSendGrid
 from testkit.projects import API_KEY, LIST, engine_of, seed
 
-from .send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
-from .support import ROOT, run_newsletter
+from ..send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
+from ..support import ROOT, run_newsletter
 
 # Takes the database's write lock (BEGIN EXCLUSIVE) at random moments and holds it for longer than
 # the sender's database_timeout, then lets go, until told to stop.

@@ -23,7 +23,7 @@ from testkit.fake_openai import API_KEY as LLM_KEY
 from testkit.fake_openai import FakeOpenAI, mentions
 from testkit.projects import dispose_engine, engine_of, write_config
 
-from .support import run_newsletter
+from ..support import run_newsletter
 
 DAY = date(2026, 1, 23)
 HOSTILE_TITLE = "Attention [is] *all* | you \\ need `now` <b>bold</b> & more ~~x~~ _y_ &amp; 1. #2"

@@ -29,8 +29,8 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.fake_smtp import FakeSMTP
 from testkit.projects import API_KEY, LIST, add_list, configure
 
-from .send_helpers import KEY_ENV, SEND
-from .support import run_newsletter
+from ..send_helpers import KEY_ENV, SEND
+from ..support import run_newsletter
 
 
 def _b64(text: str) -> str:

@@ -24,10 +24,10 @@ from newsletter.content.publish import publish_issue
 from newsletter.content.render import DARK, LANGUAGES, LIGHT, render_issue, render_template
 from testkit.servers import free_port, running
 
-from .support import (
+from ..support import (
     EXAMPLE_DIGEST, NODE_BIN, ROOT, Chromium, contrast, require_chromium, require_node_tool, serving_newsletter, write_thumbnails,
 )  # fmt: skip
-from .test_language import NEWSLETTER, PAGE_DATA, PAGES, archive_entries, assert_speaks, issue_data
+from ..content.test_language import NEWSLETTER, PAGE_DATA, PAGES, archive_entries, assert_speaks, issue_data
 
 pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 

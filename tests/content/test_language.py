@@ -27,7 +27,7 @@ from newsletter.content.render import (
     short_title,
 )  # fmt: skip
 
-from .support import ROOT
+from ..support import ROOT
 
 HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 # A word of the English copy: Latin letters, three or more ("AI" may stand in Korean copy, and so

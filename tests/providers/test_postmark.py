@@ -27,9 +27,9 @@ from testkit.fake_postmark import FakePostmark, Record
 from testkit.projects import add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import serving
 
-from .send_helpers import SEND, delivery_states
-from .support import run_newsletter, start_newsletter
-from .web import events_of, status_of
+from ..send_helpers import SEND, delivery_states
+from ..support import run_newsletter, start_newsletter
+from ..web import events_of, status_of
 
 TOKEN = "pm-server-token-never-printed"
 ENV = {"POSTMARK_SERVER_TOKEN": TOKEN}

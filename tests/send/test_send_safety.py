@@ -25,8 +25,8 @@ from newsletter.subscribers import MailingList
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
-from .send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
-from .support import run_newsletter, start_newsletter
+from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
+from ..support import run_newsletter, start_newsletter
 
 
 def unsubscribe(settings, subscriber_id: int) -> None:

@@ -25,8 +25,8 @@ from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
-from .send_helpers import KEY_ENV, campaign_holder, delivery_states
-from .support import ROOT, run_newsletter
+from ..send_helpers import KEY_ENV, campaign_holder, delivery_states
+from ..support import ROOT, run_newsletter
 
 DAY = date(2026, 1, 23)
 

@@ -43,8 +43,8 @@ from testkit.fake_smtp import DROP, HANG, FakeSMTP, delivered_from_log
 from testkit.projects import LIST, add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import KEY_ENV, SEND, delivery_states, kill_at_random, plan_for
-from .support import run_newsletter, start_newsletter
+from ..send_helpers import KEY_ENV, SEND, delivery_states, kill_at_random, plan_for
+from ..support import run_newsletter, start_newsletter
 
 # The fake server logs in over plain connections on purpose (smtp_security = "none" with a login).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")

@@ -23,8 +23,8 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
-from .support import run_newsletter
+from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
+from ..support import run_newsletter
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.providers import registry
 from testkit.projects import engine_of
 
-from .support import ROOT
+from ..support import ROOT
 
 PACKAGE = ROOT / "newsletter"
 

@@ -19,7 +19,7 @@ from PIL import Image
 from newsletter.content.render import UNSUBSCRIBE_TAG
 from testkit.servers import free_port
 
-from .support import ROOT, run_newsletter, serving_newsletter, start_newsletter, write_thumbnails
+from ..support import ROOT, run_newsletter, serving_newsletter, start_newsletter, write_thumbnails
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import typer.main
 
 from newsletter.cli import app
 
-from .support import ROOT
+from ..support import ROOT
 
 
 def _command_paths(group: Any, prefix: str = "newsletter") -> list[str]:

@@ -18,7 +18,7 @@ import pytest
 
 from testkit.projects import write_config
 
-from .support import EXAMPLE_DIGEST, ROOT, run_newsletter
+from ..support import EXAMPLE_DIGEST, ROOT, run_newsletter
 
 pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 

@@ -19,7 +19,7 @@ from newsletter.send import addressing, unrecorded
 from newsletter.tokens import UnsubscribeLinks
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 
-from .support import prism
+from ..support import prism
 
 pytestmark = pytest.mark.slow  # every test here takes seconds: `make test-fast` leaves them out
 

@@ -18,8 +18,8 @@ from testkit.fake_sendgrid import DROP, FakeSendGrid
 from testkit.projects import API_KEY, engine_of, seed
 from testkit.servers import free_port
 
-from .send_helpers import KEY_ENV, settings_for
-from .support import run_newsletter
+from ..send_helpers import KEY_ENV, settings_for
+from ..support import run_newsletter
 
 MESSAGE = Message("Please confirm", "<p>Confirm</p>", "Confirm", "papers@example.com", "Daily Papers")
 
