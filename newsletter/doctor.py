@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import os
 import pwd
 import stat
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -26,7 +29,8 @@ from .config import Settings
 from .content.digest import digest_path
 from .content.generate import Source
 from .errors import ConfigError, GenerateError, MissingAPIKey, NewsletterError
-from .providers import Refusal, registry
+from .providers import Refusal, answers, registry
+from .providers.headers import plain_text
 
 
 class Status(enum.StrEnum):
@@ -45,16 +49,24 @@ class Check:
     fix: str = ""
 
 
+# What doctor reads of any answer: enough for a status, a list of models or an error.
+MAX_ANSWER_BYTES = 1024 * 1024
+# Each model id shown, at most.
+_SHOWN_ID = 80
+
+
+# A detail may quote what a server sent (a header, a model's id): one line of plain text, with no
+# escape sequence left to act on the terminal it is printed to.
 def _ok(name: str, detail: str) -> Check:
-    return Check(name, Status.OK, detail)
+    return Check(name, Status.OK, plain_text(detail))
 
 
 def _failed(name: str, detail: str, fix: str) -> Check:
-    return Check(name, Status.FAILED, detail, fix)
+    return Check(name, Status.FAILED, plain_text(detail), fix)
 
 
 def _skipped(name: str, detail: str) -> Check:
-    return Check(name, Status.SKIPPED, detail)
+    return Check(name, Status.SKIPPED, plain_text(detail))
 
 
 def examine(settings: Settings) -> list[Check]:
@@ -70,18 +82,33 @@ def examine(settings: Settings) -> list[Check]:
 
 
 async def _services(settings: Settings, today: date) -> list[Check]:
-    """The checks that ask a server, at once: each waits at most the configured timeouts."""
+    """The checks that ask a server, at once, none for longer than a connection and a read take
+    (a server that drips its answer a byte at a time is cut off there)."""
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
+    deadline = settings.connect_timeout + settings.read_timeout
+    # Redirects followed as generate follows them, for the source; never for the others (_get).
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-        return list(
-            await asyncio.gather(
-                check_provider(settings),
-                check_webhook(settings, client),
-                check_proxy(settings, client),
-                check_source(settings, client, today),
-                check_model(settings, client),
-            )
-        )
+        checks = {
+            "provider": check_provider(settings),
+            "webhook": check_webhook(settings, client),
+            "proxy": check_proxy(settings, client),
+            "source": check_source(settings, client, today),
+            "model": check_model(settings, client),
+        }
+        return list(await asyncio.gather(*(_within(deadline, name, check) for name, check in checks.items())))
+
+
+async def _within(deadline: float, name: str, check: Awaitable[Check]) -> Check:
+    try:
+        return await asyncio.wait_for(check, deadline)
+    except TimeoutError:
+        return _failed(name, f"no whole answer within {deadline:g} s", "check that the server it asks answers, and how fast")
+
+
+async def _get(client: httpx.AsyncClient, url: str, **kwargs: Any) -> tuple[httpx.Response, bytes]:
+    """GET `url`, its answer and at most MAX_ANSWER_BYTES of its body; never followed elsewhere."""
+    response = await client.send(client.build_request("GET", url, **kwargs), stream=True, follow_redirects=False)
+    return response, await answers.read_capped(response, MAX_ANSWER_BYTES)
 
 
 def check_base_url(settings: Settings) -> Check:
@@ -208,7 +235,8 @@ async def check_webhook(settings: Settings, client: httpx.AsyncClient) -> Check:
         return _failed(name, hook.reason, "set the webhook's key (README, Configuration) where the commands and newsletter serve read it")
     url = f"{settings.base_url}/webhooks/{settings.provider}"
     try:
-        answer = await client.post(url, content=b"", follow_redirects=False)
+        answer = await client.send(client.build_request("POST", url, content=b""), stream=True, follow_redirects=False)
+        await answer.aclose()  # the status is the answer
     except httpx.HTTPError as error:
         return _failed(
             name,
@@ -237,7 +265,7 @@ async def check_proxy(settings: Settings, client: httpx.AsyncClient) -> Check:
     carries a Via or Server header (newsletter serve sends neither)."""
     name = "proxy"
     try:
-        answer = await client.get(f"{settings.base_url}/", follow_redirects=False)
+        answer, _ = await _get(client, f"{settings.base_url}/")
     except httpx.HTTPError as error:
         return _skipped(name, f"{settings.base_url} could not be reached ({type(error).__name__})")
     for header in ("Via", "Server"):
@@ -280,21 +308,22 @@ async def check_model(settings: Settings, client: httpx.AsyncClient) -> Check:
         )
     url = f"{settings.llm_base_url.rstrip('/')}/models"
     try:
-        answer = await client.get(url, headers={"Authorization": f"Bearer {settings.llm_api_key.get_secret_value()}"})
+        answer, body = await _get(client, url, headers={"Authorization": f"Bearer {settings.llm_api_key.get_secret_value()}"})
     except httpx.HTTPError as error:
         return _failed(name, f"{url} could not be reached ({type(error).__name__})", "check llm_base_url, and that the model's server runs")
     if answer.status_code in (401, 403):
         return _failed(name, f"{url} refused NEWSLETTER_LLM_API_KEY ({answer.status_code})", "set NEWSLETTER_LLM_API_KEY to a key the server takes")
     try:
-        offered = sorted({str(model["id"]) for model in answer.json()["data"]}) if answer.status_code == 200 else None
-    except (ValueError, KeyError, TypeError):
+        offered = sorted({str(model["id"]) for model in json.loads(body)["data"]}) if answer.status_code == 200 else None
+    except (ValueError, KeyError, TypeError, RecursionError):
         offered = None
     if offered is None:
         return _failed(name, f"{url} answered {answer.status_code}, not a list of models", "check llm_base_url (most servers' end in /v1)")
     if settings.llm_model not in offered:
         return _failed(
             name,
-            f"{url} does not offer {settings.llm_model!r} (it offers {', '.join(offered[:10]) or 'none'})",
+            f"{url} does not offer {settings.llm_model!r} (it offers "
+            f"{', '.join(model[:_SHOWN_ID] for model in offered[:10]) or 'none'})",
             "set llm_model to one it offers, or load the model on the server",
         )
     return _ok(name, f"{url} offers {settings.llm_model!r}")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import secrets
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,11 +132,13 @@ class UnsubscribeLinks:
 
     def test_copy_url(self, list_id: int, subscriber_id: int, email: str) -> str:
         """Where a test copy's unsubscribe and preferences links lead: a page that says the mail is a
-        test and changes nothing. A subscriber's copy carries their token, so that it holds links of
-        the length a real copy's have; an address that is no subscriber's (`subscriber_id` 0), none."""
+        test and changes nothing. A subscriber's copy holds links as long as a real copy's, but of
+        random characters: a test copy gets forwarded, and the reader's own token would let anyone
+        unsubscribe them. An address that is no subscriber's (`subscriber_id` 0) gets none."""
         if subscriber_id == 0:
             return f"{self._base_url}/test-copy"
-        return f"{self._base_url}/test-copy/{self.token(list_id, subscriber_id, email)}"
+        length = len(self.token(list_id, subscriber_id, email))
+        return f"{self._base_url}/test-copy/{secrets.token_urlsafe(length)[:length]}"
 
     def preferences_url(self, list_id: int, subscriber_id: int, email: str) -> str:
         """The reader's preferences page (daily or weekly, or leave): the same token as their

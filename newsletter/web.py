@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import FormData, Headers, MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -359,13 +359,22 @@ def create_app(settings: Settings) -> ASGIApp:
     feedback = registry.feedback(settings)
     public_dir = settings.path(settings.public_dir)
     public_dir.mkdir(parents=True, exist_ok=True)
-    app = Starlette(routes=[*_ROUTES, Mount("/", StaticFiles(directory=public_dir, html=True))], lifespan=_lifespan)
+    app = Starlette(
+        routes=[*_ROUTES, Mount("/", StaticFiles(directory=public_dir, html=True))],
+        lifespan=_lifespan,
+        exception_handlers={ClientDisconnect: _client_gone},
+    )
     app.state.site = _Site(readers, mailer, SignUpQueue(readers, mailer), pages, feedback, settings.clock, engine)
     webhook_limits = {
         f"/webhooks/{name}": hook.max_body for name, hook in feedback.items() if not isinstance(hook, Refusal)
     }
     limited = _BodyLimit(app, webhook_limits, MAX_FORM_BODY)
     return _SecurityHeaders(_NulRefused(limited, pages.invalid(400)), _public_csp(settings))
+
+
+async def _client_gone(_request: Request, _error: Exception) -> Response:
+    # A client that hangs up mid-body (anyone can) is no server error: nothing to log, nobody to answer.
+    return Response(status_code=400)
 
 
 @contextlib.asynccontextmanager

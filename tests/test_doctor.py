@@ -260,6 +260,63 @@ def test_the_source_and_the_model_are_asked_when_configured() -> None:
     assert [call.path for call in model.requests] == ["/v1/models"] * 3
 
 
+def test_what_a_hostile_model_server_sends_is_shown_as_plain_text_cut_short() -> None:
+    hostile = ["\x1b[31mRED\x1b[0m", "\x1b]8;;http://evil.example/\x1b\\link", "line\n✓ database: forged", "x" * 3000]
+    with FakeOpenAI(api_key="llm-key", models=hostile) as model:
+        env = {
+            "NEWSLETTER_SUMMARIZER": "openai",
+            "NEWSLETTER_LLM_BASE_URL": f"{model.url}/v1",
+            "NEWSLETTER_LLM_API_KEY": "llm-key",
+            "NEWSLETTER_LLM_MODEL": "llama3",
+        }
+        result = run_newsletter("doctor", env={**NOW, **env})
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("✗ model:")]
+    assert "\x1b" not in result.stdout and "✓ database: forged" not in result.stdout.splitlines()
+    assert "[31mRED" in line and "line ✓ database: forged" in line and "x" * 80 in line and "x" * 81 not in line
+
+
+def _dripping_handler() -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            try:
+                for _ in range(60):  # a byte a second: every read is quick, the answer never ends
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    threading.Event().wait(1)
+            except OSError:
+                pass
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    return Handler
+
+
+def test_a_server_that_never_finishes_its_answer_is_given_up_on() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _dripping_handler())
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "NEWSLETTER_SUMMARIZER": "openai",
+            "NEWSLETTER_LLM_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}/v1",
+            "NEWSLETTER_LLM_API_KEY": "llm-key",
+            "NEWSLETTER_LLM_MODEL": "llama3",
+            "NEWSLETTER_CONNECT_TIMEOUT": "1",
+            "NEWSLETTER_READ_TIMEOUT": "2",
+        }
+        _, checks = _doctor(env=env)
+    finally:
+        server.shutdown()
+    assert checks["model"] == [
+        "✗ model: no whole answer within 3 s",
+        "  fix: check that the server it asks answers, and how fast",
+    ]
+
+
 # -- the webhook and the proxy: newsletter serve itself, then behind a TLS reverse proxy --------------
 
 

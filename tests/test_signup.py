@@ -9,6 +9,7 @@ import html
 import io
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -603,6 +604,19 @@ def test_a_mail_the_server_cannot_send_stays_pending_for_the_next_try(tmp_path: 
     assert row.key.startswith("confirm:") and row.state == db.PENDING
     assert row.error.startswith("not sent: SENDGRID_API_KEY is not set")
     assert membership(settings, 1, "early@example.com").status == db.UNCONFIRMED
+
+
+def test_a_client_that_hangs_up_mid_body_leaves_no_error_in_the_log(site: Site) -> None:
+    port = int(site.url.rsplit(":", 1)[1])
+    for path in ("/subscribe/papers", "/webhooks/sendgrid"):
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                "Content-Length: 100\r\n\r\nemail=a".encode()
+            )
+    assert site.http.get(f"{site.url}/subscribe/papers").status_code == 200  # still serving
+    log = site.log.read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log
 
 
 @pytest.mark.slow  # it reads the log the tests above leave, most of them slow: it runs with them

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import func, select
@@ -345,3 +346,6 @@ def test_an_error_body_becomes_one_line_of_at_most_200_characters_without_the_ke
     long = summary(b"word " * 100, secret=None)
     assert long == "word " * 35 + "wo… (322 more characters)" and len(long) == 200
     assert summary(b"", secret=None) == summary(b" \n ", secret=None) == "no error message"
+    # However the body spells the key: UTF-16, percent-escaped, as an entity; sent as "Bearer …".
+    for body in (f"echo {API_KEY}".encode("utf-16"), f"echo {quote(API_KEY, safe='')}".encode(), f"echo &#{ord(API_KEY[0])};{API_KEY[1:]}".encode()):
+        assert summary(body, secret=f"Bearer {API_KEY}") == "echo [redacted]"

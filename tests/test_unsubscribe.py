@@ -259,6 +259,9 @@ def test_a_test_copys_links_lead_to_a_page_that_says_so_and_change_nothing(site:
         # No List-Unsubscribe: a mail client's button would do nothing.
         assert copy.headers == {} and copy.tags == {}, who
         assert copy.unsubscribe_url == copy.preferences_url and "/test-copy" in str(copy.unsubscribe_url), who
+        # Forwarded, it must not unsubscribe its reader: no real token in it.
+        token = str(copy.unsubscribe_url).rpartition("/")[2]
+        assert client.get(f"{site.url}/unsubscribe/{token}").status_code == 404, who
         page = client.get(str(copy.unsubscribe_url).replace(site.settings.base_url, site.url))
         assert page.status_code == 200 and f"<h1>{title}</h1>" in page.text, who
         assert page.headers["cache-control"] == "no-store" and "set-cookie" not in page.headers

@@ -5,8 +5,13 @@ bare text) in one line fit for a terminal and a stored reason."""
 
 from __future__ import annotations
 
+import codecs
+import html
 import time
 from email.utils import parsedate_to_datetime
+from urllib.parse import unquote
+
+import httpx
 
 from .base import clip
 from .headers import plain_text
@@ -25,6 +30,23 @@ _BLOCKS = (
     *("address", "blockquote", "br", "center", "dd", "div", "dt", "footer", "h1", "h2", "h3", "h4"),
     *("h5", "h6", "header", "hr", "li", "main", "p", "pre", "section", "td", "th", "tr"),
 )
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The start of a streamed answer's body, at most `limit` bytes: the rest is never read, so a
+    server that sends without end costs no more than that. A connection that drops mid-body leaves
+    what came: the status line and headers are the answer."""
+    content = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            content += chunk
+            if len(content) >= limit:
+                break
+    except httpx.TransportError:
+        pass
+    finally:
+        await response.aclose()
+    return bytes(content[:limit])
 
 
 def retryable(status: int) -> bool:
@@ -50,18 +72,37 @@ def summary(content: bytes, *, secret: str | None) -> str:
     """An error body as one line of at most MAX_SUMMARY characters: an HTML page's title, or else
     its text without scripts and styles; any other body's text; "no error message" for none.
     `secret`, the credential the request carried, is blanked: a debugging proxy may echo it."""
-    text = content.decode("utf-8", "replace")
+    text = _decoded(content)
     if text.lstrip().startswith("<"):
         text = _page_text(content) or text
-    text = plain_text(text)
-    if secret:
-        text = text.replace(secret, "[redacted]")
+    # Entities and percent-escapes read as the characters they stand for: a credential spelt with
+    # them is still found.
+    text = plain_text(html.unescape(unquote(text)))
+    for spelling in _spellings(secret):
+        text = text.replace(spelling, "[redacted]")
     if not text:
         return "no error message"
     if len(text) <= MAX_SUMMARY:
         return text
     # clip() appends how much was left out: the cut leaves room for it.
     return clip(text, MAX_SUMMARY - len(clip(text, 0)))
+
+
+def _decoded(content: bytes) -> str:
+    # A body that says it is UTF-16 or UTF-32 (a BOM) read as such: read as UTF-8, its every other
+    # character would be a NUL, and a credential in it would no longer be found to be blanked.
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if content.startswith(bom):
+            return content.decode(codec, "replace")
+    return content.decode("utf-8", "replace")
+
+
+def _spellings(secret: str | None) -> list[str]:
+    """The ways a body may quote the credential: as sent ("Bearer SG.…"), then the key alone."""
+    if not secret:
+        return []
+    key = secret.partition(" ")[2] if secret.startswith(("Bearer ", "Basic ")) else ""
+    return [spelling for spelling in (secret, key) if spelling]
 
 
 def _page_text(content: bytes) -> str:

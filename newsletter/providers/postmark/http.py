@@ -94,16 +94,7 @@ def describe(error: httpx.TransportError) -> str:
 
 async def read(response: httpx.Response) -> HTTPAnswer:
     """The answer, its body read up to MAX_ANSWER_BYTES (a body cut short reads as none)."""
-    content = bytearray()
-    try:
-        async for chunk in response.aiter_bytes():
-            content += chunk
-            if len(content) > MAX_ANSWER_BYTES:
-                break
-    except httpx.TransportError:
-        pass  # the status line and headers came: they are Postmark's answer
-    finally:
-        await response.aclose()
+    content = await answers.read_capped(response, MAX_ANSWER_BYTES + 1)
     try:
         body = json.loads(content) if len(content) <= MAX_ANSWER_BYTES else None
     except (ValueError, RecursionError):

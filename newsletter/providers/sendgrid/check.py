@@ -8,6 +8,7 @@ import json
 import httpx
 
 from ...config import Settings
+from .. import answers
 from . import http
 
 SCOPES_PATH = "/v3/scopes"
@@ -26,7 +27,7 @@ async def check(settings: Settings) -> tuple[str, str | None]:
                 f"could not reach SendGrid at {settings.sendgrid_api_url} ({http.describe(error)})",
                 "check sendgrid_api_url and this machine's way out (DNS, firewall, HTTPS_PROXY)",
             )
-        content = await http.read_capped(response)
+        content = await answers.read_capped(response, http.MAX_ANSWER_BYTES)
     if response.status_code in (401, 403):
         return f"SendGrid refused the API key ({response.status_code})", "set SENDGRID_API_KEY to a key SendGrid accepts"
     if response.status_code != 200:

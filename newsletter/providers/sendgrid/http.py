@@ -98,21 +98,6 @@ def describe(error: httpx.TransportError) -> str:
     return f"{kind}: {error}" if isinstance(error, _TEXT_IS_SAFE) and str(error) else kind
 
 
-async def read_capped(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    """The start of a streamed answer's body, at most `limit` bytes: the rest is never read."""
-    content = bytearray()
-    try:
-        async for chunk in response.aiter_bytes():
-            content += chunk
-            if len(content) >= limit:
-                break
-    except httpx.TransportError:
-        pass  # the status line and headers came: they are SendGrid's answer
-    finally:
-        await response.aclose()
-    return bytes(content[:limit])
-
-
 def read_answer(response: httpx.Response, content: bytes) -> HTTPAnswer:
     """SendGrid's answer (its status and headers, and `content`, the start of its body)."""
     errors: list[str] = []

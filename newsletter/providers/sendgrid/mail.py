@@ -17,6 +17,7 @@ from ...config import Settings
 from ...errors import SendError
 from ..base import Answer, AnswerLost, Batch, Recipient, RequestNotSent, Verdict
 from ..headers import literal, plain_name, plain_text
+from .. import answers
 from . import http
 
 MAIL_SEND = "/v3/mail/send"
@@ -89,7 +90,7 @@ class SendGrid:
         except httpx.TransportError as error:
             # Read timeouts, resets and disconnects after the body left.
             raise AnswerLost(http.describe(error)) from None
-        answer = http.read_answer(response, await http.read_capped(response))
+        answer = http.read_answer(response, await answers.read_capped(response, http.MAX_ANSWER_BYTES))
         return _verdict(answer, len(prepared["personalizations"]))
 
     async def aclose(self) -> None:

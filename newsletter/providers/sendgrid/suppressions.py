@@ -13,6 +13,7 @@ from ... import db
 from ...config import Settings
 from ...errors import SendError
 from ..base import AnswerLost, Fetch, Fetched, Suppression, SuppressionList, Verdict
+from .. import answers
 from . import http
 
 # SendGrid's limit for one page of a suppression list.
@@ -83,14 +84,14 @@ class Suppressions:
             url = request.url.copy_with(query=None)
             raise AnswerLost(f"could not reach SendGrid at {url} ({http.describe(error)})") from None
         if response.status_code != 200:
-            answer = http.read_answer(response, await http.read_capped(response))
+            answer = http.read_answer(response, await answers.read_capped(response, http.MAX_ANSWER_BYTES))
             if answer.status in (401, 403):
                 refused = http.auth_refused(answer.status, "read access to suppressions")
                 return Fetched(Verdict.AUTH_REFUSED, f"{refused} ({where})")
             verdict = Verdict.RETRY_LATER if answer.retryable else Verdict.MESSAGE_REFUSED
             return Fetched(verdict, f"{where} failed: {answer.reason}", retry_after=answer.retry_after)
         try:
-            return Fetched(Verdict.ACCEPTED, body=json.loads(await http.read_capped(response, MAX_PAGE_BYTES)))
+            return Fetched(Verdict.ACCEPTED, body=json.loads(await answers.read_capped(response, MAX_PAGE_BYTES)))
         except (ValueError, RecursionError):  # not JSON, or cut short at the cap: an unexpected body
             return Fetched(Verdict.ACCEPTED)
 
