@@ -487,10 +487,12 @@ class _Run:
         return StepResult("sync", OK if counts["changed"] else NOTHING, detail, counts)
 
     def _purge(self) -> StepResult:
+        from .signup import forget_attempts
         from .subscribers import UNCONFIRMED_KEPT_FOR, purge_unconfirmed
 
         with self._engine.begin() as conn:
             purge = purge_unconfirmed(conn, now=self._settings.clock())
+            forget_attempts(conn, self._settings.clock())
         counts = {"memberships": purge.memberships, "subscribers": purge.subscribers}
         detail = (
             f"{purge.memberships:,} sign-up(s) unconfirmed for over {UNCONFIRMED_KEPT_FOR.days} days deleted "

@@ -273,7 +273,7 @@ deliveries = Table(
 # One-off messages to one address (a test send, a sign-up's confirmation, a welcome), each under an
 # idempotency key that says what it is for, so that it goes out at most once whoever asks again.
 # States as a delivery's: in_flight before the request leaves, then sent, failed or uncertain; pending
-# when a try certainly sent nothing (another try may send it).
+# when a try certainly sent nothing (another try may send it). Owned by store/messages.py.
 messages = Table(
     "messages",
     metadata,

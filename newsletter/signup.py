@@ -20,7 +20,7 @@ import functools
 import hashlib
 import hmac
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import Insert, bindparam, func, insert, select
@@ -37,10 +37,13 @@ from .content.render import DARK, FONT_STACK, LIGHT, render_macro, render_templa
 from .send.transactional import Outcome, Outgoing, claim, send_messages
 from .addresses import email_key, normalise_email
 from .providers.headers import plain_name
-from .subscribers import SIGNUP_RATE_WINDOW, MailingList
+from .store import messages
+from .subscribers import MailingList
 from .tokens import CONFIRM_WINDOW, ConfirmLinks, UnsubscribeLinks
 
 CONFIRMATIONS_PER_DAY = 3
+# Sign-ups per client are counted over this window, and forgotten after it.
+SIGNUP_RATE_WINDOW = timedelta(hours=1)
 
 CONFIRM, WELCOME, ALREADY = "confirm", "welcome", "already"
 MailKind = Literal["confirm", "welcome", "already"]
@@ -122,6 +125,12 @@ def request_sign_up(
     return True
 
 
+def forget_attempts(conn: Connection, now: datetime) -> int:
+    """Delete the sign-up attempts older than the rate limit's window (they count for nothing more);
+    how many."""
+    return conn.execute(_FORGET_ATTEMPTS, {"before": now - SIGNUP_RATE_WINDOW}).rowcount
+
+
 @dataclass(frozen=True)
 class SignUpRequest:
     """A sign-up the form queued (`request_sign_up`), waiting for `sign_up`."""
@@ -189,8 +198,8 @@ def confirmation_due(conn: Connection, member: Member, today: date, newsletter: 
     whichever lists they were for. A try that sent nothing (the provider unreachable) is tried again
     under its own key."""
     prefix = f"confirm:{member.subscriber_id}:{today.isoformat()}:"
-    sent = conn.execute(_SENT_TODAY, {"pattern": f"{prefix}%"}).all()
-    unsent = sorted(row.key for row in sent if row.state == db.PENDING)
+    sent = messages.keyed(conn, prefix)
+    unsent = sorted(key for key, state in sent if state == db.PENDING)
     if unsent:
         return Due(CONFIRM, unsent[0], member, newsletter)
     if len(sent) >= CONFIRMATIONS_PER_DAY:
@@ -267,6 +276,7 @@ def _welcome(member: Member, newsletter: str) -> Due:
 _a, _m, _s = db.signup_attempts.c, db.memberships.c, db.subscribers.c
 _RECENT_ATTEMPTS = select(func.count()).where(_a.client == bindparam("client"), _a.at > bindparam("since"))
 _ATTEMPT = insert(db.signup_attempts)
+_FORGET_ATTEMPTS = db.signup_attempts.delete().where(_a.at <= bindparam("before"))
 _r = db.signup_requests.c
 _QUEUE = insert(db.signup_requests)
 _QUEUED = (
@@ -276,8 +286,6 @@ _QUEUED = (
     .limit(bindparam("limit"))
 )
 _DEQUEUE = db.signup_requests.delete().where(_r.id == bindparam("request"))
-# The prefix is made of ids, a date and colons: nothing LIKE reads as a wildcard.
-_SENT_TODAY = select(db.messages.c.key, db.messages.c.state).where(db.messages.c.key.like(bindparam("pattern")))
 _FIND_SUBSCRIBER = select(_s.id, _s.email, _s.name).where(_s.email_key == bindparam("key"))
 _MEMBERSHIP = (
     select(db.lists, _s.email, _s.name.label("subscriber_name"), _m.subscriber_id, _m.status, _m.frequency, _m.updated_at)

@@ -34,6 +34,7 @@ from .addresses import email_key, normalise_email, wire_address
 from .providers.headers import NAME_MAX
 from .errors import SubscriberError
 from .membership import compare_and_set, log_event, members_query, status_of
+from .store import messages
 
 # Names are typed on command lines and appear in URLs and logs: keep them plain.
 LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -369,12 +370,12 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
 def _erase_traces(conn: Connection, address: str, key: str) -> int:
     """Delete the rows naming `address` that are no subscriber's (mail records, queued sign-ups) and
     take it out of recorded provider answers; how many rows held it."""
-    found = 0
-    for table in (db.messages, db.signup_requests):
-        # The address as any of these may have written it: as stored, as typed in another case.
-        spellings = select(table.c.id, table.c.email).where(func.lower(table.c.email) == func.lower(address))
-        ids = [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
-        found += conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
+    found = messages.forget_address(conn, address, key)
+    # The address as a queued sign-up may have written it: as stored, as typed in another case.
+    queued = db.signup_requests.c
+    spellings = select(queued.id, queued.email).where(func.lower(queued.email) == func.lower(address))
+    ids = [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
+    found += conn.execute(delete(db.signup_requests).where(queued.id.in_(ids))).rowcount
     # A server's refusal quotes the address as it went on the wire (an IDNA domain in ASCII).
     on_the_wire = wire_address(address)
     for spelling in {address, address.lower(), on_the_wire, on_the_wire.lower()}:
@@ -390,8 +391,6 @@ def _erase_traces(conn: Connection, address: str, key: str) -> int:
 # A sign-up that was never confirmed (issue 8's double opt-in) is no consent to keep an address:
 # after this long it is deleted.
 UNCONFIRMED_KEPT_FOR = timedelta(days=30)
-# Sign-ups per client are counted over this window (signup.py), and forgotten after it.
-SIGNUP_RATE_WINDOW = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -402,8 +401,7 @@ class Purge:
 
 def purge_unconfirmed(conn: Connection, *, now: datetime, kept_for: timedelta = UNCONFIRMED_KEPT_FOR) -> Purge:
     """Delete the memberships left unconfirmed for longer than `kept_for`, with their events, and
-    the people who had nothing else (their record, log and mails: nothing of them is kept); and
-    forget the sign-up attempts older than the rate limit's window."""
+    the people who had nothing else (their record, log and mails: nothing of them is kept)."""
     m, e, s = db.memberships.c, db.events.c, db.subscribers.c
     stale = and_(m.status == db.UNCONFIRMED, m.updated_at < now - kept_for)
     ids = list(conn.execute(select(m.subscriber_id).where(stale)).scalars())
@@ -418,10 +416,8 @@ def purge_unconfirmed(conn: Connection, *, now: datetime, kept_for: timedelta = 
         orphans = list(conn.execute(alone).scalars())
         conn.execute(delete(db.events).where(e.subscriber_id.in_(orphans)))
         # Their confirmation mails' records name them too.
-        addresses = select(s.email).where(s.id.in_(orphans))
-        conn.execute(delete(db.messages).where(db.messages.c.email.in_(addresses)))
+        messages.forget_sent_to(conn, select(s.email).where(s.id.in_(orphans)))
         people += conn.execute(delete(db.subscribers).where(s.id.in_(orphans))).rowcount
-    conn.execute(delete(db.signup_attempts).where(db.signup_attempts.c.at <= now - SIGNUP_RATE_WINDOW))
     return Purge(memberships, people)
 
 

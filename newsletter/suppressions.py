@@ -114,7 +114,7 @@ async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, p
         await source.aclose()
         raise ValueError(f"page_size must be 1..{source.max_page_size}")
     # A read changes nothing at the provider: one whose answer was lost is asked again too.
-    requests = Requests(source, RateLimiter(settings.send_rate_limit), settings, retry_lost=True)
+    requests = Requests(source, RateLimiter(settings.send_rate_limit), settings.max_retries, retry_lost=True)
 
     async def fetch(request: Any) -> Any:
         try:

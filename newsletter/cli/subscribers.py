@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..errors import SubscriberError
 from ..providers.headers import plain_text
+from ..signup import forget_attempts
 from ..subscribers import (
     UNCONFIRMED_KEPT_FOR,
     count_subscribers,
@@ -138,6 +139,7 @@ def subscribers_purge_unconfirmed(ctx: typer.Context) -> None:
     settings = settings_from(ctx)
     with engine_from(ctx).begin() as conn:
         purge = purge_unconfirmed(conn, now=settings.clock())
+        forget_attempts(conn, settings.clock())
     console.print(
         f"Deleted {purge.memberships:,} sign-up(s) unconfirmed for over {UNCONFIRMED_KEPT_FOR.days} days; "
         f"{purge.subscribers:,} person(s) had nothing else and were deleted whole.",

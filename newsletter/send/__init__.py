@@ -260,7 +260,7 @@ def send_test(
     engine: Engine, settings: Settings, plan: SendPlan, provider: Provider, to: Sequence[str]
 ) -> list[Outcome]:
     """The planned issue to the `to` addresses only, one message each, as a test ("[TEST]" before the
-    subject): a subscriber's copy carries their own links, anyone else's the archive's; nothing is
+    subject): every copy's unsubscribe and preferences links open the test-copy page; nothing is
     counted as the issue's delivery."""
     content = replace(plan.content, subject=f"[TEST] {plan.content.subject}")
     addressing = Addressing(
@@ -403,7 +403,7 @@ class _CampaignRun:
             provider=provider,
         )
         self._limiter = RateLimiter(settings.send_rate_limit)
-        self._requests = Requests(provider, self._limiter, settings, retry_lost=plan.resend_uncertain)
+        self._requests = Requests(provider, self._limiter, settings.max_retries, retry_lost=plan.resend_uncertain)
         self._stop: SendError | None = None
         self._stopped_by: str | None = None
         self._progress: Progress

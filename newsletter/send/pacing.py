@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..config import Settings
 from ..providers import Answer, AnswerLost, RequestImpossible, RequestNotSent, Verdict
 from .addressing import Reader
 
@@ -103,10 +102,10 @@ class Requests(Generic[A]):
     RequestNotSent, AnswerLost, RequestImpossible, Emptied when a refresh left nobody to send to, or
     Stopped."""
 
-    def __init__(self, provider: Sender[A], limiter: RateLimiter, settings: Settings, retry_lost: bool) -> None:
+    def __init__(self, provider: Sender[A], limiter: RateLimiter, max_retries: int, retry_lost: bool) -> None:
         self._provider = provider
         self._limiter = limiter
-        self._max_retries = settings.max_retries
+        self._max_retries = max_retries
         self._retry_lost = retry_lost
         self._random = random.Random()
         self.count = 0

@@ -17,9 +17,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from .. import db
 from ..config import Settings
@@ -34,10 +32,11 @@ from ..providers import (
     RequestNotSent,
     Verdict,
 )
+from ..store import messages
 from .pacing import Exchange, RateLimiter, Requests
 
 # The states of a message, as a delivery's.
-PENDING, IN_FLIGHT, SENT, FAILED, UNCERTAIN = db.PENDING, db.IN_FLIGHT, db.SENT, db.FAILED, db.UNCERTAIN
+PENDING, SENT, FAILED, UNCERTAIN = db.PENDING, db.SENT, db.FAILED, db.UNCERTAIN
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def send_messages(
 def requests_for(settings: Settings, provider: Provider) -> Requests:
     """The pacing and retries of one-off messages through `provider`: within its rate limit, and a
     lost answer never repeated (the message is uncertain instead)."""
-    return Requests(provider, RateLimiter(settings.send_rate_limit), settings, retry_lost=False)
+    return Requests(provider, RateLimiter(settings.send_rate_limit), settings.max_retries, retry_lost=False)
 
 
 async def send_message(
@@ -123,42 +122,11 @@ def _claim(
         return claim(conn, key=key, email=email, subject=subject, now=settings.clock())
 
 
-# Built once: a sign-up claims its mail in its own transaction, and building a statement costs more
-# than running it.
-_MESSAGE = select(db.messages.c.state, db.messages.c.message_id, db.messages.c.error).where(
-    db.messages.c.key == bindparam("key")
-)
-_LOCKED_MESSAGE = _MESSAGE.with_for_update()
-_ADD_MESSAGE = db.messages.insert()
-_TAKE_MESSAGE = (
-    db.messages.update()
-    .where(db.messages.c.key == bindparam("message_key"))
-    .values(state=IN_FLIGHT, updated_at=bindparam("now"))
-)
-
-
 def claim(conn: Connection, *, key: str, email: str, subject: str, now: datetime) -> Outcome | None:
     """In the caller's transaction: mark the message in flight and return None (it is the caller's
     to send, once committed), or return how it stands if it is not the caller's to send."""
-    row = conn.execute(_LOCKED_MESSAGE, {"key": key}).first()
-    if row is None:
-        values = {"key": key, "email": email, "subject": subject, "state": IN_FLIGHT, "created_at": now, "updated_at": now}
-        if conn.dialect.name == "sqlite":  # writers are serialised: nobody inserts it after our read
-            conn.execute(_ADD_MESSAGE, values)
-            return None
-        try:
-            with conn.begin_nested():
-                conn.execute(_ADD_MESSAGE, values)
-            return None
-        except IntegrityError:  # another caller inserted it after our read, and committed
-            row = conn.execute(_MESSAGE, {"key": key}).one()
-    elif row.state == PENDING:
-        conn.execute(_TAKE_MESSAGE, {"message_key": key, "now": now})
-        return None
-    # In flight: another caller is sending it now, or died with its answer unrecorded. Either way
-    # it may arrive: not ours to send again.
-    state = UNCERTAIN if row.state == IN_FLIGHT else row.state
-    return Outcome(key, email, state, False, row.message_id, row.error)
+    recorded = messages.claim(conn, key=key, email=email, subject=subject, now=now)
+    return None if recorded is None else Outcome(key, email, recorded.state, False, recorded.message_id, recorded.error)
 
 
 async def _send(provider: Provider, requests: Requests, request: object) -> tuple[str, str | None, str | None]:
@@ -191,10 +159,5 @@ def _settle(
     message_id: str | None,
     error: str | None,
 ) -> None:
-    m = db.messages.c
     with begin() as conn:
-        conn.execute(
-            db.messages.update()
-            .where(m.key == key, m.state == IN_FLIGHT)
-            .values(state=state, message_id=message_id, error=error, updated_at=settings.clock())
-        )
+        messages.settle(conn, key, state=state, message_id=message_id, error=error, now=settings.clock())

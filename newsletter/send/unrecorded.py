@@ -87,7 +87,7 @@ async def _push(
     settings: Settings, batches: Iterator[list[Reader]], addressing: Addressing, provider: Provider
 ) -> UnrecordedReport:
     limiter = RateLimiter(settings.send_rate_limit)
-    requests = Requests(provider, limiter, settings, retry_lost=False)
+    requests = Requests(provider, limiter, settings.max_retries, retry_lost=False)
     report = UnrecordedReport()
 
     async def worker() -> None:
@@ -146,7 +146,8 @@ def _campaign_recipients(
 
 
 def test_readers(engine: Engine, addresses: Sequence[str]) -> list[Reader]:
-    """Test addresses, once each; one that belongs to a subscriber gets that subscriber's own links."""
+    """Test addresses, once each, with the subscriber id of those that are a subscriber's (0 for
+    the others): the test-copy page's links are as long as that subscriber's own would be."""
     s = db.subscribers.c
     emails = list(dict.fromkeys(normalise_email(address) for address in addresses))
     with db.reading(engine) as conn:
