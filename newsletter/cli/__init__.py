@@ -28,7 +28,7 @@ import typer
 import typer.main
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import TyperInfo
 
 from ..content.edition import Edition
@@ -121,6 +121,7 @@ class _Commands(MutableMapping[str, "Command"]):
             suggest_commands=app.suggest_commands,
         )
         command = group.commands[name]
+        _name_arguments(command)
         first_paragraph = " ".join((command.help or "").split("\n\n")[0].split())
         assert first_paragraph == summary, f"COMMANDS[{name!r}] is not the first paragraph of its help"
         return command
@@ -145,6 +146,28 @@ class _Commands(MutableMapping[str, "Command"]):
         if name in self._built:
             return self._built[name].get_short_help_str(limit)
         return TyperCommand(name=name, help=COMMANDS[name][1]).get_short_help_str(limit)
+
+
+class _Argument(TyperArgument):
+    """An argument shown by its metavar alone, as an option with one is: `ADDRESS`, not typer's
+    `{ADDRESS}` in the usage line and `ADDRESS <str>` in the list."""
+
+    def display_type_rich(self, ctx: typer.Context) -> str | None:
+        return None if self.metavar is not None else super().display_type_rich(ctx)
+
+    def _usage_display_name(self) -> str:
+        usage = super()._usage_display_name()
+        return usage.replace(f"{{{self.metavar}}}", self.metavar) if self.metavar is not None else usage
+
+
+def _name_arguments(command: Command) -> None:
+    # Typer takes no argument class: its arguments (of the command and of a group's subcommands)
+    # become _Arguments once built, which changes nothing but their help.
+    for sub in getattr(command, "commands", {}).values():
+        _name_arguments(sub)
+    for param in command.params:
+        if type(param) is TyperArgument:
+            param.__class__ = _Argument
 
 
 class _Root(TyperGroup):

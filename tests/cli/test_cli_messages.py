@@ -40,6 +40,15 @@ def test_help_names_what_each_option_takes_in_words(command: tuple[str, ...], li
     assert not re.search(r"<(%|str|int|path|list)", options) and "settings." not in done.stdout
 
 
+def test_every_command_names_its_arguments_in_words_alone() -> None:
+    for command in (("subscribers", "add"), ("subscribers", "import"), ("subscribers", "remove"), ("lists", "create")):
+        done = run_newsletter(*command, "--help")
+        assert done.returncode == 0, done.stderr
+        usage, rest = done.stdout.split("\n", 1)
+        assert "{" not in usage and not re.search(r"<(str|int|path|list)", rest), done.stdout
+    assert run_newsletter("subscribers", "add", "--help").stdout.split("\n", 1)[0].endswith(" subscribers add [OPTIONS] ADDRESS")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
