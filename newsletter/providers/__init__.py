@@ -3,8 +3,9 @@
 This room owns everything that knows a provider: `base` (the neutral types: Message, Batch, Answer,
 Event, the Provider, Feedback and SuppressionSource protocols), `registry` (which providers there
 are; the only way in from outside), one folder per provider (`sendgrid`, `smtp`…), `headers` and
-`mime` (what any provider's mail headers and messages may hold) and `outbox` (the dry run's
-provider). It may import the package's leaves (errors, files, digest's personal tags) and, in a
+`mime` (what any provider's mail headers and messages may hold), `answers` (what every HTTP
+provider reads alike in an answer: retries, Retry-After, a capped body, an error page in one line)
+and `outbox` (the dry run's provider). It may import the package's leaves (errors, files, digest's personal tags) and, in a
 provider's own modules, the settings, database names and statuses; nothing outside it imports a
 provider's folder.
 

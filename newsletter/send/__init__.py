@@ -3,11 +3,17 @@ Edition: a day's daily issue, which goes to the list's daily members, or a week'
 goes to its weekly members.
 
 The pieces, in this package: addressing.py gives each reader their own link and prepares the
-provider's requests (newsletter/providers/ moves them), pacing.py paces and retries them, the
-campaign's lease (store/lease.py) keeps a second process out, campaigns.py holds every SQL statement
-(and the delivery state machine),
-unrecorded.py does the sends that record nothing (dry run, test addresses, sandbox). This __init__ holds the public entry points: plan_send, send_campaign,
-campaign_status.
+provider's requests (newsletter/providers/ moves them), pacing.py paces and retries them (the one
+retry loop, which the suppression sync uses too), the campaign's lease (store/lease.py) keeps a
+second process out, campaigns.py holds every SQL statement of a send (and the delivery state
+machine), unrecorded.py does the sends that record nothing (dry run, test addresses, sandbox), and
+transactional.py one message to one address, at most once. This __init__ holds the public entry
+points: plan_send, send_campaign, send_test, campaign_status.
+
+This room owns the campaigns, their deliveries and batches. It may import the content (to render
+and check an issue), the providers' neutral types and registry, the store, membership, subscribers,
+suppressions (a refusal that suppresses) and tokens; never a provider's folder, the readers' pages or
+the skins (cli, web, daily).
 
 A batch is marked in_flight (with its recipients, its body already built) in the database before
 its request goes out, and settled after the answer, so a SIGKILL at any instant leaves either rows
