@@ -694,6 +694,13 @@ def schema_version_of(url: str, timeout: float) -> int:
         engine.dispose()
 
 
+def addressed_to(conn: Connection, table: Table, address: str, key: str) -> list[int]:
+    """The ids of `table`'s rows whose `email` is the person's whose address key is `key`, however
+    it was written there (as stored, or typed in another case): what an erasure deletes."""
+    spellings = select(table.c.id, table.c.email).where(func.lower(table.c.email) == func.lower(address))
+    return [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
+
+
 def aware(moment: datetime) -> datetime:
     """A stored time as an aware one: SQLite hands back naive datetimes, and every stored one is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -131,6 +131,13 @@ def forget_attempts(conn: Connection, now: datetime) -> int:
     return conn.execute(_FORGET_ATTEMPTS, {"before": now - SIGNUP_RATE_WINDOW}).rowcount
 
 
+def forget_queued(conn: Connection, address: str, key: str) -> int:
+    """Delete the queued sign-ups of the person whose address key is `key`, however the form had
+    the address written (as stored, or typed in another case); how many."""
+    ids = db.addressed_to(conn, db.signup_requests, address, key)
+    return conn.execute(db.signup_requests.delete().where(_r.id.in_(ids))).rowcount
+
+
 @dataclass(frozen=True)
 class SignUpRequest:
     """A sign-up the form queued (`request_sign_up`), waiting for `sign_up`."""

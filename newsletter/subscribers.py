@@ -370,12 +370,10 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
 def _erase_traces(conn: Connection, address: str, key: str) -> int:
     """Delete the rows naming `address` that are no subscriber's (mail records, queued sign-ups) and
     take it out of recorded provider answers; how many rows held it."""
-    found = messages.forget_address(conn, address, key)
-    # The address as a queued sign-up may have written it: as stored, as typed in another case.
-    queued = db.signup_requests.c
-    spellings = select(queued.id, queued.email).where(func.lower(queued.email) == func.lower(address))
-    ids = [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
-    found += conn.execute(delete(db.signup_requests).where(queued.id.in_(ids))).rowcount
+    # Imported here: the sign-ups build on the lists and subscribers of this module.
+    from .signup import forget_queued
+
+    found = messages.forget_address(conn, address, key) + forget_queued(conn, address, key)
     # A server's refusal quotes the address as it went on the wire (an IDNA domain in ASCII).
     on_the_wire = wire_address(address)
     for spelling in {address, address.lower(), on_the_wire, on_the_wire.lower()}:

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, func, select
+from sqlalchemy import Select, bindparam, delete, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .. import db
-from ..addresses import email_key
 
 _m = db.messages.c
 # Built once: a sign-up claims its mail in its own transaction, and building a statement costs more
@@ -84,6 +83,5 @@ def forget_sent_to(conn: Connection, addresses: Select[Any]) -> int:
 def forget_address(conn: Connection, address: str, key: str) -> int:
     """Delete the records of the messages sent to the person whose address key is `key`, however
     the address was written then (as stored, or typed in another case); how many."""
-    spellings = select(_m.id, _m.email).where(func.lower(_m.email) == func.lower(address))
-    ids = [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
+    ids = db.addressed_to(conn, db.messages, address, key)
     return conn.execute(delete(db.messages).where(_m.id.in_(ids))).rowcount
