@@ -414,7 +414,7 @@ def compose(
     `latest` issue's web version."""
     member = due.member
     list_id, subscriber_id, email = member.mailing_list.id, member.subscriber_id, member.email
-    unsubscribe_url = unsubscribe.url(list_id, subscriber_id, email)
+    unsubscribe_url, preferences_url = unsubscribe.urls(list_id, subscriber_id, email)
     context = {
         "newsletter": settings.from_name,
         "postal_address": settings.postal_address,
@@ -423,7 +423,7 @@ def compose(
         "frequency": member.frequency,
         "confirm_url": confirmations.url(list_id, subscriber_id, email, now) if due.kind == CONFIRM else "",
         "confirm_days": CONFIRM_WINDOW.days,
-        "preferences_url": unsubscribe.preferences_url(list_id, subscriber_id, email),
+        "preferences_url": preferences_url,
         "unsubscribe_url": unsubscribe_url,
         "latest_url": latest.url if latest else "",
         "latest_subject": latest.subject if latest else "",

@@ -145,6 +145,12 @@ class UnsubscribeLinks:
         unsubscribe link, so the same rules hold for it."""
         return f"{self._base_url}/preferences/{self.token(list_id, subscriber_id, email)}"
 
+    def urls(self, list_id: int, subscriber_id: int, email: str) -> tuple[str, str]:
+        """The reader's unsubscribe and preferences URLs, from one signature: a send makes both for
+        every reader."""
+        token = self.token(list_id, subscriber_id, email)
+        return f"{self._base_url}/unsubscribe/{token}", f"{self._base_url}/preferences/{token}"
+
     def headers(self, unsubscribe_url: str) -> dict[str, str]:
         """The RFC 2369 / RFC 8058 headers for one recipient."""
         targets = [f"<{unsubscribe_url}>"]

@@ -75,13 +75,12 @@ class Addressing:
             # could do nothing.
             url = self._links.test_copy_url(self._list_id, reader.subscriber_id, reader.email)
             return Recipient(reader.email, reader.name, url, {}, {}, url)
-        url = self._links.url(self._list_id, reader.subscriber_id, reader.email)
+        url, preferences = self._links.urls(self._list_id, reader.subscriber_id, reader.email)
         tags = {
             "campaign_id": str(self._campaign_id),
             "subscriber_id": str(reader.subscriber_id),
             "list_id": str(self._list_id),
         }
-        preferences = self._links.preferences_url(self._list_id, reader.subscriber_id, reader.email)
         return Recipient(reader.email, reader.name, url, self._links.headers(url), tags, preferences)
 
 
