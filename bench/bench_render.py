@@ -85,15 +85,15 @@ def main() -> None:
         (project / "digests").mkdir()
         shutil.copy(EXAMPLE, project / "digests")
         settings = load_settings(config_dir=project)
-        digest = load_digest(settings, load_digest(settings).date)
+        digest = load_digest(settings.site, load_digest(settings.site).date)
 
         start = time.perf_counter()
-        issue = render_issue(digest, settings)
+        issue = render_issue(digest, settings.site)
         print(f"first render (compiles the templates): {(time.perf_counter() - start) * 1000:.1f} ms")
-        report("render_issue, example digest (in process)", timings_ms(lambda: render_issue(digest, settings), in_process_runs), "ms")
+        report("render_issue, example digest (in process)", timings_ms(lambda: render_issue(digest, settings.site), in_process_runs), "ms")
 
         top_10_digest(project)
-        top_10 = render_issue(load_digest(settings, digest.date.replace(day=24)), settings)
+        top_10 = render_issue(load_digest(settings.site, digest.date.replace(day=24)), settings.site)
         clip = GMAIL_CLIP_BYTES // 1024
         print(
             f"HTML size: example {issue.html_bytes / 1024:.1f} KB, Top 10 {top_10.html_bytes / 1024:.1f} KB "

@@ -51,8 +51,8 @@ def build(folder: Path, issues: int, recipients: int) -> Path:
     (folder / "digests" / example.name).write_text(example.read_text(encoding="utf-8"), encoding="utf-8")
     config = write_config(folder, digests_dir=str(folder / "digests"))
     settings = load_settings(config)
-    db.connect(settings).dispose()  # the schema, made by the package
-    html = render_issue(load_digest(settings, date(2026, 1, 23)), settings).html
+    db.connect(settings.database).dispose()  # the schema, made by the package
+    html = render_issue(load_digest(settings.site, date(2026, 1, 23)), settings.site).html
     _, links = papers_of(html)
     urls = sorted(links) + [f"{settings.base_url}/2026-01-23/"]
     rng = random.Random(9)

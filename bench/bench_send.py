@@ -40,6 +40,7 @@ from newsletter.send import addressing  # noqa: E402
 from newsletter.tokens import UnsubscribeLinks  # noqa: E402
 from testkit.projects import API_KEY, LIST, configure, engine_of  # noqa: E402
 from testkit.servers import free_port, running  # noqa: E402
+from newsletter.wiring import send_parts
 
 DAY = date(2026, 1, 23)
 DIGEST = ROOT / "digests" / "2026-01-23.md"
@@ -156,10 +157,10 @@ def naive_versus_batched(count: int, latency: float) -> tuple[float, float]:
         url = f"http://127.0.0.1:{port}"
         settings = project(Path(tmp), url)
         subscribe(settings, count)
-        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)  # rendered once, outside both timings
+        plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)  # rendered once, outside both timings
         builder = addressing.Addressing(
-            settings, plan.content, mailing_list=plan.mailing_list, campaign_id=1,
-            links=UnsubscribeLinks(settings), provider=SendGrid(settings, connect=False),
+            settings.sender, plan.content, mailing_list=plan.mailing_list, campaign_id=1,
+            links=UnsubscribeLinks(settings.links), provider=SendGrid(settings.delivery, connect=False),
         )  # fmt: skip
         with fake_server(port, "--latency", str(latency)):
             client = SendGridAPIClient(api_key=API_KEY, host=url)
@@ -170,7 +171,7 @@ def naive_versus_batched(count: int, latency: float) -> tuple[float, float]:
             naive = time.perf_counter() - started
 
             started = time.perf_counter()
-            report = send.send_campaign(engine_of(settings), settings, plan)
+            report = send.send_campaign(engine_of(settings), send_parts(settings), plan)
             batched = time.perf_counter() - started
         assert report.counts["sent"] == count and report.finished
         return naive, batched

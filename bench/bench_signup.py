@@ -98,7 +98,7 @@ def main() -> None:
             send_rate_limit=10_000.0,  # the provider's limit, far above what this posts
         )
         settings = load_settings(config)
-        links = ConfirmLinks(settings)
+        links = ConfirmLinks(settings.links)
         with engine_of(settings).begin() as conn:
             list_ids = [create_list(conn, f"run-{run}", now=settings.clock()).id for run in range(args.runs)]
         fake = [sys.executable, "-m", "testkit.fake_sendgrid", "--port", str(fake_port), "--api-key", API_KEY, "--log", str(log)]

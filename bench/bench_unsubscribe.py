@@ -80,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-unsubscribe-") as folder:
         config = write_config(Path(folder))
         settings = load_settings(config)
-        links = UnsubscribeLinks(settings)
+        links = UnsubscribeLinks(settings.links)
         emails = [f"reader{n}@example.com" for n in range(args.subscribers)]
         list_ids = [add_list(settings, f"run-{run}") for run in range(args.runs)]
         member_ids = [add_subscribers(settings, list_id, emails) for list_id in list_ids]

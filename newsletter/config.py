@@ -7,18 +7,19 @@ the database URL) here instead of patching code.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import difflib
 import os
 import re
 import secrets
 import stat
 import tempfile
-from datetime import date, datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +31,7 @@ from pydantic_settings import (
 from .errors import ConfigError
 from .fields import absolute_http_url, api_key
 from .providers import registry
+from .sections import Clock, Database, Delivery, Generation, Links, Pacing, Sender, Site
 
 DEFAULT_CONFIG_FILE = "newsletter.toml"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -47,12 +49,16 @@ SUBJECT_FIELDS = ("date", "first", "more", "papers", "title", "from_name")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WEEKDAY_NAMES = dict(zip(WEEKDAYS, ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")))
 
-def _default_templates_dir() -> Path:
+def bundled_templates() -> Path:
     # Installed from a wheel the templates sit inside the package; in a checkout (or an editable
     # install) they sit at the top of the repo.
     bundled = PACKAGE_DIR / "templates"
     return bundled if bundled.is_dir() else PACKAGE_DIR.parent / "templates"
 
+
+# The settings that name a folder, relative to the config file's unless absolute.
+_FOLDERS = frozenset({"digests_dir", "templates_dir", "public_dir", "outbox_dir"})
+_Section = TypeVar("_Section")
 
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("toml_file", default=None)
 
@@ -66,7 +72,7 @@ class Settings(*registry.sections(), BaseSettings):  # type: ignore[misc]
 
     # Where things are. Relative paths are taken from the config file's folder (or the current one).
     digests_dir: Path = Path("digests")
-    templates_dir: Path = Field(default_factory=_default_templates_dir)
+    templates_dir: Path = Field(default_factory=bundled_templates)
     public_dir: Path = Path("public")
     outbox_dir: Path = Path("outbox")
     database_url: str = "sqlite:///subscribers/newsletter.db"
@@ -325,17 +331,51 @@ class Settings(*registry.sections(), BaseSettings):  # type: ignore[misc]
                 return prefix + str(self.path(Path(rest)))
         return self.database_url
 
-    def clock(self) -> datetime:
-        """The current time in UTC (or the pinned time, for tests)."""
-        if self.now is not None:
-            return self.now if self.now.tzinfo else self.now.replace(tzinfo=timezone.utc)
-        return datetime.now(timezone.utc)
+    @property
+    def clock(self) -> Clock:
+        """The current time (called), pinned by `now` in tests, and the day in `timezone`."""
+        return Clock(self.now, self.timezone)
 
-    def local_date(self, moment: datetime) -> date:
-        """The calendar day `moment` falls on in the configured timezone (the newsletter's day)."""
-        from zoneinfo import ZoneInfo
+    # -- the sections handed to the parts below the skins (newsletter.sections) ---------------
 
-        return moment.astimezone(ZoneInfo(self.timezone)).date()
+    @property
+    def database(self) -> Database:
+        return Database(self.resolved_database_url, self.database_timeout, self.ensure_signing_key)
+
+    @property
+    def pacing(self) -> Pacing:
+        return self._section(Pacing)
+
+    @property
+    def sender(self) -> Sender:
+        return self._section(Sender)
+
+    @property
+    def site(self) -> Site:
+        return self._section(Site)
+
+    @property
+    def links(self) -> Links:
+        return self._section(Links)
+
+    @property
+    def generation(self) -> Generation:
+        return self._section(Generation)
+
+    @property
+    def delivery(self) -> Delivery:
+        return Delivery(self.provider, self.provider_section(self.provider), self.pacing, self.sender, self.clock)
+
+    def _section(self, section: type[_Section]) -> _Section:
+        """`section` (a dataclass of newsletter.sections) filled with the settings of its fields'
+        names, the folders resolved against the config file's."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(section)}
+        return section(**{name: self.path(value) if name in _FOLDERS else value for name, value in values.items()})
+
+    def provider_section(self, name: str) -> BaseModel:
+        """Provider `name`'s own settings (its settings module's Section), as set here."""
+        section = registry.section(name)
+        return section.model_construct(**{field: getattr(self, field) for field in section.model_fields})
 
     def signing_keys(self) -> list[str]:
         """The secret that signs new links first, then every older key still accepted."""

@@ -25,6 +25,7 @@ process that stopped renewing it for STALE_AFTER.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -53,6 +54,7 @@ from .store.lease import HEARTBEAT, STALE_AFTER, Holder, Lease
 if TYPE_CHECKING:
     from .content.digest import Digest
     from .send import Interruption, SendPlan
+    from .send.parts import SendParts
 
 STEPS = ("generate", "digest", "checks", "review", "publish", "send", "weekly", "sync", "purge")
 # What a day without papers has nothing to do for, and what waits for an editor's approval.
@@ -236,6 +238,13 @@ class _Run:
         self._no_papers = False  # the source has none today: the day's issue has nothing to do
         self._awaiting = False  # the day's issue waits for an editor's approval
 
+    @functools.cached_property
+    def _parts(self) -> SendParts:
+        """Built by the first step that needs them: a day with nothing to send signs nothing."""
+        from .wiring import send_parts
+
+        return send_parts(self._settings)
+
     def run(self) -> RunReport:
         steps: list[StepResult] = []
         stopped: str | None = None
@@ -289,11 +298,11 @@ class _Run:
 
         if self._settings.source == "none":
             return StepResult("generate", SKIPPED, "source = 'none': digests are written by hand")
-        path = digest_path(self._settings, self._day)
+        path = digest_path(self._settings.site, self._day)
         if path.exists():
             return StepResult("generate", NOTHING, f"{path} is there already")
         try:
-            generated = generate_day(self._settings, self._engine, self._day)
+            generated = generate_day(self._settings.generation, self._engine, self._day)
         except GenerateError as error:
             if not error.nothing_today:
                 raise
@@ -307,15 +316,15 @@ class _Run:
     def _digest(self) -> StepResult:
         from .content.digest import digest_path, load_digest
 
-        self._loaded = load_digest(self._settings, self._day)
+        self._loaded = load_digest(self._settings.site, self._day)
         papers = len(self._loaded.papers)
-        where = digest_path(self._settings, self._day)
+        where = digest_path(self._settings.site, self._day)
         return StepResult("digest", OK, f"{where}, {papers} paper(s)", {"papers": papers})
 
     def _checks(self) -> StepResult:
         from .send import plan_send, require_checks
 
-        self._plans = [plan_send(self._engine, self._settings, Edition.daily(self._day), name) for name in self._lists]
+        self._plans = [plan_send(self._engine, self._parts, Edition.daily(self._day), name) for name in self._lists]
         fresh = [plan for plan in self._plans if plan.checks is not None]
         if not fresh:
             why = "no list to send to" if not self._plans else "every send had started: the checks ran then"
@@ -345,10 +354,10 @@ class _Run:
             raise ConfigError("review = 'approve' needs editors: the addresses that get each issue to approve")
         if not self._plans:
             raise ConfigError("there is no list to send to (newsletter lists create NAME)")
-        fingerprint = digest_fingerprint(digest_path(self._settings, self._day))
+        fingerprint = digest_fingerprint(digest_path(self._settings.site, self._day))
         approve = f"newsletter approve --date {self._day.isoformat()} sends it to every list"
         if found is None or found.digest_sha256 != fingerprint:
-            outcomes = send_test(self._engine, self._settings, self._plans[0], open_provider(self._settings), editors)
+            outcomes = send_test(self._engine, self._parts, self._plans[0], open_provider(self._parts.delivery), editors)
             failed = [f"{outcome.state} ({outcome.error or 'no reason given'})" for outcome in outcomes if outcome.state != db.SENT]
             if failed:
                 why = f"the test to the editors was not sent: {'; '.join(failed)}"
@@ -365,8 +374,8 @@ class _Run:
         from .content.publish import publish_issue, published_issues
 
         assert self._loaded is not None
-        before = {issue.path: issue for issue in published_issues(self._settings)}
-        publication = publish_issue(self._loaded, self._settings)
+        before = {issue.path: issue for issue in published_issues(self._settings.site)}
+        publication = publish_issue(self._loaded, self._settings.site)
         unchanged = before.get(publication.issue.path) == publication.issue
         counts = {"archived_issues": len(publication.issues)}
         if unchanged:
@@ -393,7 +402,7 @@ class _Run:
             return entry
         try:
             self._lock.check()
-            report = execute(self._engine, self._settings, plan, open_provider(self._settings), interruption=self._interruption)
+            report = execute(self._engine, self._parts, plan, open_provider(self._parts.delivery), interruption=self._interruption)
         except NewsletterError as error:
             entry.update(outcome=FAILED, detail=_describe(error), status=exit_status(error))
             return entry
@@ -446,7 +455,7 @@ class _Run:
         if not self._lists:
             return StepResult("weekly", NOTHING, "there is no list to send to")
         try:
-            plans = [plan_send(self._engine, self._settings, edition, name) for name in self._lists]
+            plans = [plan_send(self._engine, self._parts, edition, name) for name in self._lists]
         except DigestError as error:
             # Another day's digest of the week: the day's own issue went out, so this is no exit 3.
             return StepResult("weekly", FAILED, _describe(error), status=FAILURE)
@@ -454,7 +463,7 @@ class _Run:
         for plan in sending:
             require_checks(plan, force=False)
         if any(not plan.finished for plan in sending):
-            publish_issue(load_week(self._settings, edition), self._settings)
+            publish_issue(load_week(self._settings.site, edition), self._settings.site)
         entries = [
             self._send_to(plan) if plan.campaign is not None or plan.recipients else
             {"list": plan.mailing_list.name, "requests": 0, "counts": {}, "outcome": NOTHING,
@@ -470,12 +479,12 @@ class _Run:
 
         provider = self._settings.provider
         try:
-            source = registry.suppressions(self._settings)
+            source = registry.suppressions(self._settings.delivery)
         except MissingAPIKey as error:
             return StepResult("sync", SKIPPED, f"no {error.credential}: {provider}'s suppression lists were not read")
         if source is None:
             return StepResult("sync", SKIPPED, f"the provider is {provider}, which keeps no suppression lists")
-        results = sync_suppressions(self._engine, self._settings, source=source)
+        results = sync_suppressions(self._engine, self._settings.delivery, source=source)
         counts = {
             "fetched": sum(result.fetched for result in results),
             "changed": sum(result.changed for result in results),

@@ -46,8 +46,8 @@ from sqlalchemy.exc import (
 )
 
 from .addresses import email_key, folds_like_its_key
-from .config import Settings
 from .errors import ConfigError, DatabaseCorrupt, DatabaseError
+from .sections import Database
 
 _log = logging.getLogger(__name__)
 
@@ -583,13 +583,13 @@ _MIGRATION_LOCK = 0x6E6C2D6D6967
 _READ_ONLY = "newsletter_read_only"
 
 
-def connect(settings: Settings) -> Engine:
+def connect(database: Database) -> Engine:
     """A new engine for the configured database, its schema brought up to date. The caller owns it:
     a command, the web server or the daily run makes one and hands it to every part that needs the
     database, then disposes of it (`connected` does both)."""
-    engine = _create_engine(settings.resolved_database_url, settings.database_timeout)
+    engine = _create_engine(database.url, database.timeout)
     try:
-        migrate(engine, on_create=settings.ensure_signing_key)
+        migrate(engine, on_create=database.on_create)
     except BaseException:  # the caller gets no engine to dispose of: its pool is closed here
         engine.dispose()
         raise
@@ -597,9 +597,9 @@ def connect(settings: Settings) -> Engine:
 
 
 @contextmanager
-def connected(settings: Settings) -> Iterator[Engine]:
+def connected(database: Database) -> Iterator[Engine]:
     """`connect`, disposed of when the block ends."""
-    engine = connect(settings)
+    engine = connect(database)
     try:
         yield engine
     finally:

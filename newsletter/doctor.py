@@ -71,7 +71,7 @@ def _skipped(name: str, detail: str) -> Check:
 
 def examine(settings: Settings) -> list[Check]:
     """Every check, in the order a set-up is built: the settings, the files, the services."""
-    today = settings.local_date(settings.clock())
+    today = settings.clock.local_date(settings.clock())
     return [
         check_base_url(settings),
         check_secret_key(settings),
@@ -205,7 +205,7 @@ def check_database(settings: Settings) -> Check:
 
 async def check_provider(settings: Settings) -> Check:
     name = "provider"
-    probe = registry.check(settings)
+    probe = registry.check(settings.delivery)
     if probe is None:
         return _skipped(name, f"{settings.provider} has no harmless call to try")
     try:
@@ -226,7 +226,7 @@ async def check_webhook(settings: Settings, client: httpx.AsyncClient) -> Check:
     request as newsletter serve does: refused (401/403), which only a server with the key set does."""
     name = "webhook"
     try:
-        hook = registry.feedback(settings).get(settings.provider)
+        hook = registry.feedback(settings.provider_section).get(settings.provider)
     except NewsletterError as error:
         return _failed(name, str(error), "correct the webhook setting it names")
     if hook is None:
@@ -331,7 +331,7 @@ async def check_model(settings: Settings, client: httpx.AsyncClient) -> Check:
 
 def check_digest(settings: Settings, today: date) -> Check:
     name = "digest"
-    path = digest_path(settings, today)
+    path = digest_path(settings.site, today)
     if path.is_file():
         return _ok(name, f"{path} is there")
     if settings.source != "none":

@@ -5,10 +5,9 @@ This room owns the use cases behind `newsletter serve`'s pages and decides what 
 link's state, why a form was refused, in the reader's words), but knows nothing of HTTP: web.py
 parses a request, makes one call here and renders the answer. It may import the library below it
 (signup, membership, webhook, tokens, addresses, send.transactional, the providers' registry,
-content.publish, content.render's catalogs, db, config, errors); only web.py imports it. Its parts
-are built once, at the server's start-up, each given what it needs: `Readers` the engine, the link
-signers and the `Rules`; `Mailer`, which hands the settings on to the library functions that send,
-also the settings.
+content.publish, db, the settings' sections, errors); only web.py imports it. Its parts are built
+once, at the server's start-up, each given what it needs: `Readers` the engine, the link signers and
+the `Rules`; `Mailer` the parts a send is built from (send.parts).
 
 Nobody learns who is on a list: the form only queues a sign-up (`Readers.sign_up`, the same
 statements whatever the address's state), and `SignUpQueue` takes the queue on its own clock, so
@@ -22,14 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gettext
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import date, datetime
 from typing import Literal
 
 from anyio.to_thread import run_sync
@@ -38,13 +35,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import db, signup
 from .addresses import normalise_email
-from .config import Settings
 from .content.publish import PublishedIssue, published_issues
-from .content.render import page_language, translations
 from .errors import NewsletterError, SubscriberError, TokenError
 from .membership import compare_and_set, set_frequency
 from .providers import Event, Provider, registry
+from .sections import Clock, Links
 from .send.pacing import Requests
+from .send.parts import SendParts
 from .send.transactional import release, requests_for, send_message
 from .signup import Member
 from .subscribers import MailingList, get_list
@@ -61,30 +58,17 @@ class Rules:
     newsletter: str  # the sender's name, in the mails' subjects
     signup_rate_per_hour: int
     record_consent_ip: bool
-    clock: Callable[[], datetime]
-    local_date: Callable[[datetime], date]  # the newsletter's day a moment falls on
+    clock: Clock  # and the newsletter's day a moment falls on
     client_key: Callable[[str], str]  # a client's address as the rate limit keeps it
     messages: gettext.NullTranslations  # the pages' language (render.page_language)
 
-    @classmethod
-    def of(cls, settings: Settings) -> Rules:
-        return cls(
-            newsletter=settings.from_name,
-            signup_rate_per_hour=settings.signup_rate_per_hour,
-            record_consent_ip=settings.record_consent_ip,
-            clock=settings.clock,
-            local_date=settings.local_date,
-            client_key=functools.partial(signup.client_key, settings),
-            messages=translations(page_language(settings)),
-        )
 
-
-def unsubscribe_links(settings: Settings, engine: Engine) -> UnsubscribeLinks:
+def unsubscribe_links(links: Links, engine: Engine) -> UnsubscribeLinks:
     """The signer of the server's unsubscribe links: those signed before links covered the address
     (db.legacy_links) still work for the subscribers who had them."""
     with db.reading(engine) as conn:
         legacy_up_to = conn.execute(select(db.legacy_links.c.max_subscriber_id)).scalar_one()
-    return UnsubscribeLinks(settings, legacy_up_to=legacy_up_to)
+    return UnsubscribeLinks(links, legacy_up_to=legacy_up_to)
 
 
 @dataclass(frozen=True)
@@ -282,7 +266,7 @@ class Readers:
         now = self._rules.clock()
         with self.transaction() as conn:
             return signup.sign_up(
-                conn, request, now=now, today=self._rules.local_date(now), newsletter=self._rules.newsletter
+                conn, request, now=now, today=self._rules.clock.local_date(now), newsletter=self._rules.newsletter
             )
 
     # -- a confirmation link ------------------------------------------------------------------------
@@ -314,7 +298,7 @@ class Readers:
                 return None
             if found.member.status == db.SUBSCRIBED:
                 return self._confirmation_page(found)
-            due = signup.confirmation_due(conn, found.member, self._rules.local_date(now), self._rules.newsletter)
+            due = signup.confirmation_due(conn, found.member, self._rules.clock.local_date(now), self._rules.newsletter)
             if due is None:
                 return self._confirmation_page(found, "limit")
             # Unclaimed: it is being sent already.
@@ -386,54 +370,55 @@ class Mailer:
 
     def __init__(
         self,
-        settings: Settings,
+        parts: SendParts,
         engine: Engine,
         writing: Callable[[], AbstractContextManager[Connection]],
-        unsubscribe: UnsubscribeLinks,
-        confirmations: ConfirmLinks,
     ) -> None:
-        self._settings = settings
+        self._parts = parts
         self._engine = engine
         self._writing = writing
-        self._unsubscribe = unsubscribe
-        self._confirmations = confirmations
         self._provider: Provider | None = None
         self._requests: Requests | None = None
         # As many mails out at once as the provider has connections: the HTTP client's own queue
         # costs CPU with every request waiting in it.
-        self._out = asyncio.Semaphore(settings.send_concurrency)
+        self._out = asyncio.Semaphore(parts.pacing.send_concurrency)
         self._latest: tuple[float, PublishedIssue | None] = (-self.LATEST_FOR, None)
 
     def _latest_issue(self) -> PublishedIssue | None:
         read_at, latest = self._latest
         if time.monotonic() - read_at >= self.LATEST_FOR:
-            latest = next(iter(published_issues(self._settings)), None)
+            latest = next(iter(published_issues(self._parts.site)), None)
             self._latest = (time.monotonic(), latest)
         return latest
 
     async def send(self, due: signup.Due) -> None:
-        settings = self._settings
+        parts = self._parts
         try:
             if self._provider is None or self._requests is None:
-                self._provider = registry.provider_for(settings)
-                self._requests = requests_for(settings, self._provider)
+                self._provider = registry.provider_for(parts.delivery)
+                self._requests = requests_for(parts.pacing, self._provider)
             outgoing = signup.compose(
-                settings,
+                parts,
                 due,
-                unsubscribe=self._unsubscribe,
-                confirmations=self._confirmations,
-                now=settings.clock(),
+                now=parts.clock(),
                 latest=await run_sync(self._latest_issue),
             )
         except NewsletterError as error:  # nothing left: the claim goes back, for the reader's next try
             # Keys and ids only: an address or a token is not for the log.
             log.error("the %s mail %s was not sent: %s", due.kind, due.key, error)
-            await run_sync(release, self._writing, settings, due.key, str(error))
+            await run_sync(release, self._writing, parts.clock, due.key, str(error))
             return
         try:
             async with self._out:
                 outcome = await send_message(
-                    self._engine, settings, self._provider, self._requests, outgoing, writing=self._writing, claimed=True
+                    self._engine,
+                    self._provider,
+                    self._requests,
+                    outgoing,
+                    clock=parts.clock,
+                    database_timeout=parts.pacing.database_timeout,
+                    writing=self._writing,
+                    claimed=True,
                 )
         except NewsletterError as error:
             log.error("the %s mail %s was not sent: %s", due.kind, due.key, error)

@@ -107,7 +107,7 @@ def init_project(config_file: Path, answers: Answers) -> Project:
     try:
         settings = load_settings(config_file)
         settings.path(Path(DATA_FOLDER)).mkdir(mode=0o700, exist_ok=True)
-        with db.connected(settings) as engine, engine.begin() as conn:
+        with db.connected(settings.database) as engine, engine.begin() as conn:
             mailing_list = create_list(conn, answers.list_name, now=settings.clock(), exist_ok=True)
         settings.signing_keys()  # a database kept from before whose key file is gone: say so now
     except NewsletterError:

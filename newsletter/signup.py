@@ -28,18 +28,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
-from .config import Settings
 from .errors import SubscriberError, TokenError
 from .membership import compare_and_set, record_consent, set_frequency
 from .providers import Message, Provider, Recipient
 from .content.publish import PublishedIssue, published_issues
 from .content.render import DARK, FONT_STACK, LIGHT, render_macro, render_template
+from .send.parts import SendParts
 from .send.transactional import Outcome, Outgoing, claim, send_messages
 from .addresses import email_key, normalise_email
 from .providers.headers import plain_name
 from .store import messages
 from .subscribers import MailingList
-from .tokens import CONFIRM_WINDOW, ConfirmLinks, UnsubscribeLinks
+from .tokens import CONFIRM_WINDOW, ConfirmLinks
 
 CONFIRMATIONS_PER_DAY = 3
 # Sign-ups per client are counted over this window, and forgotten after it.
@@ -104,10 +104,10 @@ def claimed(conn: Connection, due: Due | None, now: datetime) -> Due | None:
     return due if taken is None else None
 
 
-def client_key(settings: Settings, address: str) -> str:
+def client_key(signing_keys: list[str], address: str) -> str:
     """The client's address as the rate limit keeps it: a keyed hash, so that the database holds no
     reader's IP address unless record_consent_ip asks for it."""
-    secret = settings.signing_keys()[-1].encode()
+    secret = signing_keys[-1].encode()
     return hmac.new(secret, f"signup-client:{address}".encode(), hashlib.sha256).hexdigest()
 
 
@@ -363,29 +363,29 @@ def _member(conn: Connection, mailing_list: MailingList, subscriber_id: int) -> 
 
 
 def send_confirmations(
-    engine: Engine, settings: Settings, mailing_list: MailingList, subscriber_ids: list[int], provider: Provider
+    engine: Engine,
+    parts: SendParts,
+    mailing_list: MailingList,
+    subscriber_ids: list[int],
+    provider: Provider,
 ) -> list[Outcome]:
     """A confirmation mail to each of these unconfirmed members (an import's, with
     --require-confirmation), within today's limit per address, paced within the provider's rate
     limit; then `provider` is closed."""
-    now = settings.clock()
+    now = parts.clock()
     with db.reading(engine) as conn:
         dues = [
             due
             for subscriber_id in subscriber_ids
             if (
                 due := confirmation_due(
-                    conn, _member(conn, mailing_list, subscriber_id), settings.local_date(now), settings.from_name
+                    conn, _member(conn, mailing_list, subscriber_id), parts.clock.local_date(now), parts.sender.from_name
                 )
             )
         ]
-    unsubscribe, confirmations = UnsubscribeLinks(settings), ConfirmLinks(settings)
-    latest = next(iter(published_issues(settings)), None)
-    outgoing = [
-        compose(settings, due, unsubscribe=unsubscribe, confirmations=confirmations, now=now, latest=latest)
-        for due in dues
-    ]
-    return send_messages(engine, settings, provider, outgoing)
+    latest = next(iter(published_issues(parts.site)), None)
+    outgoing = [compose(parts, due, now=now, latest=latest) for due in dues]
+    return send_messages(engine, provider, outgoing, pacing=parts.pacing, clock=parts.clock)
 
 
 # -- the mails ----------------------------------------------------------------------------------------
@@ -400,11 +400,9 @@ _RECORDED_AS: dict[MailKind, str] = {
 
 
 def compose(
-    settings: Settings,
+    parts: SendParts,
     due: Due,
     *,
-    unsubscribe: UnsubscribeLinks,
-    confirmations: ConfirmLinks,
     now: datetime,
     latest: PublishedIssue | None,
 ) -> Outgoing:
@@ -414,14 +412,15 @@ def compose(
     `latest` issue's web version."""
     member = due.member
     list_id, subscriber_id, email = member.mailing_list.id, member.subscriber_id, member.email
-    unsubscribe_url, preferences_url = unsubscribe.urls(list_id, subscriber_id, email)
+    site, sender = parts.site, parts.sender
+    unsubscribe_url, preferences_url = parts.links.urls(list_id, subscriber_id, email)
     context = {
-        "newsletter": settings.from_name,
-        "postal_address": settings.postal_address,
-        "archive_url": f"{settings.base_url}/",
+        "newsletter": sender.from_name,
+        "postal_address": sender.postal_address,
+        "archive_url": f"{site.base_url}/",
         "list_title": member.mailing_list.description or member.mailing_list.name,
         "frequency": member.frequency,
-        "confirm_url": confirmations.url(list_id, subscriber_id, email, now) if due.kind == CONFIRM else "",
+        "confirm_url": parts.confirmations.url(list_id, subscriber_id, email, now) if due.kind == CONFIRM else "",
         "confirm_days": CONFIRM_WINDOW.days,
         "preferences_url": preferences_url,
         "unsubscribe_url": unsubscribe_url,
@@ -432,13 +431,13 @@ def compose(
         "fonts": FONT_STACK,
     }
     message = Message(
-        subject=render_macro(settings, "mail/subjects.j2", due.kind, settings.from_name),
-        html=render_template(settings, f"mail/{due.kind}.html.j2", context),
-        text=render_template(settings, f"mail/{due.kind}.txt.j2", context),
-        sender_email=settings.from_email,
-        sender_name=settings.from_name,
-        reply_to=settings.reply_to,
+        subject=render_macro(site, "mail/subjects.j2", due.kind, sender.from_name),
+        html=render_template(site, f"mail/{due.kind}.html.j2", context),
+        text=render_template(site, f"mail/{due.kind}.txt.j2", context),
+        sender_email=sender.from_email,
+        sender_name=sender.from_name,
+        reply_to=sender.reply_to,
     )
     # A confirmation goes to whoever typed the address, who is no member yet: nothing to leave.
-    headers = unsubscribe.headers(unsubscribe_url) if due.kind == WELCOME else {}
+    headers = parts.links.headers(unsubscribe_url) if due.kind == WELCOME else {}
     return Outgoing(due.key, message, Recipient(email, member.name, None, headers))

@@ -64,7 +64,8 @@ from .providers.headers import plain_text
 from .subscribers import check_details, get_list, read_pages
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from .sections import Delivery
+    from .send.parts import SendParts
     from .send.transactional import Outcome
 
 # Rows per staging transaction: large enough to amortise a transaction, small enough that the
@@ -355,15 +356,15 @@ class Imported:
     confirmations: list[Outcome] | None = None
 
 
-def confirmation_provider(settings: Settings, *, require_confirmation: bool, dry_run: bool) -> Provider | None:
+def confirmation_provider(delivery: Delivery, *, require_confirmation: bool, dry_run: bool) -> Provider | None:
     """What sends an import's confirmation mails: the configured provider if new rows must confirm
     (none for a dry run). Made before anything is stored, so that missing credentials stop the import
     first."""
-    return provider_for(settings) if require_confirmation and not dry_run else None
+    return provider_for(delivery) if require_confirmation and not dry_run else None
 
 
 def import_subscribers(
-    engine: Engine, settings: Settings, path: Path, *, list_name: str, provider: Provider | None = None,
+    engine: Engine, parts: SendParts, path: Path, *, list_name: str, provider: Provider | None = None,
     resubscribe: bool = False, require_confirmation: bool = False, rejects: Path | None = None,
     dry_run: bool = False, progress: Progress | None = None,
 ) -> Imported:  # fmt: skip
@@ -371,7 +372,7 @@ def import_subscribers(
     `provider` (see confirmation_provider) to each new row that waits for one; `progress` is then
     called with ("confirming", rows waiting). A dry run sends nothing."""
     report = import_csv(
-        engine, path, list_name=list_name, clock=settings.clock, resubscribe=resubscribe,
+        engine, path, list_name=list_name, clock=parts.clock, resubscribe=resubscribe,
         require_confirmation=require_confirmation, rejects=rejects, dry_run=dry_run, progress=progress,
     )  # fmt: skip
     if provider is None or dry_run:
@@ -383,7 +384,7 @@ def import_subscribers(
         mailing_list = get_list(conn, list_name)
     if progress:
         progress("confirming", len(report.to_confirm))
-    return Imported(report, send_confirmations(engine, settings, mailing_list, report.to_confirm, provider))
+    return Imported(report, send_confirmations(engine, parts, mailing_list, report.to_confirm, provider))
 
 
 def _stage(

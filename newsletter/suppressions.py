@@ -18,11 +18,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
 from . import db
-from .config import Settings
 from .errors import ProviderAuthError, SendError, SubscriberError
 from .membership import compare_and_set
 from .providers import AnswerLost, RequestImpossible, Suppression, SuppressionList, SuppressionSource, Verdict, registry
 from .addresses import email_key, normalise_email
+from .sections import Delivery
 
 
 def suppress(
@@ -89,7 +89,7 @@ class SyncResult:
 
 
 def sync_suppressions(
-    engine: Engine, settings: Settings, *, source: SuppressionSource | None = None, page_size: int | None = None
+    engine: Engine, delivery: Delivery, *, source: SuppressionSource | None = None, page_size: int | None = None
 ) -> list[SyncResult]:
     """Pull what is new on the provider's suppression lists and mark those subscribers.
 
@@ -100,13 +100,13 @@ def sync_suppressions(
     work and loses none. A suppression applies to every list the address is on. Every request goes
     through the send's retry loop (rate limits, outages, lost answers; `max_retries`).
     """
-    source = source or registry.suppressions(settings)
+    source = source or registry.suppressions(delivery)
     if source is None:
-        raise SendError(f"provider = {settings.provider!r} keeps no suppression lists: there is nothing to sync")
-    return asyncio.run(_sync(engine, settings, source, page_size or source.max_page_size))
+        raise SendError(f"provider = {delivery.provider!r} keeps no suppression lists: there is nothing to sync")
+    return asyncio.run(_sync(engine, delivery, source, page_size or source.max_page_size))
 
 
-async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, page_size: int) -> list[SyncResult]:
+async def _sync(engine: Engine, delivery: Delivery, source: SuppressionSource, page_size: int) -> list[SyncResult]:
     # Imported here: the send package imports this module (`suppress`).
     from .send.pacing import Exchange, RateLimiter, Requests
 
@@ -114,7 +114,7 @@ async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, p
         await source.aclose()
         raise ValueError(f"page_size must be 1..{source.max_page_size}")
     # A read changes nothing at the provider: one whose answer was lost is asked again too.
-    requests = Requests(source, RateLimiter(settings.send_rate_limit), settings.max_retries, retry_lost=True)
+    requests = Requests(source, RateLimiter(delivery.pacing.send_rate_limit), delivery.pacing.max_retries, retry_lost=True)
 
     async def fetch(request: Any) -> Any:
         try:
@@ -134,7 +134,7 @@ async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, p
                 since = conn.execute(
                     select(db.sync_state.c.last_created).where(db.sync_state.c.kind == suppression_list.kind)
                 ).scalar()
-            until = int(settings.clock().timestamp())
+            until = int(delivery.clock().timestamp())
             result = SyncResult(suppression_list, since)
             newest = since
             async for page in source.pages(suppression_list, since, until, page_size, fetch):
@@ -151,7 +151,7 @@ async def _sync(engine: Engine, settings: Settings, source: SuppressionSource, p
                             subscriber_id=subscriber_id,
                             status=suppression_list.status,
                             source=SYNC_SOURCE,
-                            now=settings.clock(),
+                            now=delivery.clock(),
                             detail=_detail(suppression_list, entry),
                         )
             if newest is not None and newest != since:

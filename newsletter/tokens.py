@@ -36,8 +36,8 @@ from urllib.parse import quote
 
 from itsdangerous import BadSignature, Signer, TimestampSigner
 
-from .config import Settings
 from .errors import TokenError
+from .sections import Links
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -76,17 +76,17 @@ class UnsubscribeLinks:
     subscriber id that may hold a link signed without the address (db.legacy_links; 0: none).
     """
 
-    def __init__(self, settings: Settings, *, legacy_up_to: int = 0) -> None:
+    def __init__(self, links: Links, *, legacy_up_to: int = 0) -> None:
         # itsdangerous signs with the last key and accepts any of them, so old links keep working
         # after a rotation; verify_signature() compares in constant time. Separate salts keep a
         # signature of one form from ever passing for the other.
-        keys = list(reversed(settings.signing_keys()))
+        keys = list(reversed(links.signing_keys()))
         self._signer = Signer(keys, salt="newsletter.unsubscribe.address", sep=".", digest_method=hashlib.sha256)
         self._legacy_signer = Signer(keys, salt="newsletter.unsubscribe", sep=".", digest_method=hashlib.sha256)
         self._legacy_up_to = legacy_up_to
-        self._tickets = _ClockedTimestampSigner(keys, "newsletter.resubscribe", settings.clock)
-        self._base_url = settings.base_url
-        self._mailto = settings.unsubscribe_mailto
+        self._tickets = _ClockedTimestampSigner(keys, "newsletter.resubscribe", links.clock)
+        self._base_url = links.base_url
+        self._mailto = links.unsubscribe_mailto
 
     def token(self, list_id: int, subscriber_id: int, email: str) -> str:
         payload = f"{_to_base36(list_id)}.{_to_base36(subscriber_id)}"
@@ -175,10 +175,10 @@ class Confirmation:
 class ConfirmLinks:
     """Makes and reads sign-up confirmation tokens with the project's signing keys."""
 
-    def __init__(self, settings: Settings) -> None:
-        keys = list(reversed(settings.signing_keys()))
+    def __init__(self, links: Links) -> None:
+        keys = list(reversed(links.signing_keys()))
         self._signer = Signer(keys, salt="newsletter.confirm", sep=".", digest_method=hashlib.sha256)
-        self._base_url = settings.base_url
+        self._base_url = links.base_url
 
     def token(self, list_id: int, subscriber_id: int, email: str, issued_at: datetime) -> str:
         issued = (issued_at - _EPOCH) // timedelta(microseconds=1)
@@ -228,7 +228,7 @@ def _canonical_base64(text: str) -> bool:
 
 
 class _ClockedTimestampSigner(TimestampSigner):
-    """itsdangerous' TimestampSigner on the project's clock (Settings.clock, pinned in tests)."""
+    """itsdangerous' TimestampSigner on the project's clock (sections.Clock, pinned in tests)."""
 
     def __init__(self, keys: list[str], salt: str, clock: Callable[[], datetime]) -> None:
         super().__init__(keys, salt=salt, sep=".", digest_method=hashlib.sha256)

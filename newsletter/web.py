@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -46,12 +47,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import db
 from .config import Settings
-from .content.render import DARK, FONT_STACK, LIGHT, environment
+from .content.render import DARK, FONT_STACK, LIGHT, environment, page_language, translations
 from .providers import Feedback, Refusal, registry
 from .readers import ConfirmationPage, Mailer, Readers, Rules, SignUpQueue, unsubscribe_links
-from .signup import Member
+from .sections import Site
+from .signup import Member, client_key
 from .subscribers import MailingList
-from .tokens import CONFIRM_WINDOW, RESUBSCRIBE_WINDOW, ConfirmLinks
+from .tokens import CONFIRM_WINDOW, RESUBSCRIBE_WINDOW
+from .wiring import send_parts
 
 # The page's button and a mail client's one-click POST send a field or two.
 MAX_FORM_BODY = 16 * 1024
@@ -67,13 +70,13 @@ PAGE_HEADERS = {
 }
 
 
-def _public_csp(settings: Settings) -> str:
+def _public_csp(assets_url: str) -> str:
     """The Content-Security-Policy of the public folder's files (archive, web versions, feed).
 
     They are static pages with inline styles, system fonts and no script; thumbnails come from the
     configured asset URL or any https address (a digest may link a hosted image).
     """
-    asset_origin = "{0.scheme}://{0.netloc}".format(urlsplit(settings.assets_url))
+    asset_origin = "{0.scheme}://{0.netloc}".format(urlsplit(assets_url))
     return (
         f"default-src 'none'; img-src 'self' {asset_origin} https: data:; style-src 'unsafe-inline'; "
         "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
@@ -98,12 +101,12 @@ def _as_the_templates_name_it(member: Member) -> dict[str, str]:
 class _Pages:
     """The site's HTML pages, in the email's palette and fonts, each with PAGE_HEADERS."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._env = environment(settings)
+    def __init__(self, site: Site) -> None:
+        self._env = environment(site)
         self._values = {
-            "newsletter": settings.from_name,
-            "postal_address": settings.postal_address,
-            "archive_url": f"{settings.base_url}/",
+            "newsletter": site.from_name,
+            "postal_address": site.postal_address,
+            "archive_url": f"{site.base_url}/",
             "light": LIGHT,
             "dark": DARK,
             "fonts": FONT_STACK,
@@ -351,13 +354,14 @@ _ROUTES = [
 def create_app(settings: Settings) -> ASGIApp:
     """The whole site as one ASGI app, its collaborators built here, once, with its own engine
     (disposed of when the app shuts down)."""
-    engine = db.connect(settings)
-    links, confirmations = unsubscribe_links(settings, engine), ConfirmLinks(settings)
-    readers = Readers(engine, links, confirmations, Rules.of(settings))
-    mailer = Mailer(settings, engine, readers.transaction, links, confirmations)
-    pages = _Pages(settings)
-    feedback = registry.feedback(settings)
-    public_dir = settings.path(settings.public_dir)
+    engine = db.connect(settings.database)
+    site = settings.site
+    parts = send_parts(settings, unsubscribe_links(settings.links, engine))
+    readers = Readers(engine, parts.links, parts.confirmations, _rules(settings))
+    mailer = Mailer(parts, engine, readers.transaction)
+    pages = _Pages(site)
+    feedback = registry.feedback(settings.provider_section)
+    public_dir = site.public_dir
     public_dir.mkdir(parents=True, exist_ok=True)
     app = Starlette(
         routes=[*_ROUTES, Mount("/", StaticFiles(directory=public_dir, html=True))],
@@ -369,7 +373,18 @@ def create_app(settings: Settings) -> ASGIApp:
         f"/webhooks/{name}": hook.max_body for name, hook in feedback.items() if not isinstance(hook, Refusal)
     }
     limited = _BodyLimit(app, webhook_limits, MAX_FORM_BODY)
-    return _SecurityHeaders(_NulRefused(limited, pages.invalid(400)), _public_csp(settings))
+    return _SecurityHeaders(_NulRefused(limited, pages.invalid(400)), _public_csp(site.assets_url))
+
+
+def _rules(settings: Settings) -> Rules:
+    return Rules(
+        newsletter=settings.from_name,
+        signup_rate_per_hour=settings.signup_rate_per_hour,
+        record_consent_ip=settings.record_consent_ip,
+        clock=settings.clock,
+        client_key=functools.partial(client_key, settings.signing_keys()),
+        messages=translations(page_language(settings.site)),
+    )
 
 
 async def _client_gone(_request: Request, _error: Exception) -> Response:

@@ -27,7 +27,7 @@ def engine_of(settings: Settings) -> Engine:
     of the test session, one per database URL."""
     url = settings.resolved_database_url
     if url not in _engines:
-        _engines[url] = db.connect(settings)
+        _engines[url] = db.connect(settings.database)
     return _engines[url]
 
 

@@ -160,7 +160,7 @@ def test_the_signing_key_file_is_made_with_the_database_readable_only_by_its_own
     key_file = tmp_path / "subscribers" / "secret.key"
     key_file.parent.mkdir()  # as a fresh clone has it
     settings = load_settings()
-    db.connect(settings).dispose()
+    db.connect(settings.database).dispose()
     assert key_file.stat().st_mode & 0o777 == 0o600
     first = settings.signing_keys()
     assert len(first[0]) >= 32 and load_settings().signing_keys() == first
@@ -194,7 +194,7 @@ def test_a_missing_key_file_is_an_error_and_never_silently_replaced(tmp_path: Pa
     config = tmp_path / "newsletter.toml"
     config.write_text(f'database_url = "sqlite:///{tmp_path / "newsletter.db"}"\n')
     settings = load_settings(config)
-    db.connect(settings).dispose()
+    db.connect(settings.database).dispose()
     key_file = tmp_path / "subscribers" / "secret.key"
     key_file.unlink()
 
@@ -228,13 +228,13 @@ def test_a_key_file_that_cannot_be_created_leaves_no_database_behind(tmp_path: P
     (tmp_path / "not-a-folder").write_text("a file where the key's folder should be")
     broken = load_settings(secret_key_file="not-a-folder/secret.key")
     with pytest.raises(ConfigError, match="not-a-folder/secret.key: cannot create the secret key file"):
-        db.connect(broken)
+        db.connect(broken.database)
     # The schema was not created without its key: the next run, with the setting fixed, makes both.
     engine = create_engine(broken.resolved_database_url)
     assert "lists" not in inspect(engine).get_table_names()
     engine.dispose()
     fixed = load_settings()
-    db.connect(fixed).dispose()
+    db.connect(fixed.database).dispose()
     assert len(fixed.signing_keys()[0]) >= 32
 
 

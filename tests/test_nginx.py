@@ -172,8 +172,8 @@ def test_a_spoofed_header_gets_no_extra_sign_ups_and_two_visitors_have_their_own
 def test_no_token_reaches_nginx_logs_whether_the_server_answers_or_not(proxied: Proxied) -> None:
     settings = load_settings(proxied.config)
     (sid,) = add_subscribers(settings, 1, ["reader@example.com"], db.SUBSCRIBED)
-    unsubscribe = UnsubscribeLinks(settings).token(1, sid, "reader@example.com")
-    confirm = ConfirmLinks(settings).token(1, sid, "reader@example.com", settings.clock())
+    unsubscribe = UnsubscribeLinks(settings.links).token(1, sid, "reader@example.com")
+    confirm = ConfirmLinks(settings.links).token(1, sid, "reader@example.com", settings.clock())
     paths = [f"/unsubscribe/{unsubscribe}", f"/preferences/{unsubscribe}", f"/confirm/{confirm}"]
 
     def visit(client: httpx.Client) -> list[int]:

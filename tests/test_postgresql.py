@@ -51,6 +51,7 @@ from newsletter.webhook import apply_events
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, configure, dispose_engine, engine_of, write_config
 from testkit.servers import free_port, serving, wait_for_port
+from newsletter.wiring import send_parts
 
 from .support import run_newsletter, start_newsletter
 from .web import UNSTORABLE_BOUNCE_DETAIL, UNSTORABLE_COUNTS, UNSTORABLE_EVENT_IDS, batch_with_unstorable_text
@@ -371,15 +372,15 @@ def test_a_send_honours_an_unsubscribe_stops_on_an_outage_and_resumes(
         with engine.begin() as conn:
             unsubscribe(conn, list_id=box["list_id"], email=unsubscribe_at_start, now=settings.clock())
 
-        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
+        plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
         assert (plan.recipients, plan.batches) == (299, 3)
-        first = send.send_campaign(engine_of(settings), settings, plan)
+        first = send.send_campaign(engine_of(settings), send_parts(settings), plan)
         assert isinstance(first.error, SendError) and "503" in str(first.error)
         assert (first.finished, first.counts[db.SENT], first.counts[db.PENDING]) == (False, 100, 199)
 
-        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
+        plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
         assert plan.campaign is not None and plan.recipients == 199
-        second = send.send_campaign(engine_of(settings), settings, plan)
+        second = send.send_campaign(engine_of(settings), send_parts(settings), plan)
 
         assert second.finished and second.error is None
         assert (second.counts[db.SENT], second.counts[db.SKIPPED]) == (298, 1)
@@ -656,8 +657,10 @@ def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, datab
         with engine.begin() as conn:
             create_list(conn, LIST, now=settings.clock())
         import_csv(engine, write_csv(tmp_path / "people.csv", 1000), list_name=LIST, clock=settings.clock)
-        send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        send.start_campaign(
+            engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+        )
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
         sent_at = time.monotonic()
         restarts[0].join(120)
 
@@ -671,7 +674,7 @@ def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, datab
         assert report.error is None and set(received) == set(states)
     else:  # the restart outlasted the retries: whatever SendGrid accepted is recorded, nothing lost
         assert {state for state, _, _ in states.values()} <= {db.SENT, db.UNCERTAIN, db.PENDING}
-        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
         assert resumed.finished and max(Counter(fake.delivered()).values()) == 1
 
 
@@ -682,7 +685,7 @@ def test_the_daily_runs_lock_holds_across_connections_and_is_released(pg_setting
     engine = engine_of(pg_settings)
     with RunLock(engine, pg_settings.clock, "the first run") as first:
         # Another host's run: its own engine, so nothing is shared but the database.
-        elsewhere = db.connect(pg_settings)
+        elsewhere = db.connect(pg_settings.database)
         try:
             with pytest.raises(RunLocked, match=r"another run holds the run lock: \d+@"):
                 RunLock(elsewhere, pg_settings.clock, "the second run").acquire()

@@ -182,8 +182,8 @@ def reported(sent: Sent) -> Sent:
 @pytest.mark.slow
 def test_the_report_counts_each_reader_once_without_machine_opens(reported: Sent) -> None:
     issues = _report(reported.project, "--date", DAY)["issues"]
-    titles = {p.rank: p.title for p in load_digest(reported.settings, date(2026, 1, 23)).papers}
-    papers = [p for p in load_digest(reported.settings, date(2026, 1, 23)).papers]
+    titles = {p.rank: p.title for p in load_digest(reported.settings.site, date(2026, 1, 23)).papers}
+    papers = [p for p in load_digest(reported.settings.site, date(2026, 1, 23)).papers]
     assert issues == [
         {
             "date": DAY,
@@ -385,7 +385,7 @@ def test_papers_are_read_from_the_issue_as_sent(reported: Sent) -> None:
     with engine_of(reported.settings).connect() as conn:
         html = conn.execute(select(db.campaigns.c.html).where(db.campaigns.c.id == reported.campaigns[DAY])).scalar_one()
     papers, links = papers_of(html)
-    digest = load_digest(reported.settings, date(2026, 1, 23))
+    digest = load_digest(reported.settings.site, date(2026, 1, 23))
     assert papers == [(p.rank, p.title, p.url) for p in digest.papers]
     assert links[f"{reported.settings.base_url}/{DAY}/#paper-3"] == 3
     assert f"{reported.settings.base_url}/{DAY}/" not in links and UNSUBSCRIBE_TAG not in links

@@ -78,7 +78,7 @@ class Site:
 
     def subject(self, kind: str) -> str:
         """The subject of the sign-up mails of `kind`, in the readers' language."""
-        return render_macro(self.settings, "mail/subjects.j2", kind, self.settings.from_name)
+        return render_macro(self.settings.site, "mail/subjects.j2", kind, self.settings.from_name)
 
     def _bodies(self, email: str) -> list[dict]:
         return [r.body for r in list(self.fake.records) if r.delivered and email in r.emails and r.body]
@@ -286,7 +286,7 @@ def test_a_filled_honeypot_stores_and_sends_nothing_and_answers_as_a_person_woul
     a = db.signup_attempts.c
     with engine_of(site.settings).connect() as conn:
         attempts = {
-            client: conn.execute(select(func.count()).where(a.client == client_key(site.settings, client))).scalar_one()
+            client: conn.execute(select(func.count()).where(a.client == client_key(site.settings.signing_keys(), client))).scalar_one()
             for client in (bot, person)
         }
     assert attempts == {bot: 0, person: 1}
@@ -307,7 +307,7 @@ def test_an_invalid_address_gets_the_form_again_with_one_line_in_our_words(site:
     assert answer.status_code == 400
     assert 'role="alert"' in answer.text and "aria-invalid=\"true\"" in answer.text and 'value="Kept Name"' in answer.text
     # In the pages' language, and never the validator's own words.
-    words = translations(page_language(site.settings)).gettext(said)
+    words = translations(page_language(site.settings.site)).gettext(said)
     assert f'role="alert">{html.escape(words)}</p>' in answer.text and "@-sign" not in answer.text
 
 
@@ -347,10 +347,10 @@ def test_forged_altered_and_cross_list_links_get_the_unsubscribe_404(site: Site)
     invalid = site.http.get(f"{site.url}/unsubscribe/nonsense")
     assert invalid.status_code == 404
     sid, email = _unconfirmed(site, "forged@example.com")
-    links = ConfirmLinks(site.settings)
+    links = ConfirmLinks(site.settings.links)
     good = links.token(site.double, sid, email, datetime.now(timezone.utc))
-    other_key = ConfirmLinks(site.settings.model_copy(update={"secret_key": SecretStr("another-signing-key!")}))
-    unsubscribe_token = UnsubscribeLinks(site.settings).token(site.double, sid, email)
+    other_key = ConfirmLinks(site.settings.model_copy(update={"secret_key": SecretStr("another-signing-key!")}).links)
+    unsubscribe_token = UnsubscribeLinks(site.settings.links).token(site.double, sid, email)
     bad = [
         good[:-1] + ("A" if good[-1] != "A" else "B"),  # altered signature
         good + "%0A",
@@ -368,7 +368,7 @@ def test_forged_altered_and_cross_list_links_get_the_unsubscribe_404(site: Site)
 
 def test_an_expired_link_offers_a_fresh_one(site: Site) -> None:
     sid, email = _unconfirmed(site, "late@example.com")
-    old = ConfirmLinks(site.settings).url(site.double, sid, email, datetime.now(timezone.utc) - timedelta(days=8))
+    old = ConfirmLinks(site.settings.links).url(site.double, sid, email, datetime.now(timezone.utc) - timedelta(days=8))
     old = old.replace(site.settings.base_url, site.url)
     page = site.http.get(old)
     assert page.status_code == 200 and "만료" in page.text and 'name="resend"' in page.text
@@ -384,11 +384,11 @@ def test_an_expired_link_offers_a_fresh_one(site: Site) -> None:
 @pytest.mark.slow
 def test_a_fresh_link_past_the_days_limit_says_so(site: Site) -> None:
     sid, email = _unconfirmed(site, "used.up@example.com")
-    old = ConfirmLinks(site.settings).url(site.double, sid, email, datetime.now(timezone.utc) - timedelta(days=8))
+    old = ConfirmLinks(site.settings.links).url(site.double, sid, email, datetime.now(timezone.utc) - timedelta(days=8))
     old = old.replace(site.settings.base_url, site.url)
     pages = [site.http.post(old, data={"resend": "yes"}).text for _ in range(4)]
     assert ["새 확인 메일을 보냈습니다" in page for page in pages] == [True, True, True, False]
-    limit = translations(page_language(site.settings)).gettext("No more links today")
+    limit = translations(page_language(site.settings.site)).gettext("No more links today")
     assert limit in pages[3] and 'name="resend"' not in pages[3]
     assert len(site.mails_to(email, expect=4, wait=2)) == 3
 
@@ -396,7 +396,7 @@ def test_a_fresh_link_past_the_days_limit_says_so(site: Site) -> None:
 @pytest.mark.slow
 def test_a_confirmation_link_ends_after_its_days_whatever_the_readers_status(site: Site) -> None:
     (sid,) = add_subscribers(site.settings, site.double, ["long.subscribed@example.com"])
-    links = ConfirmLinks(site.settings)
+    links = ConfirmLinks(site.settings.links)
     old = links.url(site.double, sid, "long.subscribed@example.com", datetime.now(timezone.utc) - timedelta(days=8))
     old = old.replace(site.settings.base_url, site.url)
     for answer in (site.http.get(old), site.http.post(old, data={"confirm": "yes"}), site.http.post(old, data={"resend": "yes"})):
@@ -412,7 +412,7 @@ def test_a_link_from_before_the_reader_left_does_not_bring_them_back(site: Site)
     link = confirm_link(mail)
     assert site.http.post(link, data={"confirm": "yes"}).status_code == 200
     sid = subscriber_id(site.settings, email)
-    unsubscribe = UnsubscribeLinks(site.settings).token(site.double, sid, email)
+    unsubscribe = UnsubscribeLinks(site.settings.links).token(site.double, sid, email)
     assert site.http.post(f"{site.url}/unsubscribe/{unsubscribe}", data={"confirm": "yes"}).status_code == 200
     assert "만료" in site.http.post(link, data={"confirm": "yes"}).text
     assert status_of(site.settings, site.double, sid) == db.UNSUBSCRIBED
@@ -423,7 +423,7 @@ def test_link_times_are_compared_to_the_microsecond(site: Site) -> None:
     # issued 0.2 s after (they signed up again) is not.
     (sid,) = add_subscribers(site.settings, site.double, ["same.second@example.com"], db.UNCONFIRMED)
     left_at = datetime(2026, 1, 23, 9, 0, 0, 700_000, tzinfo=timezone.utc)
-    engine, links = engine_of(site.settings), ConfirmLinks(site.settings)
+    engine, links = engine_of(site.settings), ConfirmLinks(site.settings.links)
     with engine.begin() as conn:
         assert compare_and_set(
             conn, list_id=site.double, subscriber_id=sid, expected=db.UNCONFIRMED, status=db.UNSUBSCRIBED,
@@ -473,7 +473,7 @@ def test_two_confirms_at_the_same_moment_send_one_welcome(site: Site) -> None:
 
 def test_preferences_switch_to_weekly_and_leave(site: Site) -> None:
     (sid,) = add_subscribers(site.settings, site.double, ["prefs@example.com"])
-    token = UnsubscribeLinks(site.settings).token(site.double, sid, "prefs@example.com")
+    token = UnsubscribeLinks(site.settings.links).token(site.double, sid, "prefs@example.com")
     url = f"{site.url}/preferences/{token}"
     page = site.http.get(url)
     assert page.status_code == 200 and 'value="daily" checked' in page.text
@@ -502,7 +502,7 @@ def test_preferences_switch_to_weekly_and_leave(site: Site) -> None:
 
 def test_the_unsubscribe_page_offers_weekly_instead(site: Site) -> None:
     (sid,) = add_subscribers(site.settings, site.double, ["tired@example.com"])
-    token = UnsubscribeLinks(site.settings).token(site.double, sid, "tired@example.com")
+    token = UnsubscribeLinks(site.settings.links).token(site.double, sid, "tired@example.com")
     page = site.http.get(f"{site.url}/unsubscribe/{token}")
     assert f'action="../preferences/{token}"' in page.text and 'name="frequency" value="weekly"' in page.text
     answer = site.http.post(f"{site.url}/preferences/{token}", data={"frequency": "weekly"})

@@ -115,7 +115,7 @@ def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) 
     for n, email in enumerate(emails):
         _add(fake, "unsubscribes", email, NOW - 5000 + n)
 
-    [unsubscribes, *others] = sync_suppressions(engine_of(settings), settings)
+    [unsubscribes, *others] = sync_suppressions(engine_of(settings), settings.delivery)
     assert (unsubscribes.fetched, unsubscribes.changed, unsubscribes.unknown) == (1203, 1203, 0)
     pages = _reads(fake, "unsubscribes")
     assert [(p["offset"], p["limit"], p.get("start_time"), p["end_time"]) for p in pages] == [
@@ -136,7 +136,7 @@ def test_pages_of_500_then_only_what_is_new(tmp_path: Path, fake: FakeSendGrid) 
         _add(fake, "unsubscribes", email, newest + 10 + n)
     _add(fake, "unsubscribes", "same@example.com", newest)
     fake.reads.records.clear()
-    [again, *_] = sync_suppressions(engine_of(settings), settings)
+    [again, *_] = sync_suppressions(engine_of(settings), settings.delivery)
     assert [p["start_time"] for p in _reads(fake, "unsubscribes")] == [str(newest)]
     assert (again.fetched, again.changed) == (5, 4)  # reader1202 comes again and changes nothing
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in new_ids)
@@ -156,7 +156,7 @@ def test_statuses_only_get_stronger_and_unknown_addresses_are_counted(
     _add(fake, "invalid_emails", "odd..dots@example.com", NOW - 10, reason="Invalid address")
     _add(fake, "spam_reports", "nobody@example.com", NOW - 10)
 
-    results = {result.suppression_list.kind: result for result in sync_suppressions(engine_of(settings), settings)}
+    results = {result.suppression_list.kind: result for result in sync_suppressions(engine_of(settings), settings.delivery)}
     assert status_of(settings, daily, complainer) == db.COMPLAINED  # not weakened to unsubscribed
     assert status_of(settings, weekly, complainer) == db.UNSUBSCRIBED
     assert status_of(settings, daily, odd) == db.BOUNCED
@@ -169,7 +169,7 @@ def test_a_missing_api_key_is_one_clear_error_and_asks_nothing(tmp_path: Path, f
     config = write_config(tmp_path, sendgrid_api_url=fake.url)
     settings = load_settings(config)
     with pytest.raises(MissingAPIKey, match="SENDGRID_API_KEY"):
-        sync_suppressions(engine_of(settings), settings)
+        sync_suppressions(engine_of(settings), settings.delivery)
     result = run_newsletter("--config", str(config), "subscribers", "sync")
     assert result.returncode == 1
     assert result.stderr.count("SENDGRID_API_KEY is not set") == 1 and "Traceback" not in result.stderr
@@ -182,7 +182,7 @@ def test_a_refused_key_stops_the_sync_without_showing_the_key(tmp_path: Path, st
     with FakeSendGrid(read_script=[str(status)]) as fake:
         settings = _settings(tmp_path, fake.url)
         with pytest.raises(ProviderAuthError) as raised:
-            sync_suppressions(engine_of(settings), settings)
+            sync_suppressions(engine_of(settings), settings.delivery)
     assert str(raised.value) == (
         f"SendGrid refused the API key ({status}): check SENDGRID_API_KEY and that the key has read access "
         "to suppressions (GET /v3/suppression/unsubscribes)"
@@ -199,14 +199,14 @@ def test_an_interrupted_sync_loses_nothing(tmp_path: Path) -> None:
         for n in range(700):
             _add(fake, "unsubscribes", f"r{n}@example.com", NOW - 1000 + n)
         with pytest.raises(SendError) as raised:
-            sync_suppressions(engine_of(settings), settings)
+            sync_suppressions(engine_of(settings), settings.delivery)
         assert str(raised.value) == "GET /v3/suppression/unsubscribes failed: SendGrid answered 500: internal server error"
         # The first page is in; the list's sync point has not moved, so the next sync reads it all again.
         changed = sum(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
         assert changed == 500
         assert _sync_state(settings) == {}
 
-        [unsubscribes, *_] = sync_suppressions(engine_of(settings), settings)
+        [unsubscribes, *_] = sync_suppressions(engine_of(settings), settings.delivery)
     assert (unsubscribes.fetched, unsubscribes.changed) == (700, 200)
     assert all(status_of(settings, daily, i) == db.UNSUBSCRIBED for i in ids)
     with engine_of(settings).connect() as conn:
@@ -246,7 +246,7 @@ def test_an_unreachable_sendgrid_is_named_with_the_socket_error_only(tmp_path: P
     # A connection error's text comes from the socket layer, before any header is written.
     expected = r"could not reach SendGrid at http://127\.0\.0\.1:\d+/v3/suppression/\w+ \(ConnectError: [^)]*\)$"
     with pytest.raises(SendError, match=expected):
-        sync_suppressions(engine_of(settings), settings)
+        sync_suppressions(engine_of(settings), settings.delivery)
 
 
 # -- what is asked again, and what an error says: both providers, through the CLI ----------------------

@@ -60,7 +60,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     list_id = add_list(settings, "daily-papers", "Daily Papers")
     other_list_id = add_list(settings, "weekly", "Weekly digest")
     with serving(config) as url:
-        yield Site(url, settings, UnsubscribeLinks(settings), list_id, other_list_id)
+        yield Site(url, settings, UnsubscribeLinks(settings.links), list_id, other_list_id)
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_a_forwarded_link_cannot_resubscribe_someone_who_left(site: Site, client
     late = load_settings(
         site.settings.config_dir / "newsletter.toml", now=datetime.now(timezone.utc) - timedelta(hours=25)
     )
-    stale = UnsubscribeLinks(late).resubscribe_ticket(url.rsplit("/", 1)[1])
+    stale = UnsubscribeLinks(late.links).resubscribe_ticket(url.rsplit("/", 1)[1])
 
     # Someone else holding the link: what they see offers no way back…
     assert "resubscribe" not in client.get(url).text
@@ -216,7 +216,7 @@ def test_resubscribe_tickets_last_a_day() -> None:
 
     def links(hours: float) -> UnsubscribeLinks:
         settings = load_settings(secret_key="test-signing-key", now=issued + timedelta(hours=hours))
-        return UnsubscribeLinks(settings)
+        return UnsubscribeLinks(settings.links)
 
     token = links(0).token(1, 2, "reader@example.com")
     ticket = links(0).resubscribe_ticket(token)
@@ -228,7 +228,7 @@ def test_resubscribe_tickets_last_a_day() -> None:
 
 def test_the_mailto_target_is_percent_encoded() -> None:
     settings = load_settings(secret_key="test-signing-key", unsubscribe_mailto="leave?now&x=1@example.com")
-    headers = UnsubscribeLinks(settings).headers("https://papers.example.com/unsubscribe/t")
+    headers = UnsubscribeLinks(settings.links).headers("https://papers.example.com/unsubscribe/t")
     assert headers["List-Unsubscribe"] == (
         "<https://papers.example.com/unsubscribe/t>, "
         "<mailto:leave%3Fnow%26x%3D1@example.com?subject=unsubscribe>"
@@ -242,19 +242,19 @@ def test_a_test_copys_links_lead_to_a_page_that_says_so_and_change_nothing(site:
         mailing_list = get_list(conn, "daily-papers")
     # Without a campaign, as send_test addresses an issue to the --to addresses.
     addressing = Addressing(
-        site.settings,
+        site.settings.sender,
         Content("[TEST] Daily Papers", "<p>issue</p>", "issue"),
         mailing_list=mailing_list,
         campaign_id=None,
         links=site.links,
-        provider=registry.provider_for(site.settings, connect=False),
+        provider=registry.provider_for(site.settings.delivery, connect=False),
     )
     copies = {
         "a member of the list": addressing.recipient(Reader(0, member_id, "tester.member@example.com", None)),
         "a subscriber of another list": addressing.recipient(Reader(0, elsewhere_id, "tester.elsewhere@example.com", None)),
         "no subscriber": addressing.recipient(Reader(0, 0, "editor@example.org", None)),
     }
-    title = translations(page_language(site.settings)).gettext("This email is a test copy")
+    title = translations(page_language(site.settings.site)).gettext("This email is a test copy")
     for who, copy in copies.items():
         # No List-Unsubscribe: a mail client's button would do nothing.
         assert copy.headers == {} and copy.tags == {}, who
@@ -287,7 +287,7 @@ def test_bad_links_get_the_same_page_and_change_nothing(
     token = site.links.token(site.list_id, subscriber_id, "target@example.com")
     list_part, subscriber_part, signature = token.split(".")
     altered = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
-    forger = UnsubscribeLinks(load_settings(secret_key="not-our-signing-key", config_dir=tmp_path))
+    forger = UnsubscribeLinks(load_settings(secret_key="not-our-signing-key", config_dir=tmp_path).links)
     erased_id, _ = _member(site, "erased@example.com")
     erased_token = site.links.token(site.list_id, erased_id, "erased@example.com")
     with engine_of(site.settings).begin() as conn:
@@ -401,7 +401,7 @@ def test_links_signed_with_a_rotated_out_key_still_work(tmp_path: Path) -> None:
     old_settings = load_settings(write_config(tmp_path, secret_key="the-old-signing-key"))
     list_id = add_list(old_settings, "daily-papers")
     (subscriber_id,) = add_subscribers(old_settings, list_id, ["rotated@example.com"])
-    old_token = UnsubscribeLinks(old_settings).token(list_id, subscriber_id, "rotated@example.com")
+    old_token = UnsubscribeLinks(old_settings.links).token(list_id, subscriber_id, "rotated@example.com")
     config = write_config(tmp_path, secret_key="the-new-signing-key", old_secret_keys=["the-old-signing-key"])
     with serving(config) as url, httpx.Client(timeout=30) as http:
         assert http.post(f"{url}/unsubscribe/{old_token}", **ONE_CLICK).status_code == 200

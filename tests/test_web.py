@@ -120,7 +120,7 @@ def test_the_confirmation_page_in_a_real_browser(tmp_path: Path) -> None:
     list_id = add_list(settings, "daily-papers", "Daily Papers")
     (subscriber_id,) = add_subscribers(settings, list_id, ["독자@example.com"])
     with serving(config) as url:
-        page = f"{url}/unsubscribe/{UnsubscribeLinks(settings).token(list_id, subscriber_id, '독자@example.com')}"
+        page = f"{url}/unsubscribe/{UnsubscribeLinks(settings.links).token(list_id, subscriber_id, '독자@example.com')}"
         phone = _screenshot(page, tmp_path / "phone.png", 390, 844, tmp_path / "profile")
         desktop = _screenshot(page, tmp_path / "desktop.png", 1280, 800, tmp_path / "profile")
         dark = _screenshot(page, tmp_path / "dark.png", 390, 844, tmp_path / "profile", "--force-dark-mode")
@@ -179,7 +179,7 @@ def test_oversized_bodies_are_refused_at_once_and_nothing_is_spooled(tmp_path: P
     settings = load_settings(config)
     list_id = add_list(settings, "daily-papers")
     (subscriber_id,) = add_subscribers(settings, list_id, ["slow.upload@example.com"])
-    token = UnsubscribeLinks(settings).token(list_id, subscriber_id, "slow.upload@example.com")
+    token = UnsubscribeLinks(settings.links).token(list_id, subscriber_id, "slow.upload@example.com")
     spool = tmp_path / "tmp"
     spool.mkdir()
     form = {"Content-Type": "application/x-www-form-urlencoded"}

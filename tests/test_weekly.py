@@ -29,6 +29,7 @@ from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, add_subscribers, configure, engine_of, seed
 from testkit.servers import serving
+from newsletter.wiring import send_parts
 
 from .send_helpers import KEY_ENV
 from .support import EXAMPLE_DIGEST, run_newsletter, write_thumbnails
@@ -174,7 +175,7 @@ def test_a_paper_counts_once_with_its_most_upvotes_and_its_first_day(project: Pa
     tiny_digest(folder, "2026-01-26", [(hf(8), 999)])  # the Monday after
 
     settings = configure(project, weekly_top=5)
-    week = load_week(settings, WEEK)
+    week = load_week(settings.site, WEEK)
 
     assert [d.date.day for d in week.digests] == [19, 21, 25]
     shown = [(p.paper.rank, p.paper.url, p.paper.upvotes, p.day.day) for p in week.papers]
@@ -204,7 +205,7 @@ def test_the_weekly_email_names_the_week_and_each_cards_day(project: Path) -> No
     write_thumbnails(project / "digests" / "2026-01-23.md")
     settings = configure(project, base_url="https://papers.example.com")
 
-    issue = render_issue(load_week(settings, WEEK), settings)
+    issue = render_issue(load_week(settings.site, WEEK), settings.site)
 
     assert issue.subject == "주간 논문 2026년 1월 19일–25일 — EvoCUA 외 9편"
     assert issue.web_url == "https://papers.example.com/2026-W04/" and issue.date == date(2026, 1, 25)
@@ -226,7 +227,7 @@ def test_the_weekly_email_names_the_week_and_each_cards_day(project: Path) -> No
     assert report.ok, report.problems
     assert report.html_bytes < SIZE_LIMIT_BYTES and len(report.card_bytes) == 10
 
-    top_three = render_issue(load_week(configure(project, weekly_top=3), WEEK), settings)
+    top_three = render_issue(load_week(configure(project, weekly_top=3), WEEK), settings.site)
     assert len(lxml.html.fromstring(top_three.html).find_class("card")) == 3
     assert top_three.subject == "주간 논문 2026년 1월 19일–25일 — EvoCUA 외 2편"
 
@@ -322,14 +323,16 @@ def test_a_member_who_switches_before_their_batch_gets_the_other_edition_instead
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
         seed(settings, 3)
-        plan = send.plan_send(engine_of(settings), settings, Edition.daily(date(2026, 1, 23)), LIST)
-        send.start_campaign(engine_of(settings), settings, plan.issue, plan.mailing_list, plan.content)  # u1, u2, u3
+        plan = send.plan_send(engine_of(settings), send_parts(settings), Edition.daily(date(2026, 1, 23)), LIST)
+        send.start_campaign(
+            engine_of(settings), plan.issue, plan.mailing_list, plan.content, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+        )  # u1, u2, u3
         m = db.memberships.c
         with engine_of(settings).begin() as conn:  # u2 switches to the weekly edition
             conn.execute(db.memberships.update().where(m.subscriber_id == 2).values(frequency=WEEKLY))
 
-        daily = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, date(2026, 1, 23), LIST))
-        weekly = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, WEEK, LIST))
+        daily = send.send_campaign(engine_of(settings), send_parts(settings), send.plan_send(engine_of(settings), send_parts(settings), date(2026, 1, 23), LIST))
+        weekly = send.send_campaign(engine_of(settings), send_parts(settings), send.plan_send(engine_of(settings), send_parts(settings), WEEK, LIST))
 
     assert daily.counts[db.SENT] == 2 and weekly.counts[db.SENT] == 1
     assert sorted(fake.delivered()) == ["u1@example.com", "u2@example.com", "u3@example.com"]
@@ -357,7 +360,7 @@ def test_a_reader_who_switches_on_their_preferences_page_gets_the_weekly_edition
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
         seed(settings, 2)
-        token = UnsubscribeLinks(settings).token(1, 1, "u1@example.com")
+        token = UnsubscribeLinks(settings.links).token(1, 1, "u1@example.com")
         with serving(project / "newsletter.toml") as url, httpx.Client(timeout=30) as http:
             assert http.post(f"{url}/preferences/{token}", data={"frequency": "weekly"}).status_code == 200
 

@@ -4,195 +4,44 @@ This room owns the command line and nothing else: no behaviour lives here. It ma
 of the package (and builds the settings, the database and the provider a command hands down);
 nothing in the package but `__main__` imports it. Each command group is a module (issue, generate,
 send, status, report, run, serve, lists, subscribers with subscriber_files) that imports the library
-at its top; the root command below loads a module only when one of its commands runs, so that
+at its top; the root command (root.py) loads a module only when one of its commands runs, so that
 `newsletter --help` lists every command (from COMMANDS) without importing the library. What every
 group shares is here: the console, the settings and the database of an invocation, the option types,
-JSON output and the error line.
+JSON output and the error line. The collaborators a command hands down are built from the settings
+by `newsletter.wiring`, as the web server and the daily run build theirs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
 import sys
 import textwrap
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
-import typer.main
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperArgument, TyperCommand, TyperGroup
-from typer.models import TyperInfo
 
 from ..content.edition import Edition
 from ..errors import NewsletterError
+from .root import Root
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
-    from typer._click import Command, HelpFormatter
 
     from ..config import Settings
-
-# Every command of the root, in the order of `newsletter --help`: the module of this package that
-# holds it, and its summary, the first paragraph of its help (which loading the command checks).
-COMMANDS: dict[str, tuple[str, str]] = {
-    "init": (
-        "init",
-        "Start a project in this folder: a commented newsletter.toml from a few questions, the database, "
-        "its signing key and the list (no demo data).",
-    ),
-    "doctor": (
-        "doctor",
-        "Check what production needs: https base_url, the key file, the database, the provider's "
-        "credentials, the webhook, the proxy, the digest's source and model, the day's digest.",
-    ),
-    "serve": ("serve", "Serve the sign-up, confirmation, preferences and unsubscribe pages, each provider's webhook (/webhooks/<provider>) and the public archive folder."),
-    "generate": (
-        "generate",
-        "Write the day's digest from Hugging Face's Daily Papers, each paper summarised by the configured "
-        "summarizer (exit 3 if the source or the model fails, or the day has no papers).",
-    ),
-    "check": ("issue", "Run the pre-send checks on an issue: size, images, links, unsubscribe link, text part."),
-    "publish": (
-        "issue",
-        "Write an issue's web version to the public folder and update the archive and the Atom feed.",
-    ),
-    "render": (
-        "issue",
-        "Render an issue's email: the HTML (--out) and the plain-text part (--text); else HTML to stdout.",
-    ),
-    "preview": (
-        "issue",
-        "Preview an issue in the browser at phone and desktop widths, live-reloaded as files change.",
-    ),
-    "send": (
-        "send",
-        "Send an issue to a list through the configured provider, once: batched, resumable, never twice.",
-    ),
-    "status": (
-        "status",
-        "Show how the send of an issue stands: counts by state, each failure, batches in flight or uncertain.",
-    ),
-    "report": (
-        "report",
-        "What readers did with each issue: delivered, unique opens and clicks (per paper), bounces, spam "
-        "reports, unsubscribes.",
-    ),
-    "run": (
-        "run",
-        "For cron: publish and send the day's issue to every list (on weekly_day the week's edition too), "
-        "then sync suppressions, once.",
-    ),
-    "approve": (
-        "run",
-        'With review = "approve": approve the day\'s issue, which the run sent the editors, and run the day: '
-        "publish and send it to every list, once.",
-    ),
-    "lists": ("lists", "Mailing lists."),
-    "subscribers": ("subscribers", "Subscribers: add, import, export, sync with the provider's suppression lists."),
-}
-
-
-class _Commands(MutableMapping[str, "Command"]):
-    """The root's commands by name: those of COMMANDS, each built (its module imported) when it is
-    first looked up, and any added to the root itself."""
-
-    def __init__(self, added: MutableMapping[str, Command]) -> None:
-        self._built = dict(added)
-
-    def __getitem__(self, name: str) -> Command:
-        if name not in self._built:
-            self._built[name] = self._build(name)
-        return self._built[name]
-
-    def _build(self, name: str) -> Command:
-        module, summary = COMMANDS[name]
-        group = typer.main.get_group_from_info(
-            TyperInfo(importlib.import_module(f"{__name__}.{module}").app),
-            pretty_exceptions_short=app.pretty_exceptions_short,
-            rich_markup_mode=app.rich_markup_mode,
-            suggest_commands=app.suggest_commands,
-        )
-        command = group.commands[name]
-        _name_arguments(command)
-        first_paragraph = " ".join((command.help or "").split("\n\n")[0].split())
-        assert first_paragraph == summary, f"COMMANDS[{name!r}] is not the first paragraph of its help"
-        return command
-
-    def __contains__(self, name: object) -> bool:
-        return name in COMMANDS or name in self._built
-
-    def __setitem__(self, name: str, command: Command) -> None:
-        self._built[name] = command
-
-    def __delitem__(self, name: str) -> None:
-        del self._built[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter({**dict.fromkeys(COMMANDS), **self._built})
-
-    def __len__(self) -> int:
-        return len({**dict.fromkeys(COMMANDS), **self._built})
-
-    def summary(self, name: str, limit: int) -> str:
-        """What `--help` shows for a command, without building it."""
-        if name in self._built:
-            return self._built[name].get_short_help_str(limit)
-        return TyperCommand(name=name, help=COMMANDS[name][1]).get_short_help_str(limit)
-
-
-class _Argument(TyperArgument):
-    """An argument shown by its metavar alone, as an option with one is: `ADDRESS`, not typer's
-    `{ADDRESS}` in the usage line and `ADDRESS <str>` in the list."""
-
-    def display_type_rich(self, ctx: typer.Context) -> str | None:
-        return None if self.metavar is not None else super().display_type_rich(ctx)
-
-    def _usage_display_name(self) -> str:
-        usage = super()._usage_display_name()
-        return usage.replace(f"{{{self.metavar}}}", self.metavar) if self.metavar is not None else usage
-
-
-def _name_arguments(command: Command) -> None:
-    # Typer takes no argument class: its arguments (of the command and of a group's subcommands)
-    # become _Arguments once built, which changes nothing but their help.
-    for sub in getattr(command, "commands", {}).values():
-        _name_arguments(sub)
-    for param in command.params:
-        if type(param) is TyperArgument:
-            param.__class__ = _Argument
-
-
-class _Root(TyperGroup):
-    """The `newsletter` group: its commands are _Commands, listed in `--help` by their summaries."""
-
-    def __init__(self, **attrs: object) -> None:
-        super().__init__(**attrs)  # type: ignore[arg-type]
-        self.commands = _Commands(self.commands)
-
-    def list_commands(self, ctx: typer.Context) -> list[str]:
-        return list(self.commands)
-
-    def format_commands(self, ctx: typer.Context, formatter: HelpFormatter) -> None:
-        commands = self.commands
-        assert isinstance(commands, _Commands)
-        limit = formatter.width - 6 - max(len(name) for name in commands)
-        with formatter.section("Commands"):
-            formatter.write_dl([(name, commands.summary(name, limit)) for name in commands])
-
 
 # Tracebacks with local variables could print a secret; a NewsletterError prints only its message.
 # Help and usage errors in click's plain format: typer's rich panels would double the CPU time of
 # `newsletter --help` (they import rich's Markdown, Syntax and Traceback renderers).
 app = typer.Typer(
-    cls=_Root,
+    cls=Root,
     help="Turn a day's research digest into an email and deliver it through SendGrid, Postmark or SMTP.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -245,7 +94,7 @@ def engine_from(ctx: typer.Context) -> Engine:
     and handed to every library function that needs it; disposed of when the command ends."""
     from ..db import connected
 
-    return ctx.with_resource(connected(settings_from(ctx)))
+    return ctx.with_resource(connected(settings_from(ctx).database))
 
 
 # -- the options several commands take --------------------------------------------------------------

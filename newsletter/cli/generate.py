@@ -43,7 +43,7 @@ def generate(
     """Write the day's digest from Hugging Face's Daily Papers, each paper summarised by the
     configured summarizer (exit 3 if the source or the model fails, or the day has no papers)."""
     settings = settings_from(ctx)
-    day = date or settings.local_date(settings.clock())
+    day = date or settings.clock.local_date(settings.clock())
     engine = engine_from(ctx)
     progress = Progress(
         TextColumn("{task.description}"),
@@ -56,7 +56,7 @@ def generate(
     try:
         with progress:
             generated = generate_day(
-                settings, engine, day, top=top, force=force, on_paper=lambda paper: progress.advance(task)
+                settings.generation, engine, day, top=top, force=force, on_paper=lambda paper: progress.advance(task)
             )
     except GenerateError as error:
         if as_json:

@@ -26,8 +26,8 @@ def check(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None) ->
     """Run the pre-send checks on an issue: size, images, links, unsubscribe link, text part."""
     edition = edition_from(date, week)
     settings = settings_from(ctx)
-    source = load_issue(settings, edition)
-    report = run_checks(render_issue(source, settings))
+    source = load_issue(settings.site, edition)
+    report = run_checks(render_issue(source, settings.site))
     for problem in report.problems:
         err_console.print(f"[red]✗[/] {escape(str(problem))}", highlight=False)
     cards = [f"{rank} {kilobytes(size)}" for rank, size in report.card_bytes.items()]
@@ -43,8 +43,8 @@ def publish(ctx: typer.Context, date: IssueDate = None, week: IssueWeek = None) 
     """Write an issue's web version to the public folder and update the archive and the Atom feed."""
     edition = edition_from(date, week)
     settings = settings_from(ctx)
-    source = load_issue(settings, edition)
-    publication = publish_issue(source, settings)
+    source = load_issue(settings.site, edition)
+    publication = publish_issue(source, settings.site)
     issue = publication.issue
     console.print(f"Published {source.edition.describe}: {issue.url}", highlight=False)
     console.print(f"  page     {publication.page}", highlight=False)
@@ -65,7 +65,7 @@ def render(
     """Render an issue's email: the HTML (--out) and the plain-text part (--text); else HTML to stdout."""
     edition = edition_from(date, week)
     settings = settings_from(ctx)
-    issue = render_issue(load_issue(settings, edition), settings)
+    issue = render_issue(load_issue(settings.site, edition), settings.site)
     if out is None and text is None:
         sys.stdout.write(issue.html)
         return
@@ -110,4 +110,4 @@ def preview(
         if open_browser:
             webbrowser.open(url)
 
-    serve_preview(settings_from(ctx), date, port=port, ready=ready)
+    serve_preview(settings_from(ctx).site, date, port=port, ready=ready)

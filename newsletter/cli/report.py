@@ -61,7 +61,7 @@ def report(
 def _webhook(settings: Settings) -> Webhook:
     """The configured provider's webhook: where it posts, and whether it takes events."""
     url = f"{settings.base_url}/webhooks/{settings.provider}"
-    hook = registry.feedback(settings).get(settings.provider)
+    hook = registry.feedback(settings.provider_section).get(settings.provider)
     if hook is None:
         return Webhook(settings.provider, url, NO_WEBHOOK)
     if isinstance(hook, Refusal):

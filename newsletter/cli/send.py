@@ -22,6 +22,7 @@ from ..providers.outbox import Outbox
 from ..send import SendPlan, SendReport
 from ..send.transactional import Outcome
 from ..send.unrecorded import UnrecordedReport, default_outbox
+from ..wiring import send_parts
 from . import (
     IssueDate,
     IssueWeek,
@@ -89,9 +90,10 @@ def send(
     A day's issue goes to the list's daily members; the weekly edition (--week) to its weekly members."""
     edition = edition_from(date, week)
     settings = settings_from(ctx)
-    issue = sending.issue_to_send(settings, edition)
+    issue = sending.issue_to_send(settings.site, edition)
     engine = engine_from(ctx)
-    plan = sending.plan_send(engine, settings, issue, list_name or settings.default_list, resend_uncertain=resend_uncertain)
+    parts = send_parts(settings)
+    plan = sending.plan_send(engine, parts, issue, list_name or settings.default_list, resend_uncertain=resend_uncertain)
     if plan.finished and not to:
         console.print(
             f"Nothing to do: {plan.describe} was sent on {plan.campaign.finished_at:%Y-%m-%d %H:%M} UTC "
@@ -103,10 +105,10 @@ def send(
     if overridden := sending.require_checks(plan, force=force):
         err_console.print(f"[yellow]warning:[/] sending despite {len(overridden)} failed check(s) (--force)")
     # Made before asking: missing credentials stop here, before anything is asked or stored.
-    provider = sending.open_provider(settings, dry_run=dry_run, outbox=outbox or default_outbox(settings, issue))
+    provider = sending.open_provider(parts.delivery, dry_run=dry_run, outbox=outbox or default_outbox(parts.site.outbox_dir, issue))
     if not yes:
         typer.confirm("Write the dry run?" if dry_run else "Send?", abort=True)
-    done = sending.send_issue(engine, settings, plan, provider, to=to or (), sandbox=sandbox, watch=_progress_bar)
+    done = sending.send_issue(engine, parts, plan, provider, to=to or (), sandbox=sandbox, watch=_progress_bar)
     _print_sent(done, provider, plan, to)
 
 

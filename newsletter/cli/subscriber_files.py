@@ -13,6 +13,7 @@ from ..db import STATUSES
 from ..errors import SubscriberError
 from ..send.transactional import Outcome
 from ..subscriber_csv import ImportReport, confirmation_provider, export_csv, import_subscribers
+from ..wiring import send_parts
 from . import ListName, console, engine_from, err_console, print_json, settings_from
 
 # The spinner's line for each phase of an import.
@@ -60,11 +61,11 @@ def import_command(
     Exits with status 2 if any row was invalid: the valid rows are imported all the same."""
     settings = settings_from(ctx)
     list_name = list_name or settings.default_list
-    provider = confirmation_provider(settings, require_confirmation=require_confirmation, dry_run=dry_run)
+    provider = confirmation_provider(settings.delivery, require_confirmation=require_confirmation, dry_run=dry_run)
     engine = engine_from(ctx)
     with err_console.status(f"Reading {escape(str(file))}…") as spinner:
         imported = import_subscribers(
-            engine, settings, file, list_name=list_name, provider=provider, resubscribe=resubscribe,
+            engine, send_parts(settings), file, list_name=list_name, provider=provider, resubscribe=resubscribe,
             require_confirmation=require_confirmation, rejects=rejects, dry_run=dry_run,
             progress=lambda phase, count: spinner.update(_PHASES[phase].format(count)),
         )  # fmt: skip

@@ -40,7 +40,7 @@ OfList = Annotated[Optional[str], typer.Option("--list", metavar="LIST", help="O
 @subscribers.command("sync")
 def subscribers_sync(ctx: typer.Context) -> None:
     """Pull the provider's suppression lists (SendGrid's unsubscribes, bounces, spam reports, invalid emails; Postmark's stream's hard bounces, spam complaints, manual suppressions) and mark those subscribers."""
-    for result in sync_suppressions(engine_from(ctx), settings_from(ctx)):
+    for result in sync_suppressions(engine_from(ctx), settings_from(ctx).delivery):
         since = (
             "the whole list"
             if result.since is None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from ..config import Settings
+from ..sections import Site
 from .digest import Digest, Paper, absolute_url
 from ..files import write_atomic
 
@@ -47,24 +47,24 @@ _published: dict[tuple[str, int, int, str, str], tuple[str, Thumbnail]] = {}
 _REMEMBERED = 1024
 
 
-def assets_dir(settings: Settings) -> Path:
-    """The folder whose files are served at settings.assets_url."""
-    return settings.path(settings.public_dir) / "assets"
+def assets_dir(site: Site) -> Path:
+    """The folder whose files are served at site.assets_url."""
+    return site.public_dir / "assets"
 
 
-def asset_file(settings: Settings, url: str) -> Path | None:
+def asset_file(site: Site, url: str) -> Path | None:
     """The local file behind an asset URL (for a preview server), or None if it is not one."""
-    prefix = settings.assets_url + "/"
+    prefix = site.assets_url + "/"
     if not url.startswith(prefix):
         return None
     name = url[len(prefix) :]
     if not name or "/" in name or name.startswith("."):
         return None
-    candidate = assets_dir(settings) / name
+    candidate = assets_dir(site) / name
     return candidate if candidate.is_file() else None
 
 
-def resolve_thumbnail(paper: Paper, digest: Digest, settings: Settings) -> Thumbnail | None:
+def resolve_thumbnail(paper: Paper, digest: Digest, site: Site) -> Thumbnail | None:
     """The card image of `paper`: the digest's own thumbnail, else Hugging Face's, else none."""
     source = paper.thumbnail
     if source:
@@ -75,7 +75,7 @@ def resolve_thumbnail(paper: Paper, digest: Digest, settings: Settings) -> Thumb
                 return _remote(source)
         else:
             local = _beside(digest, source)
-            published = publish_image(local, settings) if local is not None else None
+            published = publish_image(local, site) if local is not None else None
             if published is not None:
                 return published
     if paper.paper_id:
@@ -83,16 +83,16 @@ def resolve_thumbnail(paper: Paper, digest: Digest, settings: Settings) -> Thumb
     return None
 
 
-def publish_image(source: Path, settings: Settings) -> Thumbnail | None:
+def publish_image(source: Path, site: Site) -> Thumbnail | None:
     """Publish a local image for email; None if it is not an image Pillow can read."""
-    folder = assets_dir(settings)
+    folder = assets_dir(site)
     try:
         stat = source.stat()
     except OSError:
         return None
     # Re-encoding a camera photo takes a good part of a second; a preview re-renders on every
     # template change, so an unchanged source already published is not processed again.
-    key = (str(source), stat.st_mtime_ns, stat.st_size, str(folder), settings.assets_url)
+    key = (str(source), stat.st_mtime_ns, stat.st_size, str(folder), site.assets_url)
     known = _published.get(key)
     if known is not None and (folder / known[0]).is_file():
         return known[1]
@@ -111,7 +111,7 @@ def publish_image(source: Path, settings: Settings) -> Thumbnail | None:
         write_atomic(target, data)
     display_width = min(THUMBNAIL_DISPLAY_WIDTH, width)
     thumbnail = Thumbnail(
-        url=f"{settings.assets_url}/{name}",
+        url=f"{site.assets_url}/{name}",
         width=display_width,
         height=max(1, round(height * display_width / width)),
     )

@@ -20,7 +20,7 @@ from .edition import Edition
 from ..errors import DigestError
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from ..sections import Site
 
 
 @dataclass(frozen=True)
@@ -431,13 +431,13 @@ def parse_digest(text: str, path: Path) -> Digest:
     )
 
 
-def digest_path(settings: Settings, day: date) -> Path:
-    return settings.path(settings.digests_dir) / f"{day.isoformat()}.md"
+def digest_path(site: Site, day: date) -> Path:
+    return site.digests_dir / f"{day.isoformat()}.md"
 
 
-def digest_dates(settings: Settings) -> list[date]:
+def digest_dates(site: Site) -> list[date]:
     """The dates of every digest in the digests folder, oldest first."""
-    folder = settings.path(settings.digests_dir)
+    folder = site.digests_dir
     if not folder.is_dir():
         return []
     days = []
@@ -451,15 +451,15 @@ def digest_dates(settings: Settings) -> list[date]:
     return sorted(days)
 
 
-def load_digest(settings: Settings, day: date | None = None) -> Digest:
+def load_digest(site: Site, day: date | None = None) -> Digest:
     """The digest of `day` (by default the latest one in the digests folder)."""
     if day is None:
-        days = digest_dates(settings)
+        days = digest_dates(site)
         if not days:
-            folder = settings.path(settings.digests_dir)
+            folder = site.digests_dir
             raise DigestError(f"no digest found (expected files named YYYY-MM-DD.md in {folder})")
         day = days[-1]
-    path = digest_path(settings, day)
+    path = digest_path(site, day)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -470,12 +470,12 @@ def load_digest(settings: Settings, day: date | None = None) -> Digest:
     return parse_digest(raw.decode("utf-8", errors="replace"), path)
 
 
-def load_issue(settings: Settings, edition: Edition | None = None) -> Digest | Week:
+def load_issue(site: Site, edition: Edition | None = None) -> Digest | Week:
     """What `edition`'s issue is made from: its day's digest, or its week's; by default the latest
     digest."""
     if edition is not None and edition.weekly:
-        return load_week(settings, edition)
-    return load_digest(settings, edition.days[0] if edition is not None else None)
+        return load_week(site, edition)
+    return load_digest(site, edition.days[0] if edition is not None else None)
 
 
 # -- the week ----------------------------------------------------------------------------------------
@@ -504,24 +504,24 @@ class Week:
         return Counter(found.digest.language for found in self.papers).most_common(1)[0][0]
 
 
-def week_days(settings: Settings, edition: Edition) -> list[date]:
+def week_days(site: Site, edition: Edition) -> list[date]:
     """The days of the edition's week that have a digest file."""
-    return [day for day in edition.days if digest_path(settings, day).is_file()]
+    return [day for day in edition.days if digest_path(site, day).is_file()]
 
 
-def load_week(settings: Settings, edition: Edition) -> Week:
+def load_week(site: Site, edition: Edition) -> Week:
     """The week's digests and its `weekly_top` most upvoted papers; DigestError when no day of the
     week has a digest, or one of them cannot make an issue."""
-    days = week_days(settings, edition)
+    days = week_days(site, edition)
     if not days:
         first, last = edition.days[0].isoformat(), edition.last_day.isoformat()
-        folder = settings.path(settings.digests_dir)
+        folder = site.digests_dir
         raise DigestError(
             f"no digest for week {edition.key} ({first} to {last}): expected at least one of "
             f"{first}.md … {last}.md in {folder}"
         )
-    digests = [load_digest(settings, day) for day in days]
-    return Week(edition, digests, most_upvoted(digests, settings.weekly_top))
+    digests = [load_digest(site, day) for day in days]
+    return Week(edition, digests, most_upvoted(digests, site.weekly_top))
 
 
 def most_upvoted(digests: list[Digest], count: int) -> list[WeeklyPaper]:

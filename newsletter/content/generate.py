@@ -34,11 +34,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from .. import db
-from ..config import Settings
 from .digest import clean_text, without_personal_tags
 from ..providers.headers import plain_text
 from ..errors import ConfigError, DigestExists, GenerateError
 from ..files import atomic_file
+from ..sections import Generation
 
 PAPER_URL = "https://huggingface.co/papers/{id}"
 # An arXiv id ("2601.15876", "2601.15876v2"), which is what Hugging Face's papers are named by: it
@@ -578,7 +578,7 @@ def prompts_from(templates_dir: Path, language: str) -> Prompts:
 
 
 def generate_day(
-    settings: Settings,
+    generation: Generation,
     engine: Engine,
     day: date,
     *,
@@ -587,12 +587,12 @@ def generate_day(
     on_paper: Callable[[SourcePaper], None] = lambda paper: None,
 ) -> Generated:
     """generate_digest with the configured source and summarizer, built here (the command's edge)."""
-    uses_model = settings.summarizer == "openai"
-    if uses_model and not settings.llm_model:
+    uses_model = generation.summarizer == "openai"
+    if uses_model and not generation.llm_model:
         raise ConfigError("summarizer = 'openai' needs llm_model: the model to ask (e.g. 'gpt-4o-mini', or a local model's name)")
-    if uses_model and settings.llm_api_key is None:
+    if uses_model and generation.llm_api_key is None:
         raise ConfigError("summarizer = 'openai' needs NEWSLETTER_LLM_API_KEY in the environment (any value for a local server without keys)")
-    timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
+    timeout = httpx.Timeout(generation.read_timeout, connect=generation.connect_timeout)
 
     async def run() -> Generated:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
@@ -600,24 +600,24 @@ def generate_day(
             if uses_model:
                 import openai
 
-                assert settings.llm_api_key is not None and settings.llm_model is not None
+                assert generation.llm_api_key is not None and generation.llm_model is not None
                 model_client = openai.AsyncOpenAI(
-                    api_key=settings.llm_api_key.get_secret_value(),
-                    base_url=settings.llm_base_url,
-                    timeout=settings.llm_timeout,
-                    max_retries=settings.max_retries,
+                    api_key=generation.llm_api_key.get_secret_value(),
+                    base_url=generation.llm_base_url,
+                    timeout=generation.llm_timeout,
+                    max_retries=generation.max_retries,
                 )
-                prompts = prompts_from(settings.templates_dir, settings.digest_language)
-                summarizer = ByModel(model_client, settings.llm_model, settings.digest_language, prompts, engine)
+                prompts = prompts_from(generation.templates_dir, generation.digest_language)
+                summarizer = ByModel(model_client, generation.llm_model, generation.digest_language, prompts, engine)
             try:
                 return await generate_digest(
                     day,
-                    folder=settings.path(settings.digests_dir),
-                    source=Source(client, settings.source_url),
+                    folder=generation.digests_dir,
+                    source=Source(client, generation.source_url),
                     summarizer=summarizer,
-                    top=top or settings.digest_top,
-                    language=settings.digest_language if uses_model else "en",
-                    concurrency=settings.llm_concurrency,
+                    top=top or generation.digest_top,
+                    language=generation.digest_language if uses_model else "en",
+                    concurrency=generation.llm_concurrency,
                     force=force,
                     on_paper=on_paper,
                 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Callable
 
@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .assets import asset_file
-from ..config import Settings
-from .digest import load_digest
 from ..errors import ConfigError, NewsletterError, RenderError
+from ..sections import Site
+from .assets import asset_file
+from .digest import load_digest
 from .render import BUNDLED_TEMPLATES, GMAIL_CLIP_BYTES, RenderedIssue, render_issue, render_template
 
 PREVIEW_TEMPLATE = "preview.html.j2"
@@ -32,17 +32,17 @@ DESKTOP_WIDTH = 640
 
 @dataclass(frozen=True)
 class Preview:
-    """What the preview serves: the project's settings, pointed at the preview's own address for
+    """What the preview serves: the project's site, pointed at the preview's own address for
     thumbnails."""
 
-    settings: Settings
+    site: Site
     day: date | None  # None: always the latest digest
     origin: str  # http://127.0.0.1:<port>
 
     @classmethod
-    def at(cls, settings: Settings, day: date | None, port: int) -> Preview:
+    def at(cls, site: Site, day: date | None, port: int) -> Preview:
         origin = f"http://127.0.0.1:{port}"
-        return cls(settings.model_copy(update={"asset_base_url": f"{origin}/assets"}), day, origin)
+        return cls(replace(site, assets_url=f"{origin}/assets"), day, origin)
 
     @property
     def unsubscribe_url(self) -> str:
@@ -53,13 +53,13 @@ class Preview:
         return f"{self.origin}/preferences-preview"
 
     def render(self) -> RenderedIssue:
-        return render_issue(load_digest(self.settings, self.day), self.settings)
+        return render_issue(load_digest(self.site, self.day), self.site)
 
     def version(self) -> str:
         """Changes whenever a digest or a template file changes (or appears, or goes): the bundled
         templates' too, which a templates_dir of one's own falls back on."""
-        templates = self.settings.path(self.settings.templates_dir).resolve()
-        folders = [self.settings.path(self.settings.digests_dir), *dict.fromkeys([templates, BUNDLED_TEMPLATES])]
+        templates = self.site.templates_dir.resolve()
+        folders = [self.site.digests_dir, *dict.fromkeys([templates, BUNDLED_TEMPLATES])]
         signature = hashlib.sha256()
         for folder in folders:
             for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
@@ -83,14 +83,14 @@ def preview_app(preview: Preview) -> Starlette:
         context = {
             "issue": issue,
             "problem": problem,
-            "settings": preview.settings,
+            "settings": preview.site,
             "version": preview.version(),
             "phone_width": PHONE_WIDTH,
             "desktop_width": DESKTOP_WIDTH,
             "clip_bytes": GMAIL_CLIP_BYTES,
         }
         try:
-            html = render_template(preview.settings, PREVIEW_TEMPLATE, context)
+            html = render_template(preview.site, PREVIEW_TEMPLATE, context)
         except RenderError as error:
             # The preview page's own template is broken: nothing to show the problem in but text.
             return PlainTextResponse(str(error), status_code=500, headers={"Cache-Control": "no-store"})
@@ -114,8 +114,8 @@ def preview_app(preview: Preview) -> Starlette:
         return JSONResponse({"version": preview.version()}, headers={"Cache-Control": "no-store"})
 
     def asset(request: Request) -> Response:
-        url = f"{preview.settings.assets_url}/{request.path_params['name']}"
-        path = asset_file(preview.settings, url)
+        url = f"{preview.site.assets_url}/{request.path_params['name']}"
+        path = asset_file(preview.site, url)
         if path is None:
             return PlainTextResponse("not found", status_code=404)
         return FileResponse(path)
@@ -138,15 +138,15 @@ def preview_app(preview: Preview) -> Starlette:
 
 
 def serve_preview(
-    settings: Settings, day: date | None, *, port: int, ready: Callable[[str], None]
+    site: Site, day: date | None, *, port: int, ready: Callable[[str], None]
 ) -> None:
     """Serve the preview on 127.0.0.1:`port` until interrupted; `ready(url)` runs once it listens
     (the CLI opens the browser or prints the URL there)."""
     import uvicorn
 
-    preview = Preview.at(settings, day, port)
+    preview = Preview.at(site, day, port)
     # Fail with one clear message before serving: nothing to preview, or the port taken.
-    load_digest(settings, day)
+    load_digest(site, day)
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))

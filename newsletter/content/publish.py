@@ -1,6 +1,6 @@
 """Publishing: the issue's web version ("view in browser"), the archive page and the Atom feed.
 
-The public folder is served at settings.base_url, so an issue whose web_url is
+The public folder is served at site.base_url, so an issue whose web_url is
 `<base_url>/2026-01-23/` is written to `public/2026-01-23/index.html`, and a weekly edition's
 (`<base_url>/2026-W04/`) to `public/2026-W04/index.html`; the archive and the feed list it dated by its
 week's Sunday. The web version is the
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 from zoneinfo import ZoneInfo
 
-from ..config import Settings
+from ..sections import Site
 from .digest import Digest, Week
 from ..errors import NewsletterError, RenderError
 from ..files import write_atomic
@@ -91,12 +91,12 @@ class Publication:
     issues: list[PublishedIssue]  # everything the archive now lists, newest first
 
 
-def publish_issue(source: Digest | Week, settings: Settings) -> Publication:
+def publish_issue(source: Digest | Week, site: Site) -> Publication:
     """Write the web version of a day's issue or a week's edition, then rebuild the archive and the
     feed from every issue."""
-    issue = render_issue(source, settings, abstract="full", page=True)
-    public = settings.path(settings.public_dir)
-    folder = page_folder(issue.web_url, settings)
+    issue = render_issue(source, site, abstract="full", page=True)
+    public = site.public_dir
+    folder = page_folder(issue.web_url, site)
     page, record_file = folder / PAGE, folder / RECORD
     html = issue.html
     archive, feed = public / PAGE, public / FEED
@@ -104,10 +104,10 @@ def publish_issue(source: Digest | Week, settings: Settings) -> Publication:
     with _locked(public):
         # Every other record is read before anything is written: a broken one stops the publish
         # with nothing changed.
-        others = [found for found in published_issues(settings) if found.path != _relative(folder, public)]
+        others = [found for found in published_issues(site) if found.path != _relative(folder, public)]
         previous = PublishedIssue.from_file(record_file) if record_file.is_file() else None
         changed = not page.is_file() or page.read_text(encoding="utf-8") != html
-        now = settings.clock().astimezone(timezone.utc).replace(microsecond=0)
+        now = site.clock().astimezone(timezone.utc).replace(microsecond=0)
         record = PublishedIssue(
             date=issue.date,
             subject=_xml_safe(issue.subject),
@@ -126,59 +126,59 @@ def publish_issue(source: Digest | Week, settings: Settings) -> Publication:
             outputs.append((page, html))
         if previous != record:
             outputs.append((record_file, record.to_json()))
-        outputs += [(archive, render_archive(issues, settings)), (feed, render_feed(issues, settings))]
+        outputs += [(archive, render_archive(issues, site)), (feed, render_feed(issues, site))]
         for path, content in outputs:
             write_atomic(path, content)
     return Publication(issue=record, page=page, archive=archive, feed=feed, issues=issues)
 
 
-def published_issues(settings: Settings) -> list[PublishedIssue]:
+def published_issues(site: Site) -> list[PublishedIssue]:
     """Every issue published in the public folder, newest first."""
-    public = settings.path(settings.public_dir)
+    public = site.public_dir
     if not public.is_dir():
         return []
     issues = [PublishedIssue.from_file(record) for record in public.glob(f"**/{RECORD}")]
     return sorted(issues, key=lambda found: (found.date, found.path), reverse=True)
 
 
-def page_folder(web_url: str, settings: Settings) -> Path:
+def page_folder(web_url: str, site: Site) -> Path:
     """The folder in the public folder that `web_url` maps to when it is served at base_url."""
-    prefix = settings.base_url + "/"
+    prefix = site.base_url + "/"
     rest = web_url[len(prefix) :] if web_url.startswith(prefix) else None
     parts = rest.split("/")[:-1] if rest and rest.endswith("/") else None
     if not parts or any(part in ("", ".", "..") for part in parts):
         raise RenderError(
-            f"the issue's web address {web_url!r} is not a folder under base_url ({settings.base_url}/…/)"
+            f"the issue's web address {web_url!r} is not a folder under base_url ({site.base_url}/…/)"
         )
-    return settings.path(settings.public_dir).joinpath(*parts)
+    return site.public_dir.joinpath(*parts)
 
 
-def render_archive(issues: list[PublishedIssue], settings: Settings) -> str:
-    return _render(ARCHIVE_TEMPLATE, issues, settings)
+def render_archive(issues: list[PublishedIssue], site: Site) -> str:
+    return _render(ARCHIVE_TEMPLATE, issues, site)
 
 
-def render_feed(issues: list[PublishedIssue], settings: Settings) -> str:
-    return _render(FEED_TEMPLATE, issues[:FEED_ENTRIES], settings)
+def render_feed(issues: list[PublishedIssue], site: Site) -> str:
+    return _render(FEED_TEMPLATE, issues[:FEED_ENTRIES], site)
 
 
-def _render(template: str, issues: list[PublishedIssue], settings: Settings) -> str:
+def _render(template: str, issues: list[PublishedIssue], site: Site) -> str:
     """The archive or the feed, in `language`, else in the newest issue's (what its readers got
     last), else in the pages'."""
-    language = settings.language or (reader_language(issues[0].language) if issues else page_language(settings))
-    newest_change = max((found.updated for found in issues), default=settings.clock())
+    language = site.language or (reader_language(issues[0].language) if issues else page_language(site))
+    newest_change = max((found.updated for found in issues), default=site.clock())
     context = {
         "issues": issues,
-        "signup_url": signup_url(settings),
+        "signup_url": signup_url(site),
         # An entry is dated by its issue's day (midnight where the newsletter lives), not by when it
         # was published: a late publish of an old day sorts where that day belongs.
-        "issued": lambda found: datetime.combine(found.date, time(), ZoneInfo(settings.timezone)),
-        "title": settings.from_name,
-        "author": settings.from_name,
-        "archive_url": f"{settings.base_url}/",
-        "feed_url": f"{settings.base_url}/{FEED}",
+        "issued": lambda found: datetime.combine(found.date, time(), ZoneInfo(site.clock.timezone)),
+        "title": site.from_name,
+        "author": site.from_name,
+        "archive_url": f"{site.base_url}/",
+        "feed_url": f"{site.base_url}/{FEED}",
         "updated": newest_change,
     }
-    return render_template(settings, template, context, language)
+    return render_template(site, template, context, language)
 
 
 def _relative(folder: Path, public: Path) -> str:

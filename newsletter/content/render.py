@@ -28,7 +28,8 @@ from markupsafe import Markup
 from mjml import mjml2html
 
 from .assets import Thumbnail, resolve_thumbnail
-from ..config import Settings
+from ..config import bundled_templates
+from ..sections import Site
 from .digest import PREFERENCES_TAG, UNSUBSCRIBE_TAG, Digest, Paper, Week
 from .edition import Edition
 from ..errors import RenderError
@@ -132,11 +133,11 @@ def reader_language(tag: str) -> str:
     return primary if primary in LANGUAGES else SOURCE_LANGUAGE
 
 
-def page_language(settings: Settings) -> str:
+def page_language(site: Site) -> str:
     """The language of what readers see that no digest decides (the sign-up, confirmation,
     preferences and unsubscribe pages, the sign-up mails): `language`, else the language digests
     are written in (`digest_language`)."""
-    return settings.language or reader_language(settings.digest_language)
+    return site.language or reader_language(site.digest_language)
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,17 +268,17 @@ class Card:
 
 
 def render_issue(
-    source: Digest | Week, settings: Settings, *, abstract: AbstractShown | None = None, page: bool = False
+    source: Digest | Week, site: Site, *, abstract: AbstractShown | None = None, page: bool = False
 ) -> RenderedIssue:
     """The issue's email, from a day's digest or a week's (the weekly edition): compiled,
-    CSS-inlined HTML and the plain-text part. `abstract` overrides settings.email_abstract (the web
+    CSS-inlined HTML and the plain-text part. `abstract` overrides site.email_abstract (the web
     version shows every abstract in full). With `page`, the web version: its footer invites to sign
     up instead of saying why a reader got it, and holds no reader's link. Never touches the network."""
-    issue = _issue(source, settings)
-    context = {**_context(issue, settings, abstract or settings.email_abstract), "page": page}
-    mjml_source = render_template(settings, MJML_TEMPLATE, context, issue.language)
+    issue = _issue(source, site)
+    context = {**_context(issue, site, abstract or site.email_abstract), "page": page}
+    mjml_source = render_template(site, MJML_TEMPLATE, context, issue.language)
     html = _inline_css(*_compile_mjml(mjml_source))
-    text = render_template(settings, TEXT_TEMPLATE, context, issue.language)
+    text = render_template(site, TEXT_TEMPLATE, context, issue.language)
     return RenderedIssue(
         date=issue.date,
         subject=context["subject"],
@@ -289,22 +290,22 @@ def render_issue(
     )
 
 
-def render_mjml(source: Digest | Week, settings: Settings) -> str:
+def render_mjml(source: Digest | Week, site: Site) -> str:
     """The Jinja-expanded MJML of an issue, before compilation (what the reference MJML compiler
     validates and compiles in the tests)."""
-    issue = _issue(source, settings)
-    context = {**_context(issue, settings, settings.email_abstract), "page": False}
-    return render_template(settings, MJML_TEMPLATE, context, issue.language)
+    issue = _issue(source, site)
+    context = {**_context(issue, site, site.email_abstract), "page": False}
+    return render_template(site, MJML_TEMPLATE, context, issue.language)
 
 
-def signup_url(settings: Settings) -> str:
+def signup_url(site: Site) -> str:
     """The sign-up form the public pages invite to: the default list's."""
-    return f"{settings.base_url}/subscribe/{settings.default_list}"
+    return f"{site.base_url}/subscribe/{site.default_list}"
 
 
-def web_url(settings: Settings, edition: Edition) -> str:
+def web_url(site: Site, edition: Edition) -> str:
     """The issue's "view in browser" page: <base_url>/2026-01-23/, or /2026-W04/ for a week's."""
-    return f"{settings.base_url}/{edition.key}/"
+    return f"{site.base_url}/{edition.key}/"
 
 
 @dataclass(frozen=True)
@@ -324,8 +325,8 @@ class _Issue:
     data_language: str  # of its digest's text (titles, summaries), which is data, whatever `language` says
 
 
-def _issue(source: Digest | Week, settings: Settings) -> _Issue:
-    language = settings.language or reader_language(source.language)
+def _issue(source: Digest | Week, site: Site) -> _Issue:
+    language = site.language or reader_language(source.language)
     words = wording_for(language)
     if isinstance(source, Week):
         edition = source.edition
@@ -340,7 +341,7 @@ def _issue(source: Digest | Week, settings: Settings) -> _Issue:
             when=title,
             weekly=True,
             cards=[
-                Card(found.paper, resolve_thumbnail(found.paper, found.digest, settings), found.day)
+                Card(found.paper, resolve_thumbnail(found.paper, found.digest, site), found.day)
                 for found in source.papers
             ],
             language=language,
@@ -356,25 +357,25 @@ def _issue(source: Digest | Week, settings: Settings) -> _Issue:
         dated=words.year(source.date),
         when=words.short_date(source.date),
         weekly=False,
-        cards=[Card(paper, resolve_thumbnail(paper, source, settings)) for paper in source.papers],
+        cards=[Card(paper, resolve_thumbnail(paper, source, site)) for paper in source.papers],
         language=language,
         data_language=source.language,
     )
 
 
-def _subject(issue: _Issue, settings: Settings) -> str:
-    """settings.subject_template filled in: by default "2026년 1월 23일 — EvoCUA 외 4편" (or "주간 논문
+def _subject(issue: _Issue, site: Site) -> str:
+    """site.subject_template filled in: by default "2026년 1월 23일 — EvoCUA 외 4편" (or "주간 논문
     2026년 1월 19일–25일 — EvoCUA 외 9편"), the date and the first paper by its short name (the part
     of its title before a colon), which is what a reader recognises and what fits a phone's inbox
     row. The From name is not repeated: the inbox shows it beside the subject."""
     papers = [card.paper for card in issue.cards]
-    return settings.subject_template.format(
+    return site.subject_template.format(
         date=issue.when,
         first=short_title(papers[0].title) if papers else issue.title,
         more=wording_for(issue.language).and_more(len(papers) - 1) if len(papers) > 1 else "",
         papers=len(papers),
         title=issue.source_title,
-        from_name=settings.from_name,
+        from_name=site.from_name,
     ).strip()
 
 
@@ -395,12 +396,12 @@ def _preheader(issue: _Issue) -> str:
     return issue.title
 
 
-def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict:
+def _context(issue: _Issue, site: Site, abstract: AbstractShown) -> dict:
     return {
         "title": issue.title,
         "cards": issue.cards,
         "abstract": abstract,
-        "subject": _subject(issue, settings),
+        "subject": _subject(issue, site),
         "preheader": _preheader(issue),
         "preheader_filler": PREHEADER_FILLER,
         "readable_date": issue.dated,
@@ -412,12 +413,12 @@ def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict
         # Korean reads best broken between words, never inside one; Chinese and Japanese have no
         # spaces to break at, so only Korean gets it.
         "keep_words_whole": "ko" in (issue.language, issue.data_language),
-        "web_url": web_url(settings, issue.edition),
-        "archive_url": f"{settings.base_url}/",
-        "signup_url": signup_url(settings),
+        "web_url": web_url(site, issue.edition),
+        "archive_url": f"{site.base_url}/",
+        "signup_url": signup_url(site),
         "unsubscribe_url": UNSUBSCRIBE_TAG,
         "preferences_url": PREFERENCES_TAG,
-        "settings": settings,
+        "settings": site,
         "light": LIGHT,
         "dark": DARK,
         "fonts": FONT_STACK,
@@ -427,7 +428,7 @@ def _context(issue: _Issue, settings: Settings, abstract: AbstractShown) -> dict
 
 # The templates that ship with the package: templates_dir's default, and what a templates_dir of
 # one's own falls back on for every template it does not hold.
-BUNDLED_TEMPLATES = Settings.model_fields["templates_dir"].default_factory().resolve()  # type: ignore[misc]
+BUNDLED_TEMPLATES = bundled_templates().resolve()
 
 
 @functools.lru_cache(maxsize=8)
@@ -489,36 +490,36 @@ def lead_in_text(text: str) -> str:
     return f"{label}: {text[found.start('rest'):]}"
 
 
-def environment(settings: Settings, language: str | None = None) -> jinja2.Environment:
+def environment(site: Site, language: str | None = None) -> jinja2.Environment:
     """The process's Jinja environment for the configured templates folder in `language` (by
     default page_language's): every template (email, web pages, feed, sign-up mails) is loaded
     through it, and speaks that language (`_()`, `{% trans %}`, the global `language`)."""
-    return _environment(settings.path(settings.templates_dir).resolve(), language or page_language(settings))
+    return _environment(site.templates_dir.resolve(), language or page_language(site))
 
 
-def render_template(settings: Settings, name: str, context: dict[str, Any], language: str | None = None) -> str:
+def render_template(site: Site, name: str, context: dict[str, Any], language: str | None = None) -> str:
     """Template `name` rendered with `context` in `language` (by default page_language's); any
     Jinja error becomes a RenderError naming the template file and line."""
-    with _template_errors(settings, name):
-        return environment(settings, language).get_template(name).render(context)
+    with _template_errors(site, name):
+        return environment(site, language).get_template(name).render(context)
 
 
-def render_macro(settings: Settings, name: str, macro: str, *args: str) -> str:
+def render_macro(site: Site, name: str, macro: str, *args: str) -> str:
     """Macro `macro` of template `name` called with `args`, in page_language's language: one line
     of copy (a mail's subject) kept in a template, so that it is translated and overridden as
     templates are."""
-    with _template_errors(settings, name):
-        return str(getattr(environment(settings).get_template(name).module, macro)(*args))
+    with _template_errors(site, name):
+        return str(getattr(environment(site).get_template(name).module, macro)(*args))
 
 
 @contextmanager
-def _template_errors(settings: Settings, name: str) -> Iterator[None]:
+def _template_errors(site: Site, name: str) -> Iterator[None]:
     try:
         yield
     except jinja2.TemplateSyntaxError as error:
         raise RenderError(f"{error.filename or error.name}:{error.lineno}: {error.message}") from None
     except jinja2.TemplateNotFound as error:
-        folder = settings.path(settings.templates_dir)
+        folder = site.templates_dir
         raise RenderError(f"{folder}: template {error.name} not found") from None
     except jinja2.TemplateError as error:
         raise RenderError(f"{_template_line(error) or name}: {error.message}") from None

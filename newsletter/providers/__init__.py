@@ -5,9 +5,10 @@ Event, the Provider, Feedback and SuppressionSource protocols), `registry` (whic
 are; the only way in from outside), one folder per provider (`sendgrid`, `smtp`…), `headers` and
 `mime` (what any provider's mail headers and messages may hold), `answers` (what every HTTP
 provider reads alike in an answer: retries, Retry-After, a capped body, an error page in one line)
-and `outbox` (the dry run's provider). It may import the package's leaves (errors, files, digest's personal tags) and, in a
-provider's own modules, the settings, database names and statuses; nothing outside it imports a
-provider's folder.
+and `outbox` (the dry run's provider). It may import the package's leaves (errors, files, digest's
+personal tags) and, in a provider's own modules, the sections it is built from (a `Delivery`: its own
+settings section, the pacing, the sender, the clock), database names and statuses; nothing outside it
+imports a provider's folder.
 
 The names below are loaded when first asked for: loading the settings reads the registry, and
 must not pull in the send loop's types (nor a provider's client) with it.

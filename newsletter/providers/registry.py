@@ -20,18 +20,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from ..config import Settings
+    from ..sections import Delivery
     from .base import Feedback, Provider, Refusal, SuppressionSource
 
 
 @dataclass(frozen=True)
 class Registration:
     """A provider's parts. `settings` names a module with `Section` (its settings, mixed into
-    Settings) and `batch_limit(settings)`; the others are "module:callable" taking the settings:
-    `factory(settings, connect=...)` → Provider; `feedback(settings)` → Feedback, or the Refusal
-    that answers every webhook request while it is not configured; `suppressions(settings)` →
-    SuppressionSource; `check(settings)` → an awaitable of (what it found, the fix or None when all
-    is well), raising MissingAPIKey when the credentials are not set."""
+    Settings) and `batch_limit(delivery)`; the others are "module:callable": `factory(delivery,
+    connect=...)` → Provider; `feedback(section)` → Feedback, or the Refusal that answers every
+    webhook request while it is not configured; `suppressions(delivery)` → SuppressionSource;
+    `check(delivery)` → an awaitable of (what it found, the fix or None when all is well), raising
+    MissingAPIKey when the credentials are not set. A `delivery` (sections.Delivery) carries the
+    provider's section with the pacing, the sender and the clock."""
 
     name: str
     settings: str
@@ -78,6 +79,11 @@ def sections() -> tuple[type[BaseModel], ...]:
     return tuple(_settings_module(registration).Section for registration in REGISTERED)
 
 
+def section(name: str) -> type[BaseModel]:
+    """Provider `name`'s settings section."""
+    return _settings_module(registration(name)).Section
+
+
 def environment_only() -> tuple[str, ...]:
     """The provider settings a config file must not hold (secrets)."""
     return tuple(name for section in sections() for name in getattr(section, "ENVIRONMENT_ONLY", ()))
@@ -87,39 +93,39 @@ def registration(name: str) -> Registration:
     return _BY_NAME[name]
 
 
-def provider_for(settings: Settings, *, connect: bool = True) -> Provider:
+def provider_for(delivery: Delivery, *, connect: bool = True) -> Provider:
     """The configured provider, its credentials checked (nothing is connected yet). With
     `connect=False` it only prepares requests, for the dry run, and needs no credentials."""
-    factory: Callable[..., Provider] = _load(registration(settings.provider).factory)
-    return factory(settings, connect=connect)
+    factory: Callable[..., Provider] = _load(registration(delivery.provider).factory)
+    return factory(delivery, connect=connect)
 
 
-def batch_limit(settings: Settings) -> int:
+def batch_limit(delivery: Delivery) -> int:
     """Recipients per request with the configured provider, known before it is made (a send's plan)."""
-    limit: int = _settings_module(registration(settings.provider)).batch_limit(settings)
+    limit: int = _settings_module(registration(delivery.provider)).batch_limit(delivery)
     return limit
 
 
-def feedback(settings: Settings) -> dict[str, Feedback | Refusal]:
-    """Each provider that has a webhook, by name: its Feedback, or the Refusal answering it while
-    it is not configured."""
+def feedback(section_of: Callable[[str], BaseModel]) -> dict[str, Feedback | Refusal]:
+    """Each provider that has a webhook, by name: its Feedback (built from its section, as
+    `section_of(name)` gives it), or the Refusal answering it while it is not configured."""
     return {
-        each.name: _load(each.feedback)(settings) for each in REGISTERED if each.feedback is not None
+        each.name: _load(each.feedback)(section_of(each.name)) for each in REGISTERED if each.feedback is not None
     }
 
 
-def suppressions(settings: Settings) -> SuppressionSource | None:
+def suppressions(delivery: Delivery) -> SuppressionSource | None:
     """The configured provider's suppression lists, or None if it keeps none (MissingAPIKey if
     its credentials are not set)."""
-    path = registration(settings.provider).suppressions
-    return None if path is None else _load(path)(settings)
+    path = registration(delivery.provider).suppressions
+    return None if path is None else _load(path)(delivery)
 
 
-def check(settings: Settings) -> Awaitable[tuple[str, str | None]] | None:
+def check(delivery: Delivery) -> Awaitable[tuple[str, str | None]] | None:
     """The configured provider's credentials tried by a call that changes nothing (`newsletter
     doctor`): awaited, what it found and the fix (None: all is well); None if it has no such call."""
-    path = registration(settings.provider).check
-    return None if path is None else _load(path)(settings)
+    path = registration(delivery.provider).check
+    return None if path is None else _load(path)(delivery)
 
 
 def lazily(package: str, module: str, names: Iterable[str]) -> Callable[[str], Any]:

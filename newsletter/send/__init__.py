@@ -10,10 +10,11 @@ machine), unrecorded.py does the sends that record nothing (dry run, test addres
 transactional.py one message to one address, at most once. This __init__ holds the public entry
 points: plan_send, send_campaign, send_test, campaign_status.
 
-This room owns the campaigns, their deliveries and batches. It may import the content (to render
-and check an issue), the providers' neutral types and registry, the store, membership, subscribers,
-suppressions (a refusal that suppresses) and tokens; never a provider's folder, the readers' pages or
-the skins (cli, web, daily).
+This room owns the campaigns, their deliveries and batches. It is handed `SendParts` (parts.py: the
+site, the delivery, the link signers), built once per command by the skin. It may import the content
+(to render and check an issue), the providers' neutral types and registry, the store, membership,
+subscribers, suppressions (a refusal that suppresses), tokens and the settings' sections; never a
+provider's folder, the readers' pages or the skins (cli, web, daily).
 
 A batch is marked in_flight (with its recipients, its body already built) in the database before
 its request goes out, and settled after the answer, so a SIGKILL at any instant leaves either rows
@@ -50,7 +51,6 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from sqlalchemy import Engine, func, select
 
 from .. import db
-from ..config import Settings
 from ..content.edition import Edition
 from ..errors import (
     CheckFailed,
@@ -69,10 +69,11 @@ from ..providers import (
     provider_for,
 )
 from ..providers.outbox import Outbox
+from ..sections import Delivery, Site
 from ..store.lease import HEARTBEAT, Holder, holder
 from ..subscribers import MailingList, get_list
-from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Content, Reader
+from .parts import SendParts
 from .campaigns import (
     NOT_POSTED,
     BatchInfo,
@@ -139,7 +140,7 @@ class SendPlan:
 
 
 def plan_send(
-    engine: Engine, settings: Settings, issue: Edition | date, list_name: str, *, resend_uncertain: bool = False
+    engine: Engine, parts: SendParts, issue: Edition | date, list_name: str, *, resend_uncertain: bool = False
 ) -> SendPlan:
     """Look at the list and any earlier run; render and check the issue if the send is new.
     `issue`: an Edition, or a day's daily issue."""
@@ -150,7 +151,7 @@ def plan_send(
         if campaign is not None:
             counts = state_counts(conn, campaign.id)
         else:
-            companion = find_companion(conn, settings, edition, mailing_list.id)
+            companion = find_companion(conn, parts.site.weekly_day, edition, mailing_list.id)
             audience = count_audience(conn, mailing_list.id, edition, companion)
     if campaign is not None:
         again = (db.UNCERTAIN, db.IN_FLIGHT) if resend_uncertain else ()
@@ -162,10 +163,10 @@ def plan_send(
             checks=None,
             counts=counts,
             recipients=counts[db.PENDING] + sum(counts[state] for state in again),
-            batch_size=batch_limit(settings),
+            batch_size=batch_limit(parts.delivery),
             resend_uncertain=resend_uncertain,
         )
-    content, report = render_and_check(settings, edition)
+    content, report = render_and_check(parts.site, edition)
     return SendPlan(
         issue=edition,
         mailing_list=mailing_list,
@@ -174,28 +175,28 @@ def plan_send(
         checks=report,
         counts={},
         recipients=audience,
-        batch_size=batch_limit(settings),
+        batch_size=batch_limit(parts.delivery),
         resend_uncertain=resend_uncertain,
     )
 
 
-def issue_to_send(settings: Settings, edition: Edition | None) -> Edition:
+def issue_to_send(site: Site, edition: Edition | None) -> Edition:
     """The issue to send: `edition`, or by default the latest digest's daily issue."""
     if edition is not None:
         return edition
     from ..content.digest import load_digest
 
-    return Edition.daily(load_digest(settings).date)
+    return Edition.daily(load_digest(site).date)
 
 
-def render_and_check(settings: Settings, edition: Edition) -> tuple[Content, CheckReport]:
+def render_and_check(site: Site, edition: Edition) -> tuple[Content, CheckReport]:
     """Render the issue once and run the pre-send checks on it."""
     # Imported here: rendering pulls in MJML and premailer, which status and resumes never need.
     from ..content.checks import run_checks
     from ..content.digest import load_issue
     from ..content.render import render_issue
 
-    issue = render_issue(load_issue(settings, edition), settings)
+    issue = render_issue(load_issue(site, edition), site)
     return Content(issue.subject, issue.html, issue.text), run_checks(issue)
 
 
@@ -208,20 +209,20 @@ def require_checks(plan: SendPlan, *, force: bool) -> list[str]:
     return [str(problem) for problem in plan.checks.problems]
 
 
-def open_provider(settings: Settings, *, dry_run: bool = False, outbox: Path | None = None) -> Provider:
+def open_provider(delivery: Delivery, *, dry_run: bool = False, outbox: Path | None = None) -> Provider:
     """What a send goes through: the configured provider, or for a dry run an outbox (by default
     <outbox_dir>/<date or week>/, see `default_outbox`) that keeps what that provider would be sent. Made
     before anything is asked or stored: missing credentials stop here."""
     if not dry_run:
-        return provider_for(settings)
+        return provider_for(delivery)
     if outbox is None:
         raise ValueError("a dry run needs its outbox folder")
-    return Outbox(provider_for(settings, connect=False), outbox, settings.clock)
+    return Outbox(provider_for(delivery, connect=False), outbox, delivery.clock)
 
 
 def execute(
     engine: Engine,
-    settings: Settings,
+    parts: SendParts,
     plan: SendPlan,
     provider: Provider,
     *,
@@ -235,11 +236,11 @@ def execute(
     delivery); or a send that records nothing: a dry run (`provider` is an Outbox), the provider's
     sandbox mode."""
     if to and not sandbox and not isinstance(provider, Outbox):
-        return send_test(engine, settings, plan, provider, to)
+        return send_test(engine, parts, plan, provider, to)
     if not records_delivery(provider, to=to, sandbox=sandbox):
-        return send_unrecorded(engine, settings, plan, provider, to=to, sandbox=sandbox)
+        return send_unrecorded(engine, parts, plan, provider, to=to, sandbox=sandbox)
     return send_campaign(
-        engine, settings, plan, provider=provider, on_progress=on_progress, interruption=interruption
+        engine, parts, plan, provider=provider, on_progress=on_progress, interruption=interruption
     )
 
 
@@ -250,31 +251,31 @@ def records_delivery(provider: Provider, *, to: Sequence[str] = (), sandbox: boo
 
 
 def send_issue(
-    engine: Engine, settings: Settings, plan: SendPlan, provider: Provider, *, to: Sequence[str] = (),
+    engine: Engine, parts: SendParts, plan: SendPlan, provider: Provider, *, to: Sequence[str] = (),
     sandbox: bool = False, watch: Callable[[SendPlan], AbstractContextManager[Callable[[Progress], None]]] | None = None,
 ) -> SendReport | UnrecordedReport | list[Outcome]:  # fmt: skip
     """`newsletter send`, once the plan is confirmed: `execute`, where the recorded send (or its
     resume) is stopped gently by SIGINT or SIGTERM (see Interruption) and shows its progress through
     what `watch(plan)` opens, which is given each Progress."""
     if not records_delivery(provider, to=to, sandbox=sandbox):
-        return execute(engine, settings, plan, provider, to=to, sandbox=sandbox)
+        return execute(engine, parts, plan, provider, to=to, sandbox=sandbox)
     with Interruption() as interruption, (watch(plan) if watch else nullcontext(None)) as on_progress:
-        return execute(engine, settings, plan, provider, on_progress=on_progress, interruption=interruption)
+        return execute(engine, parts, plan, provider, on_progress=on_progress, interruption=interruption)
 
 
 def send_test(
-    engine: Engine, settings: Settings, plan: SendPlan, provider: Provider, to: Sequence[str]
+    engine: Engine, parts: SendParts, plan: SendPlan, provider: Provider, to: Sequence[str]
 ) -> list[Outcome]:
     """The planned issue to the `to` addresses only, one message each, as a test ("[TEST]" before the
     subject): every copy's unsubscribe and preferences links open the test-copy page; nothing is
     counted as the issue's delivery."""
     content = replace(plan.content, subject=f"[TEST] {plan.content.subject}")
     addressing = Addressing(
-        settings,
+        parts.sender,
         content,
         mailing_list=plan.mailing_list,
         campaign_id=None,  # a test is no delivery of the issue: its events must not count
-        links=UnsubscribeLinks(settings),
+        links=parts.links,
         provider=provider,
     )
     run = f"test:{plan.issue.key}:{plan.mailing_list.id}:{secrets.token_hex(6)}"  # each test is new
@@ -283,7 +284,7 @@ def send_test(
         Outgoing(f"{run}:{number}", addressing.message, addressing.recipient(reader))
         for number, reader in enumerate(readers, start=1)
     ]
-    return send_messages(engine, settings, provider, outgoing)
+    return send_messages(engine, provider, outgoing, pacing=parts.pacing, clock=parts.clock)
 
 
 # -- stopping on a signal ---------------------------------------------------------------------------
@@ -358,7 +359,7 @@ class SendReport:
 
 def send_campaign(
     engine: Engine,
-    settings: Settings,
+    parts: SendParts,
     plan: SendPlan,
     *,
     provider: Provider | None = None,
@@ -372,9 +373,12 @@ def send_campaign(
     refused, the provider unavailable, a message it refuses, a lost answer, `interruption`'s
     signal) come back in `report.error` with the counts.
     """
-    provider = provider or provider_for(settings)  # first: missing credentials create nothing
-    campaign = plan.campaign or start_campaign(engine, settings, plan.issue, plan.mailing_list, plan.content)
-    run = _CampaignRun(engine, settings, campaign, provider, plan, on_progress, interruption)
+    provider = provider or provider_for(parts.delivery)  # first: missing credentials create nothing
+    campaign = plan.campaign or start_campaign(
+        engine, plan.issue, plan.mailing_list, plan.content, clock=parts.clock, sender=parts.sender,
+        weekly_day=parts.site.weekly_day,
+    )  # fmt: skip
+    run = _CampaignRun(engine, parts, campaign, provider, plan, on_progress, interruption)
     return asyncio.run(run.run())
 
 
@@ -382,34 +386,35 @@ class _CampaignRun:
     def __init__(
         self,
         engine: Engine,
-        settings: Settings,
+        parts: SendParts,
         campaign: Campaign,
         provider: Provider,
         plan: SendPlan,
         on_progress: Callable[[Progress], None] | None,
         interruption: Interruption | None,
     ) -> None:
-        self._settings = settings
+        self._pacing = parts.pacing
         self._campaign = campaign
         self._provider = provider
         self._resend_uncertain = plan.resend_uncertain
         self._on_progress = on_progress
         self._interruption = interruption
-        lease = claim(settings.clock, campaign.id, plan.describe)
-        self._store = BatchStore(engine, settings.clock, campaign, lease, companion_of(settings, campaign.issue))
+        lease = claim(parts.clock, campaign.id, plan.describe)
+        companion = companion_of(parts.site.weekly_day, campaign.issue)
+        self._store = BatchStore(engine, parts.clock, campaign, lease, companion)
         # The workers' transactions, and the heartbeat's, queue here rather than in SQLite's busy
         # handler (see db.one_writer_at_a_time).
         self._writes = db.one_writer_at_a_time(engine)
         self._addressing = Addressing(
-            settings,
+            parts.sender,
             campaign.content,
             mailing_list=plan.mailing_list,
             campaign_id=campaign.id,
-            links=UnsubscribeLinks(settings),
+            links=parts.links,
             provider=provider,
         )
-        self._limiter = RateLimiter(settings.send_rate_limit)
-        self._requests = Requests(provider, self._limiter, settings.max_retries, retry_lost=plan.resend_uncertain)
+        self._limiter = RateLimiter(parts.pacing.send_rate_limit)
+        self._requests = Requests(provider, self._limiter, parts.pacing.max_retries, retry_lost=plan.resend_uncertain)
         self._stop: SendError | None = None
         self._stopped_by: str | None = None
         self._progress: Progress
@@ -430,7 +435,7 @@ class _CampaignRun:
         heartbeat = asyncio.create_task(self._heartbeat())
         unlisten = self._listen(self._interruption) if self._interruption is not None else None
         try:
-            self._workers = [asyncio.create_task(self._worker()) for _ in range(self._settings.send_concurrency)]
+            self._workers = [asyncio.create_task(self._worker()) for _ in range(self._pacing.send_concurrency)]
             # Every worker ends its request before the run ends, whatever stopped the others.
             outcomes = await asyncio.gather(*self._workers, return_exceptions=True)
         finally:
@@ -459,7 +464,7 @@ class _CampaignRun:
         """Record what this run leaves behind: answers not recorded yet, batches still out."""
         left = list(self._live.values())
         try:
-            return db.retrying(lambda: self._store.finish(left), self._settings.database_timeout)
+            return db.retrying(lambda: self._store.finish(left), self._pacing.database_timeout)
         except DatabaseError as error:
             maybe = sum(len(exchange.recipients) for exchange in left if exchange.maybe_delivered)
             raise DatabaseError(
@@ -477,7 +482,7 @@ class _CampaignRun:
             with self._writes:
                 return call(*args, **kwargs)
 
-        timeout = self._settings.database_timeout
+        timeout = self._pacing.database_timeout
         future = asyncio.ensure_future(asyncio.to_thread(db.retrying, work, timeout))
         try:
             return await asyncio.shield(future)
@@ -519,7 +524,7 @@ class _CampaignRun:
             self._stopped_by = signal_name
         self._halt(SendError(f"stopped by {signal_name}. {_RESUME}"))
         self._limiter.stop()
-        asyncio.get_running_loop().call_later(self._settings.read_timeout, self._give_up)
+        asyncio.get_running_loop().call_later(self._pacing.read_timeout, self._give_up)
 
     def _give_up(self) -> None:
         """Past the wait for answers: cancel the workers still out; _finish records their batches as
@@ -612,7 +617,7 @@ class _CampaignRun:
             await self._give_back(exchange, f"could not reach {provider}: {error}")
             self._halt(
                 SendError(
-                    f"could not reach {provider} ({self._settings.max_retries} retries; last: {error}). {_RESUME}"
+                    f"could not reach {provider} ({self._pacing.max_retries} retries; last: {error}). {_RESUME}"
                 )
             )
             return
@@ -636,7 +641,7 @@ class _CampaignRun:
             self._halt(ProviderAuthError(f"{answer.reason}. {_RESUME}"))
         elif verdict is Verdict.RETRY_LATER:
             await self._give_back(exchange, answer.reason)
-            self._halt(SendError(f"{answer.reason}, still after {self._settings.max_retries} retries. {_RESUME}"))
+            self._halt(SendError(f"{answer.reason}, still after {self._pacing.max_retries} retries. {_RESUME}"))
         elif verdict is Verdict.EACH_ANSWERED or (verdict is Verdict.RECIPIENTS_REFUSED and len(recipients) == 1):
             sent, failed = await self._db(self._store.settle_each, exchange, answer)
             self._live.pop(exchange.batch_id, None)

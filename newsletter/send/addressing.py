@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..addresses import ascii_domain
-from ..config import Settings
 from ..providers import Batch, Message, Provider, Recipient
+from ..sections import Sender
 from ..subscribers import MailingList
 from ..tokens import UnsubscribeLinks
 
@@ -39,7 +39,7 @@ class Addressing:
 
     def __init__(
         self,
-        settings: Settings,
+        sender: Sender,
         content: Content,
         *,
         mailing_list: MailingList,
@@ -57,10 +57,10 @@ class Addressing:
             subject=content.subject,
             html=content.html,
             text=content.text,
-            sender_email=settings.from_email,
-            sender_name=settings.from_name,
-            reply_to=settings.reply_to,
-            headers={"List-Id": list_id_header(mailing_list.name, settings.from_email)},
+            sender_email=sender.from_email,
+            sender_name=sender.from_name,
+            reply_to=sender.reply_to,
+            headers={"List-Id": list_id_header(mailing_list.name, sender.from_email)},
         )
 
     def prepare(self, readers: Sequence[Reader]) -> Any:

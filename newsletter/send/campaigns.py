@@ -39,11 +39,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .. import db
-from ..config import WEEKDAYS, Settings
+from ..config import WEEKDAYS
 from ..content.edition import DAILY, WEEKLY, Edition
 from ..errors import SendError, SendInProgress
 from ..membership import members_query, receives_issues
 from ..providers import Answer
+from ..sections import Clock, Sender
 from ..store.lease import STALE_AFTER, Holder, Lease
 from ..subscribers import MailingList
 from ..suppressions import suppress
@@ -113,14 +114,14 @@ def find_campaign(conn: Connection, issue: Edition | date, list_id: int) -> Camp
     )
 
 
-def companion_of(settings: Settings, edition: Edition) -> Edition | None:
+def companion_of(weekly_day: str, edition: Edition) -> Edition | None:
     """The other issue the list gets the day `edition` goes out, on weekly_day; None on other days."""
-    return edition.companion(WEEKDAYS.index(settings.weekly_day))
+    return edition.companion(WEEKDAYS.index(weekly_day))
 
 
-def find_companion(conn: Connection, settings: Settings, edition: Edition, list_id: int) -> Campaign | None:
+def find_companion(conn: Connection, weekly_day: str, edition: Edition, list_id: int) -> Campaign | None:
     """The campaign of `edition`'s companion to the list, if it has started."""
-    companion = companion_of(settings, edition)
+    companion = companion_of(weekly_day, edition)
     return find_campaign(conn, companion, list_id) if companion is not None else None
 
 
@@ -130,7 +131,14 @@ def next_campaign_id(conn: Connection) -> int:
 
 
 def start_campaign(
-    engine: Engine, settings: Settings, issue: Edition | date, mailing_list: MailingList, content: Content
+    engine: Engine,
+    issue: Edition | date,
+    mailing_list: MailingList,
+    content: Content,
+    *,
+    clock: Clock,
+    sender: Sender,
+    weekly_day: str,
 ) -> Campaign:
     """The campaign for (issue, list), created with its content and the snapshot of its audience
     (`audience`) in one transaction if it does not exist yet (an existing one is returned
@@ -141,7 +149,7 @@ def start_campaign(
             existing = find_campaign(conn, edition, mailing_list.id)
             if existing is not None:
                 return existing
-            now = settings.clock()
+            now = clock()
             campaign_id = conn.execute(
                 db.campaigns.insert().values(
                     issue_date=edition.key,
@@ -156,11 +164,11 @@ def start_campaign(
             # What its mail tracks, as the report must know it whatever the settings say later.
             conn.execute(
                 db.campaign_tracking.insert().values(
-                    campaign_id=campaign_id, opens=settings.track_opens, clicks=settings.track_clicks
+                    campaign_id=campaign_id, opens=sender.track_opens, clicks=sender.track_clicks
                 )
             )
             s = db.subscribers.c
-            companion = find_companion(conn, settings, edition, mailing_list.id)
+            companion = find_companion(conn, weekly_day, edition, mailing_list.id)
             columns = (literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS))
             for snapshot in audience(mailing_list.id, edition, companion, *columns):
                 conn.execute(

@@ -20,7 +20,6 @@ from datetime import datetime
 from sqlalchemy.engine import Connection, Engine
 
 from .. import db
-from ..config import Settings
 from ..errors import SendError
 from ..providers import (
     AnswerLost,
@@ -32,6 +31,7 @@ from ..providers import (
     RequestNotSent,
     Verdict,
 )
+from ..sections import Clock, Pacing
 from ..store import messages
 from .pacing import Exchange, RateLimiter, Requests
 
@@ -57,69 +57,72 @@ class Outcome:
 
 
 def send_messages(
-    engine: Engine, settings: Settings, provider: Provider, outgoing: Sequence[Outgoing]
+    engine: Engine, provider: Provider, outgoing: Sequence[Outgoing], *, pacing: Pacing, clock: Clock
 ) -> list[Outcome]:
     """Send each message unless the one recorded under its key went out (or may have) already, then
     close `provider`. Blocking; safe to call from several threads or processes with the same keys
     at once."""
 
     async def each() -> list[Outcome]:
-        requests = requests_for(settings, provider)
+        requests = requests_for(pacing, provider)
         try:
-            return [await send_message(engine, settings, provider, requests, item) for item in outgoing]
+            return [
+                await send_message(engine, provider, requests, item, clock=clock, database_timeout=pacing.database_timeout)
+                for item in outgoing
+            ]
         finally:
             await provider.aclose()
 
     return asyncio.run(each())
 
 
-def requests_for(settings: Settings, provider: Provider) -> Requests:
+def requests_for(pacing: Pacing, provider: Provider) -> Requests:
     """The pacing and retries of one-off messages through `provider`: within its rate limit, and a
     lost answer never repeated (the message is uncertain instead)."""
-    return Requests(provider, RateLimiter(settings.send_rate_limit), settings.max_retries, retry_lost=False)
+    return Requests(provider, RateLimiter(pacing.send_rate_limit), pacing.max_retries, retry_lost=False)
 
 
 async def send_message(
     engine: Engine,
-    settings: Settings,
     provider: Provider,
     requests: Requests,
     item: Outgoing,
     *,
+    clock: Clock,
+    database_timeout: float,
     writing: Callable[[], AbstractContextManager[Connection]] | None = None,
     claimed: bool = False,
 ) -> Outcome:
     """One message, unless the one recorded under its key went out (or may have) already: what
     send_messages does for each, for a caller with its own event loop (the web server). `writing`
     opens its write transactions (by default engine.begin): the web server queues them behind its
-    other writers. `claimed`: the caller's own transaction claimed it already (`claim`), so that
+    other writers; `database_timeout` is how long its records are retried. `claimed`: the caller's own transaction claimed it already (`claim`), so that
     recording the reason for the mail and claiming it take one commit."""
     begin = writing or engine.begin
-    timeout = settings.database_timeout
     try:
         request = provider.prepare(Batch(item.message, [item.recipient]))
     except SendError as error:  # the provider could never take it (too large for its limits)
         if claimed:  # recorded in flight: nothing left, and a later try may send it
-            settle = functools.partial(_settle, begin, settings, item.key, PENDING, None, f"not sent: {error}")
-            await asyncio.to_thread(db.retrying, settle, timeout)
+            settle = functools.partial(_settle, begin, clock, item.key, PENDING, None, f"not sent: {error}")
+            await asyncio.to_thread(db.retrying, settle, database_timeout)
         raise
     if not claimed:
         # After preparing: a message the provider could never take is refused before anything is recorded.
-        own_claim = functools.partial(_claim, begin, settings, item.key, item.recipient.email, item.message.subject)
-        already = await asyncio.to_thread(db.retrying, own_claim, timeout)
+        own_claim = functools.partial(_claim, begin, clock, item.key, item.recipient.email, item.message.subject)
+        already = await asyncio.to_thread(db.retrying, own_claim, database_timeout)
         if already is not None:
             return already
     state, message_id, error = await _send(provider, requests, request)
-    settle = functools.partial(_settle, begin, settings, item.key, state, message_id, error)
-    await asyncio.to_thread(db.retrying, settle, timeout)
+    settle = functools.partial(_settle, begin, clock, item.key, state, message_id, error)
+    await asyncio.to_thread(db.retrying, settle, database_timeout)
     return Outcome(item.key, item.recipient.email, state, state == SENT, message_id, error)
 
 
 def _claim(
-    begin: Callable[[], AbstractContextManager[Connection]], settings: Settings, key: str, email: str, subject: str
+    begin: Callable[[], AbstractContextManager[Connection]], clock: Clock, key: str, email: str, subject: str
 ) -> Outcome | None:
     with begin() as conn:
-        return claim(conn, key=key, email=email, subject=subject, now=settings.clock())
+        return claim(conn, key=key, email=email, subject=subject, now=clock())
 
 
 def claim(conn: Connection, *, key: str, email: str, subject: str, now: datetime) -> Outcome | None:
@@ -144,20 +147,20 @@ async def _send(provider: Provider, requests: Requests, request: object) -> tupl
 
 
 def release(
-    begin: Callable[[], AbstractContextManager[Connection]], settings: Settings, key: str, error: str
+    begin: Callable[[], AbstractContextManager[Connection]], clock: Clock, key: str, error: str
 ) -> None:
     """Give back a message claimed in flight that was certainly not sent (its provider could not
     even be made): pending again, so that a later try sends it."""
-    _settle(begin, settings, key, PENDING, None, f"not sent: {error}")
+    _settle(begin, clock, key, PENDING, None, f"not sent: {error}")
 
 
 def _settle(
     begin: Callable[[], AbstractContextManager[Connection]],
-    settings: Settings,
+    clock: Clock,
     key: str,
     state: str,
     message_id: str | None,
     error: str | None,
 ) -> None:
     with begin() as conn:
-        messages.settle(conn, key, state=state, message_id=message_id, error=error, now=settings.clock())
+        messages.settle(conn, key, state=state, message_id=message_id, error=error, now=clock())

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, select
 
 from .. import db
-from ..config import Settings
 from ..content.edition import Edition
 from ..errors import ProviderAuthError, SendError
 from ..membership import members_query
 from ..providers import AnswerLost, Provider, RequestImpossible, RequestNotSent, Verdict
 from ..addresses import email_key, normalise_email
+from ..sections import Pacing
 from ..subscribers import read_pages
-from ..tokens import UnsubscribeLinks
 from .addressing import Addressing, Reader
 from .campaigns import Campaign, next_campaign_id, read_page, sort_page
 from .pacing import Exchange, RateLimiter, Requests
+from .parts import SendParts
 
 if TYPE_CHECKING:
     from . import SendPlan
@@ -43,14 +43,14 @@ class UnrecordedReport:
     problems: list[str] = field(default_factory=list)  # "request N (first@address): reason"
 
 
-def default_outbox(settings: Settings, edition: Edition) -> Path:
+def default_outbox(outbox_dir: Path, edition: Edition) -> Path:
     """<outbox_dir>/2026-01-23/, or <outbox_dir>/2026-W04/ for a weekly edition."""
-    return settings.path(settings.outbox_dir) / edition.key
+    return outbox_dir / edition.key
 
 
 def send_unrecorded(
     engine: Engine,
-    settings: Settings,
+    parts: SendParts,
     plan: SendPlan,
     provider: Provider,
     *,
@@ -72,22 +72,22 @@ def send_unrecorded(
         with db.reading(engine) as conn:
             campaign_id = next_campaign_id(conn)
     addressing = Addressing(
-        settings,
+        parts.sender,
         plan.content,
         mailing_list=plan.mailing_list,
         campaign_id=campaign_id,
-        links=UnsubscribeLinks(settings),
+        links=parts.links,
         provider=provider,
         validate_only=sandbox,
     )
-    return asyncio.run(_push(settings, batches, addressing, provider))
+    return asyncio.run(_push(parts.pacing, batches, addressing, provider))
 
 
 async def _push(
-    settings: Settings, batches: Iterator[list[Reader]], addressing: Addressing, provider: Provider
+    pacing: Pacing, batches: Iterator[list[Reader]], addressing: Addressing, provider: Provider
 ) -> UnrecordedReport:
-    limiter = RateLimiter(settings.send_rate_limit)
-    requests = Requests(provider, limiter, settings.max_retries, retry_lost=False)
+    limiter = RateLimiter(pacing.send_rate_limit)
+    requests = Requests(provider, limiter, pacing.max_retries, retry_lost=False)
     report = UnrecordedReport()
 
     async def worker() -> None:
@@ -112,7 +112,7 @@ async def _push(
                 report.problems.append(f"{where}: {answer.reason}")
 
     try:
-        await asyncio.gather(*(worker() for _ in range(settings.send_concurrency)))
+        await asyncio.gather(*(worker() for _ in range(pacing.send_concurrency)))
     finally:
         await provider.aclose()
     return report

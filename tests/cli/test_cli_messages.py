@@ -79,7 +79,7 @@ def test_run_json_carries_the_same_words_for_a_bad_date() -> None:
 def test_render_check_and_send_report_one_size_and_say_which(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    issue = render_issue(load_issue(settings, None), settings)
+    issue = render_issue(load_issue(settings.site, None), settings.site)
     received = kilobytes(received_bytes(issue.html))
     assert received != kilobytes(issue.html_bytes)  # each reader's links are longer than their placeholders
 

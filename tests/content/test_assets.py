@@ -24,7 +24,7 @@ HF_THUMB = "https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/{}.pn
 
 @pytest.fixture
 def digest(settings: Settings) -> Digest:
-    return load_digest(settings)
+    return load_digest(settings.site)
 
 
 @pytest.fixture
@@ -53,13 +53,13 @@ def photo(path: Path, size: tuple[int, int], *, orientation: int | None = None) 
 
 
 def published(settings: Settings) -> list[Path]:
-    folder = assets_dir(settings)
+    folder = assets_dir(settings.site)
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 def test_example_thumbnails_fall_back_to_hugging_face(settings: Settings, digest: Digest) -> None:
     # The example's images/ folder is not in the repository.
-    thumbnails = [resolve_thumbnail(paper, digest, settings) for paper in digest.papers]
+    thumbnails = [resolve_thumbnail(paper, digest, settings.site) for paper in digest.papers]
 
     assert [t.url for t in thumbnails if t] == [HF_THUMB.format(p.paper_id) for p in digest.papers]
     assert {(t.width, t.height) for t in thumbnails if t} == {(552, 290)}
@@ -69,13 +69,13 @@ def test_example_thumbnails_fall_back_to_hugging_face(settings: Settings, digest
 def test_absolute_https_thumbnail_is_used_as_is(settings: Settings, digest: Digest) -> None:
     paper = with_thumbnail(digest.papers[0], "https://images.example.com/a.png?x=1")
 
-    assert resolve_thumbnail(paper, digest, settings) == Thumbnail("https://images.example.com/a.png?x=1", 552, 290)
+    assert resolve_thumbnail(paper, digest, settings.site) == Thumbnail("https://images.example.com/a.png?x=1", 552, 290)
 
 
 def test_plain_http_thumbnail_is_not_used(settings: Settings, digest: Digest) -> None:
     paper = with_thumbnail(digest.papers[0], "http://images.example.com/a.png")
 
-    thumbnail = resolve_thumbnail(paper, digest, settings)
+    thumbnail = resolve_thumbnail(paper, digest, settings.site)
     assert thumbnail is not None and thumbnail.url == HF_THUMB.format("2601.15876")
 
 
@@ -86,7 +86,7 @@ def test_local_jpeg_is_oriented_resized_stripped_and_hashed(
     photo(source, (3000, 2000), orientation=6)  # stored sideways: displays as 2000 wide, 3000 tall
     paper = with_thumbnail(digest.papers[0], "images/paper%20one.jpg")
 
-    thumbnail = resolve_thumbnail(paper, digest, cdn_settings)
+    thumbnail = resolve_thumbnail(paper, digest, cdn_settings.site)
 
     (stored,) = published(cdn_settings)
     assert thumbnail == Thumbnail(f"https://cdn.example.com/newsletter/{stored.name}", 552, 828)
@@ -106,18 +106,18 @@ def test_republishing_is_deterministic_and_never_rewrites(settings: Settings, di
     photo(project / "digests" / "images" / "a.jpg", (1600, 900))
     paper = with_thumbnail(digest.papers[0], "images/a.jpg")
 
-    first = resolve_thumbnail(paper, digest, settings)
+    first = resolve_thumbnail(paper, digest, settings.site)
     (stored,) = published(settings)
     before = stored.stat()
-    assert resolve_thumbnail(paper, digest, settings) == first
+    assert resolve_thumbnail(paper, digest, settings.site) == first
     after = stored.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     content = stored.read_bytes()
     stored.unlink()
-    assert resolve_thumbnail(paper, digest, settings) == first
+    assert resolve_thumbnail(paper, digest, settings.site) == first
     assert stored.read_bytes() == content
-    assert asset_file(settings, first.url) == stored
+    assert asset_file(settings.site, first.url) == stored
 
 
 def test_png_with_transparency_stays_png_without_metadata(settings: Settings, digest: Digest, project: Path) -> None:
@@ -129,7 +129,7 @@ def test_png_with_transparency_stays_png_without_metadata(settings: Settings, di
     Image.new("RGBA", (400, 100), (10, 20, 30, 128)).save(source, pnginfo=info)
     paper = with_thumbnail(digest.papers[0], "figure.png")
 
-    thumbnail = resolve_thumbnail(paper, digest, settings)
+    thumbnail = resolve_thumbnail(paper, digest, settings.site)
 
     (stored,) = published(settings)
     assert thumbnail == Thumbnail(f"{settings.assets_url}/{stored.name}", 400, 100)  # never upscaled
@@ -142,21 +142,21 @@ def test_png_with_transparency_stays_png_without_metadata(settings: Settings, di
 def test_missing_local_file_falls_back_to_hugging_face(settings: Settings, digest: Digest) -> None:
     paper = with_thumbnail(digest.papers[2], "images/missing.jpg")
 
-    assert resolve_thumbnail(paper, digest, settings) == Thumbnail(HF_THUMB.format("2601.14724"), 552, 290)
+    assert resolve_thumbnail(paper, digest, settings.site) == Thumbnail(HF_THUMB.format("2601.14724"), 552, 290)
 
 
 def test_missing_local_file_of_other_paper_has_no_image(settings: Settings, digest: Digest) -> None:
     paper = with_thumbnail(digest.papers[0], "images/missing.jpg", url="https://arxiv.org/abs/2601.15876")
 
-    assert resolve_thumbnail(paper, digest, settings) is None
-    assert resolve_thumbnail(with_thumbnail(paper, None), digest, settings) is None
+    assert resolve_thumbnail(paper, digest, settings.site) is None
+    assert resolve_thumbnail(with_thumbnail(paper, None), digest, settings.site) is None
 
 
 def test_unreadable_image_is_treated_as_missing(settings: Settings, digest: Digest, project: Path) -> None:
     (project / "digests" / "broken.jpg").write_bytes(b"not an image")
     paper = with_thumbnail(digest.papers[0], "broken.jpg")
 
-    assert resolve_thumbnail(paper, digest, settings) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
+    assert resolve_thumbnail(paper, digest, settings.site) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
     assert published(settings) == []
 
 
@@ -164,14 +164,14 @@ def test_thumbnail_outside_the_digest_folder_is_refused(settings: Settings, dige
     photo(project / "private.jpg", (800, 600))
     paper = with_thumbnail(digest.papers[0], "../private.jpg", url="https://example.com/paper")
 
-    assert resolve_thumbnail(paper, digest, settings) is None
+    assert resolve_thumbnail(paper, digest, settings.site) is None
     assert published(settings) == []
 
 
 def test_asset_file_maps_only_asset_urls(settings: Settings) -> None:
-    assert asset_file(settings, "https://elsewhere.example.com/x.jpg") is None
-    assert asset_file(settings, f"{settings.assets_url}/../secret.key") is None
-    assert asset_file(settings, f"{settings.assets_url}/nothing.jpg") is None
+    assert asset_file(settings.site, "https://elsewhere.example.com/x.jpg") is None
+    assert asset_file(settings.site, f"{settings.assets_url}/../secret.key") is None
+    assert asset_file(settings.site, f"{settings.assets_url}/nothing.jpg") is None
     assert THUMBNAIL_DISPLAY_WIDTH == 552
 
 
@@ -179,7 +179,7 @@ def test_asset_file_maps_only_asset_urls(settings: Settings) -> None:
 def test_https_thumbnail_without_a_host_is_not_used(settings: Settings, digest: Digest, url: str) -> None:
     paper = with_thumbnail(digest.papers[0], url)
 
-    assert resolve_thumbnail(paper, digest, settings) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
+    assert resolve_thumbnail(paper, digest, settings.site) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
 
 
 @pytest.mark.parametrize("kind", ["BMP", "TIFF", "PPM"])
@@ -190,7 +190,7 @@ def test_images_of_other_formats_are_treated_as_missing(
     Image.new("RGB", (64, 48), (10, 200, 10)).save(project / "digests" / "thumb.img", kind)
     paper = with_thumbnail(digest.papers[0], "thumb.img")
 
-    assert resolve_thumbnail(paper, digest, settings) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
+    assert resolve_thumbnail(paper, digest, settings.site) == Thumbnail(HF_THUMB.format("2601.15876"), 552, 290)
     assert published(settings) == []
 
 
@@ -201,7 +201,7 @@ def test_images_of_the_thumbnail_formats_are_published(
     Image.new("RGB", (64, 48), (10, 200, 10)).save(project / "digests" / "thumb.img", kind)
     paper = with_thumbnail(digest.papers[0], "thumb.img")
 
-    thumbnail = resolve_thumbnail(paper, digest, cdn_settings)
+    thumbnail = resolve_thumbnail(paper, digest, cdn_settings.site)
     assert thumbnail is not None and thumbnail.url.startswith("https://cdn.example.com/newsletter/")
     assert (thumbnail.width, thumbnail.height) == (64, 48)
     assert len(published(cdn_settings)) == 1

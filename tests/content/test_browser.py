@@ -129,7 +129,7 @@ def issue_url(tmp_path_factory: pytest.TempPathFactory):
         public_dir=project / "public",
         asset_base_url=f"http://127.0.0.1:{port}/assets",
     )
-    issue = render_issue(load_digest(settings), settings)
+    issue = render_issue(load_digest(settings.site), settings.site)
     html, _ = issue.personalised(f"http://127.0.0.1:{port}/unsubscribe", f"http://127.0.0.1:{port}/preferences")
     (project / "public" / "issue.html").write_text(html, encoding="utf-8")
     server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(project / "public")]
@@ -231,11 +231,11 @@ def sites(tmp_path_factory: pytest.TempPathFactory):
         base = f"http://127.0.0.1:{port}/{language}"
         settings = load_settings(config_dir=project, base_url=base, public_dir=project / "public" / language,
                                  asset_base_url=f"{base}/assets", language=language)  # fmt: skip
-        publish_issue(load_digest(settings), settings)
+        publish_issue(load_digest(settings.site), settings.site)
         signup = project / "public" / language / "subscribe" / "daily-papers" / "index.html"
         signup.parent.mkdir(parents=True)
         context = {**NEWSLETTER, **PAGES[0][1], "postal_address": settings.postal_address, "membership": None, "masked_email": ""}
-        signup.write_text(render_template(settings, "subscribe.html.j2", context), encoding="utf-8")
+        signup.write_text(render_template(settings.site, "subscribe.html.j2", context), encoding="utf-8")
         urls[language] = base
     server = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(project / "public")]
     with running(server, port):

@@ -158,7 +158,7 @@ def test_failed_report_raises_every_problem() -> None:
 
 
 def test_the_rendered_example_passes_every_check(settings: Settings) -> None:
-    issue = render_issue(load_digest(settings, date(2026, 1, 23)), settings)
+    issue = render_issue(load_digest(settings.site, date(2026, 1, 23)), settings.site)
 
     report = run_checks(issue)
 

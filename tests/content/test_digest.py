@@ -70,7 +70,7 @@ def parse(text: str, name: str = "2026-01-23.md") -> Digest:
 
 
 def test_example_digest_parses_into_five_papers(settings: Settings) -> None:
-    digest = load_digest(settings, date(2026, 1, 23))
+    digest = load_digest(settings.site, date(2026, 1, 23))
 
     assert digest.date == date(2026, 1, 23)
     assert digest.title == "2026-01-23 Daily Papers (Top 5)"
@@ -98,7 +98,7 @@ def test_example_digest_parses_into_five_papers(settings: Settings) -> None:
 
 def test_example_digest_has_no_replacement_character_anywhere(settings: Settings) -> None:
     assert "\ufffd" in EXAMPLE_DIGEST.read_text()  # the broken emoji this test is about
-    digest = load_digest(settings)
+    digest = load_digest(settings.site)
 
     assert "\ufffd" not in repr(digest)
 
@@ -110,9 +110,9 @@ def test_latest_digest_is_loaded_without_a_date(settings: Settings, project: Pat
     )
     (project / "digests" / "notes.md").write_text("# not a digest\n")
 
-    assert digest_dates(settings) == [date(2026, 1, 23), date(2026, 1, 24)]
-    assert load_digest(settings).date == date(2026, 1, 24)
-    assert load_digest(settings, date(2026, 1, 23)).date == date(2026, 1, 23)
+    assert digest_dates(settings.site) == [date(2026, 1, 23), date(2026, 1, 24)]
+    assert load_digest(settings.site).date == date(2026, 1, 24)
+    assert load_digest(settings.site, date(2026, 1, 23)).date == date(2026, 1, 23)
 
 
 # -- tolerance ---------------------------------------------------------------------------------
@@ -281,14 +281,14 @@ def test_date_from_title_when_the_file_is_not_named_by_date() -> None:
 
 def test_missing_digest_names_the_path(settings: Settings, project: Path) -> None:
     with pytest.raises(DigestError) as caught:
-        load_digest(settings, date(2026, 2, 1))
+        load_digest(settings.site, date(2026, 2, 1))
     assert str(caught.value) == f"{project / 'digests' / '2026-02-01.md'}: no digest for 2026-02-01"
 
 
 def test_no_digest_at_all(settings: Settings, project: Path) -> None:
     (project / "digests" / "2026-01-23.md").unlink()
     with pytest.raises(DigestError, match="no digest found"):
-        load_digest(settings)
+        load_digest(settings.site)
 
 
 def test_undecodable_bytes_are_dropped(settings: Settings, project: Path) -> None:
@@ -296,7 +296,7 @@ def test_undecodable_bytes_are_dropped(settings: Settings, project: Path) -> Non
     text = digest_text(paper(), title="# 2026-01-22 Daily Papers (Top 1)")
     path.write_bytes(text.encode().replace(b"A short", b"A \xf0\x9f short"))
 
-    summary = load_digest(settings, date(2026, 1, 22)).papers[0].summary
+    summary = load_digest(settings.site, date(2026, 1, 22)).papers[0].summary
     assert summary is not None and summary.text == "A  short summary."
 
 

@@ -85,7 +85,7 @@ def test_a_digest_from_the_model_parses_checks_and_keeps_each_paper_its_own_summ
     done = project.generate()
     assert done.returncode == 0, done.stderr
     settings = load_settings(project.config)
-    digest = load_digest(settings, DAY)
+    digest = load_digest(settings.site, DAY)
     assert [paper.paper_id for paper in digest.papers] == top_ids(project.hf)
     by_id = {item["paper"]["id"]: item["paper"] for item in project.hf.items(DAY)}
     for paper in digest.papers:
@@ -129,7 +129,7 @@ def test_the_model_is_retried_through_rate_limits_outages_and_bad_answers(projec
     project.llm.violate("few_items", times=1)
     done = project.generate()
     assert done.returncode == 0, done.stderr
-    assert len(load_digest(load_settings(project.config), DAY).papers) == 5
+    assert len(load_digest(load_settings(project.config).site, DAY).papers) == 5
 
 
 @pytest.mark.slow
@@ -173,7 +173,7 @@ def test_titles_round_trip_to_the_email_as_the_same_characters(project: Project)
     project.hf.set_papers(DAY, [paper, *make_papers(2, date=DAY, seed=3)])
     project.configure(summarizer="none")
     assert project.generate(key=None).returncode == 0
-    digest = load_digest(load_settings(project.config), DAY)
+    digest = load_digest(load_settings(project.config).site, DAY)
     assert digest.papers[0].title == HOSTILE_TITLE
     assert project.cli("render", "--date", DAY.isoformat(), "--out", "issue.html", "--text", "issue.txt").returncode == 0
     assert HOSTILE_TITLE in " ".join((project.folder / "issue.txt").read_text().split())  # wrapped at 72
@@ -188,7 +188,7 @@ def test_without_a_model_the_digest_is_english_from_the_source(project: Project)
     assert project.llm.calls == 0
     text = project.digest.read_text()
     assert "### 📌 Summary" in text and "### 🔑 Key points" in text and "### 📝 Abstract" in text
-    digest = load_digest(load_settings(project.config), DAY)
+    digest = load_digest(load_settings(project.config).site, DAY)
     first = next(item["paper"] for item in project.hf.items(DAY) if item["paper"]["id"] == digest.papers[0].paper_id)
     assert digest.papers[0].summary.text == " ".join(first["ai_summary"].split())
     assert digest.language == "en"
@@ -214,7 +214,7 @@ def test_a_thumbnail_that_cannot_be_had_leaves_the_card_without_one_and_says_so(
     done = project.generate()
     assert done.returncode == 0, done.stderr
     assert f"warning: paper {missing} has no thumbnail" in done.stderr
-    digest = load_digest(load_settings(project.config), DAY)
+    digest = load_digest(load_settings(project.config).site, DAY)
     assert digest.papers[0].thumbnail is None and all(paper.thumbnail for paper in digest.papers[1:])
 
 
@@ -258,7 +258,7 @@ def test_markup_split_by_bidi_controls_or_doubled_tags_is_still_removed(project:
     project.hf.set_papers(DAY, [paper, blank, *others])
     done = project.generate()
     assert done.returncode == 0, done.stderr
-    digest = load_digest(load_settings(project.config), DAY)  # the parser takes what was written
+    digest = load_digest(load_settings(project.config).site, DAY)  # the parser takes what was written
     assert len(digest.papers) == 3 and digest.papers[0].title == "unsubscribe_url"
     text = project.digest.read_text().casefold()
     for gone in ("evil.example", "javascript", "<scr", "-unsubscribe_url-", "-preferences_url-"):

@@ -109,7 +109,7 @@ def test_the_template_holds_every_message_and_each_language_translates_them_all(
 
 
 def issue_data(settings: Settings) -> list[str]:
-    titles = [paper.title for paper in load_digest(settings).papers]
+    titles = [paper.title for paper in load_digest(settings.site).papers]
     return [*titles, *map(short_title, titles), settings.from_name, settings.postal_address]
 
 
@@ -118,7 +118,7 @@ def test_the_issue_and_its_web_version_speak_one_language(project: Path, languag
     settings = configured(project, language)
     data = issue_data(settings)
     for page in (False, True):
-        issue = render_issue(load_digest(settings), settings, abstract="full", page=page)
+        issue = render_issue(load_digest(settings.site), settings.site, abstract="full", page=page)
         assert issue.language == language
         assert_speaks(language, issue.html, data)
     # The digest (Korean) stays as written, marked as Korean inside an English page.
@@ -129,7 +129,7 @@ def test_the_issue_and_its_web_version_speak_one_language(project: Path, languag
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_the_plain_text_part_speaks_one_language(project: Path, language: str) -> None:
     settings = configured(project, language)
-    issue = render_issue(load_digest(settings), settings)
+    issue = render_issue(load_digest(settings.site), settings.site)
     # The digest's text goes out as written: the summaries and key points are Korean in both.
     own = "\n".join(line for line in issue.text.splitlines() if not HANGUL.search(line) or line.startswith(("[", "▲")))
     english = {
@@ -152,13 +152,13 @@ def test_an_issue_takes_its_digests_language_unless_one_is_set(project: Path) ->
         encoding="utf-8",
     )
     unset = configured(project, None)
-    assert render_issue(load_digest(unset, date(2026, 1, 24)), unset).subject == "January 24, 2026 — A paper"
-    assert render_issue(load_digest(unset, date(2026, 1, 23)), unset).subject == "2026년 1월 23일 — EvoCUA 외 4편"
+    assert render_issue(load_digest(unset.site, date(2026, 1, 24)), unset.site).subject == "January 24, 2026 — A paper"
+    assert render_issue(load_digest(unset.site, date(2026, 1, 23)), unset.site).subject == "2026년 1월 23일 — EvoCUA 외 4편"
     korean = configured(project, "ko")
-    issue = render_issue(load_digest(korean, date(2026, 1, 24)), korean)
+    issue = render_issue(load_digest(korean.site, date(2026, 1, 24)), korean.site)
     assert issue.subject == "2026년 1월 24일 — A paper" and "논문 1편" in issue.text
     # One paper is one, in English.
-    assert "2026 · 1 paper\n" in render_issue(load_digest(unset, date(2026, 1, 24)), unset).text
+    assert "2026 · 1 paper\n" in render_issue(load_digest(unset.site, date(2026, 1, 24)), unset.site).text
     # The pages no digest decides follow digest_language when `language` is unset.
     assert [page_language(configured(project, None, digest_language=tag)) for tag in ("ko-KR", "en", "ja")] == ["ko", "en", "en"]
     assert page_language(configured(project, "en")) == "en"
@@ -166,7 +166,7 @@ def test_an_issue_takes_its_digests_language_unless_one_is_set(project: Path) ->
 
 def test_the_weekly_edition_speaks_english_too(project: Path) -> None:
     settings = configured(project, "en")
-    issue = render_issue(load_week(settings, Edition.parse_week("2026-W04")), settings)
+    issue = render_issue(load_week(settings.site, Edition.parse_week("2026-W04")), settings.site)
     assert issue.subject == "Weekly papers, January 19–25, 2026 — EvoCUA and 4 more"
     page = lxml.html.document_fromstring(issue.html)
     assert page.find_class("date")[0].text_content() == "The week's most upvoted papers · 5 papers"
@@ -183,7 +183,7 @@ def archive_entries(html: str) -> list[str]:
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_the_archive_speaks_one_language(project: Path, language: str) -> None:
     settings = configured(project, language)
-    publication = publish_issue(load_digest(settings), settings)
+    publication = publish_issue(load_digest(settings.site), settings.site)
     archive = publication.archive.read_text(encoding="utf-8")
     assert_speaks(language, archive, [*issue_data(settings), *archive_entries(archive)])
     assert_speaks(language, publication.page.read_text(encoding="utf-8"), issue_data(settings))
@@ -234,14 +234,14 @@ def test_every_page_and_mail_without_a_digest_speaks_one_language(project: Path,
     address = {"postal_address": settings.postal_address, "masked_email": "r•••@example.com", "membership": None}
     data = [*PAGE_DATA, settings.postal_address]
     for template, context in [*PAGES, *[(name, context) for name, context in MAILS if name.endswith(".html.j2")]]:
-        assert_speaks(language, render_template(settings, template, {**NEWSLETTER, **address, **context}), data)
+        assert_speaks(language, render_template(settings.site, template, {**NEWSLETTER, **address, **context}), data)
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_the_plain_text_mails_speak_one_language(project: Path, language: str) -> None:
     settings = configured(project, language)
     for template, context in [(name, context) for name, context in MAILS if name.endswith(".txt.j2")]:
-        text = render_template(settings, template, {**NEWSLETTER, "postal_address": settings.postal_address, **context})
+        text = render_template(settings.site, template, {**NEWSLETTER, "postal_address": settings.postal_address, **context})
         for value in sorted([*PAGE_DATA, settings.postal_address], key=len, reverse=True):
             text = text.replace(value, " ")
         text = re.sub(r"https?://\S+", " ", text)
@@ -270,7 +270,7 @@ def test_a_templates_dir_of_ones_own_overlays_the_bundled_templates(project: Pat
         encoding="utf-8",
     )
     settings = configured(project, "ko", templates_dir=own)
-    issue = render_issue(load_digest(settings), settings)
+    issue = render_issue(load_digest(settings.site), settings.site)
     page = lxml.html.document_fromstring(issue.html)
     # The file of that name replaced the bundled footer; every other template is the bundled one.
     assert page.find_class("own")[0].text_content().startswith("구독 해지: ")

@@ -36,7 +36,7 @@ def validate(source: str, folder: Path) -> subprocess.CompletedProcess:
 
 def test_the_example_issue_is_valid_mjml(project: Path, settings: Settings, tmp_path: Path) -> None:
     write_thumbnails(project / "digests" / "2026-01-23.md")  # the <img> branch of the card
-    source = render_mjml(load_digest(settings, date(2026, 1, 23)), settings)
+    source = render_mjml(load_digest(settings.site, date(2026, 1, 23)), settings.site)
     result = validate(source, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert source.count('css-class="gutter card"') == 5
@@ -47,13 +47,13 @@ def test_a_sparse_paper_is_valid_mjml(project: Path, settings: Settings, tmp_pat
     (project / "digests" / "2026-01-26.md").write_text(
         "# 2026-01-26 Daily Papers\n\n## 1. [A paper](https://example.com/paper)\n", encoding="utf-8"
     )
-    result = validate(render_mjml(load_digest(settings, date(2026, 1, 26)), settings), tmp_path)
+    result = validate(render_mjml(load_digest(settings.site, date(2026, 1, 26)), settings.site), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_validator_rejects_invalid_mjml(settings: Settings, tmp_path: Path) -> None:
     # The check above means something only if the validator does reject.
-    source = render_mjml(load_digest(settings, date(2026, 1, 23)), settings)
+    source = render_mjml(load_digest(settings.site, date(2026, 1, 23)), settings.site)
     result = validate(source.replace("<mj-button ", '<mj-button made-up="1" ', 1), tmp_path)
     assert result.returncode != 0
     assert "Attribute made-up is illegal" in result.stdout + result.stderr
@@ -104,9 +104,9 @@ def test_the_reference_compiler_makes_the_same_email(project: Path, settings: Se
     (project / "digests" / "2026-01-26.md").write_text(  # every optional block left out
         "# 2026-01-26 Daily Papers\n\n## 1. [A paper](https://example.com/paper)\n", encoding="utf-8"
     )
-    digest = load_digest(settings, date.fromisoformat(day))
-    ours = render_issue(digest, settings).html
-    reference = compile_with_reference(render_mjml(digest, settings), tmp_path)
+    digest = load_digest(settings.site, date.fromisoformat(day))
+    ours = render_issue(digest, settings.site).html
+    reference = compile_with_reference(render_mjml(digest, settings.site), tmp_path)
 
     mine, theirs = structure(ours), structure(reference)
     assert len(mine) > 40

@@ -36,11 +36,11 @@ def add_digest(project: Path, day: str, *, first_title: str | None = None) -> No
 
 
 def issue_of(settings: Settings, day: str) -> RenderedIssue:
-    return render_issue(load_digest(settings, date.fromisoformat(day)), settings)
+    return render_issue(load_digest(settings.site, date.fromisoformat(day)), settings.site)
 
 
 def publish(settings: Settings, day: str) -> None:
-    publish_issue(load_digest(settings, date.fromisoformat(day)), settings)
+    publish_issue(load_digest(settings.site, date.fromisoformat(day)), settings.site)
 
 
 def feed_of(project: Path) -> ElementTree.Element:
@@ -58,16 +58,16 @@ def leftovers(project: Path) -> list[Path]:
 
 def test_publish_writes_the_web_version_archive_and_feed(project: Path) -> None:
     settings = at(project, T1)
-    digest = load_digest(settings, date(2026, 1, 23))
+    digest = load_digest(settings.site, date(2026, 1, 23))
     issue = issue_of(settings, "2026-01-23")
 
-    publication = publish_issue(digest, settings)
+    publication = publish_issue(digest, settings.site)
 
     page = project / "public" / "2026-01-23" / "index.html"
     assert publication.page == page
     assert issue.web_url == "https://papers.example.com/2026-01-23/"
     html = page.read_text()
-    assert html == render_issue(digest, settings, abstract="full", page=True).html
+    assert html == render_issue(digest, settings.site, abstract="full", page=True).html
     # A page no one was sent: no reader's link, no "you subscribed", an invitation to sign up instead.
     assert UNSUBSCRIBE_TAG not in html and PREFERENCES_TAG not in html and "/unsubscribe" not in html
     assert "구독하셔서 받으신" not in html and "지난 호입니다" in html
@@ -83,7 +83,7 @@ def test_publish_writes_the_web_version_archive_and_feed(project: Path) -> None:
         assert f"{issue.web_url}#paper-{paper.rank}" in issue.html
     assert "초록 읽기" not in html
     assert archive_links(project) == [("2026-01-23/", issue.subject)]
-    assert published_issues(settings) == publication.issues
+    assert published_issues(settings.site) == publication.issues
     (record,) = publication.issues
     assert publication.issue == record
     assert (record.date, record.url, record.path, record.language) == (
@@ -172,10 +172,10 @@ def test_a_broken_record_stops_the_publish_before_anything_is_written(project: P
 def test_web_url_outside_base_url_is_refused(project: Path) -> None:
     settings = at(project, T1)
 
-    assert page_folder("https://papers.example.com/2026-01-23/", settings) == project / "public" / "2026-01-23"
+    assert page_folder("https://papers.example.com/2026-01-23/", settings.site) == project / "public" / "2026-01-23"
     for elsewhere in ("https://other.example.com/2026-01-23/", "https://papers.example.com/../x/"):
         with pytest.raises(RenderError, match="is not a folder under base_url"):
-            page_folder(elsewhere, settings)
+            page_folder(elsewhere, settings.site)
 
 
 def test_record_round_trips(project: Path) -> None:

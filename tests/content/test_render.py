@@ -57,8 +57,8 @@ def write_top_10(project: Path) -> date:
 
 @pytest.fixture
 def example(settings: Settings):
-    digest = load_digest(settings, DAY)
-    return digest, render_issue(digest, settings)
+    digest = load_digest(settings.site, DAY)
+    return digest, render_issue(digest, settings.site)
 
 
 def test_the_example_issue_has_a_card_per_paper(example) -> None:
@@ -112,8 +112,8 @@ def test_email_abstract_says_how_much_of_each_abstract_the_email_carries(
     project: Path, shown: str, paragraphs: int | None, link: str | None
 ) -> None:
     settings = load_settings(config_dir=project, email_abstract=shown)
-    digest = load_digest(settings, DAY)
-    issue = render_issue(digest, settings)
+    digest = load_digest(settings.site, DAY)
+    issue = render_issue(digest, settings.site)
     page = lxml_html.document_fromstring(issue.html)
     text = words(issue.text)
     for card, paper in zip(page.find_class("card"), digest.papers):
@@ -158,11 +158,11 @@ def test_the_header_preheader_and_footer(example, settings: Settings) -> None:
 
 def test_the_subject_follows_subject_template(project: Path) -> None:
     settings = load_settings(config_dir=project, subject_template="[{from_name}] {first}{more} · {papers}편 · {date}")
-    assert render_issue(load_digest(settings, DAY), settings).subject == (
+    assert render_issue(load_digest(settings.site, DAY), settings.site).subject == (
         "[Daily Papers] EvoCUA 외 4편 · 5편 · 2026년 1월 23일"
     )
     title_only = load_settings(config_dir=project, subject_template="{title}")
-    assert render_issue(load_digest(title_only, DAY), title_only).subject == "2026-01-23 Daily Papers (Top 5)"
+    assert render_issue(load_digest(title_only.site, DAY), title_only.site).subject == "2026-01-23 Daily Papers (Top 5)"
 
 
 @pytest.mark.parametrize(
@@ -185,10 +185,10 @@ def test_a_bad_rendering_setting_is_one_message_naming_it(
 
 def test_images_have_absolute_https_urls_alt_and_size(settings: Settings) -> None:
     # Without thumbnail files beside the digest, the cards fall back to Hugging Face's images.
-    issue = render_issue(load_digest(settings, DAY), settings)
+    issue = render_issue(load_digest(settings.site, DAY), settings.site)
     images = list(lxml_html.document_fromstring(issue.html).iter("img"))
     assert len(images) == 5
-    for image, paper in zip(images, load_digest(settings, DAY).papers):
+    for image, paper in zip(images, load_digest(settings.site, DAY).papers):
         assert image.get("src").startswith("https://")
         assert image.get("alt") == short_title(paper.title)  # short: what a blocked image shows
         assert int(image.get("width")) == 552 and int(image.get("height")) > 0
@@ -202,17 +202,17 @@ def test_images_have_absolute_https_urls_alt_and_size(settings: Settings) -> Non
 def test_local_thumbnails_are_published_under_the_assets_url(project: Path) -> None:
     write_thumbnails(project / "digests" / "2026-01-23.md")
     settings = load_settings(config_dir=project, asset_base_url="https://cdn.example.com/papers")
-    issue = render_issue(load_digest(settings, DAY), settings)
+    issue = render_issue(load_digest(settings.site, DAY), settings.site)
     sources = [image.get("src") for image in lxml_html.document_fromstring(issue.html).iter("img")]
     assert len(sources) == 5
     for source in sources:
         assert source.startswith("https://cdn.example.com/papers/")
-        assert (assets_dir(settings) / source.rsplit("/", 1)[1]).is_file()
+        assert (assets_dir(settings.site) / source.rsplit("/", 1)[1]).is_file()
 
 
 def test_the_html_is_light(example, project: Path, settings: Settings, capsys: pytest.CaptureFixture) -> None:
     _, issue = example
-    top_10 = render_issue(load_digest(settings, write_top_10(project)), settings)
+    top_10 = render_issue(load_digest(settings.site, write_top_10(project)), settings.site)
     assert len(lxml_html.document_fromstring(top_10.html).find_class("card")) == 10
     assert issue.html_bytes == len(issue.html.encode("utf-8"))
     assert issue.html_bytes <= 40 * 1024
@@ -273,8 +273,8 @@ def test_hostile_digest_text_is_escaped(project: Path, settings: Settings) -> No
 초록 <iframe src="https://evil.example"></iframe> {% raw %}끝{% endraw %}
 """
     (project / "digests" / "2026-01-24.md").write_text(hostile, encoding="utf-8")
-    digest = load_digest(settings, date(2026, 1, 24))
-    issue = render_issue(digest, settings, abstract="full")
+    digest = load_digest(settings.site, date(2026, 1, 24))
+    issue = render_issue(digest, settings.site, abstract="full")
     page = lxml_html.document_fromstring(issue.html)
 
     assert not page.xpath("//body//script | //body//iframe | //*[@onerror]")
@@ -339,7 +339,7 @@ def test_an_english_digest_gets_english_words(project: Path, settings: Settings)
         "Upvotes: 7\n\n### Summary\nA short summary of the paper, in English.\n",
         encoding="utf-8",
     )
-    issue = render_issue(load_digest(settings, date(2026, 1, 25)), settings)
+    issue = render_issue(load_digest(settings.site, date(2026, 1, 25)), settings.site)
     page = lxml_html.document_fromstring(issue.html)
     assert page.get("lang") == "en"
     assert issue.subject == "January 25, 2026 — Attention Is All You Need"
@@ -367,7 +367,7 @@ def test_rendering_never_touches_the_network(project: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    issue = render_issue(load_digest(settings, DAY), settings)
+    issue = render_issue(load_digest(settings.site, DAY), settings.site)
 
     assert "fonts.googleapis.com" not in issue.html and "@import" not in issue.html
     assert 'href="https://example.com/remote.css"' in issue.html  # left alone, never fetched
@@ -380,12 +380,12 @@ def test_the_shipped_templates_link_no_stylesheet_or_font(example) -> None:
 
 
 def test_templates_are_compiled_once_per_process(settings: Settings) -> None:
-    digest = load_digest(settings, DAY)
-    render_issue(digest, settings)
-    env = environment(settings)
+    digest = load_digest(settings.site, DAY)
+    render_issue(digest, settings.site)
+    env = environment(settings.site)
     first = env.get_template("issue.mjml.j2")
-    render_issue(digest, settings)
-    assert environment(load_settings(config_dir=settings.config_dir)) is env
+    render_issue(digest, settings.site)
+    assert environment(load_settings(config_dir=settings.config_dir).site) is env
     assert env.get_template("issue.mjml.j2") is first
 
 
@@ -398,14 +398,14 @@ def test_a_broken_template_names_its_file_and_line(project: Path) -> None:
     card.write_text("\n".join(lines), encoding="utf-8")
     settings = load_settings(config_dir=project, templates_dir=templates)
     with pytest.raises(RenderError, match=r"paper_card\.mjml\.j2:10: .*no_such_filter"):
-        render_issue(load_digest(settings, DAY), settings)
+        render_issue(load_digest(settings.site, DAY), settings.site)
 
 
 @pytest.mark.slow
 def test_the_render_command_writes_both_parts(project: Path, settings: Settings) -> None:
     result = run_newsletter("render", "--date", "2026-01-23", "--out", "out/issue.html", "--text", "out/issue.txt", cwd=project)
     assert result.returncode == 0, result.stderr
-    issue = render_issue(load_digest(settings, DAY), settings)
+    issue = render_issue(load_digest(settings.site, DAY), settings.site)
     assert (project / "out" / "issue.html").read_text(encoding="utf-8") == issue.html
     assert (project / "out" / "issue.txt").read_text(encoding="utf-8") == issue.text
     assert issue.subject in result.stdout and f"{issue.html_bytes / 1024:.1f} KB" in result.stdout
@@ -430,7 +430,7 @@ def test_templates_that_expand_to_broken_mjml_fail_cleanly(project: Path) -> Non
     layout.write_text(layout.read_text(encoding="utf-8").replace("</mj-body>", ""), encoding="utf-8")
     settings = load_settings(config_dir=project, templates_dir=templates)
     with pytest.raises(RenderError, match=r"issue\.mjml\.j2: the expanded MJML does not compile: "):
-        render_issue(load_digest(settings, DAY), settings)
+        render_issue(load_digest(settings.site, DAY), settings.site)
 
 
 def test_a_bracketed_label_leads_its_key_point_and_votes_never_stand_alone(example, settings: Settings) -> None:

@@ -228,7 +228,7 @@ def test_an_address_that_is_not_a_dot_atom_is_refused(address: str) -> None:
 @pytest.mark.parametrize("typed", ATTACKS.values(), ids=ATTACKS.keys())
 def test_sendgrid_gets_names_and_subject_with_no_control_or_encoded_word(settings: Settings, typed: str) -> None:
     readers = [_recipient(typed), _recipient(None, "bo@example.com")]
-    body = SendGrid(settings, connect=False).prepare(Batch(_message(subject=typed, sender_name=typed), readers))
+    body = SendGrid(settings.delivery, connect=False).prepare(Batch(_message(subject=typed, sender_name=typed), readers))
     first, second = body["personalizations"]
     for value in (body["from"].get("name", ""), first["to"][0].get("name", ""), body["subject"]):
         assert "=?" not in value and not UNSAFE.search(value)

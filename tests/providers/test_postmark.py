@@ -92,7 +92,7 @@ def test_a_batch_is_byte_for_byte_each_readers_message_encoded_whole(project: Pa
         for n in names
     ]
     with FakePostmark(token=TOKEN, keep_bodies=True) as fake:
-        provider = Postmark(postmark_project(project, fake))
+        provider = Postmark(postmark_project(project, fake).delivery)
         prepared = provider.prepare(Batch(message, readers))
 
         async def send_once() -> Verdict:

@@ -43,8 +43,8 @@ def test_every_provider_has_its_settings_and_its_batch_limit() -> None:
         section = registry.sections()[registry.names().index(name)]
         assert set(section.model_fields) <= set(Settings.model_fields)
     settings = load_settings(smtp_host="smtp.example.com")
-    assert registry.batch_limit(settings) == settings.batch_size
-    assert registry.batch_limit(load_settings(provider="smtp", smtp_host="smtp.example.com")) == 1
+    assert registry.batch_limit(settings.delivery) == settings.batch_size
+    assert registry.batch_limit(load_settings(provider="smtp", smtp_host="smtp.example.com").delivery) == 1
 
 
 def test_loading_the_settings_imports_no_provider_client() -> None:

@@ -18,6 +18,7 @@ from newsletter.providers.sendgrid import SendGrid, encode_body
 from newsletter.send import addressing, unrecorded
 from newsletter.tokens import UnsubscribeLinks
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
+from newsletter.wiring import send_parts
 
 from ..support import prism
 
@@ -36,7 +37,7 @@ def prism_url():
 def test_prism_accepts_every_request_of_a_send(project: Path, prism_url: str, recipients: int, requests: int) -> None:
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY, reply_to="editor@example.com")
     seed(settings, recipients)
-    report = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
+    report = send.send_campaign(engine_of(settings), send_parts(settings), send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST))
 
     assert report.error is None and report.finished
     assert report.requests == requests
@@ -49,9 +50,9 @@ def test_prism_accepts_every_request_of_a_send(project: Path, prism_url: str, re
 def test_prism_accepts_sandbox_mode_and_test_sends(project: Path, prism_url: str) -> None:
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 3)
-    plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
-    sandbox = unrecorded.send_unrecorded(engine_of(settings), settings, plan, SendGrid(settings), sandbox=True)
-    test = unrecorded.send_unrecorded(engine_of(settings), settings, plan, SendGrid(settings), to=["someone@example.org"])
+    plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
+    sandbox = unrecorded.send_unrecorded(engine_of(settings), send_parts(settings), plan, SendGrid(settings.delivery), sandbox=True)
+    test = unrecorded.send_unrecorded(engine_of(settings), send_parts(settings), plan, SendGrid(settings.delivery), to=["someone@example.org"])
     assert (sandbox.problems, sandbox.accepted) == ([], 3)
     assert (test.problems, test.accepted) == ([], 1)
 
@@ -60,10 +61,10 @@ def test_prism_does_reject_what_the_sender_must_never_build(project: Path, prism
     """The contract has teeth: 1001 personalizations in one body, or no Authorization, are refused."""
     settings = configure(project, sendgrid_api_url=prism_url, sendgrid_api_key=API_KEY)
     seed(settings, 1)
-    plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
-    provider = SendGrid(settings, connect=False)
+    plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
+    provider = SendGrid(settings.delivery, connect=False)
     builder = addressing.Addressing(
-        settings, plan.content, mailing_list=plan.mailing_list, campaign_id=1, links=UnsubscribeLinks(settings),
+        settings.sender, plan.content, mailing_list=plan.mailing_list, campaign_id=1, links=UnsubscribeLinks(settings.links),
         provider=provider,
     )  # fmt: skip
     too_many = builder.prepare([addressing.Reader(n, n, f"r{n}@example.com", None) for n in range(1, 1002)])
@@ -75,7 +76,7 @@ def test_prism_does_reject_what_the_sender_must_never_build(project: Path, prism
 
 
 async def _post_once(settings, body):
-    provider = SendGrid(settings)
+    provider = SendGrid(settings.delivery)
     try:
         return await provider.send(body)
     finally:

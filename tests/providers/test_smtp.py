@@ -42,6 +42,7 @@ from newsletter.providers.smtp import SMTP
 from testkit.fake_smtp import DROP, HANG, FakeSMTP, delivered_from_log
 from testkit.projects import LIST, add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import free_port
+from newsletter.wiring import send_parts
 
 from ..send_helpers import KEY_ENV, SEND, delivery_states, kill_at_random, plan_for
 from ..support import run_newsletter, start_newsletter
@@ -105,7 +106,7 @@ def send_one(provider: SMTP, n: int = 1) -> Answer:
 
 def test_each_reader_gets_one_multipart_message_with_their_own_link_and_headers() -> None:
     with FakeSMTP() as fake:
-        provider = provider_for(smtp_settings(fake.port))
+        provider = provider_for(smtp_settings(fake.port).delivery)
         assert isinstance(provider, SMTP) and provider.batch_limit == 1
         assert provider.name == f"the SMTP server 127.0.0.1:{fake.port}"
         answers = send_all(provider, [1, 2, 3])
@@ -134,7 +135,7 @@ def test_each_reader_gets_one_multipart_message_with_their_own_link_and_headers(
 
 def test_wire_is_the_message_the_reader_receives() -> None:
     with FakeSMTP() as fake:
-        provider = SMTP(smtp_settings(fake.port))
+        provider = SMTP(smtp_settings(fake.port).delivery)
         prepared = provider.prepare(Batch(MESSAGE, [reader(7)]))
         [(extension, data)] = provider.wire(prepared)
         assert extension == "eml"
@@ -153,8 +154,8 @@ async def _send_and_close(provider: SMTP, prepared: Any) -> Answer:
 def test_a_dry_run_provider_needs_no_password_and_sends_nothing() -> None:
     settings = smtp_settings(free_port(), smtp_username="sender")
     with pytest.raises(ConfigError, match="NEWSLETTER_SMTP_PASSWORD is not set"):
-        provider_for(settings)
-    provider = provider_for(settings, connect=False)
+        provider_for(settings.delivery)
+    provider = provider_for(settings.delivery, connect=False)
     assert provider.wire(provider.prepare(Batch(MESSAGE, [reader(1)])))[0][0] == "eml"
 
 
@@ -163,7 +164,7 @@ def test_a_dry_run_provider_needs_no_password_and_sends_nothing() -> None:
 
 def test_several_connections_each_carry_many_messages() -> None:
     with FakeSMTP() as fake:
-        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=4)), list(range(1, 201)))
+        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=4).delivery), list(range(1, 201)))
     assert all(isinstance(a, Answer) and a.accepted for a in answers)
     assert sorted(fake.delivered()) == sorted(f"u{n}@example.com" for n in range(1, 201))
     per_connection = fake.connections()
@@ -174,7 +175,7 @@ def test_several_connections_each_carry_many_messages() -> None:
 @pytest.mark.slow
 def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
     with FakeSMTP(idle_timeout=0.3) as fake:
-        provider = SMTP(smtp_settings(fake.port, send_concurrency=1))
+        provider = SMTP(smtp_settings(fake.port, send_concurrency=1).delivery)
 
         async def run() -> list[Answer]:
             try:
@@ -194,14 +195,14 @@ def test_a_connection_the_server_closed_while_idle_is_replaced() -> None:
 def test_a_connection_the_server_ends_at_mail_is_replaced_without_a_failure() -> None:
     # Servers cap the messages of one connection: the next MAIL gets 421 and the connection closes.
     with FakeSMTP(messages_per_connection=3) as fake:
-        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=1)), list(range(1, 11)))
+        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=1).delivery), list(range(1, 11)))
     assert all(isinstance(a, Answer) and a.accepted for a in answers)
     assert sorted(fake.connections().values()) == [1, 3, 3, 3]
 
 
 def test_aclose_quits_every_connection() -> None:
     with FakeSMTP() as fake:
-        provider = SMTP(smtp_settings(fake.port, send_concurrency=3))
+        provider = SMTP(smtp_settings(fake.port, send_concurrency=3).delivery)
 
         async def run() -> list[Any]:
             await asyncio.gather(*(provider.send(provider.prepare(Batch(MESSAGE, [reader(n)]))) for n in range(6)))
@@ -218,7 +219,7 @@ def test_aclose_quits_every_connection() -> None:
 
 def test_an_address_refused_at_rcpt_is_named_with_the_servers_reply() -> None:
     with FakeSMTP(reject={"u2@example.com"}) as fake:
-        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=1)), [1, 2, 3])
+        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=1).delivery), [1, 2, 3])
     assert [a.verdict for a in answers] == [Verdict.ACCEPTED, Verdict.RECIPIENTS_REFUSED, Verdict.ACCEPTED]
     refused = answers[1]
     assert refused.refused == frozenset({0})
@@ -230,7 +231,7 @@ def test_an_address_refused_at_rcpt_is_named_with_the_servers_reply() -> None:
 
 def test_4xx_replies_mean_retry_later() -> None:
     with FakeSMTP(greylist=1, script=["250", "451"]) as fake:
-        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=1)), [1, 2, 3])
+        answers = send_all(SMTP(smtp_settings(fake.port, send_concurrency=1).delivery), [1, 2, 3])
     assert [a.verdict for a in answers] == [Verdict.RETRY_LATER, Verdict.ACCEPTED, Verdict.RETRY_LATER]
     assert "451 4.7.1 Greylisted" in answers[0].reason
     assert "451" in answers[2].reason and "the message" in answers[2].reason
@@ -239,7 +240,7 @@ def test_4xx_replies_mean_retry_later() -> None:
 
 def test_5xx_to_the_message_refuses_the_message() -> None:
     with FakeSMTP(script=["554"]) as fake:
-        answer = send_one(SMTP(smtp_settings(fake.port)))
+        answer = send_one(SMTP(smtp_settings(fake.port).delivery))
     assert answer.verdict is Verdict.MESSAGE_REFUSED
     assert "554 5.7.1 Message refused" in answer.reason
 
@@ -247,25 +248,25 @@ def test_5xx_to_the_message_refuses_the_message() -> None:
 def test_a_reply_lost_after_the_message_was_sent_is_an_answer_lost() -> None:
     with FakeSMTP(script=[DROP]) as fake:
         with pytest.raises(AnswerLost, match="closed the connection after the message was sent"):
-            send_one(SMTP(smtp_settings(fake.port)))
+            send_one(SMTP(smtp_settings(fake.port).delivery))
     assert fake.delivered() == ["u1@example.com"]  # it did arrive: resending would duplicate it
 
 
 def test_a_reply_too_slow_after_the_message_was_sent_is_an_answer_lost() -> None:
     with FakeSMTP(script=[HANG], hang=3) as fake:
         with pytest.raises(AnswerLost, match="did not answer within 0.5 s"):
-            send_one(SMTP(smtp_settings(fake.port, read_timeout=0.5)))
+            send_one(SMTP(smtp_settings(fake.port, read_timeout=0.5).delivery))
 
 
 def test_a_server_that_is_down_is_request_not_sent() -> None:
     with pytest.raises(RequestNotSent, match="could not connect to the SMTP server 127.0.0.1"):
-        send_one(SMTP(smtp_settings(free_port())))
+        send_one(SMTP(smtp_settings(free_port()).delivery))
 
 
 def test_a_failure_before_the_message_is_request_not_sent() -> None:
     # A server that goes away between RCPT and DATA: the message never left.
     with FakeSMTP() as fake:
-        provider = SMTP(smtp_settings(fake.port))
+        provider = SMTP(smtp_settings(fake.port).delivery)
         original = provider._exchange
 
         async def closing_after_rcpt(connection: Any, envelope: Any, *, reused: bool) -> Answer:
@@ -290,13 +291,13 @@ def test_a_failure_before_the_message_is_request_not_sent() -> None:
 
 def test_login_on_a_plain_connection() -> None:
     with FakeSMTP(login=("sender", PASSWORD)) as fake:
-        answer = send_one(SMTP(smtp_settings(fake.port, smtp_username="sender", smtp_password=PASSWORD)))
+        answer = send_one(SMTP(smtp_settings(fake.port, smtp_username="sender", smtp_password=PASSWORD).delivery))
     assert answer.accepted and fake.delivered() == ["u1@example.com"]
 
 
 def test_a_refused_login_is_auth_refused_and_never_shows_the_password() -> None:
     with FakeSMTP(login=("sender", "another-password")) as fake:
-        answer = send_one(SMTP(smtp_settings(fake.port, smtp_username="sender", smtp_password=PASSWORD)))
+        answer = send_one(SMTP(smtp_settings(fake.port, smtp_username="sender", smtp_password=PASSWORD).delivery))
     assert answer.verdict is Verdict.AUTH_REFUSED
     assert "535" in answer.reason and "'sender'" in answer.reason and "NEWSLETTER_SMTP_PASSWORD" in answer.reason
     assert PASSWORD not in answer.reason
@@ -337,7 +338,7 @@ def certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLConte
 def test_tls_with_login(security: str, certificate: ssl.SSLContext) -> None:
     with FakeSMTP(security=security, tls=certificate, login=("sender", PASSWORD)) as fake:
         provider = SMTP(
-            smtp_settings(fake.port, smtp_security=security, smtp_username="sender", smtp_password=PASSWORD)
+            smtp_settings(fake.port, smtp_security=security, smtp_username="sender", smtp_password=PASSWORD).delivery
         )
         answers = send_all(provider, [1, 2, 3])
     assert all(isinstance(a, Answer) and a.accepted for a in answers)
@@ -351,20 +352,20 @@ def test_an_untrusted_certificate_is_impossible(
     monkeypatch.delenv("SSL_CERT_FILE")
     with FakeSMTP(security=security, tls=certificate) as fake:
         with pytest.raises(RequestImpossible, match="certificate is not trusted"):
-            send_one(SMTP(smtp_settings(fake.port, smtp_security=security)))
+            send_one(SMTP(smtp_settings(fake.port, smtp_security=security).delivery))
     assert fake.received == []
 
 
 def test_settings_that_cannot_work_are_impossible(certificate: ssl.SSLContext) -> None:
     with FakeSMTP() as plain:
         with pytest.raises(RequestImpossible, match="does not speak TLS on this port"):
-            send_one(SMTP(smtp_settings(plain.port, smtp_security="tls")))
+            send_one(SMTP(smtp_settings(plain.port, smtp_security="tls").delivery))
         with pytest.raises(RequestImpossible, match="does not offer STARTTLS"):
-            send_one(SMTP(smtp_settings(plain.port, smtp_security="starttls")))
+            send_one(SMTP(smtp_settings(plain.port, smtp_security="starttls").delivery))
     # The server offers login only over TLS, and the settings say plain.
     with FakeSMTP(security="starttls", tls=certificate, login=("sender", PASSWORD)) as fake:
         with pytest.raises(RequestImpossible, match=r"offers no login \(AUTH\)") as caught:
-            send_one(SMTP(smtp_settings(fake.port, smtp_username="sender", smtp_password=PASSWORD)))
+            send_one(SMTP(smtp_settings(fake.port, smtp_username="sender", smtp_password=PASSWORD).delivery))
     assert PASSWORD not in str(caught.value)
 
 
@@ -386,7 +387,7 @@ def test_a_campaign_records_each_reader_and_a_refused_address_fails_with_the_ser
     with FakeSMTP(reject={"u3@example.com"}) as fake:
         settings = smtp_project(project, fake.port)
         addresses = seed(settings, 40)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert report.finished and report.error is None
     assert report.counts["sent"] == 39 and report.counts["failed"] == 1
     states = delivery_states(settings)
@@ -412,7 +413,7 @@ def test_readers_with_unusual_names_and_addresses_get_their_message(project: Pat
         with engine_of(settings).begin() as conn:
             for address, name in readers.items():
                 conn.execute(db.subscribers.update().where(db.subscribers.c.email == address).values(name=name))
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     # The domain goes as IDNA, which every server takes; a non-ASCII local part needs SMTPUTF8, which
     # this server does not offer: that reader alone is recorded failed, saying why.
     assert report.finished and (report.counts["sent"], report.counts["failed"]) == (2, 1)
@@ -428,7 +429,7 @@ def test_temporary_refusals_are_retried_then_sent(project: Path) -> None:
     with FakeSMTP(greylist=2, script=["250", "451"]) as fake:
         settings = smtp_project(project, fake.port, send_concurrency=1)
         addresses = seed(settings, 5)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert report.finished and report.error is None and report.counts["sent"] == 5
     assert report.requests == 5 + 3  # two greylisted RCPTs and one 451 after DATA, each retried
     assert Counter(fake.delivered()) == Counter(addresses)
@@ -438,13 +439,13 @@ def test_a_lost_reply_to_data_makes_that_reader_uncertain_and_stops_the_send(pro
     with FakeSMTP(script=["250", DROP]) as fake:
         settings = smtp_project(project, fake.port, send_concurrency=1)
         addresses = seed(settings, 10)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
         assert not report.finished and "resent only with --resend-uncertain" in str(report.error)
         states = states_by_address(settings)
         assert states["u1@example.com"] == "sent" and states["u2@example.com"] == "uncertain"
         assert {states[a] for a in addresses[2:]} == {"pending"}
 
-        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert resumed.finished
     states = states_by_address(settings)
     assert states["u2@example.com"] == "uncertain"  # never resent on its own
@@ -457,13 +458,13 @@ def test_an_unreachable_server_stops_the_send_with_everyone_pending_and_the_same
     port = free_port()
     settings = smtp_project(project, port, max_retries=1)
     addresses = seed(settings, 6)
-    report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+    report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert not report.finished
     assert f"could not reach the SMTP server 127.0.0.1:{port}" in str(report.error)
     assert set(states_by_address(settings).values()) == {"pending"}
 
     with FakeSMTP(port) as fake:
-        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert resumed.finished and set(states_by_address(settings).values()) == {"sent"}
     assert Counter(fake.delivered()) == Counter(addresses)
 
@@ -473,7 +474,7 @@ def test_a_refused_login_stops_the_send_with_everyone_pending(project: Path, mon
     with FakeSMTP(login=("sender", "another-password")) as fake:
         settings = smtp_project(project, fake.port, smtp_username="sender")
         seed(settings, 3)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert not report.finished and "refused the login of 'sender'" in str(report.error)
     assert PASSWORD not in str(report.error)
     assert set(states_by_address(settings).values()) == {"pending"}

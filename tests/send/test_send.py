@@ -24,6 +24,7 @@ from newsletter.subscribers import MailingList
 from newsletter.tokens import UnsubscribeLinks
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
+from newsletter.wiring import send_parts
 
 from ..send_helpers import KEY_ENV, campaign_holder, delivery_states
 from ..support import ROOT, run_newsletter
@@ -50,8 +51,8 @@ def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids
     ]
     mailing_list = MailingList(id=3, name="daily-papers", description="", created_at=settings.clock())
     body = addressing.Addressing(
-        settings, content, mailing_list=mailing_list, campaign_id=12, links=UnsubscribeLinks(settings),
-        provider=SendGrid(settings, connect=False), validate_only=True,
+        settings.sender, content, mailing_list=mailing_list, campaign_id=12, links=UnsubscribeLinks(settings.links),
+        provider=SendGrid(settings.delivery, connect=False), validate_only=True,
     ).prepare(readers)  # fmt: skip
 
     assert body["content"] == [
@@ -62,7 +63,7 @@ def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids
     assert body["reply_to"] == {"email": "editor@example.com"}
     assert body["mail_settings"] == {"sandbox_mode": {"enable": True}}
     assert "custom_args" not in body  # the spec types it as a string at this level
-    links = UnsubscribeLinks(settings)
+    links = UnsubscribeLinks(settings.links)
     first, second = body["personalizations"]
     assert first["to"] == [{"email": "ann@example.com", "name": "Lee Ann Dr."}]
     assert second["to"] == [{"email": "bo@example.com"}]
@@ -79,10 +80,10 @@ def test_each_recipient_is_one_personalization_with_its_own_link_headers_and_ids
 def test_a_send_snapshots_the_list_batches_it_and_records_every_answer(project: Path, fake: FakeSendGrid) -> None:
     settings = real_settings(project, fake)
     subscribed = seed(settings, 2503, unsubscribed=(5, 1500))
-    plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
+    plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
     assert (plan.recipients, plan.batches, plan.checks.ok) == (2501, 3, True)
 
-    report = send.send_campaign(engine_of(settings), settings, plan)
+    report = send.send_campaign(engine_of(settings), send_parts(settings), plan)
 
     assert report.finished and report.error is None
     assert report.counts[db.SENT] == 2501 and report.requests == 3
@@ -118,7 +119,7 @@ def test_an_unsubscribe_during_the_send_is_honoured_by_later_batches(project: Pa
         settings = real_settings(project, fake, batch_size=10, send_concurrency=1)
         settings_box["settings"] = settings
         seed(settings, 30)
-        report = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST))
 
     assert report.finished
     assert "u25@example.com" not in fake.delivered()
@@ -146,16 +147,16 @@ def test_a_resume_sends_what_was_left_with_the_content_stored_at_the_start(proje
     with FakeSendGrid(api_key=API_KEY, script=["202", "503"], keep_bodies=True) as fake:
         settings = real_settings(project, fake, batch_size=10, send_concurrency=1, max_retries=0)
         addresses = seed(settings, 25)
-        first = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
+        first = send.send_campaign(engine_of(settings), send_parts(settings), send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST))
         assert isinstance(first.error, SendError) and "503" in str(first.error)
         assert (first.finished, first.counts["sent"], first.counts["pending"]) == (False, 10, 15)
 
         # The digest changes in between: the resume must still send what the first run sent.
         digest = project / "digests" / "2026-01-23.md"
         digest.write_text(digest.read_text(encoding="utf-8").replace("EvoCUA", "Changed"), encoding="utf-8")
-        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
+        plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
         assert plan.campaign is not None and plan.recipients == 15 and plan.checks is None
-        second = send.send_campaign(engine_of(settings), settings, plan)
+        second = send.send_campaign(engine_of(settings), send_parts(settings), plan)
 
     assert second.finished and second.counts["sent"] == 25
     assert Counter(fake.delivered()) == Counter(addresses)
@@ -169,11 +170,13 @@ def test_status_lists_counts_failures_and_reasons(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, reject={"u2@example.com"}) as fake:
         settings = real_settings(project, fake, batch_size=4)
         seed(settings, 6, unsubscribed=())
-        plan = send.plan_send(engine_of(settings), settings, DAY, LIST)
-        send.start_campaign(engine_of(settings), settings, DAY, plan.mailing_list, plan.content)
+        plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
+        send.start_campaign(
+            engine_of(settings), DAY, plan.mailing_list, plan.content, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+        )
         with engine_of(settings).begin() as conn:  # bounces after the snapshot, before its batch
             set_status(conn, list_id=1, subscriber_id=6, status=db.BOUNCED, source="webhook", now=settings.clock())
-        report = send.send_campaign(engine_of(settings), settings, send.plan_send(engine_of(settings), settings, DAY, LIST))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST))
     assert report.finished
 
     state = send.campaign_status(engine_of(settings), DAY, LIST, now=settings.clock())
@@ -268,7 +271,7 @@ def test_a_test_send_goes_to_the_given_addresses_only_and_is_not_the_issues_deli
 
     assert [record.emails for record in fake.records] == [["editor@example.org"], ["u3@example.com"]]
     assert all("custom_args" not in p for r in fake.records for p in r.body["personalizations"])
-    links = UnsubscribeLinks(settings)
+    links = UnsubscribeLinks(settings.links)
     own = fake.records[1].body["personalizations"][0]["substitutions"][UNSUBSCRIBE_TAG]
     own_token = own.rsplit("/", 1)[1]
     # A subscriber's test copy leads to the test-copy page, with no token of theirs: forwarded, it

@@ -19,6 +19,7 @@ from newsletter import db, send
 from newsletter.errors import SendError
 from testkit.fake_sendgrid import EVERY, HUGE, OUTSIDE, FakeSendGrid
 from testkit.projects import API_KEY, LIST, engine_of, seed
+from newsletter.wiring import send_parts
 
 from ..send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
 from ..support import ROOT, run_newsletter
@@ -59,7 +60,9 @@ def test_a_database_locked_past_its_timeout_at_random_moments_never_sends_twice(
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         # The campaign exists: each run below resumes it, as `newsletter send` does after a crash.
-        send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+        send.start_campaign(
+            engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+        )
         stops: list[str] = []
         try:
             assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
@@ -95,14 +98,14 @@ def test_a_400_about_the_whole_request_leaves_everyone_pending(project: Path, st
     with FakeSendGrid(api_key=API_KEY, script=[step]) as fake:
         settings = settings_for(project, fake.url, batch_size=10, send_concurrency=1)
         addresses = seed(settings, 50)
-        first = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        first = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
 
         assert isinstance(first.error, SendError)
         assert "refused the message itself, not some of its recipients" in str(first.error)
         assert len(fake.records) == 1  # not split down to single recipients
         assert (first.counts["pending"], first.counts["failed"], first.finished) == (50, 0, False)
 
-        second = send.send_campaign(engine_of(settings), settings, plan_for(settings))  # the cause is gone: resume
+        second = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))  # the cause is gone: resume
     assert second.finished and second.counts["sent"] == 50
     assert Counter(fake.delivered()) == Counter(addresses)
 

@@ -22,6 +22,7 @@ from newsletter.store import lease
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from testkit.servers import free_port
+from newsletter.wiring import send_parts
 
 from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
 from ..support import run_newsletter
@@ -33,7 +34,7 @@ def test_a_400_is_split_until_the_bad_addresses_are_alone(project: Path) -> None
     with FakeSendGrid(api_key=API_KEY, reject=bad) as fake:
         settings = settings_for(project, fake.url)
         addresses = seed(settings, 1000)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
 
     assert report.finished and report.error is None
     assert Counter(fake.delivered()) == Counter(a for a in addresses if a not in bad)
@@ -54,7 +55,7 @@ def test_a_400_about_the_message_itself_stops_the_send_without_splitting(project
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 30)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings, addressing.Content("", CONTENT.html, CONTENT.text)))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings, addressing.Content("", CONTENT.html, CONTENT.text)))
 
     assert isinstance(report.error, SendError)
     assert "refused the message itself" in str(report.error) and "(subject)" in str(report.error)
@@ -85,7 +86,7 @@ def test_429_waits_as_long_as_sendgrid_asks(project: Path, wait_header: str) -> 
     with FakeSendGrid(api_key=API_KEY, script=["429"], **{wait_header: 2}) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 3)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert report.finished and report.counts["sent"] == 3
     first, second = fake.records
     assert (first.status, second.status) == (429, 202)
@@ -98,7 +99,7 @@ def test_5xx_is_retried_and_then_sent(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["500", "503"]) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 3)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert [r.status for r in fake.records] == [500, 503, 202]
     assert report.finished and report.counts["sent"] == 3 and report.requests == 3
 
@@ -108,11 +109,11 @@ def test_an_outage_longer_than_the_retries_stops_and_leaves_the_batch_pending(pr
     with FakeSendGrid(api_key=API_KEY, script=["503"] * 3) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1, max_retries=2)
         addresses = seed(settings, 3)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
         assert isinstance(report.error, SendError) and "still after 2 retries" in str(report.error)
         assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
         assert fake.delivered() == []
-        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert resumed.finished and Counter(fake.delivered()) == Counter(addresses)
 
 
@@ -122,7 +123,7 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
     with FakeSendGrid(api_key=API_KEY, script=["202", fault], hang=5) as fake:
         settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1, read_timeout=0.5)
         seed(settings, 5)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
 
         # Not retried: SendGrid may have accepted it, and mail/send has no idempotency key. And the
         # send stops: whatever lost this answer would lose the next ones too.
@@ -142,7 +143,7 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
         again = run_newsletter("send", "--date", "2026-01-23", "--yes", cwd=project, env=KEY_ENV)
         assert "Nothing to do" in again.stdout and len(fake.records) == 3
 
-        resent = send.send_campaign(engine_of(settings), settings, plan_for(settings, resend_uncertain=True))
+        resent = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings, resend_uncertain=True))
     assert resent.finished and resent.counts["sent"] == 5 and resent.counts["uncertain"] == 0
     delivered = Counter(fake.delivered())
     assert delivered == Counter({"u1@example.com": 1, "u2@example.com": 1, "u3@example.com": 2,
@@ -155,7 +156,7 @@ def test_a_lost_answer_leaves_the_batch_uncertain_and_stops_the_send(project: Pa
 def test_an_unreachable_server_is_retried_then_stops_with_nothing_uncertain(project: Path) -> None:
     settings = settings_for(project, f"http://127.0.0.1:{free_port()}", max_retries=2, send_concurrency=1)
     seed(settings, 3)
-    report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+    report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert isinstance(report.error, SendError) and "could not reach SendGrid" in str(report.error)
     assert report.requests == 3
     assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
@@ -165,7 +166,9 @@ def test_a_fresh_claim_keeps_a_second_sender_out(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
     plan = plan_for(settings)
-    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan.mailing_list, CONTENT)
+    campaign = send.start_campaign(
+        engine_of(settings), DAY, plan.mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+    )
     engine = engine_of(settings)
     first = campaigns.claim(settings.clock, campaign.id, "the issue")
     with engine.begin() as conn:
@@ -178,7 +181,9 @@ def test_a_fresh_claim_keeps_a_second_sender_out(project: Path) -> None:
 def test_a_claim_is_taken_over_when_its_holder_died_or_went_silent(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    campaign = send.start_campaign(
+        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+    )
     engine = engine_of(settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -195,7 +200,9 @@ def test_a_dead_pid_on_the_same_hostname_but_another_pid_namespace_keeps_its_fre
     """Containers with host networking share the hostname: their PIDs mean nothing here."""
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    campaign = send.start_campaign(
+        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+    )
     engine = engine_of(settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -218,7 +225,7 @@ def test_a_sender_that_loses_its_claim_stops(project: Path) -> None:
         settings = settings_for(project, fake.url, batch_size=2, send_concurrency=1)
         settings_box["s"] = settings
         seed(settings, 6)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert isinstance(report.error, SendInProgress)
     assert len(fake.records) == 1
     assert report.counts["sent"] == 2 and report.counts["pending"] == 4
@@ -229,4 +236,4 @@ def test_sendgrid_auth_error_is_reported_by_a_test_send_too(project: Path) -> No
         settings = settings_for(project, fake.url)
         seed(settings, 1)
         with pytest.raises(ProviderAuthError):
-            unrecorded.send_unrecorded(engine_of(settings), settings, plan_for(settings), SendGrid(settings), to=["a@example.org"])
+            unrecorded.send_unrecorded(engine_of(settings), send_parts(settings), plan_for(settings), SendGrid(settings.delivery), to=["a@example.org"])

@@ -24,6 +24,7 @@ from newsletter.send import unrecorded
 from newsletter.subscribers import MailingList
 from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
+from newsletter.wiring import send_parts
 
 from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
 from ..support import run_newsletter, start_newsletter
@@ -50,7 +51,7 @@ def test_an_api_key_with_a_line_break_stops_the_send_without_leaking_it_or_losin
         # As a key from a file with a trailing newline would be, past the settings' own checks.
         settings = settings.model_copy(update={"sendgrid_api_key": SecretStr(secret)})
         seed(settings, 6)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
 
     assert fake.records == []
     assert isinstance(report.error, SendError) and "header value is malformed" in str(report.error)
@@ -64,7 +65,7 @@ def test_a_400_that_names_no_field_stops_the_send_instead_of_failing_everyone(pr
     with FakeSendGrid(api_key=API_KEY, script=["400"]) as fake:
         settings = settings_for(project, fake.url, batch_size=4, send_concurrency=1)
         seed(settings, 8)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert isinstance(report.error, SendError) and "refused the message itself" in str(report.error)
     assert len(fake.records) == 1
     assert report.counts["pending"] == 8 and report.counts["failed"] == 0 and not report.finished
@@ -74,7 +75,7 @@ def test_a_413_is_halved_and_one_for_a_single_recipient_stops_the_send(project: 
     with FakeSendGrid(api_key=API_KEY, script=["413", "202", "202", "413"]) as fake:
         settings = settings_for(project, fake.url, batch_size=4, send_concurrency=1)
         seed(settings, 5)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     # 4 refused as too large → halves of 2 and 2 sent; then u5 alone is too large: not its fault.
     assert [len(r.emails) for r in fake.records] == [4, 2, 2, 1]
     assert isinstance(report.error, SendError) and "413" in str(report.error)
@@ -91,7 +92,7 @@ def test_an_unsubscribe_while_a_batch_is_split_is_honoured_by_its_parts(project:
     with FakeSendGrid(api_key=API_KEY, reject={"u3@example.com"}, on_request=leave) as fake:
         settings = box["settings"] = settings_for(project, fake.url, batch_size=8, send_concurrency=1)
         seed(settings, 8)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert report.finished
     assert "u6@example.com" not in fake.delivered()
     assert delivery_states(settings)["u6@example.com"] == ("skipped", None, "unsubscribed before sending")
@@ -108,7 +109,7 @@ def test_an_unsubscribe_during_a_retry_wait_is_honoured_by_the_retry(project: Pa
     with FakeSendGrid(api_key=API_KEY, script=["429"], retry_after=0.2, on_request=leave) as fake:
         settings = box["settings"] = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 3)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert report.finished
     assert [r.emails for r in fake.records] == [
         ["u1@example.com", "u2@example.com", "u3@example.com"],
@@ -124,7 +125,7 @@ def test_retry_after_as_an_http_date_is_honoured(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=["429"], retry_after=2, retry_after_as_date=True) as fake:
         settings = settings_for(project, fake.url, send_concurrency=1)
         seed(settings, 2)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert report.finished
     first, second = fake.records
     # The date has whole seconds: at least one of the two seconds asked for was waited.
@@ -143,7 +144,7 @@ def test_a_failing_heartbeat_stops_the_send_cleanly(project: Path, monkeypatch: 
                 "CREATE TRIGGER broken_heartbeat BEFORE UPDATE OF heartbeat_at ON leases "
                 "WHEN NEW.holder = OLD.holder BEGIN SELECT RAISE(ABORT, 'disk failure'); END"
             )
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert isinstance(report.error, SendError) and "renewing this send's claim" in str(report.error)
     assert len(fake.records) == 1 and not report.finished
     assert (report.counts["sent"], report.counts["pending"], report.counts["in_flight"]) == (2, 4, 0)
@@ -154,7 +155,7 @@ def test_a_body_that_cannot_be_built_marks_nothing_in_flight(project: Path) -> N
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url, base_url="https://example.com/" + "a" * 10_000)
         seed(settings, 3)
-        report = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert fake.records == []
     assert isinstance(report.error, SendError) and "10,000" in str(report.error)
     assert report.counts["pending"] == 3 and report.counts["uncertain"] == 0
@@ -190,13 +191,13 @@ def test_a_dry_run_of_a_resumed_send_writes_exactly_the_requests_the_resume_send
     with FakeSendGrid(api_key=API_KEY, script=["202", "503"], keep_bodies=True) as fake:
         settings = settings_for(project, fake.url, batch_size=4, send_concurrency=1, max_retries=0)
         seed(settings, 10)
-        first = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        first = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
         assert first.counts["sent"] == 4 and first.counts["pending"] == 6
         unsubscribe(settings, 6)  # in the next page: the real run skips it inside the page
         outbox = project / "outbox"
-        unrecorded.send_unrecorded(engine_of(settings), settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
+        unrecorded.send_unrecorded(engine_of(settings), send_parts(settings), plan_for(settings), send.open_provider(settings.delivery, dry_run=True, outbox=outbox))
         fake.records.clear()
-        resumed = send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        resumed = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     assert resumed.finished
     written = [json.loads(path.read_bytes()) for path in sorted(outbox.glob("batch-*.json"))]
     sent = [record.body for record in fake.records]
@@ -211,8 +212,8 @@ def test_a_dry_run_of_a_new_send_uses_the_campaign_id_the_send_will_get(project:
         settings = settings_for(project, fake.url)
         seed(settings, 2)
         outbox = project / "outbox"
-        unrecorded.send_unrecorded(engine_of(settings), settings, plan_for(settings), send.open_provider(settings, dry_run=True, outbox=outbox))
-        send.send_campaign(engine_of(settings), settings, plan_for(settings))
+        unrecorded.send_unrecorded(engine_of(settings), send_parts(settings), plan_for(settings), send.open_provider(settings.delivery, dry_run=True, outbox=outbox))
+        send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
     [written] = [json.loads(path.read_bytes()) for path in outbox.glob("batch-*.json")]
     assert written == fake.records[0].body
 
@@ -221,7 +222,9 @@ def test_a_dry_run_of_a_new_send_uses_the_campaign_id_the_send_will_get(project:
 def test_status_reads_while_another_process_holds_the_write_lock(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    send.start_campaign(
+        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+    )
     writer = sqlite3.connect(project / "newsletter.db", isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")  # a long import, say
@@ -237,7 +240,9 @@ def test_status_reads_while_another_process_holds_the_write_lock(project: Path) 
 def test_status_shows_a_live_senders_batches_as_in_flight_not_uncertain(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(engine_of(settings), settings, DAY, plan_for(settings).mailing_list, CONTENT)
+    campaign = send.start_campaign(
+        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+    )
     now = settings.clock()
     with engine_of(settings).begin() as conn:
         batch = conn.execute(db.batches.insert().values(
@@ -259,7 +264,9 @@ def test_a_campaign_the_database_refuses_is_an_error_not_an_assertion(project: P
     seed(settings, 1)
     missing = MailingList(id=99, name="gone", description="", created_at=settings.clock())
     with pytest.raises(SendError, match="database refused it"):
-        send.start_campaign(engine_of(settings), settings, DAY, missing, CONTENT)
+        send.start_campaign(
+            engine_of(settings), DAY, missing, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
+        )
 
 
 def test_pending_rows_are_indexed_by_id_and_old_databases_are_migrated(project: Path) -> None:

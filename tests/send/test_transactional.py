@@ -38,8 +38,8 @@ def rows(settings) -> list[tuple[str, str, str | None]]:
 def test_a_message_goes_out_once_however_often_it_is_asked_for(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url)
-        [first] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
-        [again] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [first] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
+        [again] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
     assert (first.state, first.sent_now) == ("sent", True) and first.message_id
     assert (again.state, again.sent_now, again.message_id) == ("sent", False, first.message_id)
     assert fake.delivered() == ["ann@example.com"]
@@ -54,7 +54,7 @@ def test_callers_at_the_same_moment_send_it_once(project: Path) -> None:
         outcomes = []
 
         def ask() -> None:
-            outcomes.extend(send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()]))
+            outcomes.extend(send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock))
 
         callers = [threading.Thread(target=ask) for _ in range(6)]
         for caller in callers:
@@ -71,8 +71,8 @@ def test_callers_at_the_same_moment_send_it_once(project: Path) -> None:
 def test_a_lost_answer_is_uncertain_and_never_sent_again(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, script=[DROP]) as fake:
         settings = settings_for(project, fake.url, max_retries=0)
-        [lost] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
-        [later] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [lost] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
+        [later] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
     assert lost.state == "uncertain" and "may have been delivered" in (lost.error or "")
     assert (later.state, later.sent_now) == ("uncertain", False)
     assert len(fake.records) == 1
@@ -86,7 +86,7 @@ def test_a_crash_after_the_request_left_leaves_it_uncertain(project: Path) -> No
             conn.execute(db.messages.insert().values(
                 key=confirmation().key, email="ann@example.com", subject="Please confirm", state="in_flight",
                 created_at=now, updated_at=now))  # fmt: skip
-        [outcome] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [outcome] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
     assert (outcome.state, outcome.sent_now) == ("uncertain", False) and fake.records == []
 
 
@@ -94,11 +94,11 @@ def test_a_crash_after_the_request_left_leaves_it_uncertain(project: Path) -> No
 def test_nothing_sent_leaves_it_pending_and_a_later_try_sends_it(project: Path) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     settings = settings_for(project, down, max_retries=0)
-    [unsent] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+    [unsent] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
     assert unsent.state == "pending" and "could not reach SendGrid" in (unsent.error or "")
     with FakeSendGrid(api_key=API_KEY) as fake:
         settings = settings_for(project, fake.url)
-        [sent] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [sent] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
     assert (sent.state, sent.sent_now) == ("sent", True) and fake.delivered() == ["ann@example.com"]
 
 
@@ -106,8 +106,8 @@ def test_nothing_sent_leaves_it_pending_and_a_later_try_sends_it(project: Path) 
 def test_a_refused_address_is_failed_with_the_providers_reason(project: Path) -> None:
     with FakeSendGrid(api_key=API_KEY, reject={"ann@example.com"}) as fake:
         settings = settings_for(project, fake.url)
-        [outcome] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
-        [again] = send_messages(engine_of(settings), settings, provider_for(settings), [confirmation()])
+        [outcome] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
+        [again] = send_messages(engine_of(settings), provider_for(settings.delivery), [confirmation()], pacing=settings.pacing, clock=settings.clock)
     assert outcome.state == "failed" and "Does not contain a valid address" in (outcome.error or "")
     assert (again.state, again.sent_now) == ("failed", False) and len(fake.records) == 1
 

@@ -11,21 +11,21 @@ from ..base import clip
 from . import http
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 SERVER_PATH = "/server"
 
 
-async def check(settings: Settings) -> tuple[str, str | None]:
+async def check(delivery: Delivery) -> tuple[str, str | None]:
     """Which server the token opens, and the fix (None when it opens one)."""
-    async with http.client(settings, connections=1) as client:
+    async with http.client(delivery.section, delivery.pacing, connections=1) as client:
         try:
             answer = await http.read(await client.send(client.build_request("GET", SERVER_PATH), stream=True))
         except http.IMPOSSIBLE as error:
             return str(http.impossible(error)), "correct the setting or variable it names"
         except httpx.TransportError as error:
             return (
-                f"could not reach Postmark at {settings.postmark_api_url} ({http.describe(error)})",
+                f"could not reach Postmark at {delivery.section.postmark_api_url} ({http.describe(error)})",
                 "check postmark_api_url and this machine's way out (DNS, firewall, HTTPS_PROXY)",
             )
     if answer.status == 401:

@@ -14,7 +14,8 @@ from .. import answers
 from ..base import MAX_REASON, RequestImpossible, clip
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Pacing
+    from .settings import Section
 
 TOKEN_HEADER = "X-Postmark-Server-Token"
 
@@ -48,10 +49,10 @@ def auth_refused(status: int) -> str:
     return f"Postmark refused the server token ({status}): check POSTMARK_SERVER_TOKEN"
 
 
-def client(settings: Settings, *, connections: int) -> httpx.AsyncClient:
+def client(section: Section, pacing: Pacing, *, connections: int) -> httpx.AsyncClient:
     """An HTTP client for Postmark: the token only in its header (never in a message), explicit
     timeouts, a pool of `connections`."""
-    if settings.postmark_server_token is None:
+    if section.postmark_server_token is None:
         raise MissingAPIKey(
             "POSTMARK_SERVER_TOKEN is not set, so Postmark cannot be used. Set it to the server's API "
             "token, or preview a send with --dry-run (it writes what would be sent to an outbox "
@@ -59,13 +60,13 @@ def client(settings: Settings, *, connections: int) -> httpx.AsyncClient:
             credential="POSTMARK_SERVER_TOKEN",
         )
     return httpx.AsyncClient(
-        base_url=settings.postmark_api_url,
+        base_url=section.postmark_api_url,
         headers={
-            TOKEN_HEADER: settings.postmark_server_token.get_secret_value(),
+            TOKEN_HEADER: section.postmark_server_token.get_secret_value(),
             "Accept": "application/json",
         },
         timeout=httpx.Timeout(
-            connect=settings.connect_timeout, read=settings.read_timeout, write=settings.read_timeout, pool=None
+            connect=pacing.connect_timeout, read=pacing.read_timeout, write=pacing.read_timeout, pool=None
         ),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
     )

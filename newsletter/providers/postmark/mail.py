@@ -31,7 +31,7 @@ from . import http
 from .settings import batch_limit
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 BATCH = "/email/batch"
 
@@ -138,14 +138,14 @@ class Postmark:
 
     name = "Postmark"
 
-    def __init__(self, settings: Settings, *, connect: bool = True) -> None:
+    def __init__(self, delivery: Delivery, *, connect: bool = True) -> None:
         """`connect=False`: only to prepare requests (a dry run), which needs no token."""
-        self.batch_limit = batch_limit(settings)
-        self._stream = settings.postmark_message_stream
-        self._track_opens = settings.track_opens
+        self.batch_limit = batch_limit(delivery)
+        self._stream = delivery.section.postmark_message_stream
+        self._track_opens = delivery.sender.track_opens
         # Not in the text part: Postmark would rewrite every URL there, readers' signed links included.
-        self._track_links = "HtmlOnly" if settings.track_clicks else "None"
-        self._client = http.client(settings, connections=settings.send_concurrency) if connect else None
+        self._track_links = "HtmlOnly" if delivery.sender.track_clicks else "None"
+        self._client = http.client(delivery.section, delivery.pacing, connections=delivery.pacing.send_concurrency) if connect else None
         self._mailing: _Mailing | None = None
 
     def prepare(self, batch: Batch) -> Prepared:

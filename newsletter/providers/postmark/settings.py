@@ -11,7 +11,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from ...fields import absolute_http_url, api_key
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 # Postmark takes at most this many messages in one /email/batch request.
 MAX_BATCH = 500
@@ -42,5 +42,5 @@ class Section(BaseModel):
         return api_key(value)
 
 
-def batch_limit(settings: Settings) -> int:
-    return min(settings.batch_size, MAX_BATCH)
+def batch_limit(delivery: Delivery) -> int:
+    return min(delivery.pacing.batch_size, MAX_BATCH)

@@ -16,7 +16,7 @@ from ..base import AnswerLost, Fetch, Fetched, Suppression, SuppressionList, Ver
 from . import http
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 # The dump is not paged: it is applied this many entries a transaction.
 PAGE_SIZE = 500
@@ -25,8 +25,8 @@ PAGE_SIZE = 500
 class Suppressions:
     max_page_size = PAGE_SIZE
 
-    def __init__(self, settings: Settings) -> None:
-        stream = settings.postmark_message_stream
+    def __init__(self, delivery: Delivery) -> None:
+        stream = delivery.section.postmark_message_stream
         self._path = f"/message-streams/{stream}/suppressions/dump"
         # Keyed by the stream too: another stream's list starts from its own beginning.
         self.lists = tuple(
@@ -38,7 +38,7 @@ class Suppressions:
             )
         )
         self._reasons = {suppression_list.kind: suppression_list.kind.split(":")[2] for suppression_list in self.lists}
-        self._client = http.client(settings, connections=1)
+        self._client = http.client(delivery.section, delivery.pacing, connections=1)
 
     async def aclose(self) -> None:
         await self._client.aclose()

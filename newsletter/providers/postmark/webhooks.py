@@ -20,7 +20,7 @@ from ... import db
 from ..base import Event, EventKind, Refusal, storable, tag_id
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from .settings import Section
 
 # A bounce carries at most the bounced message's first kilobytes; anything bigger is not Postmark.
 MAX_WEBHOOK_BODY = 1024 * 1024
@@ -41,13 +41,13 @@ _SUPPRESSION_REASONS = {
 MAX_URL = 2000
 
 
-def feedback(settings: Settings) -> Feedback | Refusal:
-    if not settings.postmark_webhook_user or settings.postmark_webhook_password is None:
+def feedback(section: Section) -> Feedback | Refusal:
+    if not section.postmark_webhook_user or section.postmark_webhook_password is None:
         return Refusal(
             503,
             "the Postmark webhook is not configured: set postmark_webhook_user and NEWSLETTER_POSTMARK_WEBHOOK_PASSWORD",
         )
-    credentials = f"{settings.postmark_webhook_user}:{settings.postmark_webhook_password.get_secret_value()}"
+    credentials = f"{section.postmark_webhook_user}:{section.postmark_webhook_password.get_secret_value()}"
     return Feedback(credentials)
 
 

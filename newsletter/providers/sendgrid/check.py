@@ -4,27 +4,30 @@ nothing and sends nothing) must include mail.send."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import httpx
 
-from ...config import Settings
 from .. import answers
 from . import http
+
+if TYPE_CHECKING:
+    from ...sections import Delivery
 
 SCOPES_PATH = "/v3/scopes"
 SEND_SCOPE = "mail.send"
 
 
-async def check(settings: Settings) -> tuple[str, str | None]:
+async def check(delivery: Delivery) -> tuple[str, str | None]:
     """What the key may do, and the fix (None when it may send mail)."""
-    async with http.client(settings, connections=1) as client:
+    async with http.client(delivery.section, delivery.pacing, connections=1) as client:
         try:
             response = await client.send(client.build_request("GET", SCOPES_PATH), stream=True)
         except tuple(http.IMPOSSIBLE) as error:
             return str(http.impossible(error)), "correct the setting or variable it names"
         except httpx.TransportError as error:
             return (
-                f"could not reach SendGrid at {settings.sendgrid_api_url} ({http.describe(error)})",
+                f"could not reach SendGrid at {delivery.section.sendgrid_api_url} ({http.describe(error)})",
                 "check sendgrid_api_url and this machine's way out (DNS, firewall, HTTPS_PROXY)",
             )
         content = await answers.read_capped(response, http.MAX_ANSWER_BYTES)

@@ -22,7 +22,7 @@ from ...errors import ConfigError
 from ..base import Event, EventKind, Refusal, storable, tag_id
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from .settings import Section
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -61,11 +61,11 @@ DROP_REASONS = {
 }
 
 
-def feedback(settings: Settings) -> Feedback | Refusal:
+def feedback(section: Section) -> Feedback | Refusal:
     """The signed Event Webhook; never unsigned events (anyone could unsubscribe anyone)."""
-    if not settings.sendgrid_webhook_public_key:
+    if not section.sendgrid_webhook_public_key:
         return Refusal(503, "the signed Event Webhook is not configured")
-    return Feedback(WebhookVerifier(settings.sendgrid_webhook_public_key))
+    return Feedback(WebhookVerifier(section.sendgrid_webhook_public_key))
 
 
 class Feedback:

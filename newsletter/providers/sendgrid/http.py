@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
-from ...config import Settings
 from ...errors import MissingAPIKey
 from .. import answers
 from ..base import MAX_REASON, RequestImpossible, clip
+from .settings import Section
+
+if TYPE_CHECKING:
+    from ...sections import Pacing
 
 # SendGrid's error answers are a few hundred bytes. Of a bigger one (a proxy's page, a broken
 # server) only this much is read: a 50 MB answer must not fill memory.
@@ -45,10 +49,10 @@ def auth_refused(status: int, needs: str = "the Mail Send permission") -> str:
     return f"SendGrid refused the API key ({status}): check SENDGRID_API_KEY and that the key has {needs}"
 
 
-def client(settings: Settings, *, connections: int, accept: str = "application/json") -> httpx.AsyncClient:
+def client(section: Section, pacing: Pacing, *, connections: int, accept: str = "application/json") -> httpx.AsyncClient:
     """An HTTP client for SendGrid: the API key only in the Authorization header (never in a
     message), explicit timeouts, a pool of `connections`."""
-    if settings.sendgrid_api_key is None:
+    if section.sendgrid_api_key is None:
         raise MissingAPIKey(
             "SENDGRID_API_KEY is not set, so SendGrid cannot be used. Set it to an API key with the "
             "Mail Send permission (and read access to suppressions for `subscribers sync`), or preview "
@@ -56,15 +60,15 @@ def client(settings: Settings, *, connections: int, accept: str = "application/j
             credential="SENDGRID_API_KEY",
         )
     return httpx.AsyncClient(
-        base_url=settings.sendgrid_api_url,
+        base_url=section.sendgrid_api_url,
         headers={
-            "Authorization": f"Bearer {settings.sendgrid_api_key.get_secret_value()}",
+            "Authorization": f"Bearer {section.sendgrid_api_key.get_secret_value()}",
             "Accept": accept,
         },
         timeout=httpx.Timeout(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            write=settings.read_timeout,
+            connect=pacing.connect_timeout,
+            read=pacing.read_timeout,
+            write=pacing.read_timeout,
             pool=None,  # waiting for a free connection is our own queue, not SendGrid's
         ),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),

@@ -9,16 +9,19 @@ recipient, about 1.5 MB against 30 MB.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ...config import Settings
 from ...errors import SendError
 from ..base import Answer, AnswerLost, Batch, Recipient, RequestNotSent, Verdict
 from ..headers import literal, plain_name, plain_text
 from .. import answers
 from . import http
+from .settings import batch_limit
+
+if TYPE_CHECKING:
+    from ...sections import Delivery
 
 MAIL_SEND = "/v3/mail/send"
 
@@ -36,11 +39,11 @@ class SendGrid:
 
     name = "SendGrid"
 
-    def __init__(self, settings: Settings, *, connect: bool = True) -> None:
+    def __init__(self, delivery: Delivery, *, connect: bool = True) -> None:
         """`connect=False`: only to prepare requests (a dry run), which needs no API key."""
-        self.batch_limit = settings.batch_size
-        self._tracking = _tracking(settings.track_opens, settings.track_clicks)
-        self._client = http.client(settings, connections=settings.send_concurrency) if connect else None
+        self.batch_limit = batch_limit(delivery)
+        self._tracking = _tracking(delivery.sender.track_opens, delivery.sender.track_clicks)
+        self._client = http.client(delivery.section, delivery.pacing, connections=delivery.pacing.send_concurrency) if connect else None
 
     def prepare(self, batch: Batch) -> dict[str, Any]:
         """The request body; SendError if a recipient would break SendGrid's limits."""

@@ -9,7 +9,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from ...fields import absolute_http_url, api_key
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 
 class Section(BaseModel):
@@ -33,5 +33,5 @@ class Section(BaseModel):
         return api_key(value)
 
 
-def batch_limit(settings: Settings) -> int:
-    return settings.batch_size
+def batch_limit(delivery: Delivery) -> int:
+    return delivery.pacing.batch_size

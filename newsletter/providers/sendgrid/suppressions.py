@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ... import db
-from ...config import Settings
 from ...errors import SendError
 from ..base import AnswerLost, Fetch, Fetched, Suppression, SuppressionList, Verdict
 from .. import answers
 from . import http
+
+if TYPE_CHECKING:
+    from ...sections import Delivery
 
 # SendGrid's limit for one page of a suppression list.
 MAX_PAGE_SIZE = 500
@@ -42,8 +44,8 @@ class Suppressions:
     lists = SUPPRESSION_LISTS
     max_page_size = MAX_PAGE_SIZE
 
-    def __init__(self, settings: Settings) -> None:
-        self._client = http.client(settings, connections=1)
+    def __init__(self, delivery: Delivery) -> None:
+        self._client = http.client(delivery.section, delivery.pacing, connections=1)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -9,14 +9,15 @@ from ..base import RequestImpossible, RequestNotSent, Verdict
 from .client import SMTP
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 _SECURED = {"starttls": "STARTTLS", "tls": "implicit TLS", "none": "no TLS: a trusted relay only"}
 
 
-async def check(settings: Settings) -> tuple[str, str | None]:
+async def check(delivery: Delivery) -> tuple[str, str | None]:
     """What the server let us do, and the fix (None when a send would get as far as MAIL)."""
-    smtp = SMTP(settings)
+    smtp = SMTP(delivery)
+    section = delivery.section
     try:
         refused = await smtp.try_login()
     except RequestNotSent as error:
@@ -27,5 +28,5 @@ async def check(settings: Settings) -> tuple[str, str | None]:
         return refused.reason, "set smtp_username and NEWSLETTER_SMTP_PASSWORD to a login the server takes"
     if refused is not None:
         return refused.reason, "the server asked to try later: run newsletter doctor again"
-    login = f", logged in as {settings.smtp_username!r}" if settings.smtp_username else ", no login"
-    return f"{smtp.name}: connected ({_SECURED[settings.smtp_security]}){login}", None
+    login = f", logged in as {section.smtp_username!r}" if section.smtp_username else ", no login"
+    return f"{smtp.name}: connected ({_SECURED[section.smtp_security]}){login}", None

@@ -42,7 +42,7 @@ from ..base import (
 from ..mime import mime_message, wire_address
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 # A line of the payload that starts with "." gets a second one (RFC 5321 4.5.2), so that only the
 # terminator ends the message.
@@ -97,27 +97,28 @@ class SMTP:
 
     batch_limit = 1
 
-    def __init__(self, settings: Settings, *, connect: bool = True) -> None:
+    def __init__(self, delivery: Delivery, *, connect: bool = True) -> None:
+        section, pacing = delivery.section, delivery.pacing
         """`connect=False`: only to prepare messages (a dry run), which needs no password."""
-        if not settings.smtp_host:
+        if not section.smtp_host:
             raise ConfigError("'smtp_host' (NEWSLETTER_SMTP_HOST) must be set when provider is 'smtp'")
-        self._host = settings.smtp_host
-        self._port = settings.smtp_port
+        self._host = section.smtp_host
+        self._port = section.smtp_port
         self.name = f"the SMTP server {self._host}:{self._port}"
-        self._clock = settings.clock
+        self._clock = delivery.clock
         self._connect = connect
-        self._security = settings.smtp_security
-        self._username = settings.smtp_username
-        self._password = settings.smtp_password
+        self._security = section.smtp_security
+        self._username = section.smtp_username
+        self._password = section.smtp_password
         if connect and self._username and self._password is None:
             raise ConfigError(
                 f"NEWSLETTER_SMTP_PASSWORD is not set, but smtp_username is ({self._username!r}): set the "
                 "password in the environment (never in the config file), remove smtp_username to send "
                 "without logging in, or preview a send with --dry-run"
             )
-        self._connect_timeout = settings.connect_timeout
-        self._read_timeout = settings.read_timeout
-        self._size = settings.send_concurrency
+        self._connect_timeout = pacing.connect_timeout
+        self._read_timeout = pacing.read_timeout
+        self._size = pacing.send_concurrency
         # ssl's default context: the system's CAs, or SSL_CERT_FILE's (a private CA, the tests').
         self._tls = ssl.create_default_context() if connect and self._security != "none" else None
         self._local_hostname: str | None = None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 if TYPE_CHECKING:
-    from ...config import Settings
+    from ...sections import Delivery
 
 
 class Section(BaseModel):
@@ -29,7 +29,7 @@ class Section(BaseModel):
         return self
 
 
-def batch_limit(settings: Settings) -> int:
+def batch_limit(delivery: Delivery) -> int:
     """Each reader's message goes on its own, so that each gets an exact outcome (sent, refused, or
     uncertain) of its own."""
     return 1
