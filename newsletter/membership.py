@@ -18,20 +18,12 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Select,
-    String,
-    and_,
-    bindparam,
-    exists,
-    literal,
-    select,
-)
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.engine import Connection
 
 from . import db
 from .db import BOUNCED, COMPLAINED, SUBSCRIBED, UNCONFIRMED, UNSUBSCRIBED
+from .store import memberships
 
 # How strongly a status keeps mail away. The provider's suppressions only ever move a membership up
 # this order: one address often sits on several suppression lists at once (an invalid address that
@@ -99,43 +91,6 @@ def _check(status: str, source: str) -> None:
         raise ValueError(f"unknown source {source!r}")
 
 
-# Built once: these run for every change (every one-click unsubscribe), and building a statement costs
-# more than running it.
-# FOR UPDATE: on PostgreSQL a concurrent change of this membership (a second one-click POST, a
-# webhook) waits here until this transaction ends, and then sees its status. SQLite's BEGIN IMMEDIATE
-# already serialises writers (and SQLAlchemy renders nothing there).
-_THIS = (
-    db.memberships.c.list_id == bindparam("list"),
-    db.memberships.c.subscriber_id == bindparam("subscriber"),
-)
-_LOCKED_STATUS = select(db.memberships.c.status).where(*_THIS).with_for_update()
-_SET = (
-    db.memberships.update()
-    .where(*_THIS, db.memberships.c.status == bindparam("expected"))
-    .values(status=bindparam("new"), updated_at=bindparam("now"))
-)
-_JOIN = db.memberships.insert().values(
-    list_id=bindparam("list"),
-    subscriber_id=bindparam("subscriber"),
-    status=bindparam("new"),
-    created_at=bindparam("now"),
-    updated_at=bindparam("now"),
-)
-_CONSENT = (
-    db.memberships.update()
-    .where(*_THIS)
-    .values(consent_at=bindparam("b_at"), consent_source=bindparam("b_source"), consent_ip=bindparam("b_ip"))
-)
-_LOG = db.events.insert()
-_EVENT_COLUMNS = ["subscriber_id", "list_id", "status", "previous_status", "source", "detail", "created_at"]
-
-
-def status_of(conn: Connection, list_id: int, subscriber_id: int) -> str | None:
-    """A membership's status (None: not a member), locked until the transaction ends, so that a
-    compare_and_set from it is not beaten to the change."""
-    return conn.execute(_LOCKED_STATUS, {"list": list_id, "subscriber": subscriber_id}).scalar()
-
-
 def compare_and_set(
     conn: Connection,
     *,
@@ -157,14 +112,13 @@ def compare_and_set(
     _check(status, source)
     if expected == status or not allowed(expected, status, source):
         return False
-    values = {"list": list_id, "subscriber": subscriber_id, "expected": expected, "new": status, "now": now}
     if expected is None:
-        # Two processes adding the same member at once: the second one's insert breaks the primary
-        # key and its transaction fails, logging nothing.
-        conn.execute(_JOIN, values)
-    elif conn.execute(_SET, values).rowcount != 1:
+        memberships.join(conn, list_id=list_id, subscriber_id=subscriber_id, status=status, now=now)
+    elif not memberships.move(
+        conn, list_id=list_id, subscriber_id=subscriber_id, expected=expected, status=status, now=now
+    ):
         return False
-    log_event(
+    memberships.log(
         conn,
         subscriber_id=subscriber_id,
         list_id=list_id,
@@ -192,7 +146,7 @@ def set_status(
         conn,
         list_id=list_id,
         subscriber_id=subscriber_id,
-        expected=status_of(conn, list_id, subscriber_id),
+        expected=memberships.status_of(conn, list_id, subscriber_id),
         status=status,
         source=source,
         now=now,
@@ -223,40 +177,15 @@ def compare_and_set_many(
     """
     _check(status, source)
     moving = [old for old in expected if old != status and allowed(old, status, source)]
-    found = rows.subquery()
-    m = db.memberships.c
-    stamp = literal(now, db.TS)
-    member = and_(m.list_id == list_id, m.subscriber_id == found.c.subscriber_id)
-
-    def moves(previous: ColumnElement[Any]) -> Select[Any]:
-        """Each row's event (its move from `previous`), for the caller's FROM and WHERE."""
-        return select(
-            found.c.subscriber_id, literal(list_id), literal(status), previous, literal(source), found.c.detail, stamp
-        )
-
     changed = 0
     statuses = [old for old in moving if old is not None]
     if statuses:
-        which = and_(m.status.in_(statuses), *([m.updated_at <= unchanged_since] if unchanged_since else []))
-        logged = moves(m.status).select_from(found.join(db.memberships, member)).where(which)
-        conn.execute(db.events.insert().from_select(_EVENT_COLUMNS, logged))
-        changed += conn.execute(
-            db.memberships.update()
-            .where(m.list_id == list_id, which, m.subscriber_id.in_(select(found.c.subscriber_id)))
-            .values(status=status, updated_at=now)
-        ).rowcount
+        changed += memberships.move_many(
+            conn, list_id=list_id, rows=rows, statuses=statuses, status=status, source=source, now=now,
+            unchanged_since=unchanged_since,
+        )  # fmt: skip
     if None in moving:
-        joining = ~exists().where(member)
-        conn.execute(db.events.insert().from_select(_EVENT_COLUMNS, moves(literal(None, String)).where(joining)))
-        # preserve_rowcount: SQLAlchemy guarantees rowcount for UPDATE and DELETE only; without it an
-        # INSERT … SELECT on PostgreSQL (psycopg) reports -1.
-        changed += conn.execute(
-            db.memberships.insert().from_select(
-                ["list_id", "subscriber_id", "status", "created_at", "updated_at"],
-                select(literal(list_id), found.c.subscriber_id, literal(status), stamp, stamp).where(joining),
-            ),
-            execution_options={"preserve_rowcount": True},
-        ).rowcount
+        changed += memberships.join_many(conn, list_id=list_id, rows=rows, status=status, source=source, now=now)
     return changed
 
 
@@ -275,19 +204,11 @@ def set_frequency(
     off: a sign-up keeps the choice of someone unconfirmed, or who left, for when they confirm."""
     if frequency not in db.FREQUENCIES:
         raise ValueError(f"unknown frequency {frequency!r}")
-    m = db.memberships.c
-    status = conn.execute(
-        select(m.status).where(*_THIS, m.frequency != frequency).with_for_update(),
-        {"list": list_id, "subscriber": subscriber_id},
-    ).scalar()
+    status = memberships.status_unless_frequency(conn, list_id=list_id, subscriber_id=subscriber_id, frequency=frequency)
     if status is None or (subscribed_only and status != SUBSCRIBED):
         return False
-    conn.execute(
-        # updated_at stays: it says when the status last changed (purges and confirmations read it).
-        db.memberships.update().where(*_THIS).values(frequency=frequency),
-        {"list": list_id, "subscriber": subscriber_id},
-    )
-    log_event(
+    memberships.set_frequency(conn, list_id=list_id, subscriber_id=subscriber_id, frequency=frequency)
+    memberships.log(
         conn,
         subscriber_id=subscriber_id,
         list_id=list_id,
@@ -298,43 +219,6 @@ def set_frequency(
         detail=f"frequency: {frequency}",
     )
     return True
-
-
-def record_consent(
-    conn: Connection, *, list_id: int, subscriber_id: int, source: str, now: datetime, ip: str | None
-) -> None:
-    """Record when, how and (when asked to) from where a member consented to the list's mail."""
-    conn.execute(
-        _CONSENT,
-        {"list": list_id, "subscriber": subscriber_id, "b_at": now, "b_source": source, "b_ip": ip},
-    )
-
-
-def log_event(
-    conn: Connection,
-    *,
-    subscriber_id: int | None,
-    list_id: int | None,
-    status: str,
-    source: str,
-    now: datetime,
-    previous_status: str | None = None,
-    detail: str = "",
-) -> None:
-    """Append to the event log, which is only ever appended to: a status change (through the
-    compare-and-sets above) or an erasure (subscribers.erase_subscriber)."""
-    conn.execute(
-        _LOG,
-        {
-            "subscriber_id": subscriber_id,
-            "list_id": list_id,
-            "status": status,
-            "previous_status": previous_status,
-            "source": source,
-            "detail": detail,
-            "created_at": now,
-        },
-    )
 
 
 def receives_issues(status: str | None) -> bool:

@@ -16,20 +16,18 @@ work an address's state calls for never follows a given request.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Insert, bindparam, func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection, Engine
 
 from . import db
 from .errors import SubscriberError, TokenError
-from .membership import compare_and_set, record_consent, set_frequency
+from .membership import compare_and_set, set_frequency
 from .providers import Message, Provider, Recipient
 from .content.publish import PublishedIssue, published_issues
 from .content.render import DARK, FONT_STACK, LIGHT, render_macro, render_template
@@ -37,7 +35,7 @@ from .send.parts import SendParts
 from .send.transactional import Outcome, Outgoing, claim, send_messages
 from .addresses import email_key, normalise_email
 from .providers.headers import plain_name
-from .store import messages
+from .store import memberships, messages, subscribers
 from .subscribers import MailingList
 from .tokens import CONFIRM_WINDOW, ConfirmLinks
 
@@ -293,7 +291,6 @@ _QUEUED = (
     .limit(bindparam("limit"))
 )
 _DEQUEUE = db.signup_requests.delete().where(_r.id == bindparam("request"))
-_FIND_SUBSCRIBER = select(_s.id, _s.email, _s.name).where(_s.email_key == bindparam("key"))
 _MEMBERSHIP = (
     select(db.lists, _s.email, _s.name.label("subscriber_name"), _m.subscriber_id, _m.status, _m.frequency, _m.updated_at)
     .select_from(db.memberships.join(db.subscribers).join(db.lists))
@@ -305,18 +302,8 @@ _LOCKED_MEMBERSHIP = _MEMBERSHIP.with_for_update(of=db.memberships)
 def _subscriber_for(conn: Connection, form: SignUpForm, now: datetime) -> tuple[int, str, str | None]:
     """(id, address, name) of the subscriber with the form's address, added if new. An existing
     subscriber's name is kept: anyone can type anyone's address into a form."""
-    key = email_key(form.email)
-    values = {"email": form.email, "email_key": key, "name": form.name, "attributes": {}, "created_at": now}
-    # An upsert: another process (an import, a second server) may add the same address meanwhile.
-    conn.execute(_upsert(conn.dialect.name), values)
-    found = conn.execute(_FIND_SUBSCRIBER, {"key": key}).one()
+    found = subscribers.add_if_new(conn, email=form.email, key=email_key(form.email), name=form.name, now=now)
     return found.id, found.email, found.name
-
-
-@functools.cache
-def _upsert(dialect: str) -> Insert:
-    insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert_into(db.subscribers).on_conflict_do_nothing(index_elements=[_s.email_key])
 
 
 def _choose_frequency(conn: Connection, list_id: int, subscriber_id: int, frequency: str, now: datetime) -> None:
@@ -327,7 +314,7 @@ def _choose_frequency(conn: Connection, list_id: int, subscriber_id: int, freque
 
 def _record_consent(conn: Connection, mailing_list: MailingList, subscriber_id: int, *, now: datetime, ip: str | None) -> None:
     source = f"signup form, {mailing_list.optin} opt-in"
-    record_consent(conn, list_id=mailing_list.id, subscriber_id=subscriber_id, source=source, now=now, ip=ip)
+    memberships.record_consent(conn, list_id=mailing_list.id, subscriber_id=subscriber_id, source=source, now=now, ip=ip)
 
 
 def _membership_row(conn: Connection, list_id: int, subscriber_id: int, *, lock: bool = False) -> object | None:

@@ -61,6 +61,7 @@ from .files import atomic_file
 from .membership import compare_and_set_many, members_query
 from .providers import Provider, provider_for
 from .providers.headers import plain_text
+from .store import subscribers
 from .subscribers import check_details, get_list, read_pages
 
 if TYPE_CHECKING:
@@ -467,17 +468,12 @@ def _merge(
     s, m, t = db.subscribers.c, db.memberships.c, table.c
     pending = t.outcome.is_(None)
     stamp = literal(now, db.TS)
-    # preserve_rowcount: SQLAlchemy guarantees rowcount for UPDATE and DELETE only; without it an
-    # INSERT … SELECT on PostgreSQL (psycopg) reports -1.
-    report.new_subscribers = conn.execute(
-        db.subscribers.insert().from_select(
-            ["email", "email_key", "name", "attributes", "created_at"],
-            select(t.email, t.key, t.name, t.attributes, stamp)
-            .where(pending, ~exists().where(s.email_key == t.key))
-            .order_by(t.line),
-        ),
-        execution_options={"preserve_rowcount": True},
-    ).rowcount
+    report.new_subscribers = subscribers.add_selected(
+        conn,
+        select(t.email, t.key, t.name, t.attributes, stamp)
+        .where(pending, ~exists().where(s.email_key == t.key))
+        .order_by(t.line),
+    )
     staged = db.subscribers.join(table, s.email_key == t.key)
     # Each valid row's subscriber, and where its event says the change came from.
     rows = select(

@@ -20,12 +20,9 @@ from sqlalchemy import (
     Row,
     Select,
     and_,
-    delete,
-    exists,
     func,
     select,
     tuple_,
-    update,
 )
 from sqlalchemy.engine import Connection, Engine
 
@@ -33,8 +30,8 @@ from . import db
 from .addresses import email_key, normalise_email, wire_address
 from .providers.headers import NAME_MAX
 from .errors import SubscriberError
-from .membership import compare_and_set, log_event, members_query, status_of
-from .store import messages
+from .membership import compare_and_set, members_query
+from .store import campaigns, lists, memberships, messages, subscribers
 
 # Names are typed on command lines and appear in URLs and logs: keep them plain.
 LIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -141,7 +138,7 @@ class Erasure:
 
 
 def get_list(conn: Connection, name: str) -> MailingList:
-    row = conn.execute(select(db.lists).where(db.lists.c.name == name)).first()
+    row = lists.named(conn, name)
     if row is None:
         raise SubscriberError(f"no list named {name!r} (create it with: newsletter lists create {name})")
     return _mailing_list(row)
@@ -168,12 +165,12 @@ def create_list(
             f"bad list name {name!r}: use up to 200 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
-    existing = conn.execute(select(db.lists.c.id).where(db.lists.c.name == name)).scalar()
+    existing = lists.named(conn, name)
     if existing is not None:
         if exist_ok:
-            return get_list(conn, name)
+            return _mailing_list(existing)
         raise SubscriberError(f"a list named {name!r} already exists")
-    conn.execute(db.lists.insert().values(name=name, description=description, created_at=now, optin=optin))
+    lists.add(conn, name, description=description, optin=optin, now=now)
     return get_list(conn, name)
 
 
@@ -203,18 +200,14 @@ def delete_list(conn: Connection, name: str) -> ListSummary:
     """
     summary = list_summaries(conn, name)[0]
     list_id = summary.list.id
-    campaigns = conn.execute(
-        select(func.count()).select_from(db.campaigns).where(db.campaigns.c.list_id == list_id)
-    ).scalar_one()
-    if campaigns:
+    sent = campaigns.count_of_list(conn, list_id)
+    if sent:
         raise SubscriberError(
-            f"list {name!r} has {campaigns} campaign(s) on record and cannot be deleted: "
+            f"list {name!r} has {sent} campaign(s) on record and cannot be deleted: "
             "its send history refers to it"
         )
-    conn.execute(delete(db.memberships).where(db.memberships.c.list_id == list_id))
-    # The foreign key would do this too; doing it here does not depend on SQLite's foreign_keys pragma.
-    conn.execute(update(db.events).where(db.events.c.list_id == list_id).values(list_id=None))
-    conn.execute(delete(db.lists).where(db.lists.c.id == list_id))
+    memberships.forget_list(conn, list_id)
+    lists.forget(conn, list_id)
     return summary
 
 
@@ -227,9 +220,7 @@ def _subscriber(row: Any) -> Subscriber:
 
 def find_subscriber(conn: Connection, email: str) -> Subscriber:
     """The subscriber with this address (compared case-insensitively)."""
-    row = conn.execute(
-        select(db.subscribers).where(db.subscribers.c.email_key == email_key(normalise_email(email)))
-    ).first()
+    row = subscribers.by_key(conn, email_key(normalise_email(email)))
     if row is None:
         raise SubscriberError(f"no subscriber with the address {email.strip()!r}")
     return _subscriber(row)
@@ -266,14 +257,11 @@ def subscribe(
     attributes = attributes or {}
     check_details(name, attributes)
     address = normalise_email(email)
-    s = db.subscribers.c
-    row = conn.execute(select(db.subscribers).where(s.email_key == email_key(address))).first()
+    row = subscribers.by_key(conn, email_key(address))
     if row is None:
-        subscriber_id = conn.execute(
-            db.subscribers.insert().values(
-                email=address, email_key=email_key(address), name=name, attributes=attributes, created_at=now
-            )
-        ).inserted_primary_key[0]  # type: ignore[index]
+        subscriber_id = subscribers.add(
+            conn, email=address, key=email_key(address), name=name, attributes=attributes, now=now
+        )
     else:
         subscriber_id = row.id
         changes: dict[str, Any] = {}
@@ -283,10 +271,10 @@ def subscribe(
         if merged != (row.attributes or {}):
             changes["attributes"] = merged
         if changes:
-            conn.execute(db.subscribers.update().where(s.id == subscriber_id).values(**changes))
-    subscriber = _subscriber(conn.execute(select(db.subscribers).where(s.id == subscriber_id)).one())
+            subscribers.change(conn, subscriber_id, **changes)
+    subscriber = _subscriber(subscribers.by_id(conn, subscriber_id))
 
-    previous = status_of(conn, list_id, subscriber_id)
+    previous = memberships.status_of(conn, list_id, subscriber_id)
     if previous == db.SUBSCRIBED:
         return Subscription(subscriber, "unchanged", previous)
     if previous is not None and not resubscribe:
@@ -308,7 +296,7 @@ def unsubscribe(
 ) -> bool:
     """Mark an address unsubscribed from a list; False if it already was."""
     subscriber = find_subscriber(conn, email)
-    previous = status_of(conn, list_id, subscriber.id)
+    previous = memberships.status_of(conn, list_id, subscriber.id)
     if previous is None:
         raise SubscriberError(f"{subscriber.email} is not on that list")
     return compare_and_set(
@@ -339,32 +327,20 @@ def erase_subscriber(conn: Connection, email: str, *, now: datetime) -> Erasure:
     """
     address = normalise_email(email)
     key = email_key(address)
-    row = conn.execute(select(db.subscribers).where(db.subscribers.c.email_key == key)).first()
-    memberships = events = deliveries = 0
-    lists: list[str] = []
+    row = subscribers.by_key(conn, key)
+    left = events = deliveries = 0
+    names: list[str] = []
     if row is not None:
         subscriber = _subscriber(row)
         address = subscriber.email
-        m, e, d = db.memberships.c, db.events.c, db.deliveries.c
-        lists = list(
-            conn.execute(
-                select(db.lists.c.name)
-                .join(db.memberships, m.list_id == db.lists.c.id)
-                .where(m.subscriber_id == subscriber.id)
-                .order_by(db.lists.c.name)
-            ).scalars()
-        )
-        # Explicit deletes rather than ON DELETE CASCADE: they do not depend on SQLite's foreign_keys pragma.
-        events = conn.execute(delete(db.events).where(e.subscriber_id == subscriber.id)).rowcount
-        memberships = conn.execute(delete(db.memberships).where(m.subscriber_id == subscriber.id)).rowcount
-        deliveries = conn.execute(
-            update(db.deliveries).where(d.subscriber_id == subscriber.id).values(email="")
-        ).rowcount
-        conn.execute(delete(db.subscribers).where(db.subscribers.c.id == subscriber.id))
+        names = [membership.list_name for membership in _memberships_of(conn, subscriber.id)]
+        left, events = memberships.forget_subscribers(conn, [subscriber.id])
+        deliveries = campaigns.anonymise(conn, subscriber.id)
+        subscribers.forget(conn, [subscriber.id])
     if not _erase_traces(conn, address, key) and row is None:
         raise SubscriberError(f"no subscriber with the address {email.strip()!r}")
-    log_event(conn, subscriber_id=None, list_id=None, status=ERASED, source="command", now=now)
-    return Erasure(address, memberships, events, deliveries, lists)
+    memberships.log(conn, subscriber_id=None, list_id=None, status=ERASED, source="command", now=now)
+    return Erasure(address, left, events, deliveries, names)
 
 
 def _erase_traces(conn: Connection, address: str, key: str) -> int:
@@ -376,14 +352,7 @@ def _erase_traces(conn: Connection, address: str, key: str) -> int:
     found = messages.forget_address(conn, address, key) + forget_queued(conn, address, key)
     # A server's refusal quotes the address as it went on the wire (an IDNA domain in ASCII).
     on_the_wire = wire_address(address)
-    for spelling in {address, address.lower(), on_the_wire, on_the_wire.lower()}:
-        for column in (db.deliveries.c.error, db.batches.c.error):
-            found += conn.execute(
-                update(column.table)
-                .where(column.contains(spelling, autoescape=True))
-                .values({column.name: func.replace(column, spelling, "[erased]")})
-            ).rowcount
-    return found
+    return found + campaigns.forget_quoted(conn, {address, address.lower(), on_the_wire, on_the_wire.lower()})
 
 
 # A sign-up that was never confirmed (issue 8's double opt-in) is no consent to keep an address:
@@ -400,38 +369,25 @@ class Purge:
 def purge_unconfirmed(conn: Connection, *, now: datetime, kept_for: timedelta = UNCONFIRMED_KEPT_FOR) -> Purge:
     """Delete the memberships left unconfirmed for longer than `kept_for`, with their events, and
     the people who had nothing else (their record, log and mails: nothing of them is kept)."""
-    m, e, s = db.memberships.c, db.events.c, db.subscribers.c
-    stale = and_(m.status == db.UNCONFIRMED, m.updated_at < now - kept_for)
-    ids = list(conn.execute(select(m.subscriber_id).where(stale)).scalars())
-    memberships = people = 0
+    before = now - kept_for
+    ids = memberships.unconfirmed_before(conn, before)
+    stale = people = 0
     # In chunks: a statement takes a bounded number of parameters.
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        their_stale = select(m.list_id).where(stale, m.subscriber_id == e.subscriber_id)
-        conn.execute(delete(db.events).where(e.subscriber_id.in_(chunk), e.list_id.in_(their_stale)))
-        memberships += conn.execute(delete(db.memberships).where(stale, m.subscriber_id.in_(chunk))).rowcount
-        alone = select(s.id).where(s.id.in_(chunk), ~exists().where(m.subscriber_id == s.id))
-        orphans = list(conn.execute(alone).scalars())
-        conn.execute(delete(db.events).where(e.subscriber_id.in_(orphans)))
+        stale += memberships.forget_unconfirmed(conn, chunk, before)
+        orphans = subscribers.on_no_list(conn, chunk)
+        memberships.forget_subscribers(conn, orphans)
         # Their confirmation mails' records name them too.
-        messages.forget_sent_to(conn, select(s.email).where(s.id.in_(orphans)))
-        people += conn.execute(delete(db.subscribers).where(s.id.in_(orphans))).rowcount
-    return Purge(memberships, people)
+        messages.forget_sent_to(conn, subscribers.addresses_of(orphans))
+        people += subscribers.forget(conn, orphans)
+    return Purge(stale, people)
 
 
 def subscriber_details(conn: Connection, email: str) -> SubscriberDetails:
     """A subscriber with their memberships and their whole event log (oldest first)."""
     subscriber = find_subscriber(conn, email)
-    m, e, lists = db.memberships.c, db.events.c, db.lists.c
-    memberships = [
-        Membership(row.name, row.status, row.created_at, row.updated_at)
-        for row in conn.execute(
-            select(lists.name, m.status, m.created_at, m.updated_at)
-            .join(db.lists, lists.id == m.list_id)
-            .where(m.subscriber_id == subscriber.id)
-            .order_by(lists.name)
-        )
-    ]
+    e, lists = db.events.c, db.lists.c
     events = [
         Event(row.created_at, row.name, row.status, row.previous_status, row.source, row.detail)
         for row in conn.execute(
@@ -441,7 +397,21 @@ def subscriber_details(conn: Connection, email: str) -> SubscriberDetails:
             .order_by(e.id)
         )
     ]
-    return SubscriberDetails(subscriber, memberships, events)
+    return SubscriberDetails(subscriber, _memberships_of(conn, subscriber.id), events)
+
+
+def _memberships_of(conn: Connection, subscriber_id: int) -> list[Membership]:
+    """A subscriber's memberships, by list name."""
+    m, lists = db.memberships.c, db.lists.c
+    return [
+        Membership(row.name, row.status, row.created_at, row.updated_at)
+        for row in conn.execute(
+            select(lists.name, m.status, m.created_at, m.updated_at)
+            .join(db.lists, lists.id == m.list_id)
+            .where(m.subscriber_id == subscriber_id)
+            .order_by(lists.name)
+        )
+    ]
 
 
 # -- selecting members ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from .membership import compare_and_set
 from .providers import AnswerLost, RequestImpossible, Suppression, SuppressionList, SuppressionSource, Verdict, registry
 from .addresses import email_key, normalise_email
 from .sections import Delivery
+from .store import feedback, memberships
 
 
 def suppress(
@@ -40,25 +41,20 @@ def suppress(
     A membership already at this status or a stronger one is left alone (`source` is the
     provider's: TRANSITIONS lets it move only towards the stronger). Returns how many changed.
     """
-    m = db.memberships.c
-    query = select(m.list_id, m.status).where(m.subscriber_id == subscriber_id)
-    if list_id is not None:
-        query = query.where(m.list_id == list_id)
     # Locked (PostgreSQL) so that the strength compared is the one overwritten: a complaint
     # committed meanwhile is not downgraded to a bounce. SQLite's write lock already does this.
-    query = query.with_for_update()
     return sum(
         compare_and_set(
             conn,
-            list_id=row.list_id,
+            list_id=member_of,
             subscriber_id=subscriber_id,
-            expected=row.status,
+            expected=previous,
             status=status,
             source=source,
             now=now,
             detail=detail,
         )
-        for row in conn.execute(query).all()
+        for member_of, previous in memberships.statuses_of(conn, subscriber_id, list_id)
     )
 
 
@@ -131,9 +127,7 @@ async def _sync(engine: Engine, delivery: Delivery, source: SuppressionSource, p
     try:
         for suppression_list in source.lists:
             with engine.connect() as conn:
-                since = conn.execute(
-                    select(db.sync_state.c.last_created).where(db.sync_state.c.kind == suppression_list.kind)
-                ).scalar()
+                since = feedback.synced_until(conn, suppression_list.kind)
             until = int(delivery.clock().timestamp())
             result = SyncResult(suppression_list, since)
             newest = since
@@ -156,7 +150,7 @@ async def _sync(engine: Engine, delivery: Delivery, source: SuppressionSource, p
                         )
             if newest is not None and newest != since:
                 with engine.begin() as conn:
-                    _save_state(conn, suppression_list.kind, newest)
+                    feedback.save_synced_until(conn, suppression_list.kind, newest)
             results.append(result)
     finally:
         await source.aclose()
@@ -167,10 +161,3 @@ def _detail(suppression_list: SuppressionList, entry: Suppression) -> str:
     created = datetime.fromtimestamp(entry.created, timezone.utc).isoformat()
     detail = f"{suppression_list.label} list, since {created}"
     return f"{detail}: {entry.reason}" if entry.reason else detail
-
-
-def _save_state(conn: Connection, kind: str, last_created: int) -> None:
-    state = db.sync_state.c
-    updated = conn.execute(db.sync_state.update().where(state.kind == kind).values(last_created=last_created))
-    if updated.rowcount == 0:
-        conn.execute(db.sync_state.insert().values(kind=kind, last_created=last_created))

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from . import db
 from .providers import Event, EventKind
 from .addresses import email_key
+from .store import feedback
 from .suppressions import subscriber_id_for, suppress
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def apply_events(conn: Connection, items: list[Event | None], now: datetime) -> 
     by event, each in its own savepoint, and only the refused events are left out (counted and
     logged). An outage is no event's fault: it propagates, and the provider retries the batch.
     """
-    conn.execute(db.webhook_events.delete().where(db.webhook_events.c.received_at < now - DEDUPE_WINDOW))
+    feedback.forget_applied(conn, now - DEDUPE_WINDOW)
     result = WebhookResult()
     events = []
     for number, item in enumerate(items, start=1):
@@ -140,14 +141,15 @@ def _apply(conn: Connection, events: list[Event], now: datetime) -> WebhookResul
             detail=event.detail,
         )
     if new_ids:
-        # In one statement: a request carries a thousand events, and a statement each is most of
-        # the time a request takes.
-        conn.execute(db.webhook_events.insert(), [{"event_id": i, "received_at": now} for i in new_ids])
+        feedback.mark_applied(conn, new_ids, now)
     campaign_ids = {campaign_id for campaign_id, _ in counts}
     existing = set(
         conn.execute(select(db.campaigns.c.id).where(db.campaigns.c.id.in_(campaign_ids))).scalars()
     ) if campaign_ids else set()
-    _count(conn, counts, existing)
+    feedback.add_counts(
+        conn,
+        {(campaign_id, kind.value): number for (campaign_id, kind), number in counts.items() if campaign_id in existing},
+    )
     _record(conn, [event for event in facts if event.campaign_id in existing], now)
     return result
 
@@ -164,22 +166,6 @@ def _in_chunks(conn: Connection, query: Select[Any], column: ColumnElement[Any],
     for start in range(0, len(values), 500):
         rows.extend(conn.execute(query.where(column.in_(values[start : start + 500]))))
     return rows
-
-
-def _count(conn: Connection, counts: Counter[tuple[int, EventKind]], existing: set[int]) -> None:
-    stats = db.campaign_stats.c
-    for (campaign_id, event), number in counts.items():
-        if campaign_id not in existing:
-            continue
-        updated = conn.execute(
-            db.campaign_stats.update()
-            .where(stats.campaign_id == campaign_id, stats.event == event.value)
-            .values(count=stats.count + number)
-        )
-        if updated.rowcount == 0:
-            conn.execute(
-                db.campaign_stats.insert().values(campaign_id=campaign_id, event=event.value, count=number)
-            )
 
 
 def _record(conn: Connection, facts: list[Event], now: datetime) -> None:
@@ -213,7 +199,7 @@ def _record(conn: Connection, facts: list[Event], now: datetime) -> None:
         if (event.campaign_id, readers.get(event.email)) in had
     ]
     if rows:
-        conn.execute(_insert_new_facts(conn), rows)
+        feedback.record_facts(conn, rows)
 
 
 def _delivered_to(conn: Connection, pairs: set[tuple[int, int]]) -> set[tuple[int, int]]:
@@ -229,16 +215,6 @@ def _delivered_to(conn: Connection, pairs: set[tuple[int, int]]) -> set[tuple[in
         found = _in_chunks(conn, query, d.subscriber_id, sorted(subscriber_ids))
         had.update((campaign_id, subscriber_id) for (subscriber_id,) in found)
     return had
-
-
-def _insert_new_facts(conn: Connection) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING: a fact already kept (a second open by the same reader) is
-    not kept again."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(db.campaign_events).on_conflict_do_nothing()
 
 
 def _subscriber_ids(conn: Connection, emails: set[str]) -> dict[str, int]:

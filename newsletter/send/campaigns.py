@@ -1,5 +1,6 @@
 """A campaign's records: the campaign row, its recipient snapshot (deliveries) and its batches.
-Every SQL statement of a send is here; newsletter/send/__init__.py drives them and holds none.
+A send's state machine and the pages it reads are here, its writes in store/campaigns.py, the
+tables' owner; newsletter/send/__init__.py drives them and holds no SQL.
 
 A delivery is one recipient of one campaign. Its states, each committed before the next step:
 
@@ -29,12 +30,13 @@ after the batch was built; retries and the parts of a split batch read it again.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, Update, and_, bindparam, func, literal, select
+from sqlalchemy import ColumnElement, Engine, Select, and_, bindparam, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -45,6 +47,7 @@ from ..errors import SendError, SendInProgress
 from ..membership import members_query, receives_issues
 from ..providers import Answer
 from ..sections import Clock, Sender
+from ..store import campaigns
 from ..store.lease import STALE_AFTER, Holder, Lease
 from ..subscribers import MailingList
 from ..suppressions import suppress
@@ -150,32 +153,16 @@ def start_campaign(
             if existing is not None:
                 return existing
             now = clock()
-            campaign_id = conn.execute(
-                db.campaigns.insert().values(
-                    issue_date=edition.key,
-                    edition=edition.kind,
-                    list_id=mailing_list.id,
-                    subject=content.subject,
-                    html=content.html,
-                    text=content.text,
-                    created_at=now,
-                )
-            ).inserted_primary_key[0]
             # What its mail tracks, as the report must know it whatever the settings say later.
-            conn.execute(
-                db.campaign_tracking.insert().values(
-                    campaign_id=campaign_id, opens=sender.track_opens, clicks=sender.track_clicks
-                )
-            )
+            campaign_id = campaigns.add(
+                conn, key=edition.key, kind=edition.kind, list_id=mailing_list.id, subject=content.subject,
+                html=content.html, text=content.text, opens=sender.track_opens, clicks=sender.track_clicks, now=now,
+            )  # fmt: skip
             s = db.subscribers.c
             companion = find_companion(conn, weekly_day, edition, mailing_list.id)
             columns = (literal(campaign_id), s.id, s.email, literal(db.PENDING), literal(now, db.TS))
             for snapshot in audience(mailing_list.id, edition, companion, *columns):
-                conn.execute(
-                    db.deliveries.insert().from_select(
-                        ["campaign_id", "subscriber_id", "email", "state", "updated_at"], snapshot
-                    )
-                )
+                campaigns.add_recipients(conn, snapshot)
     except IntegrityError as error:
         # The one expected cause: another process created the same campaign between our look and
         # our insert (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two).
@@ -235,7 +222,7 @@ Found = tuple[Any, str | None, str | None]
 
 # The statements every batch runs, built once with parameters: building a statement costs more than
 # running it, and a provider that takes one reader a request runs them for every reader.
-_d, _m, _s, _b = db.deliveries.c, db.memberships.c, db.subscribers.c, db.batches.c
+_d, _m, _s = db.deliveries.c, db.memberships.c, db.subscribers.c
 _ROWS = (
     select(_d.id, _d.subscriber_id, _d.email, _s.name)
     .select_from(db.deliveries.outerjoin(db.subscribers, _s.id == _d.subscriber_id))
@@ -266,46 +253,7 @@ _REACHED = select(_d.subscriber_id).where(
     _d.subscriber_id.in_(bindparam("subscribers", expanding=True)),
     _d.state != db.SKIPPED,
 )
-_TO_BATCH = {"batch_id": bindparam("b_batch"), "state": db.IN_FLIGHT, "updated_at": bindparam("b_now")}
-# The page just read, up to its last row: every pending, unbatched row up to it is in the page.
-_MARK_PAGE = (
-    db.deliveries.update()
-    .where(
-        _d.campaign_id == bindparam("campaign"),
-        _d.state == db.PENDING,
-        _d.batch_id.is_(None),
-        _d.id <= bindparam("last"),
-    )
-    .values(**_TO_BATCH)
-)
-# One part of a split batch: its pending rows between the part's first and last.
-_PART = (_d.batch_id == bindparam("parent"), _d.state == db.PENDING, _d.id.between(bindparam("first"), bindparam("last")))
-_PART_ROWS = _ROWS.where(*_PART)
-_MARK_PART = db.deliveries.update().where(*_PART).values(**_TO_BATCH)
-_NEW_BATCH = db.batches.insert()
-_CLOSE_BATCH = (
-    db.batches.update()
-    .where(_b.id == bindparam("batch"), _b.state == db.IN_FLIGHT)
-    .values(
-        state=bindparam("b_state"),
-        message_id=bindparam("b_message_id"),
-        error=bindparam("b_error"),
-        finished_at=bindparam("b_now"),
-    )
-)
-_BATCH_IN_FLIGHT = db.deliveries.update().where(_d.batch_id == bindparam("batch"), _d.state == db.IN_FLIGHT)
-# A final state keeps the provider's word on it; a returned batch lets its rows go back to the pool.
-_SETTLE_FINAL = _BATCH_IN_FLIGHT.values(
-    state=bindparam("b_state"), updated_at=bindparam("b_now"), message_id=bindparam("b_message_id"), error=bindparam("b_error")
-)
-_SETTLE_RETURNED = _BATCH_IN_FLIGHT.values(state=bindparam("b_state"), updated_at=bindparam("b_now"), batch_id=None)
-_SETTLE_OTHER = _BATCH_IN_FLIGHT.values(state=bindparam("b_state"), updated_at=bindparam("b_now"))
-# One recipient the provider refused in a batch it otherwise accepted.
-_REFUSE_ONE = (
-    db.deliveries.update()
-    .where(_d.id == bindparam("delivery"), _d.state == db.IN_FLIGHT)
-    .values(state=db.FAILED, updated_at=bindparam("b_now"), error=bindparam("b_error"))
-)
+_PART_ROWS = _ROWS.where(*campaigns.PART)
 # What a membership's event log says suppressed it: the provider's answer to a send.
 ANSWER_SOURCE = "provider_answer"
 
@@ -398,35 +346,11 @@ class BatchStore:
 
     def open(self, resend_uncertain: bool) -> dict[str, int]:
         """Take the claim, settle what an earlier run left behind; the counts by state."""
-        b, d = db.batches.c, db.deliveries.c
         with self._engine.begin() as conn:
             self._claim.acquire(conn)
-            now = self._clock()
-            mine_b, mine_d = b.campaign_id == self._campaign.id, d.campaign_id == self._campaign.id
-            # Its process died between marking the batch and recording the answer.
-            conn.execute(
-                db.batches.update()
-                .where(mine_b, b.state == db.IN_FLIGHT)
-                .values(state=db.UNCERTAIN, error=PROCESS_DIED, finished_at=now)
+            campaigns.reopen(
+                conn, self._campaign.id, now=self._clock(), died=PROCESS_DIED, resend_uncertain=resend_uncertain
             )
-            conn.execute(
-                db.deliveries.update()
-                .where(mine_d, d.state == db.IN_FLIGHT)
-                .values(state=db.UNCERTAIN, error=PROCESS_DIED, updated_at=now)
-            )
-            # The untried parts of a batch split after a 400: rebatched like any pending row.
-            conn.execute(
-                db.deliveries.update()
-                .where(mine_d, d.state == db.PENDING, d.batch_id.is_not(None))
-                .values(batch_id=None)
-            )
-            if resend_uncertain:
-                conn.execute(
-                    db.deliveries.update()
-                    .where(mine_d, d.state == db.UNCERTAIN)
-                    .values(state=db.PENDING, batch_id=None, message_id=None, error=None, updated_at=now)
-                )
-                conn.execute(db.batches.update().where(mine_b, b.state == db.UNCERTAIN).values(state=db.RESENT))
             return state_counts(conn, self._campaign.id)
 
     def touch(self) -> None:
@@ -445,8 +369,8 @@ class BatchStore:
                 )
                 if not rows:
                     return Marked(None, [], None, read, skipped)
-                page = {"campaign": self._campaign.id, "last": rows[-1][0].id}
-                marked = self._mark(conn, rows, _MARK_PAGE, page, build)
+                mark = functools.partial(campaigns.mark_page, conn, self._campaign.id, last=rows[-1][0].id)
+                marked = self._mark(conn, rows, mark, build)
             read += marked.read
             skipped += marked.skipped
             if marked.batch_id is not None:
@@ -454,15 +378,17 @@ class BatchStore:
 
     def mark_part(self, parent_id: int, part: Sequence[Reader], build: Build) -> Marked:
         """Mark one part of a split batch in flight as a batch of its own, re-reading membership."""
-        bounds = {"parent": parent_id, "first": part[0].id, "last": part[-1].id}
+        first, last = part[0].id, part[-1].id
         with self._engine.begin() as conn:
             self._claim.check(conn)
+            bounds = {"parent": parent_id, "first": first, "last": last}
             rows = _statuses(conn, self._campaign.list_id, conn.execute(_PART_ROWS, bounds).all(), lock=True)
-            return self._mark(conn, rows, _MARK_PART, bounds, build)
+            mark = functools.partial(campaigns.mark_part, conn, parent_id, first=first, last=last)
+            return self._mark(conn, rows, mark, build)
 
     def recheck(self, exchange: Exchange, build: Build) -> Marked:
         """Before a retry: who of the batch has left the list since is skipped; the rest stay."""
-        d, b = db.deliveries.c, db.batches.c
+        d = db.deliveries.c
         where = and_(d.batch_id == exchange.batch_id, d.state == db.IN_FLIGHT)
         with self._engine.begin() as conn:
             self._claim.check(conn)
@@ -473,22 +399,19 @@ class BatchStore:
                 self._close(conn, exchange.batch_id, db.SKIPPED, error=EVERYONE_LEFT)
                 return Marked(None, [], None, len(rows), skipped)
             request = build(recipients) if skipped else exchange.request
-            conn.execute(db.batches.update().where(b.id == exchange.batch_id).values(size=len(recipients)))
+            campaigns.resize_batch(conn, exchange.batch_id, len(recipients))
             return Marked(exchange.batch_id, recipients, request, len(rows), skipped)
 
-    def _mark(
-        self, conn: Connection, rows: list[Found], rows_update: Update, params: dict[str, Any], build: Build
-    ) -> Marked:
-        """Mark `rows` (those `rows_update` with `params` selects) a batch in flight, but who left."""
+    def _mark(self, conn: Connection, rows: list[Found], mark: Callable[..., int], build: Build) -> Marked:
+        """Mark `rows` (those `mark(batch_id=…, now=…)` puts in the batch) a batch in flight, but who left."""
         recipients, leavers = self._sort(conn, rows)
         skipped = self._skip(conn, leavers)
         if not recipients:
             return Marked(None, [], None, len(rows), skipped)
         request = build(recipients)
         now = self._clock()
-        batch = {"campaign_id": self._campaign.id, "state": db.IN_FLIGHT, "size": len(recipients), "started_at": now}
-        batch_id = conn.execute(_NEW_BATCH, batch).inserted_primary_key[0]
-        marked = conn.execute(rows_update, {**params, "b_batch": batch_id, "b_now": now}).rowcount
+        batch_id = campaigns.new_batch(conn, self._campaign.id, size=len(recipients), now=now)
+        marked = mark(batch_id=batch_id, now=now)
         if marked != len(recipients):
             raise SendError(
                 f"batch {batch_id}: expected {len(recipients)} pending recipients, found {marked}; "
@@ -518,13 +441,8 @@ class BatchStore:
         return set(switched).difference(reached)
 
     def _skip(self, conn: Connection, leavers: dict[str, list[int]]) -> int:
-        d = db.deliveries.c
         for reason, ids in leavers.items():
-            conn.execute(
-                db.deliveries.update()
-                .where(d.id.in_(ids), d.state.in_([db.PENDING, db.IN_FLIGHT]))
-                .values(state=db.SKIPPED, error=reason, updated_at=self._clock())
-            )
+            campaigns.skip(conn, ids, reason=reason, now=self._clock())
         return sum(len(ids) for ids in leavers.values())
 
     def close(self, batch_id: int, state: str, *, message_id: str | None = None, error: str | None = None) -> None:
@@ -537,15 +455,9 @@ class BatchStore:
         """Settle an in-flight batch and its recipients still in flight. Conditional on in_flight:
         if another process took the claim over meanwhile, it has already called this batch
         uncertain, and that stays the record."""
-        now = self._clock()
-        words = {"batch": batch_id, "b_now": now, "b_message_id": message_id, "b_error": error}
-        conn.execute(_CLOSE_BATCH, {**words, "b_state": state})
-        target = _DELIVERY_STATE[state]
-        if target == state:
-            conn.execute(_SETTLE_FINAL, {**words, "b_state": target})
-        else:
-            settle = _SETTLE_RETURNED if state == db.RETURNED else _SETTLE_OTHER
-            conn.execute(settle, {"batch": batch_id, "b_now": now, "b_state": target})
+        campaigns.close_batch(
+            conn, batch_id, state, recipients=_DELIVERY_STATE[state], message_id=message_id, error=error, now=self._clock()
+        )
 
     def settle_each(self, exchange: Exchange, answer: Answer) -> tuple[int, int]:
         """Settle a batch the provider answered recipient by recipient: the refused failed (their
@@ -558,12 +470,8 @@ class BatchStore:
         now = self._clock()
         refused = [(position, exchange.recipients[position]) for position in sorted(answer.refused)]
         if refused:
-            conn.execute(
-                _REFUSE_ONE,
-                [
-                    {"delivery": reader.id, "b_now": now, "b_error": answer.reasons.get(position, answer.reason)}
-                    for position, reader in refused
-                ],
+            campaigns.refuse(
+                conn, [(reader.id, answer.reasons.get(position, answer.reason)) for position, reader in refused], now
             )
         for position in sorted(answer.suppressed & answer.refused):
             reader = exchange.recipients[position]
@@ -594,11 +502,7 @@ class BatchStore:
             counts = state_counts(conn, self._campaign.id)
             finished = counts[db.PENDING] == 0 and counts[db.IN_FLIGHT] == 0
             if finished:
-                conn.execute(
-                    db.campaigns.update()
-                    .where(db.campaigns.c.id == self._campaign.id)
-                    .values(finished_at=self._clock())
-                )
+                campaigns.finish(conn, self._campaign.id, self._clock())
             self._claim.release(conn)
             return counts, finished, batch_infos(conn, self._campaign.id, [db.UNCERTAIN])
 
