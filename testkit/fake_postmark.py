@@ -103,13 +103,12 @@ class FakePostmark(LoopbackFake):
             seq = len(self.records) + 1
         headers: dict[str, str] = {}
         results: list[dict[str, Any]] = []
-        # One submission time for the batch: 500 clock readings would cost the benchmark's fake.
-        now = datetime.now(timezone.utc).isoformat()
+        stamp = _Stamp()
         if behaviour.token is not None and token != behaviour.token:
             status: int | str = 401
         elif step in (DROP, HANG):
             status = step
-            results = [_result(message, 0, now) for message in messages or []]
+            results = [stamp.result(message, 0) for message in messages or []]
         elif step is not None and step != "200":
             status = int(step)
             if status == 429 and behaviour.retry_after is not None:
@@ -118,7 +117,7 @@ class FakePostmark(LoopbackFake):
             status = 422
         else:
             status = 200
-            results = [_result(message, behaviour.errors.get(_address(message), 0), now) for message in messages]
+            results = [stamp.result(message, behaviour.errors.get(_address(message), 0)) for message in messages]
         accepted = {r["To"]: r["MessageID"] for r in results if r["ErrorCode"] == 0}
         record = Record(
             seq=seq,
@@ -162,12 +161,14 @@ _TO = re.compile(rb'"To":("(?:[^"\\]|\\.)*")')
 def _messages(raw: bytes, *, whole: bool) -> list[Any] | None:
     """The request's messages (None if it is no JSON array): parsed whole when kept, else only
     their To fields, which is all an answer needs (a benchmark sends gigabytes of bodies)."""
-    if whole or not raw.lstrip().startswith(b"["):
-        try:
+    try:
+        if whole or not raw.lstrip().startswith(b"["):
             return json.loads(raw)
-        except ValueError:
-            return None
-    return [{"To": json.loads(match[1])} for match in _TO.finditer(raw)]
+        # The To values decoded by one json.loads, not 500: each call's own set-up would add up to ~4 ms a batch.
+        tos = json.loads(b"[" + b",".join(match[1] for match in _TO.finditer(raw)) + b"]")
+    except ValueError:
+        return None
+    return [{"To": to} for to in tos]
 
 
 def _address(message: Any) -> str:
@@ -176,10 +177,22 @@ def _address(message: Any) -> str:
     return to[to.rindex("<") + 1 : -1] if to.endswith(">") else to
 
 
-def _result(message: Any, code: int, now: str) -> dict[str, Any]:
-    if code:
-        return {"ErrorCode": code, "Message": _MESSAGES.get(code, "error"), "To": _address(message)}
-    return {"ErrorCode": 0, "Message": "OK", "MessageID": str(uuid.uuid4()), "SubmittedAt": now, "To": _address(message)}
+class _Stamp:
+    """What a batch's accepted messages are stamped with: one submission time, and MessageIDs that
+    are one random UUID but for their last 12 digits, each message's number (500 clock readings and
+    uuid4() calls a batch would be a good part of the benchmark's fake)."""
+
+    def __init__(self) -> None:
+        self._now = datetime.now(timezone.utc).isoformat()
+        self._prefix = str(uuid.uuid4())[:24]
+        self._count = 0
+
+    def result(self, message: Any, code: int) -> dict[str, Any]:
+        if code:
+            return {"ErrorCode": code, "Message": _MESSAGES.get(code, "error"), "To": _address(message)}
+        self._count += 1
+        message_id = f"{self._prefix}{self._count:012x}"
+        return {"ErrorCode": 0, "Message": "OK", "MessageID": message_id, "SubmittedAt": self._now, "To": _address(message)}
 
 
 def _handler(fake: FakePostmark) -> type[BaseHTTPRequestHandler]:

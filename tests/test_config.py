@@ -1,6 +1,7 @@
 """Settings: defaults on a fresh clone, the config file, environment overrides, bad values, and the
 secrets (the SendGrid key, the signing key and its file)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,18 @@ def test_a_provider_setting_that_cannot_work_stops_the_send_naming_the_key(
     assert "never-shown" not in result.stdout + result.stderr
     assert not (tmp_path / "subscribers").exists()  # nothing was created, nothing sent
 
+
+
+def test_only_the_skins_take_the_whole_settings() -> None:
+    # The rooms below the skins name what they read in their signatures: the sections.
+    package = ROOT / "newsletter"
+    skins = {package / name for name in ("config.py", "web.py", "daily.py", "doctor.py", "setup.py", "wiring.py")}
+    whole = re.compile(r"import .*\bSettings\b|[:>] Settings\b|\bSettings\(")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path not in skins and package / "cli" not in path.parents
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if whole.search(line)
+    ]
+    assert offenders == []
