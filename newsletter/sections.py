@@ -47,9 +47,9 @@ class Database:
     """Where the database is (a SQLite path made absolute), how long to wait for it when it is
     locked or restarting, and what to do when the schema is first created (make the signing key)."""
 
-    url: str
+    url: str = field(repr=False)  # may hold a password
     timeout: float
-    on_create: Callable[[], None]
+    on_create: Callable[[], None] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,6 @@ class Sender:
     from_name: str
     reply_to: str | None
     postal_address: str
-    unsubscribe_mailto: str | None
     track_opens: bool
     track_clicks: bool
 
@@ -92,6 +91,7 @@ class Site:
     outbox_dir: Path
     from_email: str
     from_name: str
+    reply_to: str | None
     postal_address: str
     default_list: str
     subject_template: str

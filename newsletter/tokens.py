@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import secrets
 import re
@@ -72,21 +73,31 @@ def _to_base36(number: int) -> str:
 class UnsubscribeLinks:
     """Makes and reads unsubscribe tokens with the project's signing keys.
 
-    Build one per process (or per send): the keys are read once. `legacy_up_to` is the highest
+    Build one per process (or per send): the keys are read once, when a link is first made or
+    read, so that a command that signs nothing needs no key. `legacy_up_to` is the highest
     subscriber id that may hold a link signed without the address (db.legacy_links; 0: none).
     """
 
     def __init__(self, links: Links, *, legacy_up_to: int = 0) -> None:
-        # itsdangerous signs with the last key and accepts any of them, so old links keep working
-        # after a rotation; verify_signature() compares in constant time. Separate salts keep a
-        # signature of one form from ever passing for the other.
-        keys = list(reversed(links.signing_keys()))
-        self._signer = Signer(keys, salt="newsletter.unsubscribe.address", sep=".", digest_method=hashlib.sha256)
-        self._legacy_signer = Signer(keys, salt="newsletter.unsubscribe", sep=".", digest_method=hashlib.sha256)
+        self._links = links
         self._legacy_up_to = legacy_up_to
-        self._tickets = _ClockedTimestampSigner(keys, "newsletter.resubscribe", links.clock)
         self._base_url = links.base_url
         self._mailto = links.unsubscribe_mailto
+
+    # itsdangerous signs with the last key and accepts any of them, so old links keep working after a
+    # rotation; verify_signature() compares in constant time. Separate salts keep a signature of one
+    # form from ever passing for the other.
+    @functools.cached_property
+    def _signer(self) -> Signer:
+        return Signer(_keys(self._links), salt="newsletter.unsubscribe.address", sep=".", digest_method=hashlib.sha256)
+
+    @functools.cached_property
+    def _legacy_signer(self) -> Signer:
+        return Signer(_keys(self._links), salt="newsletter.unsubscribe", sep=".", digest_method=hashlib.sha256)
+
+    @functools.cached_property
+    def _tickets(self) -> TimestampSigner:
+        return _ClockedTimestampSigner(_keys(self._links), "newsletter.resubscribe", self._links.clock)
 
     def token(self, list_id: int, subscriber_id: int, email: str) -> str:
         payload = f"{_to_base36(list_id)}.{_to_base36(subscriber_id)}"
@@ -176,9 +187,12 @@ class ConfirmLinks:
     """Makes and reads sign-up confirmation tokens with the project's signing keys."""
 
     def __init__(self, links: Links) -> None:
-        keys = list(reversed(links.signing_keys()))
-        self._signer = Signer(keys, salt="newsletter.confirm", sep=".", digest_method=hashlib.sha256)
+        self._links = links
         self._base_url = links.base_url
+
+    @functools.cached_property
+    def _signer(self) -> Signer:
+        return Signer(_keys(self._links), salt="newsletter.confirm", sep=".", digest_method=hashlib.sha256)
 
     def token(self, list_id: int, subscriber_id: int, email: str, issued_at: datetime) -> str:
         issued = (issued_at - _EPOCH) // timedelta(microseconds=1)
@@ -208,6 +222,11 @@ class ConfirmLinks:
         """Whether `token` is exactly one we signed for this address."""
         payload, _, signature = token.rpartition(".")
         return self._signer.verify_signature(_signed_text(payload, email), signature)
+
+
+def _keys(links: Links) -> list[str]:
+    """The signing keys as itsdangerous takes them: the one that signs last."""
+    return list(reversed(links.signing_keys()))
 
 
 def _signed_text(payload: str, email: str) -> str:

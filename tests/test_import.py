@@ -600,3 +600,15 @@ def test_an_export_never_hands_a_spreadsheet_a_formula(
         email: (name, {key: value.strip() for key, value in attributes.items()}, status)
         for email, (name, attributes, status) in members(engine).items()
     }
+
+
+def test_an_import_that_mails_nothing_needs_no_signing_key(tmp_path: Path) -> None:
+    # The key signs the links of the mails an import may send; one that sends none never reads it.
+    (tmp_path / "subscribers").mkdir()
+    assert run_newsletter("lists", "create", "daily", cwd=tmp_path).returncode == 0
+    (tmp_path / "subscribers" / "secret.key").unlink()
+    imported = run_newsletter("subscribers", "import", str(EXAMPLE_LIST), "--list", "daily", cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
+    engine = engine_of(load_settings(config_dir=tmp_path))
+    with engine.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(db.memberships)).scalar_one() > 0

@@ -98,8 +98,8 @@ class SMTP:
     batch_limit = 1
 
     def __init__(self, delivery: Delivery, *, connect: bool = True) -> None:
-        section, pacing = delivery.section, delivery.pacing
         """`connect=False`: only to prepare messages (a dry run), which needs no password."""
+        section, pacing = delivery.section, delivery.pacing
         if not section.smtp_host:
             raise ConfigError("'smtp_host' (NEWSLETTER_SMTP_HOST) must be set when provider is 'smtp'")
         self._host = section.smtp_host
