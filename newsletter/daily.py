@@ -240,7 +240,7 @@ class _Run:
 
     @functools.cached_property
     def _parts(self) -> SendParts:
-        """Built by the first step that needs them: a day with nothing to send signs nothing."""
+        """Built by the first step that sends: the send package is imported only then."""
         from .wiring import send_parts
 
         return send_parts(self._settings)

@@ -26,6 +26,16 @@ DAY = date(2026, 1, 23)
 CONTENT = addressing.Content("Today's papers", f"<p>hi</p><a href='{UNSUBSCRIBE_TAG}'>unsubscribe</a>", f"hi {UNSUBSCRIBE_TAG}")
 
 
+
+def start_campaign(
+    settings: Settings, issue: Edition | date, mailing_list: Any, content: addressing.Content
+) -> campaigns.Campaign:
+    """send.start_campaign as a send of this project makes it: its clock, sender and weekly day."""
+    return send.start_campaign(
+        engine_of(settings), issue, mailing_list, content,
+        clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day,
+    )  # fmt: skip
+
 # The fake SendGrid's key in the command's environment, where cron's environment would hold it.
 KEY_ENV = {"SENDGRID_API_KEY": API_KEY}
 SEND = ["send", "--date", "2026-01-23", "--yes"]

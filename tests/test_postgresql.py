@@ -634,7 +634,7 @@ def _restart(server: str) -> None:
 
 
 def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, database_url: str, tmp_path: Path) -> None:
-    from .send_helpers import CONTENT, delivery_states, plan_for
+    from .send_helpers import CONTENT, delivery_states, plan_for, start_campaign
 
     restarts: list[threading.Thread] = []
     restarted_at: list[float] = []
@@ -657,9 +657,7 @@ def test_a_restart_mid_send_sends_nobody_twice(project: Path, server: str, datab
         with engine.begin() as conn:
             create_list(conn, LIST, now=settings.clock())
         import_csv(engine, write_csv(tmp_path / "people.csv", 1000), list_name=LIST, clock=settings.clock)
-        send.start_campaign(
-            engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-        )
+        start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
         report = send.send_campaign(engine_of(settings), send_parts(settings), plan_for(settings))
         sent_at = time.monotonic()
         restarts[0].join(120)

@@ -31,7 +31,7 @@ from testkit.projects import API_KEY, LIST, add_subscribers, configure, engine_o
 from testkit.servers import serving
 from newsletter.wiring import send_parts
 
-from .send_helpers import KEY_ENV
+from .send_helpers import KEY_ENV, start_campaign
 from .support import EXAMPLE_DIGEST, run_newsletter, write_thumbnails
 from .content.test_spam import SPAM_RULES_REFUSED, spamassassin
 
@@ -324,9 +324,7 @@ def test_a_member_who_switches_before_their_batch_gets_the_other_edition_instead
         settings = configure(project, sendgrid_api_url=fake.url, sendgrid_api_key=API_KEY)
         seed(settings, 3)
         plan = send.plan_send(engine_of(settings), send_parts(settings), Edition.daily(date(2026, 1, 23)), LIST)
-        send.start_campaign(
-            engine_of(settings), plan.issue, plan.mailing_list, plan.content, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-        )  # u1, u2, u3
+        start_campaign(settings, plan.issue, plan.mailing_list, plan.content)  # u1, u2, u3
         m = db.memberships.c
         with engine_of(settings).begin() as conn:  # u2 switches to the weekly edition
             conn.execute(db.memberships.update().where(m.subscriber_id == 2).values(frequency=WEEKLY))

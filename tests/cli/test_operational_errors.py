@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import db, send
+from newsletter import db
 from newsletter.store.lease import holder_of
 from testkit.projects import LIST, configure, dispose_engine, engine_of, seed
 from testkit.servers import free_port
 
-from ..send_helpers import CONTENT, DAY, KEY_ENV, hold_campaign, plan_for
+from ..send_helpers import CONTENT, DAY, KEY_ENV, hold_campaign, plan_for, start_campaign
 from ..support import run_newsletter
 
 
@@ -172,9 +172,7 @@ def test_a_misspelt_variable_is_named_with_the_closest_setting(tmp_path: Path) -
 def test_status_tells_a_dead_sender_from_a_live_one_at_once(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(
-        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-    )
+    campaign = start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
     with engine_of(settings).begin() as conn:
         batch = conn.execute(db.batches.insert().values(
             campaign_id=campaign.id, state="in_flight", size=2, started_at=settings.clock())).inserted_primary_key[0]

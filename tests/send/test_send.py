@@ -26,7 +26,7 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from newsletter.wiring import send_parts
 
-from ..send_helpers import KEY_ENV, campaign_holder, delivery_states
+from ..send_helpers import KEY_ENV, campaign_holder, delivery_states, start_campaign
 from ..support import ROOT, run_newsletter
 
 DAY = date(2026, 1, 23)
@@ -171,9 +171,7 @@ def test_status_lists_counts_failures_and_reasons(project: Path) -> None:
         settings = real_settings(project, fake, batch_size=4)
         seed(settings, 6, unsubscribed=())
         plan = send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST)
-        send.start_campaign(
-            engine_of(settings), DAY, plan.mailing_list, plan.content, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-        )
+        start_campaign(settings, DAY, plan.mailing_list, plan.content)
         with engine_of(settings).begin() as conn:  # bounces after the snapshot, before its batch
             set_status(conn, list_id=1, subscriber_id=6, status=db.BOUNCED, source="webhook", now=settings.clock())
         report = send.send_campaign(engine_of(settings), send_parts(settings), send.plan_send(engine_of(settings), send_parts(settings), DAY, LIST))

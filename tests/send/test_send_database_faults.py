@@ -21,7 +21,7 @@ from testkit.fake_sendgrid import EVERY, HUGE, OUTSIDE, FakeSendGrid
 from testkit.projects import API_KEY, LIST, engine_of, seed
 from newsletter.wiring import send_parts
 
-from ..send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for
+from ..send_helpers import CONTENT, DAY, KEY_ENV, delivery_states, plan_for, settings_for, start_campaign
 from ..support import ROOT, run_newsletter
 
 # Takes the database's write lock (BEGIN EXCLUSIVE) at random moments and holds it for longer than
@@ -60,9 +60,7 @@ def test_a_database_locked_past_its_timeout_at_random_moments_never_sends_twice(
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         # The campaign exists: each run below resumes it, as `newsletter send` does after a crash.
-        send.start_campaign(
-            engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-        )
+        start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
         stops: list[str] = []
         try:
             assert locker.stdout is not None and locker.stdout.readline() == "locked\n"

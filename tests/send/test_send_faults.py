@@ -24,7 +24,7 @@ from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from testkit.servers import free_port
 from newsletter.wiring import send_parts
 
-from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
+from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for, start_campaign
 from ..support import run_newsletter
 
 
@@ -166,9 +166,7 @@ def test_a_fresh_claim_keeps_a_second_sender_out(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
     plan = plan_for(settings)
-    campaign = send.start_campaign(
-        engine_of(settings), DAY, plan.mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-    )
+    campaign = start_campaign(settings, DAY, plan.mailing_list, CONTENT)
     engine = engine_of(settings)
     first = campaigns.claim(settings.clock, campaign.id, "the issue")
     with engine.begin() as conn:
@@ -181,9 +179,7 @@ def test_a_fresh_claim_keeps_a_second_sender_out(project: Path) -> None:
 def test_a_claim_is_taken_over_when_its_holder_died_or_went_silent(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(
-        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-    )
+    campaign = start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
     engine = engine_of(settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -200,9 +196,7 @@ def test_a_dead_pid_on_the_same_hostname_but_another_pid_namespace_keeps_its_fre
     """Containers with host networking share the hostname: their PIDs mean nothing here."""
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(
-        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-    )
+    campaign = start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
     engine = engine_of(settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -26,7 +26,7 @@ from testkit.fake_sendgrid import FakeSendGrid
 from testkit.projects import API_KEY, LIST, configure, engine_of, seed
 from newsletter.wiring import send_parts
 
-from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for
+from ..send_helpers import CONTENT, DAY, KEY_ENV, campaign_holder, delivery_states, hold_campaign, plan_for, settings_for, start_campaign
 from ..support import run_newsletter, start_newsletter
 
 
@@ -222,9 +222,7 @@ def test_a_dry_run_of_a_new_send_uses_the_campaign_id_the_send_will_get(project:
 def test_status_reads_while_another_process_holds_the_write_lock(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    send.start_campaign(
-        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-    )
+    start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
     writer = sqlite3.connect(project / "newsletter.db", isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")  # a long import, say
@@ -240,9 +238,7 @@ def test_status_reads_while_another_process_holds_the_write_lock(project: Path) 
 def test_status_shows_a_live_senders_batches_as_in_flight_not_uncertain(project: Path) -> None:
     settings = configure(project)
     seed(settings, 2)
-    campaign = send.start_campaign(
-        engine_of(settings), DAY, plan_for(settings).mailing_list, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-    )
+    campaign = start_campaign(settings, DAY, plan_for(settings).mailing_list, CONTENT)
     now = settings.clock()
     with engine_of(settings).begin() as conn:
         batch = conn.execute(db.batches.insert().values(
@@ -264,9 +260,7 @@ def test_a_campaign_the_database_refuses_is_an_error_not_an_assertion(project: P
     seed(settings, 1)
     missing = MailingList(id=99, name="gone", description="", created_at=settings.clock())
     with pytest.raises(SendError, match="database refused it"):
-        send.start_campaign(
-            engine_of(settings), DAY, missing, CONTENT, clock=settings.clock, sender=settings.sender, weekly_day=settings.weekly_day
-        )
+        start_campaign(settings, DAY, missing, CONTENT)
 
 
 def test_pending_rows_are_indexed_by_id_and_old_databases_are_migrated(project: Path) -> None:
