@@ -79,6 +79,12 @@ TRANSITIONS: dict[str, frozenset[Move]] = {
 }
 
 
+def said_no(conn: Connection, subscriber_id: int) -> bool:
+    """Whether the subscriber unsubscribed, bounced or complained on any list (their memberships
+    locked until the transaction ends)."""
+    return any(STRENGTH[status] > 0 for _, status in memberships.statuses_of(conn, subscriber_id))
+
+
 def allowed(previous: str | None, status: str, source: str) -> bool:
     """Whether `source` may move a membership from `previous` (None: not a member) to `status`."""
     return (previous, status) in TRANSITIONS[source]

@@ -144,11 +144,15 @@ class Readers:
         return member, self._links.resubscribe_ticket(token) if changed else ""
 
     def resubscribe(self, token: str, ticket: str) -> tuple[Member | None, bool]:
-        """The member after the "subscribe again" button, and whether `ticket` still let it act."""
-        if not self._links.resubscribe_allowed(token, ticket):
-            return self.find(token), False
-        member, _ = self._change(token, db.SUBSCRIBED, "unsubscribe_page", "re-subscribed from the unsubscribe page")
-        return member, True
+        """The member after the "subscribe again" button, and whether `ticket` let it act: only on
+        the unsubscribe it was issued with, within its window."""
+        return self._change(
+            token,
+            db.SUBSCRIBED,
+            "unsubscribe_page",
+            "re-subscribed from the unsubscribe page",
+            allowed=lambda member: self._links.resubscribe_allowed(token, ticket, left_at=member.status_since),
+        )
 
     def set_frequency(self, token: str, frequency: str) -> Preferences | None:
         if frequency not in db.FREQUENCIES:
@@ -185,16 +189,19 @@ class Readers:
             return None
         return member
 
-    def _change(self, token: str, status: str, source: str, detail: str) -> tuple[Member | None, bool]:
-        """The member after asking to move them to `status`, and whether this call moved them."""
+    def _change(
+        self, token: str, status: str, source: str, detail: str, allowed: Callable[[Member], bool] = lambda member: True
+    ) -> tuple[Member | None, bool]:
+        """The member after asking to move them to `status` (if `allowed` of the member as they are
+        in this transaction), and whether this call moved them."""
         ids = self._ids(token)
         if ids is None:
             return None, False
         now = self._rules.clock()
         with self.transaction() as conn:
             member = self._verified(conn, ids, token)
-            if member is None:
-                return None, False
+            if member is None or not allowed(member):
+                return member, False
             if compare_and_set(
                 conn,
                 list_id=member.mailing_list.id,

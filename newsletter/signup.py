@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import db
 from .errors import SubscriberError, TokenError
-from .membership import compare_and_set, set_frequency
+from .membership import compare_and_set, said_no, set_frequency
 from .providers import Message, Provider, Recipient
 from .content.publish import PublishedIssue, published_issues
 from .content.render import DARK, FONT_STACK, LIGHT, render_macro, render_template
@@ -102,11 +102,11 @@ def claimed(conn: Connection, due: Due | None, now: datetime) -> Due | None:
     return due if taken is None else None
 
 
-def client_key(signing_keys: list[str], address: str) -> str:
-    """The client's address as the rate limit keeps it: a keyed hash, so that the database holds no
-    reader's IP address unless record_consent_ip asks for it."""
-    secret = signing_keys[-1].encode()
-    return hmac.new(secret, f"signup-client:{address}".encode(), hashlib.sha256).hexdigest()
+def client_key(signing_key: str, address: str) -> str:
+    """The client's address as the rate limit keeps it: a hash keyed with the current signing key,
+    so that the database holds no reader's IP address unless record_consent_ip asks for it (and a
+    retired key, perhaps retired because it leaked, opens none of them)."""
+    return hmac.new(signing_key.encode(), f"signup-client:{address}".encode(), hashlib.sha256).hexdigest()
 
 
 def request_sign_up(
@@ -160,8 +160,9 @@ def queued(conn: Connection, limit: int) -> list[SignUpRequest]:
 def sign_up(conn: Connection, request: SignUpRequest, *, now: datetime, today: date, newsletter: str) -> Due | None:
     """Take a queued sign-up and record it, saying which mail it calls for (None: none, or another
     process took it). A new address joins unconfirmed on a double opt-in list and subscribed on a
-    single opt-in one; an unconfirmed one, or one that left, is sent a confirmation; a subscribed one
-    at most a daily notice. Runs in the caller's (write) transaction."""
+    single opt-in one, unless it said no on any list (then it confirms by mail: only its owner may
+    undo their own "no"); an unconfirmed one, or one that left, is sent a confirmation; a subscribed
+    one at most a daily notice. Runs in the caller's (write) transaction."""
     if conn.execute(_DEQUEUE, {"request": request.id}).rowcount != 1:
         return None
     mailing_list, form = request.mailing_list, request.form
@@ -169,7 +170,8 @@ def sign_up(conn: Connection, request: SignUpRequest, *, now: datetime, today: d
     row = _membership_row(conn, mailing_list.id, subscriber_id, lock=True)
     status = row.status if row is not None else None  # type: ignore[attr-defined]
     if status is None:
-        joined = db.SUBSCRIBED if mailing_list.optin == db.SINGLE_OPTIN else db.UNCONFIRMED
+        at_once = mailing_list.optin == db.SINGLE_OPTIN and not said_no(conn, subscriber_id)
+        joined = db.SUBSCRIBED if at_once else db.UNCONFIRMED
         compare_and_set(
             conn,
             list_id=mailing_list.id,

@@ -130,13 +130,17 @@ class UnsubscribeLinks:
         """A ticket that lets the holder of `token` undo an unsubscribe for RESUBSCRIBE_WINDOW."""
         return self._tickets.sign(token).decode("ascii")
 
-    def resubscribe_allowed(self, token: str, ticket: str) -> bool:
-        """Whether `ticket` was issued for `token` within RESUBSCRIBE_WINDOW."""
+    def resubscribe_allowed(self, token: str, ticket: str, *, left_at: datetime) -> bool:
+        """Whether `ticket` was issued for `token` within RESUBSCRIBE_WINDOW, for the unsubscribe
+        made at `left_at`: a ticket kept from an earlier unsubscribe must not undo a later one."""
         try:
-            signed = self._tickets.unsign(ticket, max_age=int(RESUBSCRIBE_WINDOW.total_seconds()))
+            signed, issued = self._tickets.unsign(
+                ticket, max_age=int(RESUBSCRIBE_WINDOW.total_seconds()), return_timestamp=True
+            )
         except (BadSignature, UnicodeError):  # expired (SignatureExpired), forged, or garbage
             return False
-        return signed == token.encode("ascii", "replace")
+        # A ticket's time is in whole seconds, and it is issued right after the unsubscribe it undoes.
+        return signed == token.encode("ascii", "replace") and issued >= left_at.replace(microsecond=0)
 
     def url(self, list_id: int, subscriber_id: int, email: str) -> str:
         return f"{self._base_url}/unsubscribe/{self.token(list_id, subscriber_id, email)}"

@@ -382,7 +382,7 @@ def _rules(settings: Settings) -> Rules:
         signup_rate_per_hour=settings.signup_rate_per_hour,
         record_consent_ip=settings.record_consent_ip,
         clock=settings.clock,
-        client_key=functools.partial(client_key, settings.signing_keys()),
+        client_key=functools.partial(client_key, settings.signing_keys()[0]),
         messages=translations(page_language(settings.site)),
     )
 

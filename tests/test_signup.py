@@ -235,6 +235,23 @@ def test_at_most_three_confirmations_a_day(site: Site) -> None:
     assert len(site.mails_to(email, expect=4, wait=3)) == 3
 
 
+
+def test_whoever_said_no_on_another_list_confirms_a_single_opt_in_by_mail(site: Site) -> None:
+    # A stranger typing the address of a reader who left (or bounced, or complained) on one list into
+    # another list's single opt-in form must not bring mail back to them.
+    email = "left.elsewhere@example.com"
+    [sid] = add_subscribers(site.settings, site.double, [email])
+    with engine_of(site.settings).begin() as conn:
+        assert compare_and_set(
+            conn, list_id=site.double, subscriber_id=sid, expected=db.SUBSCRIBED, status=db.UNSUBSCRIBED,
+            source="command", now=site.settings.clock(),
+        )  # fmt: skip
+    assert site.sign_up(email, list_name="open").status_code == 200
+    site.settled()
+    assert membership(site.settings, site.single, email).status == db.UNCONFIRMED
+    [mail] = site.mails_to(email, expect=1)
+    assert subject_of(mail) == site.subject("confirm")
+
 @pytest.mark.slow
 def test_the_daily_limits_are_per_address_whatever_the_lists(site: Site) -> None:
     email = "many.lists@example.com"
@@ -286,7 +303,7 @@ def test_a_filled_honeypot_stores_and_sends_nothing_and_answers_as_a_person_woul
     a = db.signup_attempts.c
     with engine_of(site.settings).connect() as conn:
         attempts = {
-            client: conn.execute(select(func.count()).where(a.client == client_key(site.settings.signing_keys(), client))).scalar_one()
+            client: conn.execute(select(func.count()).where(a.client == client_key(site.settings.signing_keys()[0], client))).scalar_one()
             for client in (bot, person)
         }
     assert attempts == {bot: 0, person: 1}

@@ -220,10 +220,23 @@ def test_resubscribe_tickets_last_a_day() -> None:
 
     token = links(0).token(1, 2, "reader@example.com")
     ticket = links(0).resubscribe_ticket(token)
-    assert links(23.9).resubscribe_allowed(token, ticket)
-    assert not links(24.1).resubscribe_allowed(token, ticket)
-    assert not links(1).resubscribe_allowed(links(0).token(1, 3, "reader@example.com"), ticket)
-    assert not links(1).resubscribe_allowed(token, ticket[:-1])
+    assert links(23.9).resubscribe_allowed(token, ticket, left_at=issued)
+    assert not links(24.1).resubscribe_allowed(token, ticket, left_at=issued)
+    assert not links(1).resubscribe_allowed(links(0).token(1, 3, "reader@example.com"), ticket, left_at=issued)
+    assert not links(1).resubscribe_allowed(token, ticket[:-1], left_at=issued)
+    # Kept from this unsubscribe, it does not undo a later one.
+    assert not links(2).resubscribe_allowed(token, ticket, left_at=issued + timedelta(hours=1))
+
+
+def test_a_kept_ticket_does_not_undo_a_later_unsubscribe(site: Site, client: httpx.Client) -> None:
+    subscriber_id, url = _member(site, "twice@example.com")
+    resubscribe_url, fields = _resubscribe_form(client.post(url, **ONE_CLICK))
+    assert client.post(resubscribe_url, data=fields).status_code == 200
+    time.sleep(1.1)  # the ticket's time is in whole seconds
+    assert client.post(url, **ONE_CLICK).status_code == 200
+    replayed = client.post(resubscribe_url, data=fields)
+    assert replayed.status_code == 403 and "이 버튼은 만료되었습니다" in replayed.text
+    assert status_of(site.settings, site.list_id, subscriber_id) == db.UNSUBSCRIBED
 
 
 def test_the_mailto_target_is_percent_encoded() -> None:
