@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import db
 from .config import Settings
 from .content.render import DARK, FONT_STACK, LIGHT, environment, page_language, translations
+from .errors import DatabaseError
 from .providers import Feedback, Refusal, registry
 from .readers import ConfirmationPage, Mailer, Readers, Rules, SignUpQueue, unsubscribe_links
 from .sections import Site
@@ -55,6 +56,8 @@ from .signup import Member, client_key
 from .subscribers import MailingList
 from .tokens import CONFIRM_WINDOW, RESUBSCRIBE_WINDOW
 from .wiring import send_parts
+
+log = logging.getLogger(__name__)
 
 # The page's button and a mail client's one-click POST send a field or two.
 MAX_FORM_BODY = 16 * 1024
@@ -366,7 +369,7 @@ def create_app(settings: Settings) -> ASGIApp:
     app = Starlette(
         routes=[*_ROUTES, Mount("/", StaticFiles(directory=public_dir, html=True))],
         lifespan=_lifespan,
-        exception_handlers={ClientDisconnect: _client_gone},
+        exception_handlers={ClientDisconnect: _client_gone, DatabaseError: _database_away},
     )
     app.state.site = _Site(readers, mailer, SignUpQueue(readers, mailer), pages, feedback, settings.clock, engine)
     webhook_limits = {
@@ -390,6 +393,15 @@ def _rules(settings: Settings) -> Rules:
 async def _client_gone(_request: Request, _error: Exception) -> Response:
     # A client that hangs up mid-body (anyone can) is no server error: nothing to log, nobody to answer.
     return Response(status_code=400)
+
+
+async def _database_away(request: Request, error: Exception) -> Response:
+    # The database stayed locked or unreachable past database_timeout: nothing was changed, and a
+    # reader (or a mail client's one-click POST) is asked to come back, not shown a server error.
+    log.error("a request was answered 503: %s", error)
+    page = _site(request).pages.render("unavailable.html.j2", 503)
+    page.headers["Retry-After"] = "60"
+    return page
 
 
 @contextlib.asynccontextmanager

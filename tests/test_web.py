@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import select
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -210,3 +211,26 @@ def test_oversized_bodies_are_refused_at_once_and_nothing_is_spooled(tmp_path: P
     # Only Jinja's compiled templates (render.py's bytecode cache): no request body was spooled.
     assert [path.name for path in spool.iterdir() if not path.name.startswith("_jinja2-cache")] == []
     assert status_of(settings, list_id, subscriber_id) == db.SUBSCRIBED
+
+
+def test_a_database_locked_past_its_timeout_is_a_page_to_come_back_to(tmp_path: Path) -> None:
+    config = write_config(tmp_path, database_timeout=1)
+    settings = load_settings(config)
+    list_id = add_list(settings, "daily-papers")
+    (subscriber_id,) = add_subscribers(settings, list_id, ["locked.out@example.com"])
+    token = UnsubscribeLinks(settings.links).token(list_id, subscriber_id, "locked.out@example.com")
+    one_click = {"content": b"List-Unsubscribe=One-Click", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+    log = tmp_path / "serve.log"
+    with serving(config, log_to=log) as url, httpx.Client(timeout=30) as http:
+        holder = sqlite3.connect(settings.database.url.removeprefix("sqlite:///"))
+        holder.execute("BEGIN EXCLUSIVE")  # another process writing for longer than database_timeout
+        busy = http.post(f"{url}/unsubscribe/{token}", **one_click)
+        holder.rollback()
+        assert status_of(settings, list_id, subscriber_id) == db.SUBSCRIBED
+        again = http.post(f"{url}/unsubscribe/{token}", **one_click)
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "60"
+    assert "잠시 후 다시 시도해 주세요" in busy.text and busy.headers["cache-control"] == "no-store"
+    assert again.status_code == 200
+    assert status_of(settings, list_id, subscriber_id) == db.UNSUBSCRIBED
+    logged = log.read_text()
+    assert "answered 503" in logged and "Traceback" not in logged and "locked.out" not in logged
