@@ -6,6 +6,8 @@ applied, and `migrate` applies the missing ones in order, each in its own transa
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import threading
 import time
@@ -13,7 +15,7 @@ from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     Engine,
     ForeignKey,
     Index,
+    Insert,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -701,6 +704,20 @@ def addressed_to(conn: Connection, table: Table, address: str, key: str) -> list
     return [row.id for row in conn.execute(spellings) if email_key(row.email) == key]
 
 
+@functools.cache
+def _dialect_insert(dialect: str) -> Callable[[Table], Any]:
+    # Imported at first use: PostgreSQL's dialect is a twentieth of a send's imports, and a project
+    # on SQLite never needs it.
+    return importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert
+
+
+def insert_ignoring(dialect: str, table: Table, *, index_elements: list[str] | None = None) -> Insert:
+    """INSERT into `table` that inserts nothing where a row with the same key exists (ON CONFLICT DO
+    NOTHING, which SQLite and PostgreSQL both have, each in its own dialect): for rows that two
+    processes may add at once."""
+    return _dialect_insert(dialect)(table).on_conflict_do_nothing(index_elements=index_elements)
+
+
 def aware(moment: datetime) -> datetime:
     """A stored time as an aware one: SQLite hands back naive datetimes, and every stored one is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
@@ -736,6 +753,9 @@ def _sqlite_session(engine: Engine, timeout: float) -> None:
         cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # The temporary tables of a query (its IN lists, its sorts) in memory, not in files that
+        # each batch of a send would create and delete.
+        cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 
     @event.listens_for(engine, "begin")

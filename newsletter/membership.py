@@ -250,5 +250,7 @@ def members_query(
         select(*(columns or (s.id.label("subscriber_id"), s.email, s.name)))
         .select_from(db.memberships.join(db.subscribers, s.id == m.subscriber_id))
         .where(m.list_id == list_id, m.status == status, *([m.frequency == frequency] if frequency else []))
-        .order_by(s.id)
+        # The membership's subscriber_id, not the subscriber's id (the same number): SQLite then
+        # reads the rows in that order from the membership's key instead of sorting them.
+        .order_by(m.subscriber_id)
     )

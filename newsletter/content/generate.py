@@ -30,7 +30,6 @@ import httpx
 from markdown_it import MarkdownIt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from .. import db
@@ -340,9 +339,8 @@ class ByModel:
             "created_at": datetime.now().astimezone(),
         }
         with self._engine.begin() as conn:
-            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
             # Two runs at once summarise a paper twice at worst; the first answer stays.
-            conn.execute(insert(db.summaries).values(values).on_conflict_do_nothing())
+            conn.execute(db.insert_ignoring(conn.dialect.name, db.summaries).values(values))
 
 
 def _why_invalid(error: ValidationError) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..addresses import ascii_domain
 from ..providers import Batch, Message, Provider, Recipient
@@ -24,8 +24,9 @@ class Content:
     text: str
 
 
-@dataclass(frozen=True)
-class Reader:
+class Reader(NamedTuple):
+    """One reader of a mailing; a tuple, made for every reader of every batch."""
+
     id: int  # the delivery row (0 outside a campaign): batches are contiguous ranges of these
     subscriber_id: int  # 0 for a test address that is no subscriber
     email: str
@@ -50,6 +51,7 @@ class Addressing:
     ) -> None:
         self._list_id = mailing_list.id
         self._campaign_id = campaign_id
+        self._campaign_tag, self._list_tag = str(campaign_id), str(mailing_list.id)
         self._links = links
         self._provider = provider
         self._validate_only = validate_only
@@ -76,11 +78,7 @@ class Addressing:
             url = self._links.test_copy_url(self._list_id, reader.subscriber_id, reader.email)
             return Recipient(reader.email, reader.name, url, {}, {}, url)
         url, preferences = self._links.urls(self._list_id, reader.subscriber_id, reader.email)
-        tags = {
-            "campaign_id": str(self._campaign_id),
-            "subscriber_id": str(reader.subscriber_id),
-            "list_id": str(self._list_id),
-        }
+        tags = {"campaign_id": self._campaign_tag, "subscriber_id": str(reader.subscriber_id), "list_id": self._list_tag}
         return Recipient(reader.email, reader.name, url, self._links.headers(url), tags, preferences)
 
 

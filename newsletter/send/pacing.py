@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -21,19 +23,26 @@ MAX_SERVER_WAIT = 300.0
 
 
 class RateLimiter:
-    """Spaces request starts 1/rate apart across every worker; a 429 holds everyone back. Every wait
-    of a send goes through it, so that stopping it ends them all at once: a send told to stop must
-    not sit out a backoff (or a 429's reset) before it can give its batches back."""
+    """At most `rate` request starts in any one second, across every worker (precisely: ⌊rate⌋ in
+    any ⌊rate⌋/rate seconds, so a rate below one spaces them 1/rate apart); a 429 holds everyone
+    back. A start that came late (the workers were busy, or the machine was) is made up within the
+    second rather than lost for good, as a limit per second allows. Every wait of a send goes
+    through it, so that stopping it ends them all at once: a send told to stop must not sit out a
+    backoff (or a 429's reset) before it can give its batches back."""
 
     def __init__(self, rate: float) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
+        self._size = max(1, math.floor(rate))
+        self._window = self._size / rate
+        self._starts: deque[float] = deque()  # the last `size` starts, as reserved (never decreasing)
+        self._held_until = 0.0
         self._stopped = asyncio.Event()
 
     async def wait(self) -> None:
         now = asyncio.get_running_loop().time()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
+        slot = max(now, self._held_until)
+        if len(self._starts) == self._size:
+            slot = max(slot, self._starts.popleft() + self._window)
+        self._starts.append(slot)
         if slot > now:
             await self.pause(slot - now)
 
@@ -44,7 +53,7 @@ class RateLimiter:
                 await self._stopped.wait()
 
     def hold(self, seconds: float) -> None:
-        self._next = max(self._next, asyncio.get_running_loop().time() + seconds)
+        self._held_until = max(self._held_until, asyncio.get_running_loop().time() + seconds)
 
     def stop(self) -> None:
         self._stopped.set()

@@ -7,22 +7,23 @@ them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Insert, select
 from sqlalchemy.engine import Connection
 
 from .. import db
 
 _w, _stats, _state = db.webhook_events.c, db.campaign_stats.c, db.sync_state.c
-# A fact already kept (a second open by the same reader) is not kept again.
-_NEW_FACTS = {
-    "postgresql": postgresql.insert(db.campaign_events).on_conflict_do_nothing(),
-    "sqlite": sqlite.insert(db.campaign_events).on_conflict_do_nothing(),
-}
+
+
+@functools.cache
+def _new_facts(dialect: str) -> Insert:
+    """A fact already kept (a second open by the same reader) is not kept again."""
+    return db.insert_ignoring(dialect, db.campaign_events)
 
 
 def forget_applied(conn: Connection, before: datetime) -> None:
@@ -51,7 +52,7 @@ def add_counts(conn: Connection, counts: Mapping[tuple[int, str], int]) -> None:
 def record_facts(conn: Connection, facts: list[dict[str, Any]]) -> None:
     """Keep each fact (campaign_id, subscriber_id, kind, machine_open, url, at) not kept yet, in one
     statement."""
-    conn.execute(_NEW_FACTS[conn.dialect.name], facts)
+    conn.execute(_new_facts(conn.dialect.name), facts)
 
 
 def synced_until(conn: Connection, kind: str) -> int | None:

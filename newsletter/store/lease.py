@@ -21,7 +21,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from .. import db
@@ -37,7 +36,6 @@ STALE_AFTER = timedelta(seconds=60)
 _l = db.leases.c
 # Built once: every batch of a send checks its lease before it is marked.
 _HOLDER = select(_l.holder).where(_l.name == bindparam("name")).with_for_update()
-_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def _process_space() -> str | None:
@@ -144,7 +142,7 @@ class Lease:
         if row is None:
             # Nobody holds it: of two processes inserting at once, the second inserts nothing (the
             # row it returns says which; a DO NOTHING's rowcount is not reported alike by every driver).
-            insert = _INSERTS[conn.dialect.name](db.leases).on_conflict_do_nothing(index_elements=["name"])
+            insert = db.insert_ignoring(conn.dialect.name, db.leases, index_elements=["name"])
             inserted = insert.values(name=self.name, holder=self.holder, acquired_at=now, heartbeat_at=now)
             taken = len(conn.execute(inserted.returning(_l.name)).all())
         else:

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Insert, Select, bindparam, delete, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from .. import db
@@ -46,8 +45,7 @@ def add_if_new(conn: Connection, *, email: str, key: str, name: str | None, now:
 
 @functools.cache
 def _upsert(dialect: str) -> Insert:
-    insert_into = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert_into(db.subscribers).on_conflict_do_nothing(index_elements=[_s.email_key])
+    return db.insert_ignoring(dialect, db.subscribers, index_elements=["email_key"])
 
 
 def add_selected(conn: Connection, rows: Select[Any]) -> int:

@@ -1,8 +1,9 @@
 """Postmark, the third provider, through the real CLI against the fake Postmark (testkit/fake_postmark):
-a send of each reader's own message, per-message refusals (406 also suppresses), retries of 429
-and 5xx, a refused token stopping with everyone pending, a sender killed mid-send resumed without
-sending twice, the dry run's outbox, the webhooks (only with the basic credentials) and the sync of
-its suppression list. Asserted on what the fake received and on the database."""
+a send of each reader's own message, whole or through the issue's template (byte for byte the same
+message), per-message refusals (406 also suppresses), retries of 429 and 5xx, a refused token
+stopping with everyone pending, a sender killed mid-send resumed without sending twice, a template
+refused, gone or stale, the dry run's outbox, the webhooks (only with the basic credentials) and the
+sync of its suppression list. Asserted on what the fake received and on the database."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from newsletter.providers import PREFERENCES_TAG, UNSUBSCRIBE_TAG, AnswerLost, B
 from newsletter.providers.postmark import mail
 from newsletter.providers.postmark.http import HTTPAnswer
 from newsletter.providers.postmark.mail import Postmark, verdict
+from newsletter.providers.postmark.templates import TEMPLATED_FROM
 from testkit.fake_postmark import FakePostmark, Record
 from testkit.projects import add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import serving
@@ -71,13 +73,9 @@ def test_each_reader_gets_their_own_message_in_batches_of_the_limit(project: Pat
     assert TOKEN not in run.stdout + run.stderr
 
 
-def test_a_batch_is_byte_for_byte_each_readers_message_encoded_whole(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The body is spliced from pieces encoded once per mailing: it must be exactly what encoding
-    each reader's own message whole gives, written out (the dry run) and streamed in chunks alike."""
-    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
-    monkeypatch.setattr(mail, "CHUNK_BYTES", 100)  # many chunks, cut anywhere in a message
-    html = f'<p>"À" \\ 한국어</p><a href="{UNSUBSCRIBE_TAG}" clicktracking="off">leave</a> <a href="{PREFERENCES_TAG}">x</a>'
-    text = f"À \\ \"한국어\"\n{UNSUBSCRIBE_TAG}\n{PREFERENCES_TAG}\n"
+def _readers_and_message() -> tuple[str, str, Message, list[Recipient], dict[int, str]]:
+    html = f'<p>"À" \\ 한국어 }}}}</p><a href="{UNSUBSCRIBE_TAG}" clicktracking="off">leave</a> <a href="{PREFERENCES_TAG}">x</a>'
+    text = f"À \\ \"한국어\" {{ }}\n{UNSUBSCRIBE_TAG}\n{PREFERENCES_TAG}\n"
     message = Message("Today's papers", html, text, "papers@example.com", "Daily Papers", "editor@example.com",
                       {"List-Id": "<daily-papers.example.com>"})  # fmt: skip
     names = {1: "Reader 1", 2: 'Ann "Q" \\ Ö', 3: None}
@@ -91,33 +89,89 @@ def test_a_batch_is_byte_for_byte_each_readers_message_encoded_whole(project: Pa
         )  # fmt: skip
         for n in names
     ]
+    return html, text, message, readers, tos
+
+
+def _whole(html: str, text: str, message: Message, reader: Recipient, to: str) -> dict[str, object]:
+    """`reader`'s message as /email/batch carries it."""
+    filled = [html.replace('clicktracking="off"', 'clicktracking="off" data-pm-no-track'), text]
+    for tag, url in ((UNSUBSCRIBE_TAG, reader.unsubscribe_url), (PREFERENCES_TAG, reader.preferences_url)):
+        filled = [part.replace(tag, url or tag) for part in filled]
+    return {
+        "To": to,
+        "Headers": [{"Name": name, "Value": value} for name, value in {**message.headers, **reader.headers}.items()],
+        "Metadata": reader.tags, "HtmlBody": filled[0], "TextBody": filled[1],
+        "From": '"Daily Papers" <papers@example.com>', "Subject": "Today's papers", "MessageStream": "broadcast",
+        "TrackOpens": True, "TrackLinks": "HtmlOnly", "ReplyTo": "editor@example.com",
+    }  # fmt: skip
+
+
+def _send_once(provider: Postmark, prepared: mail.Prepared) -> Verdict:
+    async def send() -> Verdict:
+        try:
+            return (await provider.send(prepared)).verdict
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(send())
+
+
+def test_a_batch_is_byte_for_byte_each_readers_message_encoded_whole(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body is spliced from pieces encoded once per mailing: it must be exactly what encoding
+    each reader's own message whole gives, written out (the dry run) and streamed in chunks alike."""
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
+    monkeypatch.setattr(mail, "CHUNK_BYTES", 100)  # many chunks, cut anywhere in a message
+    html, text, message, readers, tos = _readers_and_message()
     with FakePostmark(token=TOKEN, keep_bodies=True) as fake:
         provider = Postmark(postmark_project(project, fake).delivery)
         prepared = provider.prepare(Batch(message, readers))
-
-        async def send_once() -> Verdict:
-            try:
-                return (await provider.send(prepared)).verdict
-            finally:
-                await provider.aclose()
-
-        assert asyncio.run(send_once()) is Verdict.ACCEPTED
-    expected = []
-    for n, reader in zip(names, readers):
-        filled = [html.replace('clicktracking="off"', 'clicktracking="off" data-pm-no-track'), text]
-        for tag, url in ((UNSUBSCRIBE_TAG, reader.unsubscribe_url), (PREFERENCES_TAG, reader.preferences_url)):
-            filled = [part.replace(tag, url or tag) for part in filled]
-        expected.append({
-            "To": tos[n],
-            "Headers": [{"Name": name, "Value": value} for name, value in {**message.headers, **reader.headers}.items()],
-            "Metadata": reader.tags, "HtmlBody": filled[0], "TextBody": filled[1],
-            "From": '"Daily Papers" <papers@example.com>', "Subject": "Today's papers", "MessageStream": "broadcast",
-            "TrackOpens": True, "TrackLinks": "HtmlOnly", "ReplyTo": "editor@example.com",
-        })  # fmt: skip
+        assert _send_once(provider, prepared) is Verdict.ACCEPTED
+    expected = [_whole(html, text, message, reader, tos[n]) for n, reader in enumerate(readers, 1)]
     assert provider.wire(prepared) == [("json", json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode())]
     [record] = fake.records
     assert record.messages == expected  # what went over the wire, in its chunks
     assert len({message["Headers"][1]["Value"] for message in expected}) == 3  # each reader's own
+    assert fake.templates == {}  # three readers: no template
+
+
+def test_a_templated_batch_gives_each_reader_the_same_message_as_a_whole_one(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of TEMPLATED_FROM readers or more names the issue's template and carries each
+    reader's links: what Postmark makes of it is byte for byte the message /email/batch carries."""
+    monkeypatch.setenv("POSTMARK_SERVER_TOKEN", TOKEN)
+    monkeypatch.setattr(mail, "TEMPLATED_FROM", 3)
+    html, text, message, readers, tos = _readers_and_message()
+    with FakePostmark(token=TOKEN, keep_bodies=True) as fake:
+        provider = Postmark(postmark_project(project, fake, now="2026-01-23T08:00:00Z").delivery)
+        prepared = provider.prepare(Batch(message, readers))
+        assert _send_once(provider, prepared) is Verdict.ACCEPTED
+    [(alias, template)] = fake.templates.items()
+    assert alias.startswith("newsletter-20260123-") and "{{{unsubscribe_url}}}" in template["HtmlBody"]
+    [record] = fake.records
+    for n, (reader, received) in enumerate(zip(readers, record.messages or []), 1):
+        whole = _whole(html, text, message, reader, tos[n])
+        assert {key: received[key] for key in ("HtmlBody", "TextBody", "Subject")} == {
+            key: whole[key] for key in ("HtmlBody", "TextBody", "Subject")
+        }
+        assert received["TemplateAlias"] == alias and received["InlineCss"] is False
+        assert {key: received[key] for key in whole if key not in ("HtmlBody", "TextBody", "Subject")} == {
+            key: value for key, value in whole.items() if key not in ("HtmlBody", "TextBody", "Subject")
+        }
+    # The dry run shows the template, then the batch that names it.
+    [(kind, made), (batch_kind, batch)] = provider.wire(prepared)
+    assert (kind, batch_kind) == ("template.json", "json") and json.loads(made)["Alias"] == alias
+    assert [m["TemplateModel"]["unsubscribe_url"] for m in json.loads(batch)["Messages"]] == [r.unsubscribe_url for r in readers]
+
+
+def test_an_issue_mustachio_would_read_otherwise_goes_whole(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mail, "TEMPLATED_FROM", 1)
+    _, _, message, readers, _ = _readers_and_message()
+    provider = Postmark(postmark_project(project, FakePostmark()).delivery, connect=False)
+    for html in ("<p>{{ name }}</p>", f'<a href="{{{UNSUBSCRIBE_TAG}}}">x</a>', "<p>{{{raw}}}</p>"):
+        odd = Message(message.subject, html, message.text, message.sender_email, message.sender_name)
+        [(kind, body)] = provider.wire(provider.prepare(Batch(odd, readers)))
+        assert kind == "json" and "HtmlBody" in json.loads(body)[0]
+    [(kind, _), _] = provider.wire(provider.prepare(Batch(message, readers)))
+    assert kind == "template.json"
 
 
 def test_refused_messages_fail_alone_and_an_inactive_recipient_is_suppressed(project: Path) -> None:
@@ -167,7 +221,8 @@ def test_a_request_error_stops_the_send_with_everyone_pending(project: Path) -> 
     assert {state for state, _, _ in delivery_states(settings).values()} == {"pending"}
 
 
-def test_a_sender_killed_while_its_request_is_out_resumes_without_resending_it(project: Path) -> None:
+@pytest.mark.parametrize("size", [10, TEMPLATED_FROM], ids=["whole", "templated"])
+def test_a_sender_killed_while_its_request_is_out_resumes_without_resending_it(project: Path, size: int) -> None:
     sender: dict[str, subprocess.Popen[str]] = {}
 
     def kill_during_second_request(record: Record) -> None:
@@ -177,8 +232,8 @@ def test_a_sender_killed_while_its_request_is_out_resumes_without_resending_it(p
 
     log = project / "requests.jsonl"
     with FakePostmark(token=TOKEN, log=log, on_request=kill_during_second_request) as fake:
-        settings = postmark_project(project, fake, batch_size=10, send_concurrency=1)
-        addresses = seed(settings, 45)
+        settings = postmark_project(project, fake, batch_size=size, send_concurrency=1)
+        addresses = seed(settings, 4 * size + 5)
         sender["process"] = start_newsletter(*SEND, cwd=project, env=ENV)
         sender["process"].wait(120)
         assert sender["process"].returncode == -9
@@ -187,10 +242,54 @@ def test_a_sender_killed_while_its_request_is_out_resumes_without_resending_it(p
         assert resumed.returncode == 0, resumed.stderr
         assert "1 batch(es) are uncertain" in resumed.stderr
         uncertain = {a for a, (state, _, _) in delivery_states(settings).items() if state == "uncertain"}
-        assert uncertain == set(addresses[10:20])
+        assert uncertain == set(addresses[size : 2 * size])
         again = run_newsletter(*SEND, cwd=project, env=ENV)
         assert again.returncode == 0, again.stderr
     assert delivered_from_log(log) == Counter(addresses)  # the lost batch did arrive, once
+    # The resumed send found the template the killed one made, and made no other.
+    calls = [(method, status) for method, _, status in fake.template_calls]
+    assert calls == ([("POST", 200), ("POST", 422), ("GET", 200)] if size == TEMPLATED_FROM else [])
+
+
+def test_a_template_postmark_refuses_sends_the_issue_whole(project: Path) -> None:
+    with FakePostmark(token=TOKEN, template_script=["503", "422"], keep_bodies=True) as refusing:
+        settings = postmark_project(project, refusing, batch_size=TEMPLATED_FROM, send_concurrency=1)
+        addresses = seed(settings, 2 * TEMPLATED_FROM)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode == 0, run.stderr
+    assert "Postmark did not take the issue as a template" in run.stderr
+    assert Counter(refusing.delivered()) == Counter(addresses) and refusing.templates == {}
+    assert all("HtmlBody" in message for record in refusing.records for message in record.messages or [])
+    assert [status for _, _, status in refusing.template_calls] == [503, 422, 422]  # retried, refused, not the same
+
+
+def test_a_template_gone_mid_send_is_made_again(project: Path) -> None:
+    def delete_after_first(record: Record) -> None:
+        if record.seq == 1:
+            gone.templates.clear()  # deleted by hand at Postmark
+
+    with FakePostmark(token=TOKEN, on_request=delete_after_first) as gone:
+        settings = postmark_project(project, gone, batch_size=TEMPLATED_FROM, send_concurrency=1)
+        addresses = seed(settings, 2 * TEMPLATED_FROM)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode == 0, run.stderr
+    assert [record.refused == [] for record in gone.records] == [True, False, True]  # 1101 for all, then again
+    assert Counter(gone.delivered()) == Counter(addresses)
+    assert [(method, status) for method, _, status in gone.template_calls] == [("POST", 200), ("POST", 200)]
+
+
+def test_making_a_template_deletes_the_ones_made_two_days_before(project: Path) -> None:
+    with FakePostmark(token=TOKEN) as fake:
+        for alias in ("newsletter-20260120-old", "newsletter-20260121-old", "newsletter-20260122-kept", "welcome"):
+            fake.templates[alias] = {"TemplateId": len(fake.templates) + 1, "Name": alias, "Alias": alias, "Active": True}
+        settings = postmark_project(project, fake, batch_size=TEMPLATED_FROM, now="2026-01-23T08:00:00Z")
+        seed(settings, TEMPLATED_FROM)
+        run = run_newsletter(*SEND, cwd=project, env=ENV)
+    assert run.returncode == 0, run.stderr
+    assert sorted(fake.templates) == sorted(["newsletter-20260122-kept", "welcome", *(a for a in fake.templates if "0123" in a)])
+    assert [(m, a) for m, a, _ in fake.template_calls if m == "DELETE"] == [
+        ("DELETE", "newsletter-20260120-old"), ("DELETE", "newsletter-20260121-old")
+    ]
 
 
 def test_the_dry_run_writes_the_batches_postmark_would_get(project: Path) -> None:
@@ -207,6 +306,22 @@ def test_the_dry_run_writes_the_batches_postmark_would_get(project: Path) -> Non
     ]
     assert (outbox / "first-recipient.eml").is_file()
     assert {state for state, _, _ in delivery_states(settings).values()} <= set()
+
+
+def test_the_dry_run_shows_the_template_and_each_readers_links(project: Path) -> None:
+    with FakePostmark(token=TOKEN) as fake:
+        settings = postmark_project(project, fake, batch_size=TEMPLATED_FROM)
+        seed(settings, TEMPLATED_FROM + 1)
+        run = run_newsletter(*SEND[:-1], "--dry-run", "--yes", cwd=project, env={})
+    assert run.returncode == 0, run.stderr
+    assert fake.records == [] and fake.template_calls == []
+    outbox = project / "outbox" / "2026-01-23"
+    template = json.loads((outbox / "batch-0001-1.template.json").read_bytes())
+    messages = json.loads((outbox / "batch-0001-2.json").read_bytes())["Messages"]
+    assert "{{{unsubscribe_url}}}" in template["HtmlBody"] and "{{{preferences_url}}}" in template["TextBody"]
+    assert {message["TemplateAlias"] for message in messages} == {template["Alias"]} and len(messages) == TEMPLATED_FROM
+    assert all(message["TemplateModel"]["unsubscribe_url"].startswith("http") for message in messages)
+    assert "HtmlBody" in json.loads((outbox / "batch-0002.json").read_bytes())[0]  # the one left over goes whole
 
 
 def _basic(user: str, password: str) -> dict[str, str]:

@@ -1,12 +1,14 @@
-"""Postmark's /email/batch: up to 500 messages a request, one per reader, each with its own links,
-List-Unsubscribe headers and Metadata (the ids Postmark echoes back in its webhooks).
+"""Postmark's /email/batch and /email/batchWithTemplates: up to 500 messages a request, one per
+reader, each with its own links, List-Unsubscribe headers and Metadata (the ids Postmark echoes
+back in its webhooks).
 
-Postmark has no substitutions in a batch, so each reader's message carries the whole issue with
-their own links filled in. The issue is JSON-encoded once per mailing, in pieces around its
-personal tags and each reader's own values, and a batch is those pieces in order with each
-reader's values encoded between them: 500 messages cost a copy of their bytes, not 500 encodings.
-The copy is made chunk by chunk as the request is written (see CHUNK_BYTES), in `send`, outside
-the database transaction in which the send loop prepares a batch.
+A batch of TEMPLATED_FROM readers or more names the issue's template (`templates`) and carries
+only each reader's links. A smaller one, or an issue that cannot be a template, carries each
+reader's whole message with their own links filled in. The issue is JSON-encoded once per
+mailing, in pieces around its personal tags and each reader's own values, and a batch is those
+pieces in order with each reader's values encoded between them: 500 messages cost a copy of their
+bytes, not 500 encodings. The copy is made chunk by chunk as the request is written (see
+CHUNK_BYTES), in `send`, outside the database transaction in which the send loop prepares a batch.
 
 Postmark answers a batch 200 with one result per message, in order; a message's ErrorCode says
 whether it was accepted (0) or refused, and 406 (an inactive recipient: a hard bounce, a spam
@@ -17,8 +19,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +32,12 @@ from ..base import PERSONAL_TAGS, Answer, AnswerLost, Batch, Message, Recipient,
 from ..headers import literal, plain_name, plain_text
 from . import http
 from .settings import batch_limit
+from .templates import MODEL_KEYS, TEMPLATE_NOT_FOUND, TEMPLATED_FROM, Template, Templates, gone, template_of
 
 if TYPE_CHECKING:
     from ...sections import Delivery
 
-BATCH = "/email/batch"
+BATCH, TEMPLATED_BATCH = "/email/batch", "/email/batchWithTemplates"
 
 # Per-message ErrorCodes about the recipient, not the message: the others would fail every message alike.
 INVALID_ADDRESS, INACTIVE_RECIPIENT = 300, 406
@@ -78,24 +82,43 @@ class _Mailing:
     """A mailing's message as encoded JSON pieces, made once: each reader's message is these pieces
     around their own encoded values."""
 
-    def __init__(self, message: Message, fields: Mapping[str, Any]) -> None:
+    def __init__(self, message: Message, fields: Mapping[str, Any], day: date) -> None:
         self.message = message
         # Links marked untracked for SendGrid (the unsubscribe link) are marked for Postmark too.
-        self._html = _Body(message.html.replace('clicktracking="off"', 'clicktracking="off" data-pm-no-track'))
+        html = message.html.replace('clicktracking="off"', 'clicktracking="off" data-pm-no-track')
+        self._html = _Body(html)
         self._text = _Body(message.text)
         self._end = b"," + _json(fields)[1:-1] + b"}"
+        shared = {name: value for name, value in fields.items() if name != "Subject"}
+        self.template = template_of(fields["Subject"], html, message.text, message.headers, day)
+        if self.template is not None:
+            # InlineCss false: the HTML is already inlined, and must reach readers as /email/batch would carry it.
+            templated = {"TemplateAlias": self.template.alias, "InlineCss": False, **shared}
+            self._templated_end = b"," + _json(templated)[1:-1] + b"}"
 
-    def add(self, recipient: Recipient, into: list[bytes]) -> None:
-        """Append `recipient`'s message to `into`, as JSON pieces."""
+    def pieces(self, recipients: Sequence[Recipient], *, templated: bool) -> list[bytes]:
+        """A request's body, as the pieces it is joined from: mostly the mailing's own, shared."""
+        add = self._add_templated if templated else self._add
+        pieces: list[bytes] = [b'{"Messages":[' if templated else b"["]
+        for number, recipient in enumerate(recipients):
+            if number:
+                pieces.append(b",")
+            add(recipient, pieces)
+        pieces.append(b"]}" if templated else b"]")
+        return pieces
+
+    def _start(self, recipient: Recipient) -> str:
         # The reader's strings go through the json module's own C encoder (json.dumps's set-up
         # would be most of the cost, 100,000 times a send), and are encoded to UTF-8 once together.
         headers = {**self.message.headers, **recipient.headers}
-        start = '{"To":%s,"Headers":[%s],"Metadata":{%s},"HtmlBody":' % (
+        return '{"To":%s,"Headers":[%s],"Metadata":{%s},' % (
             encode_basestring(_address(recipient.name, recipient.email)),
             ",".join(['{"Name":%s,"Value":%s}' % (encode_basestring(k), encode_basestring(v)) for k, v in headers.items()]),
             ",".join(["%s:%s" % (encode_basestring(k), encode_basestring(v)) for k, v in recipient.tags.items()]),
         )
-        into.append(start.encode())
+
+    def _add(self, recipient: Recipient, into: list[bytes]) -> None:
+        into.append((self._start(recipient) + '"HtmlBody":').encode())
         substitutions = recipient.substitutions
         # Each URL encoded once, for the HTML and the text alike; a tag without one stays as it is.
         values = {tag: encode_basestring(substitutions.get(tag, tag))[1:-1].encode() for tag in PERSONAL_TAGS}
@@ -103,6 +126,14 @@ class _Mailing:
         into.append(b',"TextBody":')
         self._text.fill(values, into)
         into.append(self._end)
+
+    def _add_templated(self, recipient: Recipient, into: list[bytes]) -> None:
+        substitutions = recipient.substitutions
+        # A tag without a URL stays as it is, as in a whole copy.
+        model = ",".join(
+            ["%s:%s" % (encode_basestring(key), encode_basestring(substitutions.get(tag, tag))) for tag, key in MODEL_KEYS.items()]
+        )
+        into += ((self._start(recipient) + '"TemplateModel":{%s}' % model).encode(), self._templated_end)
 
 
 async def _chunks(pieces: list[bytes]) -> AsyncIterator[bytes]:
@@ -134,7 +165,8 @@ def _address(name: str | None, email: str) -> str:
 
 
 class Postmark:
-    """POST /email/batch with httpx, a connection pool as wide as the sender's concurrency."""
+    """POST /email/batch or /email/batchWithTemplates with httpx, a connection pool as wide as the
+    sender's concurrency."""
 
     name = "Postmark"
 
@@ -146,6 +178,8 @@ class Postmark:
         # Not in the text part: Postmark would rewrite every URL there, readers' signed links included.
         self._track_links = "HtmlOnly" if delivery.sender.track_clicks else "None"
         self._client = http.client(delivery.section, delivery.pacing, connections=delivery.pacing.send_concurrency) if connect else None
+        self._templates = Templates(self._client) if self._client is not None else None
+        self._clock = delivery.clock
         self._mailing: _Mailing | None = None
 
     def prepare(self, batch: Batch) -> Prepared:
@@ -154,16 +188,30 @@ class Postmark:
         return Prepared(batch.message, tuple(batch.recipients))
 
     def wire(self, prepared: Prepared) -> list[tuple[str, bytes]]:
-        return [("json", b"".join(self._pieces(prepared)))]
+        """The batch's request; a templated one follows the template it names, as made at Postmark."""
+        mailing = self._for(prepared.message)
+        template = self._template(mailing, prepared)
+        batch = ("json", b"".join(mailing.pieces(prepared.recipients, templated=template is not None)))
+        return [batch] if template is None else [("template.json", template.body), batch]
 
     async def send(self, prepared: Prepared) -> Answer:
-        assert self._client is not None, "a Postmark made with connect=False sends nothing"
-        pieces = self._pieces(prepared)
+        assert self._client is not None and self._templates is not None, "a Postmark made with connect=False sends nothing"
+        mailing = self._for(prepared.message)
+        template = self._template(mailing, prepared)
+        if template is not None:
+            if (answer := await self._templates.make(template, self._clock().date())) is not None:
+                return answer
+            if not self._templates.ready(template):
+                template = None  # Postmark would not take it: the issue goes whole
+        pieces = mailing.pieces(prepared.recipients, templated=template is not None)
         # The length given, the body is sent as it is chunked (h11 checks that exactly this many
         # bytes follow), not in HTTP chunked encoding.
         length = str(sum(map(len, pieces)))
         request = self._client.build_request(
-            "POST", BATCH, content=_chunks(pieces), headers={"Content-Type": "application/json", "Content-Length": length}
+            "POST",
+            BATCH if template is None else TEMPLATED_BATCH,
+            content=_chunks(pieces),
+            headers={"Content-Type": "application/json", "Content-Length": length},
         )
         try:
             response = await self._client.send(request, stream=True)
@@ -174,7 +222,12 @@ class Postmark:
             raise RequestNotSent(http.describe(error)) from None
         except httpx.TransportError as error:
             raise AnswerLost(http.describe(error)) from None
-        return verdict(await http.read(response), len(prepared.recipients))
+        answer = await http.read(response)
+        if template is not None and gone(answer):
+            # Deleted meanwhile (by hand, or by another send of the same issue ending): made again on the retry.
+            self._templates.forget(template)
+            raise RequestNotSent(f"Postmark no longer had the issue's template (ErrorCode {TEMPLATE_NOT_FOUND})")
+        return verdict(answer, len(prepared.recipients))
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -182,16 +235,10 @@ class Postmark:
 
     # -- the request ---------------------------------------------------------------------------
 
-    def _pieces(self, prepared: Prepared) -> list[bytes]:
-        """The request's body, as the pieces it is joined from: mostly the mailing's own, shared."""
-        mailing = self._for(prepared.message)
-        pieces: list[bytes] = [b"["]
-        for number, recipient in enumerate(prepared.recipients):
-            if number:
-                pieces.append(b",")
-            mailing.add(recipient, pieces)
-        pieces.append(b"]")
-        return pieces
+    @staticmethod
+    def _template(mailing: _Mailing, prepared: Prepared) -> Template | None:
+        """The template `prepared` is sent with, if any."""
+        return mailing.template if len(prepared.recipients) >= TEMPLATED_FROM else None
 
     def _for(self, message: Message) -> _Mailing:
         """The mailing of `message`, encoded once."""
@@ -206,7 +253,7 @@ class Postmark:
             }
             if message.reply_to:
                 fields["ReplyTo"] = message.reply_to
-            self._mailing = _Mailing(message, fields)
+            self._mailing = _Mailing(message, fields, self._clock().date())
         return self._mailing
 
 
