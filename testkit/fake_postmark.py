@@ -130,8 +130,9 @@ class FakePostmark(LoopbackFake):
         else:
             status = 200
             for message in messages:
+                # An address's own error first: the template is looked up only for a message that gets that far.
                 code = behaviour.errors.get(_address(message), 0)
-                if templated:
+                if templated and not code:
                     template = templates.get(message.get("TemplateAlias"))
                     if template is None:
                         code = TEMPLATE_NOT_FOUND

@@ -23,16 +23,16 @@ MAX_SERVER_WAIT = 300.0
 
 
 class RateLimiter:
-    """At most `rate` request starts in any one second, across every worker (precisely: ⌊rate⌋ in
-    any ⌊rate⌋/rate seconds, so a rate below one spaces them 1/rate apart); a 429 holds everyone
-    back. A start that came late (the workers were busy, or the machine was) is made up within the
-    second rather than lost for good, as a limit per second allows. Every wait of a send goes
-    through it, so that stopping it ends them all at once: a send told to stop must not sit out a
-    backoff (or a 429's reset) before it can give its batches back."""
+    """At most `rate` request starts (rounded down) in any one second, across every worker; a rate
+    below one spaces them 1/rate seconds apart. A 429 holds everyone back. A start that came late
+    (the workers were busy, or the machine was) is made up within the second rather than lost for
+    good, as a limit per second allows. Every wait of a send goes through it, so that stopping it
+    ends them all at once: a send told to stop must not sit out a backoff (or a 429's reset) before
+    it can give its batches back."""
 
     def __init__(self, rate: float) -> None:
         self._size = max(1, math.floor(rate))
-        self._window = self._size / rate
+        self._window = 1.0 if rate >= 1 else 1.0 / rate
         self._starts: deque[float] = deque()  # the last `size` starts, as reserved (never decreasing)
         self._held_until = 0.0
         self._stopped = asyncio.Event()

@@ -24,7 +24,7 @@ from newsletter.providers import PREFERENCES_TAG, UNSUBSCRIBE_TAG, AnswerLost, B
 from newsletter.providers.postmark import mail
 from newsletter.providers.postmark.http import HTTPAnswer
 from newsletter.providers.postmark.mail import Postmark, verdict
-from newsletter.providers.postmark.templates import TEMPLATED_FROM
+from newsletter.providers.postmark.templates import TEMPLATED_FROM, gone
 from testkit.fake_postmark import FakePostmark, Record
 from testkit.projects import add_list, add_subscribers, configure, engine_of, seed
 from testkit.servers import serving
@@ -263,33 +263,49 @@ def test_a_template_postmark_refuses_sends_the_issue_whole(project: Path) -> Non
     assert [status for _, _, status in refusing.template_calls] == [503, 422, 422]  # retried, refused, not the same
 
 
-def test_a_template_gone_mid_send_is_made_again(project: Path) -> None:
-    def delete_after_first(record: Record) -> None:
-        if record.seq == 1:
-            gone.templates.clear()  # deleted by hand at Postmark
+def test_a_template_gone_mid_send_is_made_again_once_then_the_issue_goes_whole(project: Path) -> None:
+    def delete_after_first_and_third(record: Record) -> None:
+        if record.seq in (1, 3):
+            fake.templates.clear()  # deleted by hand at Postmark
 
-    with FakePostmark(token=TOKEN, on_request=delete_after_first) as gone:
-        settings = postmark_project(project, gone, batch_size=TEMPLATED_FROM, send_concurrency=1)
-        addresses = seed(settings, 2 * TEMPLATED_FROM)
+    bad = f"u{TEMPLATED_FROM + 5}@example.com"  # in the second batch
+    with FakePostmark(token=TOKEN, errors={bad: 300}, keep_bodies=True, on_request=delete_after_first_and_third) as fake:
+        settings = postmark_project(project, fake, batch_size=TEMPLATED_FROM, send_concurrency=1)
+        addresses = seed(settings, 3 * TEMPLATED_FROM)
         run = run_newsletter(*SEND, cwd=project, env=ENV)
     assert run.returncode == 0, run.stderr
-    assert [record.refused == [] for record in gone.records] == [True, False, True]  # 1101 for all, then again
-    assert Counter(gone.delivered()) == Counter(addresses)
-    assert [(method, status) for method, _, status in gone.template_calls] == [("POST", 200), ("POST", 200)]
+    # The second batch: refused whole (1101 but for the bad address's 300), so sent again once the
+    # template is made again; the third: refused whole again, so sent again whole.
+    size = TEMPLATED_FROM
+    assert [len(record.delivered) for record in fake.records] == [size, 0, size - 1, 0, size]
+    assert ["TemplateAlias" in (record.messages or [{}])[0] for record in fake.records] == [True, True, True, True, False]
+    assert Counter(fake.delivered()) == Counter(a for a in addresses if a != bad)
+    assert delivery_states(settings)[bad][0] == "failed" and "ErrorCode 300" in (delivery_states(settings)[bad][2] or "")
+    assert [(method, status) for method, _, status in fake.template_calls] == [("POST", 200), ("POST", 200)]
+    assert "went missing twice" in run.stderr
+
+
+def test_a_template_is_gone_only_when_postmark_accepted_none_of_the_batch() -> None:
+    ok, lost, bad = ({"ErrorCode": code, "Message": "m"} for code in (0, 1101, 300))
+    assert gone(HTTPAnswer(200, [lost, lost])) and gone(HTTPAnswer(200, [bad, lost]))
+    assert gone(HTTPAnswer(422, {"ErrorCode": 1101, "Message": "not found"}))
+    assert not gone(HTTPAnswer(200, [ok, lost])) and not gone(HTTPAnswer(200, [bad, bad]))
+    assert verdict(HTTPAnswer(200, [ok, lost]), 2).refused == frozenset({1})  # settled as Postmark answered
 
 
 def test_making_a_template_deletes_the_ones_made_two_days_before(project: Path) -> None:
+    old, older, kept = (f"newsletter-2026012{day}-{digit * 32}" for day, digit in ((1, "a"), (0, "b"), (2, "c")))
+    others = ["welcome", "newsletter-20260101-welcome"]  # not ours, however old
     with FakePostmark(token=TOKEN) as fake:
-        for alias in ("newsletter-20260120-old", "newsletter-20260121-old", "newsletter-20260122-kept", "welcome"):
+        for alias in (old, older, kept, *others):
             fake.templates[alias] = {"TemplateId": len(fake.templates) + 1, "Name": alias, "Alias": alias, "Active": True}
         settings = postmark_project(project, fake, batch_size=TEMPLATED_FROM, now="2026-01-23T08:00:00Z")
         seed(settings, TEMPLATED_FROM)
         run = run_newsletter(*SEND, cwd=project, env=ENV)
     assert run.returncode == 0, run.stderr
-    assert sorted(fake.templates) == sorted(["newsletter-20260122-kept", "welcome", *(a for a in fake.templates if "0123" in a)])
-    assert [(m, a) for m, a, _ in fake.template_calls if m == "DELETE"] == [
-        ("DELETE", "newsletter-20260120-old"), ("DELETE", "newsletter-20260121-old")
-    ]
+    [made] = [alias for alias in fake.templates if alias.startswith("newsletter-20260123-")]
+    assert sorted(fake.templates) == sorted([kept, *others, made])
+    assert [(m, a) for m, a, _ in fake.template_calls if m == "DELETE"] == [("DELETE", old), ("DELETE", older)]
 
 
 def test_the_dry_run_writes_the_batches_postmark_would_get(project: Path) -> None:

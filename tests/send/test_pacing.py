@@ -62,4 +62,4 @@ def test_a_start_that_came_late_is_made_up_within_the_second() -> None:
 def test_a_hold_makes_everyone_wait_and_a_slow_rate_spaces_starts() -> None:
     assert _starts(10, ["start", "hold 3", "start", "start"]) == [0.0, 3.0, 3.0]
     assert _starts(0.5, ["start"] * 3) == [0.0, 2.0, 4.0]
-    assert _starts(2.5, ["start"] * 5) == [0.0, 0.0, 0.8, 0.8, 1.6]
+    assert _starts(2.5, ["start"] * 5) == [0.0, 0.0, 1.0, 1.0, 2.0]  # whole starts in a second

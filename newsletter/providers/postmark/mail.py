@@ -224,9 +224,9 @@ class Postmark:
             raise AnswerLost(http.describe(error)) from None
         answer = await http.read(response)
         if template is not None and gone(answer):
-            # Deleted meanwhile (by hand, or by another send of the same issue ending): made again on the retry.
+            # Deleted at Postmark meanwhile (by hand): nothing was sent, and the retry makes it again.
             self._templates.forget(template)
-            raise RequestNotSent(f"Postmark no longer had the issue's template (ErrorCode {TEMPLATE_NOT_FOUND})")
+            raise RequestNotSent(f"Postmark had lost the issue's template (ErrorCode {TEMPLATE_NOT_FOUND}); nothing was sent")
         return verdict(answer, len(prepared.recipients))
 
     async def aclose(self) -> None:

@@ -24,6 +24,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from datetime import date, timedelta
 
 import httpx
@@ -51,7 +52,8 @@ TEMPLATE_NOT_FOUND = 1101
 MODEL_KEYS: Mapping[str, str] = {tag: tag.strip("-") for tag in PERSONAL_TAGS}
 # A tag next to a brace would make "{{{{" or "}}}}" of it, which Mustachio reads its own way.
 _BRACED_TAG = re.compile("|".join(f"[{{}}]{re.escape(tag)}|{re.escape(tag)}[{{}}]" for tag in PERSONAL_TAGS))
-_DAY = re.compile(rf"^{PREFIX}(\d{{8}})-")
+# This tool's aliases, exactly: another template named alike is not ours to delete.
+_OURS = re.compile(rf"{PREFIX}(\d{{8}})-[0-9a-f]{{32}}")
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,22 @@ def template_of(subject: str, html: str, text: str, headers: Mapping[str, str], 
 
 
 def gone(answer: http.HTTPAnswer) -> bool:
-    """Whether Postmark answered a templated batch that its template does not exist."""
+    """Whether Postmark answered a templated batch, accepting none of it, that its template does not
+    exist: nothing was sent, and the batch may go again once the template is made again. (Had it
+    accepted some, the template went missing while it read the batch: the others are settled
+    as refused, with Postmark's reason.)"""
     if isinstance(answer.body, dict):
         return answer.body.get("ErrorCode") == TEMPLATE_NOT_FOUND
     results = answer.body if answer.status == 200 and isinstance(answer.body, list) else []
-    return bool(results) and all(isinstance(r, dict) and r.get("ErrorCode") == TEMPLATE_NOT_FOUND for r in results)
+    codes = [result.get("ErrorCode") if isinstance(result, dict) else None for result in results]
+    return TEMPLATE_NOT_FOUND in codes and 0 not in codes
+
+
+def _holds(body: Any, template: Template) -> bool:
+    """Whether GET /templates/<alias> answered `template`, usable."""
+    made = (body.get("Subject"), body.get("HtmlBody"), body.get("TextBody")) if isinstance(body, dict) else None
+    # A deleted template is still read, inactive: messages naming it would be refused.
+    return isinstance(body, dict) and body.get("Active") is True and made == (template.subject, template.html, template.text)
 
 
 class Templates:
@@ -99,6 +112,7 @@ class Templates:
         self._lock = asyncio.Lock()
         self._ready: set[str] = set()
         self._refused: set[str] = set()
+        self._lost: set[str] = set()  # went missing once: made again, but not a second time
         self._swept = False
 
     def ready(self, template: Template) -> bool:
@@ -115,20 +129,31 @@ class Templates:
                 await self._sweep(today - timedelta(days=KEPT_DAYS))
                 self._swept = True
             answer = await self._call("POST", TEMPLATES, template.body)
-            if answer.status == 200 or (answer.status == 422 and await self._holds(template)):
+            if answer.status == 422:
+                # Its alias may be taken by this very template, made by an earlier run of the day.
+                found = await self._call("GET", f"{TEMPLATES}/{template.alias}")
+                if found.retryable or found.status == 401 or (found.status == 200 and _holds(found.body, template)):
+                    answer = found
+            if answer.status == 200:
                 self._ready.add(template.alias)
                 return None
             if answer.status == 401:
                 return Answer(Verdict.AUTH_REFUSED, http.auth_refused(answer.status))
             if answer.retryable:
                 return Answer(Verdict.RETRY_LATER, f"making the issue's template: {answer.reason}", retry_after=answer.retry_after)
-            self._refused.add(template.alias)
-            log.warning("Postmark did not take the issue as a template (%s): each request carries the whole issue", answer.reason)
+            self._refuse(template, answer.reason)
             return None
 
     def forget(self, template: Template) -> None:
-        """It went missing at Postmark: the next batch makes it again."""
+        """It went missing at Postmark: the next batch makes it again, once."""
         self._ready.discard(template.alias)
+        if template.alias in self._lost:
+            self._refuse(template, "it went missing twice")
+        self._lost.add(template.alias)
+
+    def _refuse(self, template: Template, reason: str) -> None:
+        self._refused.add(template.alias)
+        log.warning("Postmark did not take the issue as a template (%s): each request carries the whole issue", reason)
 
     async def _sweep(self, through: date) -> None:
         """Delete this tool's templates made on `through` or before. A failure leaves them: it costs
@@ -138,19 +163,11 @@ class Templates:
             listed = answer.body.get("Templates") if answer.status == 200 and isinstance(answer.body, dict) else None
             for item in listed if isinstance(listed, list) else []:
                 alias = item.get("Alias") if isinstance(item, dict) else None
-                day = _DAY.match(alias) if isinstance(alias, str) else None
-                if day is not None and day[1] <= f"{through:%Y%m%d}":
+                ours = _OURS.fullmatch(alias) if isinstance(alias, str) else None
+                if ours is not None and ours[1] <= f"{through:%Y%m%d}":
                     await self._call("DELETE", f"{TEMPLATES}/{alias}")
         except RequestNotSent as error:
             log.warning("could not delete the issues' old templates at Postmark (%s)", error)
-
-    async def _holds(self, template: Template) -> bool:
-        """Whether the alias, already taken, is this template made by an earlier run of the day."""
-        answer = await self._call("GET", f"{TEMPLATES}/{template.alias}")
-        body = answer.body if answer.status == 200 and isinstance(answer.body, dict) else {}
-        made = (body.get("Subject"), body.get("HtmlBody"), body.get("TextBody"))
-        # A deleted template is still read, inactive: messages naming it would be refused.
-        return body.get("Active") is True and made == (template.subject, template.html, template.text)
 
     async def _call(self, method: str, path: str, content: bytes | None = None) -> http.HTTPAnswer:
         headers = {"Content-Type": "application/json"} if content is not None else {}
