@@ -90,20 +90,25 @@ class UnsubscribeLinks:
         self._base_url = links.base_url
         self._mailto = links.unsubscribe_mailto
 
+    @functools.cached_property
+    def _keys(self) -> list[str]:
+        """Read once for the three signers (the key file, unless the key is in the environment)."""
+        return _keys_of(self._links)
+
     # itsdangerous signs with the last key and accepts any of them, so old links keep working after a
     # rotation; verify_signature() compares in constant time. Separate salts keep a signature of one
     # form from ever passing for the other.
     @functools.cached_property
     def _signer(self) -> Signer:
-        return _Signer(_keys(self._links), "newsletter.unsubscribe.address")
+        return _Signer(self._keys, "newsletter.unsubscribe.address")
 
     @functools.cached_property
     def _legacy_signer(self) -> Signer:
-        return _Signer(_keys(self._links), "newsletter.unsubscribe")
+        return _Signer(self._keys, "newsletter.unsubscribe")
 
     @functools.cached_property
     def _tickets(self) -> TimestampSigner:
-        return _ClockedTimestampSigner(_keys(self._links), "newsletter.resubscribe", self._links.clock)
+        return _ClockedTimestampSigner(self._keys, "newsletter.resubscribe", self._links.clock)
 
     def token(self, list_id: int, subscriber_id: int, email: str) -> str:
         payload = f"{_list_part(list_id)}.{_to_base36(subscriber_id)}"
@@ -204,7 +209,7 @@ class ConfirmLinks:
 
     @functools.cached_property
     def _signer(self) -> Signer:
-        return _Signer(_keys(self._links), "newsletter.confirm")
+        return _Signer(_keys_of(self._links), "newsletter.confirm")
 
     def token(self, list_id: int, subscriber_id: int, email: str, issued_at: datetime) -> str:
         issued = (issued_at - _EPOCH) // timedelta(microseconds=1)
@@ -252,7 +257,7 @@ class _Signer(Signer):
         return derived
 
 
-def _keys(links: Links) -> list[str]:
+def _keys_of(links: Links) -> list[str]:
     """The signing keys as itsdangerous takes them: the one that signs last."""
     return list(reversed(links.signing_keys()))
 

@@ -17,6 +17,7 @@ complaint or a manual suppression) means it will refuse that address until it is
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -85,16 +86,26 @@ class _Mailing:
     def __init__(self, message: Message, fields: Mapping[str, Any], day: date) -> None:
         self.message = message
         # Links marked untracked for SendGrid (the unsubscribe link) are marked for Postmark too.
-        html = message.html.replace('clicktracking="off"', 'clicktracking="off" data-pm-no-track')
-        self._html = _Body(html)
+        self._marked_html = message.html.replace('clicktracking="off"', 'clicktracking="off" data-pm-no-track')
+        self._html = _Body(self._marked_html)
         self._text = _Body(message.text)
+        self._fields = fields
         self._end = b"," + _json(fields)[1:-1] + b"}"
-        shared = {name: value for name, value in fields.items() if name != "Subject"}
-        self.template = template_of(fields["Subject"], html, message.text, message.headers, day)
-        if self.template is not None:
-            # InlineCss false: the HTML is already inlined, and must reach readers as /email/batch would carry it.
-            templated = {"TemplateAlias": self.template.alias, "InlineCss": False, **shared}
-            self._templated_end = b"," + _json(templated)[1:-1] + b"}"
+        self._day = day
+
+    # Made at the mailing's first batch large enough for it: a message to one reader (a sign-up's
+    # mail) never needs its template, nor the digest of the whole issue that names it.
+    @functools.cached_property
+    def template(self) -> Template | None:
+        return template_of(self._fields["Subject"], self._marked_html, self.message.text, self.message.headers, self._day)
+
+    @functools.cached_property
+    def _templated_end(self) -> bytes:
+        assert self.template is not None
+        shared = {name: value for name, value in self._fields.items() if name != "Subject"}
+        # InlineCss false: the HTML is already inlined, and must reach readers as /email/batch would carry it.
+        templated = {"TemplateAlias": self.template.alias, "InlineCss": False, **shared}
+        return b"," + _json(templated)[1:-1] + b"}"
 
     def pieces(self, recipients: Sequence[Recipient], *, templated: bool) -> list[bytes]:
         """A request's body, as the pieces it is joined from: mostly the mailing's own, shared."""
