@@ -162,6 +162,20 @@ def test_a_templated_batch_gives_each_reader_the_same_message_as_a_whole_one(pro
     assert [m["TemplateModel"]["unsubscribe_url"] for m in json.loads(batch)["Messages"]] == [r.unsubscribe_url for r in readers]
 
 
+def test_tags_sharing_a_dash_are_filled_alike_in_a_template_and_a_whole_copy(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mail, "TEMPLATED_FROM", 1)
+    _, _, message, readers, _ = _readers_and_message()
+    text = f"{PREFERENCES_TAG[:-1]}{UNSUBSCRIBE_TAG}"  # "-preferences_url-unsubscribe_url-"
+    odd = Message(message.subject, message.html, text, message.sender_email, message.sender_name)
+    provider = Postmark(postmark_project(project, FakePostmark()).delivery, connect=False)
+    [(_, template), _] = provider.wire(provider.prepare(Batch(odd, readers)))
+    monkeypatch.setattr(mail, "TEMPLATED_FROM", 10)
+    [(_, whole)] = provider.wire(provider.prepare(Batch(odd, readers)))
+    reader = readers[0]
+    filled = json.loads(template)["TextBody"].replace("{{{preferences_url}}}", reader.preferences_url or "")
+    assert filled == json.loads(whole)[0]["TextBody"] == f"{reader.preferences_url}unsubscribe_url-"
+
+
 def test_an_issue_mustachio_would_read_otherwise_goes_whole(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mail, "TEMPLATED_FROM", 1)
     _, _, message, readers, _ = _readers_and_message()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -33,7 +32,7 @@ from ..base import PERSONAL_TAGS, Answer, AnswerLost, Batch, Message, Recipient,
 from ..headers import literal, plain_name, plain_text
 from . import http
 from .settings import batch_limit
-from .templates import MODEL_KEYS, TEMPLATE_NOT_FOUND, TEMPLATED_FROM, Template, Templates, gone, template_of
+from .templates import MODEL_KEYS, TAGS, TEMPLATE_NOT_FOUND, TEMPLATED_FROM, Template, Templates, gone, template_of
 
 if TYPE_CHECKING:
     from ...sections import Delivery
@@ -44,7 +43,6 @@ BATCH, TEMPLATED_BATCH = "/email/batch", "/email/batchWithTemplates"
 INVALID_ADDRESS, INACTIVE_RECIPIENT = 300, 406
 _ABOUT_THE_RECIPIENT = {INVALID_ADDRESS, INACTIVE_RECIPIENT}
 
-_TAGS = re.compile("|".join(re.escape(tag) for tag in PERSONAL_TAGS))
 
 # A request goes out in chunks of about this many bytes, each joined just before it is written:
 # still in the CPU's cache when the kernel copies it. Joined whole (24 MB for 500 readers of the
@@ -65,7 +63,7 @@ class _Body:
         self._pieces: list[bytes] = []
         self._tags: list[str] = []
         start = 0
-        for match in _TAGS.finditer(text):
+        for match in TAGS.finditer(text):
             self._pieces.append(_json(text[start : match.start()])[1:-1])
             self._tags.append(match[0])
             start = match.end()

@@ -50,6 +50,9 @@ TEMPLATE_NOT_FOUND = 1101
 
 # Each personal tag's name in the TemplateModel: "-unsubscribe_url-" is {{{unsubscribe_url}}}.
 MODEL_KEYS: Mapping[str, str] = {tag: tag.strip("-") for tag in PERSONAL_TAGS}
+# The personal tags where a whole copy fills them: left to right, so that tags sharing a dash
+# ("-preferences_url-unsubscribe_url-") are read alike in a template and in a whole copy.
+TAGS = re.compile("|".join(re.escape(tag) for tag in PERSONAL_TAGS))
 # A tag next to a brace would make "{{{{" or "}}}}" of it, which Mustachio reads its own way.
 _BRACED_TAG = re.compile("|".join(f"[{{}}]{re.escape(tag)}|{re.escape(tag)}[{{}}]" for tag in PERSONAL_TAGS))
 # This tool's aliases, exactly: another template named alike is not ours to delete.
@@ -76,8 +79,7 @@ def template_of(subject: str, html: str, text: str, headers: Mapping[str, str], 
     """The mailing as a template made on `day`, or None when Mustachio would not give it back as it is."""
     if any("{{" in part or _BRACED_TAG.search(part) for part in (subject, html, text)):
         return None
-    for tag, key in MODEL_KEYS.items():
-        html, text = (part.replace(tag, "{{{%s}}}" % key) for part in (html, text))
+    html, text = (TAGS.sub(lambda tag: "{{{%s}}}" % MODEL_KEYS[tag[0]], part) for part in (html, text))
     # The mailing's own headers (its List-Id) are in the digest: two lists sent the same issue
     # have a template each.
     digest = hashlib.sha256(json.dumps([subject, html, text, sorted(headers.items())]).encode()).hexdigest()
